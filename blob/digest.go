@@ -1,0 +1,47 @@
+package blob
+
+import (
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Digest is an OCI content digest. Strata accepts only sha256.
+type Digest = digest.Digest
+
+// Algorithm is the only digest algorithm Strata stores.
+const Algorithm = digest.SHA256
+
+// ParseDigest parses s as a sha256 digest ("sha256:" followed by 64 lowercase
+// hex characters). Any other algorithm or a malformed digest is an error that
+// wraps ErrInvalidDigest and names what is wrong.
+func ParseDigest(s string) (Digest, error) {
+	d, err := digest.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("%w: %q: %v", ErrInvalidDigest, truncate(s, 100), err)
+	}
+	if d.Algorithm() != Algorithm {
+		return "", fmt.Errorf("%w: %q: algorithm %q is not supported (only sha256)", ErrInvalidDigest, truncate(s, 100), d.Algorithm())
+	}
+	return d, nil
+}
+
+// ValidateDigest reports whether d is a well-formed sha256 digest, with the
+// same errors as ParseDigest.
+func ValidateDigest(d Digest) error {
+	_, err := ParseDigest(string(d))
+	return err
+}
+
+// FromBytes returns the sha256 digest of b.
+func FromBytes(b []byte) Digest { return Algorithm.FromBytes(b) }
+
+// EmptyDigest is the digest of the empty blob.
+var EmptyDigest = FromBytes(nil)
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

@@ -1,0 +1,138 @@
+package blob
+
+import (
+	"crypto/sha256"
+	"hash"
+	"io"
+	"sync"
+)
+
+// Verifier is the one verifying reader Strata uses wherever bytes cross a
+// trust boundary. It passes the underlying reader through while hashing it
+// and:
+//
+//   - fails with a *MismatchError as soon as more than the expected size
+//     arrives (so an endless or overlong stream is cut off),
+//   - at EOF fails with a *MismatchError if fewer bytes arrived or the digest
+//     differs, and only then returns io.EOF,
+//   - calls the mismatch callback, once, so the tier that served the bytes can
+//     drop its entry.
+//
+// A Verifier is not safe for concurrent Reads (no io.Reader is).
+type Verifier struct {
+	r          io.Reader
+	c          io.Closer
+	want       Digest
+	size       int64
+	h          hash.Hash
+	n          int64
+	err        error // sticky terminal error (io.EOF after success)
+	onMismatch func(error)
+	closeOnce  sync.Once
+	closeErr   error
+}
+
+// NewVerifier verifies r against want and size. size < 0 means the size is
+// not known in advance; then only the digest is checked. onMismatch may be
+// nil. If r is also an io.Closer, Close closes it.
+func NewVerifier(r io.Reader, want Digest, size int64, onMismatch func(error)) *Verifier {
+	v := &Verifier{r: r, want: want, size: size, h: sha256.New(), onMismatch: onMismatch}
+	if c, ok := r.(io.Closer); ok {
+		v.c = c
+	}
+	return v
+}
+
+// Read implements io.Reader. It returns io.EOF only after the content has
+// been verified completely.
+func (v *Verifier) Read(p []byte) (int, error) {
+	if v.err != nil {
+		return 0, v.err
+	}
+	if v.size >= 0 {
+		// Allow one byte beyond the expected size so an overlong stream is seen.
+		if rem := v.size - v.n + 1; int64(len(p)) > rem {
+			p = p[:rem]
+		}
+	}
+	n, err := v.r.Read(p)
+	if n > 0 {
+		v.h.Write(p[:n])
+		v.n += int64(n)
+		if v.size >= 0 && v.n > v.size {
+			return 0, v.fail(&MismatchError{Want: v.want, WantSize: v.size, GotSize: v.n})
+		}
+	}
+	if err == io.EOF {
+		if verr := v.check(); verr != nil {
+			return n, v.fail(verr)
+		}
+		v.err = io.EOF
+		return n, io.EOF
+	}
+	if err != nil {
+		v.err = err
+	}
+	return n, err
+}
+
+func (v *Verifier) check() error {
+	got := NewDigestFromHash(v.h)
+	if (v.size >= 0 && v.n != v.size) || got != v.want {
+		return &MismatchError{Want: v.want, WantSize: v.size, Got: got, GotSize: v.n}
+	}
+	return nil
+}
+
+func (v *Verifier) fail(err error) error {
+	v.err = err
+	if v.onMismatch != nil {
+		v.onMismatch(err)
+	}
+	return err
+}
+
+// Verified reports whether the whole content has been read and matched.
+func (v *Verifier) Verified() bool { return v.err == io.EOF }
+
+// N returns the number of bytes read so far.
+func (v *Verifier) N() int64 { return v.n }
+
+// Close closes the underlying reader if it is an io.Closer. It is safe to
+// call more than once.
+func (v *Verifier) Close() error {
+	v.closeOnce.Do(func() {
+		if v.c != nil {
+			v.closeErr = v.c.Close()
+		}
+	})
+	return v.closeErr
+}
+
+// NewDigestFromHash returns the digest of a sha256 hash's current state.
+func NewDigestFromHash(h hash.Hash) Digest {
+	return Digest(string(Algorithm) + ":" + hexOf(h.Sum(nil)))
+}
+
+func hexOf(b []byte) string {
+	const digits = "0123456789abcdef"
+	out := make([]byte, 2*len(b))
+	for i, c := range b {
+		out[2*i] = digits[c>>4]
+		out[2*i+1] = digits[c&0xf]
+	}
+	return string(out)
+}
+
+// Copy copies src to dst through a Verifier and returns the number of bytes
+// written. It succeeds only if src held exactly size bytes with digest want;
+// otherwise it returns a *MismatchError (or the I/O error that stopped it).
+// Tiers use it in Put to hash while writing.
+func Copy(dst io.Writer, src io.Reader, want Digest, size int64) (int64, error) {
+	v := NewVerifier(src, want, size, nil)
+	n, err := io.Copy(dst, v)
+	if err != nil {
+		return n, err
+	}
+	return n, nil
+}
