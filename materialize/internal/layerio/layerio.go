@@ -1,0 +1,250 @@
+// Package layerio opens a layer's decompressed tar stream by media type,
+// with limits against decompression bombs. Both materializers use it.
+package layerio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/strata-oci/strata/materialize"
+)
+
+// Sentinel errors.
+var (
+	// ErrUnknownMediaType: the layer's media type is not a tar layer this
+	// package can decompress (gzip, zstd or uncompressed; OCI or Docker).
+	ErrUnknownMediaType = errors.New("unsupported layer media type")
+	// ErrLimitExceeded: the decompressed stream is longer than the
+	// configured limit (a decompression bomb, or a limit set too low).
+	ErrLimitExceeded = errors.New("decompressed layer exceeds size limit")
+)
+
+// Compression is a layer blob's compression.
+type Compression int
+
+// The compressions a layer may use.
+const (
+	Uncompressed Compression = iota
+	Gzip
+	Zstd
+)
+
+func (c Compression) String() string {
+	switch c {
+	case Uncompressed:
+		return "uncompressed"
+	case Gzip:
+		return "gzip"
+	case Zstd:
+		return "zstd"
+	}
+	return fmt.Sprintf("Compression(%d)", int(c))
+}
+
+// Media types of tar layers, OCI and Docker spellings.
+const (
+	OCILayer                  = "application/vnd.oci.image.layer.v1.tar+gzip"
+	OCILayerZstd              = "application/vnd.oci.image.layer.v1.tar+zstd"
+	OCILayerUncompressed      = "application/vnd.oci.image.layer.v1.tar"
+	OCINondistributable       = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+	OCINondistributableZstd   = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+	OCINondistributableTar    = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+	DockerLayer               = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+	DockerForeignLayer        = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+	DockerLayerUncompressed   = "application/vnd.docker.image.rootfs.diff.tar"
+	DockerLayerZstd           = "application/vnd.docker.image.rootfs.diff.tar.zstd"
+	dockerForeignUncompressed = "application/vnd.docker.image.rootfs.foreign.diff.tar"
+)
+
+// CompressionOf returns the compression a layer media type implies, or an
+// error wrapping ErrUnknownMediaType.
+func CompressionOf(mediaType string) (Compression, error) {
+	switch mediaType {
+	case OCILayer, OCINondistributable, DockerLayer, DockerForeignLayer:
+		return Gzip, nil
+	case OCILayerZstd, OCINondistributableZstd, DockerLayerZstd:
+		return Zstd, nil
+	case OCILayerUncompressed, OCINondistributableTar, DockerLayerUncompressed, dockerForeignUncompressed:
+		return Uncompressed, nil
+	}
+	return 0, fmt.Errorf("%w: %q", ErrUnknownMediaType, truncate(mediaType, 120))
+}
+
+// Limits bound what one layer may decompress to.
+type Limits struct {
+	// MaxBytes is the most decompressed bytes a layer may yield; reading
+	// past it fails with ErrLimitExceeded. 0 means DefaultMaxBytes; a
+	// negative value means no limit.
+	MaxBytes int64
+	// ZstdMaxWindow bounds the zstd window (memory a zstd frame may ask
+	// for). 0 means DefaultZstdMaxWindow.
+	ZstdMaxWindow uint64
+}
+
+// Defaults for Limits.
+const (
+	DefaultMaxBytes      int64  = 64 << 30
+	DefaultZstdMaxWindow uint64 = 128 << 20
+)
+
+// Open opens layer l and returns its decompressed tar stream.
+//
+// The returned reader yields io.EOF only after the whole blob has been read
+// from l (so a verifying reader under it has checked the digest): when the
+// decompressor ends, the rest of the blob is read and must be empty. Errors
+// name the layer digest. The caller closes the reader, which closes the
+// blob reader. Cancelling ctx fails later reads if l honours it.
+func Open(ctx context.Context, l materialize.Layer, lim Limits) (io.ReadCloser, error) {
+	c, err := CompressionOf(l.MediaType())
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", l.Digest(), err)
+	}
+	rc, err := l.Open(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: open: %w", l.Digest(), err)
+	}
+	d, err := Decompress(rc, c, lim)
+	if err != nil {
+		rc.Close()
+		return nil, fmt.Errorf("layer %s: %w", l.Digest(), err)
+	}
+	return &named{ReadCloser: d, name: string(l.Digest())}, nil
+}
+
+type named struct {
+	io.ReadCloser
+	name string
+}
+
+func (n *named) Read(p []byte) (int, error) {
+	k, err := n.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("layer %s: %w", n.name, err)
+	}
+	return k, err
+}
+
+// Decompress wraps r, a layer blob compressed with c, and returns the
+// decompressed stream, bounded by lim. The returned reader's io.EOF means
+// both the decompressed stream and r ended cleanly (trailing bytes after the
+// compressed stream are an error). Closing it closes r if r is an
+// io.Closer. It is not safe for concurrent use.
+func Decompress(r io.Reader, c Compression, lim Limits) (io.ReadCloser, error) {
+	max := lim.MaxBytes
+	if max == 0 {
+		max = DefaultMaxBytes
+	}
+	win := lim.ZstdMaxWindow
+	if win == 0 {
+		win = DefaultZstdMaxWindow
+	}
+	s := &stream{src: r, max: max}
+	if cl, ok := r.(io.Closer); ok {
+		s.srcClose = cl
+	}
+	switch c {
+	case Uncompressed:
+		s.dec = r
+	case Gzip:
+		zr, err := gzip.NewReader(r)
+		if err != nil {
+			return nil, fmt.Errorf("gzip: %w", err)
+		}
+		s.dec = zr
+		s.decClose = zr.Close
+	case Zstd:
+		zr, err := zstd.NewReader(r,
+			zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderMaxWindow(win),
+			zstd.WithDecoderMaxMemory(win*2),
+			zstd.WithDecoderLowmem(true))
+		if err != nil {
+			return nil, fmt.Errorf("zstd: %w", err)
+		}
+		s.dec = zr
+		s.decClose = func() error { zr.Close(); return nil }
+	default:
+		return nil, fmt.Errorf("%w: compression %v", ErrUnknownMediaType, c)
+	}
+	s.compression = c
+	return s, nil
+}
+
+type stream struct {
+	src         io.Reader
+	srcClose    io.Closer
+	dec         io.Reader
+	decClose    func() error
+	compression Compression
+	max         int64
+	n           int64
+	err         error
+}
+
+func (s *stream) Read(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	if s.max >= 0 {
+		// Allow one byte beyond the limit so an overlong stream is seen.
+		if rem := s.max - s.n + 1; int64(len(p)) > rem {
+			p = p[:rem]
+		}
+	}
+	n, err := s.dec.Read(p)
+	s.n += int64(n)
+	if s.max >= 0 && s.n > s.max {
+		s.err = fmt.Errorf("%w: more than %d bytes", ErrLimitExceeded, s.max)
+		return 0, s.err
+	}
+	switch {
+	case err == io.EOF:
+		if s.compression != Uncompressed {
+			// Read the rest of the blob, so a verifier under us sees EOF and
+			// checks the digest; anything left over is not part of the layer.
+			var buf [512]byte
+			k, rerr := io.ReadFull(s.src, buf[:])
+			switch {
+			case rerr == io.EOF:
+			case k > 0:
+				s.err = fmt.Errorf("%s: trailing data after the compressed stream", s.compression)
+				return n, s.err
+			case rerr != io.ErrUnexpectedEOF:
+				s.err = rerr
+				return n, rerr
+			}
+		}
+		s.err = io.EOF
+	case err != nil:
+		if s.compression != Uncompressed {
+			err = fmt.Errorf("%s: %w", s.compression, err)
+		}
+		s.err = err
+	}
+	return n, err
+}
+
+func (s *stream) Close() error {
+	var err error
+	if s.decClose != nil {
+		err = s.decClose()
+	}
+	if s.srcClose != nil {
+		if cerr := s.srcClose.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

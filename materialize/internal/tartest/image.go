@@ -1,0 +1,192 @@
+package tartest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/materialize/internal/layerio"
+)
+
+// MediaTypeOf guesses a layer blob's OCI media type from its first bytes:
+// gzip and zstd magic numbers, otherwise an uncompressed tar.
+func MediaTypeOf(blobBytes []byte) string {
+	switch {
+	case bytes.HasPrefix(blobBytes, []byte{0x1f, 0x8b}):
+		return layerio.OCILayer
+	case bytes.HasPrefix(blobBytes, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		return layerio.OCILayerZstd
+	}
+	return layerio.OCILayerUncompressed
+}
+
+// layer is an in-memory v1.Layer over a blob with an explicit media type.
+type layer struct {
+	blob      []byte
+	mediaType string
+	digest    v1.Hash
+	diffID    v1.Hash
+}
+
+// NewLayer returns an in-memory v1.Layer whose blob (as stored, compressed
+// or not) is b and whose media type is mediaType (any spelling layerio
+// accepts, Docker ones included).
+func NewLayer(b []byte, mediaType string) (v1.Layer, error) {
+	l := &layer{blob: b, mediaType: mediaType}
+	var err error
+	if l.digest, err = v1.NewHash(string(blob.FromBytes(b))); err != nil {
+		return nil, err
+	}
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, rc); err != nil {
+		return nil, fmt.Errorf("tartest: decompress layer: %w", err)
+	}
+	l.diffID = v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
+	return l, nil
+}
+
+func (l *layer) Digest() (v1.Hash, error)            { return l.digest, nil }
+func (l *layer) DiffID() (v1.Hash, error)            { return l.diffID, nil }
+func (l *layer) Size() (int64, error)                { return int64(len(l.blob)), nil }
+func (l *layer) MediaType() (types.MediaType, error) { return types.MediaType(l.mediaType), nil }
+func (l *layer) Compressed() (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(l.blob)), nil
+}
+func (l *layer) Uncompressed() (io.ReadCloser, error) {
+	c, err := layerio.CompressionOf(l.mediaType)
+	if err != nil {
+		return nil, err
+	}
+	return layerio.Decompress(bytes.NewReader(l.blob), c, layerio.Limits{MaxBytes: -1})
+}
+
+// Image returns an OCI image whose layers, bottom first, are the given
+// blobs, with media types from MediaTypeOf.
+func Image(t testing.TB, layers ...[]byte) v1.Image {
+	t.Helper()
+	ls := make([]v1.Layer, 0, len(layers))
+	for i, b := range layers {
+		l, err := NewLayer(b, MediaTypeOf(b))
+		if err != nil {
+			t.Fatalf("tartest: layer %d: %v", i, err)
+		}
+		ls = append(ls, l)
+	}
+	return ImageOf(t, ls...)
+}
+
+// ImageOf returns an OCI image with the given layers, bottom first.
+func ImageOf(t testing.TB, layers ...v1.Layer) v1.Image {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		t.Fatalf("tartest: append layers: %v", err)
+	}
+	img = mutate.MediaType(img, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	if _, err := img.Digest(); err != nil {
+		t.Fatalf("tartest: image digest: %v", err)
+	}
+	return img
+}
+
+// FromV1 adapts a go-containerregistry image to materialize.Image. Each
+// Layer.Open returns the layer's blob as stored, verified against its digest
+// and size with blob.NewVerifier while it is read, and failing reads once
+// ctx is done.
+func FromV1(t testing.TB, img v1.Image) materialize.Image {
+	t.Helper()
+	m, err := Adapt(img)
+	if err != nil {
+		t.Fatalf("tartest: %v", err)
+	}
+	return m
+}
+
+// Adapt is FromV1 returning its error instead of failing a test.
+func Adapt(img v1.Image) (materialize.Image, error) {
+	d, err := img.Digest()
+	if err != nil {
+		return nil, fmt.Errorf("image digest: %w", err)
+	}
+	ls, err := img.Layers()
+	if err != nil {
+		return nil, fmt.Errorf("image layers: %w", err)
+	}
+	out := &v1Image{digest: blob.Digest(d.String())}
+	for i, l := range ls {
+		ld, err := l.Digest()
+		if err != nil {
+			return nil, fmt.Errorf("layer %d digest: %w", i, err)
+		}
+		size, err := l.Size()
+		if err != nil {
+			return nil, fmt.Errorf("layer %d size: %w", i, err)
+		}
+		mt, err := l.MediaType()
+		if err != nil {
+			return nil, fmt.Errorf("layer %d media type: %w", i, err)
+		}
+		out.layers = append(out.layers, &v1Layer{l: l, digest: blob.Digest(ld.String()), size: size, mediaType: string(mt)})
+	}
+	return out, nil
+}
+
+type v1Image struct {
+	digest blob.Digest
+	layers []materialize.Layer
+}
+
+func (i *v1Image) Digest() blob.Digest         { return i.digest }
+func (i *v1Image) Layers() []materialize.Layer { return i.layers }
+
+type v1Layer struct {
+	l         v1.Layer
+	digest    blob.Digest
+	size      int64
+	mediaType string
+}
+
+func (l *v1Layer) Digest() blob.Digest { return l.digest }
+func (l *v1Layer) MediaType() string   { return l.mediaType }
+func (l *v1Layer) Size() int64         { return l.size }
+func (l *v1Layer) Open(ctx context.Context) (io.ReadCloser, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	rc, err := l.l.Compressed()
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", l.digest, err)
+	}
+	return blob.NewVerifier(&ctxReader{ctx: ctx, rc: rc}, l.digest, l.size, nil), nil
+}
+
+type ctxReader struct {
+	ctx context.Context
+	rc  io.ReadCloser
+}
+
+func (r *ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.rc.Read(p)
+}
+
+func (r *ctxReader) Close() error { return r.rc.Close() }
