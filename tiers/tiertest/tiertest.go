@@ -1,9 +1,21 @@
 // Package tiertest is the conformance suite for blob.Tier: one set of tests
-// that holds the whole Tier contract. Every tier and every wrapper runs it:
+// that holds the whole Tier contract written in package blob's doc comments.
+// Every tier and every wrapper runs it:
 //
 //	func TestConformance(t *testing.T) {
 //		tiertest.Run(t, tiertest.Config{New: func(t *testing.T) blob.Tier { ... }})
 //	}
+//
+// The suite checks misses, malformed input, empty, tiny and 64 MiB blobs
+// (streamed, never held twice), rejection of wrong digests and sizes with
+// nothing stored, idempotent and concurrent Puts, context cancellation in the
+// middle of reads and writes, Info fields, refs (round trip, overwrite,
+// scoping, expiry, validation, listing), Delete, Walk, Usage, Close and,
+// when the tier persists, a close/reopen cycle.
+//
+// The package also exports helpers for other tests: RandomBlob and
+// RandomBytes make deterministic content, PutBytes, PutRandom, ReadAll and
+// StreamDigest store and read blobs and fail the test on error.
 package tiertest
 
 import (
@@ -15,16 +27,109 @@ import (
 // Config describes the tier under test.
 type Config struct {
 	// New returns a fresh, empty tier; it registers its own cleanup with
-	// t.Cleanup. The suite closes nothing it did not open.
+	// t.Cleanup. Every subtest calls New for its own tier. The suite closes
+	// tiers itself in the "Close" and "Reopen" subtests, so the cleanup must
+	// tolerate a tier that is already closed (a second Close must not panic;
+	// ignore its error).
 	New func(t *testing.T) blob.Tier
-	// CannotList: Walk and WalkRefs return blob.ErrUnsupported.
+
+	// CannotList: Walk and WalkRefs return blob.ErrUnsupported; the suite
+	// asserts that instead of checking listings.
 	CannotList bool
-	// CannotDelete: Delete and DeleteRef return blob.ErrUnsupported.
+
+	// CannotDelete: Delete and DeleteRef return blob.ErrUnsupported; the
+	// suite asserts that instead of checking deletion.
 	CannotDelete bool
+
+	// MaxBlobSize, when > 0, is the largest blob the tier accepts: Put of a
+	// bigger one must return blob.ErrTooLarge, store nothing and not read the
+	// whole stream. Cases that need a bigger blob (the 64 MiB one) are
+	// skipped and others shrink to fit. 0 means no limit.
+	MaxBlobSize int64
+
+	// Reopen, when set, closes old and returns a tier over the same storage
+	// (for tiers that persist, such as disk). The "Reopen" subtest checks
+	// that blobs and refs survive and deletions stay deleted. Reopen
+	// registers cleanup for the tier it returns.
+	Reopen func(t *testing.T, old blob.Tier) blob.Tier
 }
 
-// Run runs the conformance suite against cfg.New.
+// Sizes the suite uses. They are fixed so that results are comparable
+// between tiers and independent of -short.
+const (
+	LargeBlobSize      = 64 << 20 // the big streamed blob
+	CancelBlobSize     = 8 << 20  // blob read or written when ctx is cancelled
+	ConcurrentBlobSize = 1 << 20  // blob put and read by 64 goroutines
+	Goroutines         = 64
+	// ReadsAfterCancel bounds how many further Reads (of at most
+	// CancelReadSize bytes each) an Open reader may serve after its ctx was
+	// cancelled before it must fail.
+	ReadsAfterCancel = 64
+	CancelReadSize   = 32 << 10
+)
+
+// Run runs the conformance suite against cfg.New as subtests of t.
 func Run(t *testing.T, cfg Config) {
 	t.Helper()
-	t.Skip("conformance suite not written yet")
+	if cfg.New == nil {
+		t.Fatal("tiertest.Config.New is nil")
+	}
+	s := &suite{cfg: cfg}
+	tests := []struct {
+		name string
+		fn   func(t *testing.T)
+	}{
+		// CAS
+		{"NotFound", s.testNotFound},
+		{"InvalidDigest", s.testInvalidDigest},
+		{"EmptyBlob", s.testEmptyBlob},
+		{"OneByteBlob", s.testOneByte},
+		{"ReaderShapes", s.testReaderShapes},
+		{"Large64MiBStreamed", s.testLarge},
+		{"TooLarge", s.testTooLarge},
+		{"PutMismatchStoresNothing", s.testPutMismatch},
+		{"PutNegativeSize", s.testPutNegativeSize},
+		{"IdempotentPut", s.testIdempotentPut},
+		{"Concurrent64PutAndRead", s.testConcurrent},
+		{"CancelledContext", s.testCancelledContext},
+		{"OpenCancelMidStream", s.testOpenCancelMidStream},
+		{"PutCancelMidStream", s.testPutCancelMidStream},
+		{"ReaderClose", s.testReaderClose},
+		{"Info", s.testInfo},
+		{"DeleteThenMiss", s.testDelete},
+		{"Walk", s.testWalk},
+		// Refs
+		{"RefRoundTrip", s.testRefRoundTrip},
+		{"RefOverwrite", s.testRefOverwrite},
+		{"RefScoping", s.testRefScoping},
+		{"RefExpiredInPast", s.testRefExpiredInPast},
+		{"RefExpiresSoon", s.testRefExpiresSoon},
+		{"RefInvalid", s.testRefInvalid},
+		{"DeleteRef", s.testDeleteRef},
+		{"WalkRefs", s.testWalkRefs},
+		// Tier
+		{"Usage", s.testUsage},
+		{"Close", s.testClose},
+		{"Reopen", s.testReopen},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, tt.fn)
+	}
+}
+
+type suite struct {
+	cfg Config
+}
+
+// fits reports whether a blob of size bytes is within the tier's limit.
+func (s *suite) fits(size int64) bool {
+	return s.cfg.MaxBlobSize <= 0 || size <= s.cfg.MaxBlobSize
+}
+
+// clamp returns size, or the tier's limit when that is smaller.
+func (s *suite) clamp(size int64) int64 {
+	if s.fits(size) {
+		return size
+	}
+	return s.cfg.MaxBlobSize
 }
