@@ -1,0 +1,395 @@
+// Package memory is the in-process blob.Tier: a byte-budgeted LRU of blobs
+// and a bounded LRU of refs, both held in memory.
+//
+// Blobs above a per-blob limit are declined with blob.ErrTooLarge, so a stack
+// passes them to the tiers below. Stored bytes are immutable: Open serves a
+// reader over the stored slice without copying it, and Put verifies digest and
+// size before a blob becomes visible.
+package memory
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/strata-oci/strata/blob"
+)
+
+// Defaults used for zero Config fields.
+const (
+	DefaultName         = "memory"
+	DefaultMaxBytes     = 256 << 20
+	DefaultMaxBlobBytes = 64 << 20
+	DefaultMaxRefs      = 100_000
+	DefaultMaxRefBytes  = 16 << 20
+)
+
+// Config configures a memory tier. Zero fields take the defaults above.
+type Config struct {
+	// Name identifies the tier in errors and Info.Tier (default "memory").
+	Name string
+	// MaxBytes is the byte budget for blob content (default 256 MiB). When a
+	// Put would exceed it, least recently used blobs are evicted.
+	MaxBytes int64
+	// MaxBlobBytes is the per-blob limit (default min(64 MiB, MaxBytes)). Put
+	// of a larger blob returns blob.ErrTooLarge without reading the stream.
+	MaxBlobBytes int64
+	// MaxRefs bounds the number of refs (default 100,000); beyond it the least
+	// recently used refs are evicted.
+	MaxRefs int
+	// MaxRefBytes bounds the bytes held by refs, counted as the lengths of
+	// namespace, scope, name, digest and media type plus a fixed per-ref
+	// overhead (default 16 MiB); beyond it the least recently used refs are
+	// evicted. Refs do not count toward MaxBytes.
+	MaxRefBytes int64
+	// OnEvict, if set, is called with the digest and size of every blob
+	// dropped to fit the byte budget (not for Delete). It is called after the
+	// tier's lock is released, so it may call back into the tier; calls may
+	// come from several goroutines at once.
+	OnEvict func(d blob.Digest, size int64)
+}
+
+// refOverhead approximates the bookkeeping bytes of one ref entry.
+const refOverhead = 128
+
+// putChunk bounds a single Read during Put, so cancellation is noticed
+// between chunks even when the source would fill a huge buffer at once.
+const putChunk = 1 << 20
+
+// Tier is an in-memory blob.Tier. It is safe for concurrent use.
+type Tier struct {
+	name         string
+	maxBytes     int64
+	maxBlobBytes int64
+	maxRefs      int
+	maxRefBytes  int64
+	onEvict      func(blob.Digest, int64)
+
+	mu       sync.Mutex
+	closed   bool
+	blobs    map[blob.Digest]*entry
+	lru      entry // sentinel of the blob LRU ring; lru.next is most recent
+	bytes    int64
+	refs     map[blob.RefKey]*refEntry
+	refLRU   refEntry // sentinel of the ref LRU ring
+	refBytes int64
+}
+
+var _ blob.Tier = (*Tier)(nil)
+
+// entry is one stored blob; data is never modified after the entry is made.
+type entry struct {
+	d          blob.Digest
+	data       []byte
+	lastAccess time.Time
+	prev, next *entry
+}
+
+type refEntry struct {
+	k          blob.RefKey
+	r          blob.Ref
+	cost       int64
+	prev, next *refEntry
+}
+
+// New returns an empty memory tier.
+func New(cfg Config) *Tier {
+	t := &Tier{
+		name:         cfg.Name,
+		maxBytes:     cfg.MaxBytes,
+		maxBlobBytes: cfg.MaxBlobBytes,
+		maxRefs:      cfg.MaxRefs,
+		maxRefBytes:  cfg.MaxRefBytes,
+		onEvict:      cfg.OnEvict,
+		blobs:        make(map[blob.Digest]*entry),
+		refs:         make(map[blob.RefKey]*refEntry),
+	}
+	if t.name == "" {
+		t.name = DefaultName
+	}
+	if t.maxBytes <= 0 {
+		t.maxBytes = DefaultMaxBytes
+	}
+	if t.maxBlobBytes <= 0 {
+		t.maxBlobBytes = min(DefaultMaxBlobBytes, t.maxBytes)
+	}
+	t.maxBlobBytes = min(t.maxBlobBytes, t.maxBytes)
+	if t.maxRefs <= 0 {
+		t.maxRefs = DefaultMaxRefs
+	}
+	if t.maxRefBytes <= 0 {
+		t.maxRefBytes = DefaultMaxRefBytes
+	}
+	t.lru.prev, t.lru.next = &t.lru, &t.lru
+	t.refLRU.prev, t.refLRU.next = &t.refLRU, &t.refLRU
+	return t
+}
+
+// Name returns the tier's name.
+func (t *Tier) Name() string { return t.name }
+
+func (t *Tier) errClosed(op string) error {
+	return fmt.Errorf("memory tier %q: %s: %w: tier is closed", t.name, op, blob.ErrUnavailable)
+}
+
+func (t *Tier) notFound(op string, d blob.Digest) error {
+	if err := blob.ValidateDigest(d); err != nil {
+		return fmt.Errorf("memory tier %q: %s: %w", t.name, op, err)
+	}
+	return fmt.Errorf("memory tier %q: %s %s: %w", t.name, op, d, blob.ErrNotFound)
+}
+
+// Stat returns the blob's Info and marks it recently used. A miss wraps
+// blob.ErrNotFound; a malformed digest blob.ErrInvalidDigest.
+func (t *Tier) Stat(ctx context.Context, d blob.Digest) (blob.Info, error) {
+	if err := ctx.Err(); err != nil {
+		return blob.Info{}, fmt.Errorf("memory tier %q: stat %s: %w", t.name, d, err)
+	}
+	now := time.Now()
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return blob.Info{}, t.errClosed("stat")
+	}
+	e := t.blobs[d]
+	if e == nil {
+		t.mu.Unlock()
+		return blob.Info{}, t.notFound("stat", d)
+	}
+	e.lastAccess = now
+	t.moveToFront(e)
+	t.mu.Unlock()
+	return blob.Info{Digest: d, Size: int64(len(e.data)), LastAccess: now, Tier: t.name}, nil
+}
+
+// Open returns a reader over the stored bytes (no copy) and marks the blob
+// recently used. The reader is not safe for concurrent Reads; it fails with
+// ctx's error once ctx is done, and with an error after Close. Memory does
+// not rot, so the reader does not re-hash.
+func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Info, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, blob.Info{}, fmt.Errorf("memory tier %q: open %s: %w", t.name, d, err)
+	}
+	now := time.Now()
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil, blob.Info{}, t.errClosed("open")
+	}
+	e := t.blobs[d]
+	if e == nil {
+		t.mu.Unlock()
+		return nil, blob.Info{}, t.notFound("open", d)
+	}
+	e.lastAccess = now
+	t.moveToFront(e)
+	data := e.data
+	t.mu.Unlock()
+	return &reader{ctx: ctx, data: data}, blob.Info{Digest: d, Size: int64(len(data)), LastAccess: now, Tier: t.name}, nil
+}
+
+// Put stores size bytes from r under d after verifying them. It declines a
+// blob larger than the per-blob limit with blob.ErrTooLarge before reading r,
+// returns nil without reading r when the blob is already held, buffers at most
+// size bytes, and stores nothing unless r yields exactly size bytes hashing to
+// d (otherwise a *blob.MismatchError) and ctx stayed live throughout. Storing
+// may evict least recently used blobs; OnEvict is called for them after the
+// lock is released.
+func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("memory tier %q: put %s: %w", t.name, d, err)
+	}
+	if err := blob.ValidateDigest(d); err != nil {
+		return fmt.Errorf("memory tier %q: put: %w", t.name, err)
+	}
+	if size < 0 {
+		return fmt.Errorf("memory tier %q: put %s: %w: negative size %d", t.name, d, blob.ErrInvalidDigest, size)
+	}
+	if size > t.maxBlobBytes {
+		return fmt.Errorf("memory tier %q: put %s: %d bytes exceed the per-blob limit of %d: %w", t.name, d, size, t.maxBlobBytes, blob.ErrTooLarge)
+	}
+	now := time.Now()
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return t.errClosed("put")
+	}
+	if e := t.blobs[d]; e != nil {
+		e.lastAccess = now
+		t.moveToFront(e)
+		t.mu.Unlock()
+		return nil
+	}
+	t.mu.Unlock()
+
+	data, err := readVerified(ctx, d, size, r)
+	if err != nil {
+		return fmt.Errorf("memory tier %q: put %s: %w", t.name, d, err)
+	}
+
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return t.errClosed("put")
+	}
+	if e := t.blobs[d]; e != nil { // a concurrent Put won
+		e.lastAccess = now
+		t.moveToFront(e)
+		t.mu.Unlock()
+		return nil
+	}
+	e := &entry{d: d, data: data, lastAccess: time.Now()}
+	t.blobs[d] = e
+	t.pushFront(e)
+	t.bytes += size
+	var evicted []*entry
+	for t.bytes > t.maxBytes {
+		victim := t.lru.prev // never e: size <= maxBytes
+		t.unlink(victim)
+		delete(t.blobs, victim.d)
+		t.bytes -= int64(len(victim.data))
+		evicted = append(evicted, victim)
+	}
+	t.mu.Unlock()
+	if t.onEvict != nil {
+		for _, v := range evicted {
+			t.onEvict(v.d, int64(len(v.data)))
+		}
+	}
+	return nil
+}
+
+// readVerified reads exactly size bytes from r into a new slice through a
+// blob.Verifier and confirms the stream ends there with digest d. It stops
+// with ctx's error as soon as ctx is done.
+func readVerified(ctx context.Context, d blob.Digest, size int64, r io.Reader) ([]byte, error) {
+	v := blob.NewVerifier(&ctxReader{ctx: ctx, r: r}, d, size, nil)
+	data := make([]byte, size)
+	if _, err := io.ReadFull(v, data); err != nil {
+		// A short stream is a *MismatchError from the Verifier.
+		return nil, err
+	}
+	// Confirm the end of the stream: the Verifier returns io.EOF only after
+	// the digest matched, and a mismatch for one byte too many.
+	var one [1]byte
+	for tries := 0; ; tries++ {
+		n, err := v.Read(one[:])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 && tries >= 100 {
+			return nil, io.ErrNoProgress
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
+// Delete removes the blob; a miss wraps blob.ErrNotFound. OnEvict is not
+// called.
+func (t *Tier) Delete(ctx context.Context, d blob.Digest) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("memory tier %q: delete %s: %w", t.name, d, err)
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return t.errClosed("delete")
+	}
+	e := t.blobs[d]
+	if e == nil {
+		t.mu.Unlock()
+		return t.notFound("delete", d)
+	}
+	t.unlink(e)
+	delete(t.blobs, d)
+	t.bytes -= int64(len(e.data))
+	t.mu.Unlock()
+	return nil
+}
+
+// Walk calls fn for a snapshot of the blobs held when Walk started, most
+// recently used first, without holding the tier's lock (fn may call into the
+// tier). It stops at fn's first error, or ctx's, and returns it.
+func (t *Tier) Walk(ctx context.Context, fn func(blob.Info) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("memory tier %q: walk: %w", t.name, err)
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return t.errClosed("walk")
+	}
+	infos := make([]blob.Info, 0, len(t.blobs))
+	for e := t.lru.next; e != &t.lru; e = e.next {
+		infos = append(infos, blob.Info{Digest: e.d, Size: int64(len(e.data)), LastAccess: e.lastAccess, Tier: t.name})
+	}
+	t.mu.Unlock()
+	for _, info := range infos {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("memory tier %q: walk: %w", t.name, err)
+		}
+		if err := fn(info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Usage reports the blobs, bytes and refs held and the byte budget.
+func (t *Tier) Usage(ctx context.Context) (blob.Usage, error) {
+	if err := ctx.Err(); err != nil {
+		return blob.Usage{}, fmt.Errorf("memory tier %q: usage: %w", t.name, err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return blob.Usage{}, t.errClosed("usage")
+	}
+	return blob.Usage{Blobs: int64(len(t.blobs)), Bytes: t.bytes, Refs: int64(len(t.refs)), Budget: t.maxBytes}, nil
+}
+
+// Close drops everything the tier holds. Later calls fail with an error
+// wrapping blob.ErrUnavailable; readers opened before Close keep working.
+// Closing twice is a no-op.
+func (t *Tier) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closed = true
+	t.blobs, t.refs = nil, nil
+	t.lru.prev, t.lru.next = &t.lru, &t.lru
+	t.refLRU.prev, t.refLRU.next = &t.refLRU, &t.refLRU
+	t.bytes, t.refBytes = 0, 0
+	return nil
+}
+
+// LRU ring helpers; callers hold t.mu.
+
+func (t *Tier) pushFront(e *entry) {
+	e.prev = &t.lru
+	e.next = t.lru.next
+	e.next.prev = e
+	t.lru.next = e
+}
+
+func (t *Tier) unlink(e *entry) {
+	e.prev.next = e.next
+	e.next.prev = e.prev
+	e.prev, e.next = nil, nil
+}
+
+func (t *Tier) moveToFront(e *entry) {
+	if t.lru.next == e {
+		return
+	}
+	e.prev.next = e.next
+	e.next.prev = e.prev
+	t.pushFront(e)
+}
