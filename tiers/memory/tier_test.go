@@ -27,7 +27,9 @@ func TestConformance(t *testing.T) {
 // limit, so the suite exercises ErrTooLarge and shrinks its other cases.
 func TestConformanceSmallBlobLimit(t *testing.T) {
 	tiertest.Run(t, tiertest.Config{
-		New:         func(t *testing.T) blob.Tier { return newTier(t, memory.Config{Name: "memory-small", MaxBlobBytes: 1 << 20}) },
+		New: func(t *testing.T) blob.Tier {
+			return newTier(t, memory.Config{Name: "memory-small", MaxBlobBytes: 1 << 20})
+		},
 		MaxBlobSize: 1 << 20,
 	})
 }
