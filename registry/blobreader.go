@@ -1,0 +1,139 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/strata-oci/strata/blob"
+)
+
+// blobReader is the unverified body of one blob download that resumes
+// itself: when the connection breaks (a reset, or fewer bytes than the
+// Content-Length promised) it asks the same endpoint for the rest with a
+// Range request. A 206 must start exactly where the stream broke; a 200 (a
+// registry that ignores Range) is accepted by discarding what was already
+// read. It is wrapped in a blob.Verifier, so the content is verified end to
+// end across resumes.
+//
+// It keeps the context of the Blob call: an io.Reader has no other way to
+// learn it, and the download is bound to that call.
+type blobReader struct {
+	c      *Client
+	ctx    context.Context
+	cancel context.CancelFunc
+	ep     endpoint
+	repo   Repository
+	d      blob.Digest
+	total  int64 // expected length, -1 if unknown
+	limit  int64 // Config.MaxBlobSize, 0 = none
+
+	body    io.ReadCloser
+	off     int64
+	resumes int
+}
+
+func (b *blobReader) Read(p []byte) (int, error) {
+	for {
+		n, err := b.body.Read(p)
+		b.off += int64(n)
+		if b.limit > 0 && b.off > b.limit {
+			return 0, fmt.Errorf("GET blob %s %s/%s: %w: more than %d bytes", b.d, b.ep.host(), b.repo.Name(), ErrTooLarge, b.limit)
+		}
+		if err == nil || err == io.EOF && (b.total < 0 || b.off >= b.total) {
+			return n, err
+		}
+		if b.total >= 0 && b.off == b.total {
+			// Everything arrived; a failure after the last byte is moot.
+			return n, io.EOF
+		}
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		if b.ctx.Err() != nil || b.resumes >= b.c.cfg.MaxResumes {
+			return n, fmt.Errorf("GET blob %s %s/%s: %w: broken after %d bytes (%d resumes): %w", b.d, b.ep.host(), b.repo.Name(), ErrUnreachable, b.off, b.resumes, err)
+		}
+		if rerr := b.resume(); rerr != nil {
+			return n, fmt.Errorf("resuming blob %s after %d bytes (broken by %v): %w", b.d, b.off, err, rerr)
+		}
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+func (b *blobReader) resume() error {
+	b.body.Close()
+	b.body = http.NoBody
+	b.resumes++
+	host, rname := b.ep.host(), b.repo.Name()
+	rng := "bytes=" + strconv.FormatInt(b.off, 10) + "-"
+	if b.total >= 0 {
+		// A closed range: some registries (ggcr's own) accept only that form.
+		rng += strconv.FormatInt(b.total-1, 10)
+	}
+	resp, err := b.c.send(b.ctx, b.ep, b.repo, http.MethodGet, "blobs", string(b.d), http.Header{"Range": {rng}})
+	if err != nil {
+		return err
+	}
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		start, end, size, err := parseContentRange(resp.Header.Get("Content-Range"))
+		if err != nil || start != b.off || (b.total >= 0 && (end != b.total-1 || (size >= 0 && size != b.total))) {
+			resp.Body.Close()
+			return fmt.Errorf("GET blob %s %s/%s: %w: asked for %s, got Content-Range %q", b.d, host, rname, ErrProtocol, rng, resp.Header.Get("Content-Range"))
+		}
+	case http.StatusOK:
+		if _, err := io.CopyN(io.Discard, resp.Body, b.off); err != nil {
+			resp.Body.Close()
+			return fmt.Errorf("GET blob %s %s/%s: %w: skipping %d bytes the registry sent again: %w", b.d, host, rname, ErrUnreachable, b.off, err)
+		}
+	default:
+		resp.Body.Close()
+		return statusError("GET blob "+string(b.d)+" (resume)", host, rname, resp.StatusCode)
+	}
+	b.c.m.resumes.WithLabelValues(host).Inc()
+	b.body = resp.Body
+	return nil
+}
+
+// Close releases the connection. It is safe to call more than once.
+func (b *blobReader) Close() error {
+	err := b.body.Close()
+	b.cancel()
+	return err
+}
+
+// parseContentRange parses "bytes START-END/SIZE" (SIZE may be "*", then -1).
+func parseContentRange(v string) (start, end, size int64, err error) {
+	bad := errors.New("malformed Content-Range")
+	rest, ok := strings.CutPrefix(strings.TrimSpace(v), "bytes ")
+	if !ok {
+		return 0, 0, 0, bad
+	}
+	rng, sz, ok := strings.Cut(rest, "/")
+	if !ok {
+		return 0, 0, 0, bad
+	}
+	s, e, ok := strings.Cut(rng, "-")
+	if !ok {
+		return 0, 0, 0, bad
+	}
+	if start, err = strconv.ParseInt(s, 10, 64); err != nil || start < 0 {
+		return 0, 0, 0, bad
+	}
+	if end, err = strconv.ParseInt(e, 10, 64); err != nil || end < start {
+		return 0, 0, 0, bad
+	}
+	size = -1
+	if sz != "*" {
+		if size, err = strconv.ParseInt(sz, 10, 64); err != nil || size <= end {
+			return 0, 0, 0, bad
+		}
+	}
+	return start, end, size, nil
+}

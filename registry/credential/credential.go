@@ -1,0 +1,254 @@
+package credential
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+)
+
+// Source says where a resolved credential came from.
+type Source uint8
+
+// Credential sources, in the resolver's priority order.
+const (
+	SourceNone       Source = iota // built directly, not resolved
+	SourceRequest                  // came with the request
+	SourceConfig                   // configured per-registry credential
+	SourceKeychain                 // Docker/Podman keychain
+	SourceAnonymous                // nothing found: anonymous
+)
+
+func (s Source) String() string {
+	switch s {
+	case SourceRequest:
+		return "request"
+	case SourceConfig:
+		return "config"
+	case SourceKeychain:
+		return "keychain"
+	case SourceAnonymous:
+		return "anonymous"
+	}
+	return "none"
+}
+
+// Credential is what authenticates a caller at one registry: a username and
+// password, an identity token (an OAuth2 refresh token, as `docker login`
+// stores for some registries), or a registry token (a bearer token sent as
+// is). The zero value is Anonymous.
+//
+// The secret is unexported and never printed: fmt (every verb, including %v,
+// %+v and %#v, also inside other structs), encoding/json and log/slog show
+// only Registry, Username and Source. JSON decoding (UnmarshalJSON) does read
+// secrets, so configuration files can hold them; marshalling never writes
+// them, so a Credential does not survive a JSON round trip.
+//
+// Credential is a small immutable value, safe to copy and share.
+type Credential struct {
+	// Registry is the host the credential is for ("" in a request
+	// credential means: the registry of the image requested).
+	Registry string
+	// Username may be empty for token credentials.
+	Username string
+	// Source says where a resolved credential came from.
+	Source Source
+
+	// secret is behind a pointer so that fmt, which does not dereference
+	// nested pointers, prints an address even when a Credential sits in an
+	// unexported field of a struct that is printed with %+v.
+	secret *secret
+}
+
+type secret struct {
+	password, identityToken, registryToken string
+}
+
+// Anonymous is the credential of a caller with none.
+var Anonymous = Credential{}
+
+// Basic returns a username/password credential for registry.
+func Basic(registry, username, password string) Credential {
+	return Credential{Registry: registry, Username: username, secret: &secret{password: password}}
+}
+
+// IdentityToken returns a credential that authenticates with an OAuth2
+// identity (refresh) token; username is usually "<token>" or empty.
+func IdentityToken(registry, username, token string) Credential {
+	return Credential{Registry: registry, Username: username, secret: &secret{identityToken: token}}
+}
+
+// RegistryToken returns a credential that sends token as a bearer token.
+func RegistryToken(registry, token string) Credential {
+	return Credential{Registry: registry, secret: &secret{registryToken: token}}
+}
+
+// FromAuthConfig converts what a keychain returns. A Docker config "auth"
+// field (base64 "user:password") is decoded when Username and Password are
+// empty; a malformed one is an error that does not echo it.
+func FromAuthConfig(registry string, ac authn.AuthConfig) (Credential, error) {
+	user, pass := ac.Username, ac.Password
+	if user == "" && pass == "" && ac.Auth != "" {
+		raw, err := base64.StdEncoding.DecodeString(ac.Auth)
+		if err != nil {
+			return Credential{}, fmt.Errorf("credential for %s: \"auth\" field is not base64", registry)
+		}
+		var ok bool
+		user, pass, ok = strings.Cut(string(raw), ":")
+		if !ok {
+			return Credential{}, fmt.Errorf("credential for %s: \"auth\" field is not user:password", registry)
+		}
+	}
+	c := Credential{Registry: registry, Username: user}
+	if pass != "" || ac.IdentityToken != "" || ac.RegistryToken != "" {
+		c.secret = &secret{password: pass, identityToken: ac.IdentityToken, registryToken: ac.RegistryToken}
+	}
+	return c, nil
+}
+
+// IsAnonymous reports whether c carries no username and no secret.
+func (c Credential) IsAnonymous() bool {
+	return c.Username == "" && !c.hasSecret()
+}
+
+func (c Credential) hasSecret() bool {
+	return c.secret != nil && (c.secret.password != "" || c.secret.identityToken != "" || c.secret.registryToken != "")
+}
+
+// kind names the secret's kind, for printing.
+func (c Credential) kind() string {
+	switch {
+	case c.secret == nil:
+		return ""
+	case c.secret.registryToken != "":
+		return "registry token"
+	case c.secret.identityToken != "":
+		return "identity token"
+	case c.secret.password != "":
+		return "password"
+	}
+	return ""
+}
+
+// Authenticator returns an authn.Authenticator for c (authn.Anonymous when
+// c is anonymous). The authenticator, too, never prints the secret.
+func (c Credential) Authenticator() authn.Authenticator {
+	if c.IsAnonymous() {
+		return authn.Anonymous
+	}
+	return authenticator{c}
+}
+
+// With returns a copy of c for registry with source s.
+func (c Credential) with(registry string, s Source) Credential {
+	c.Registry, c.Source = registry, s
+	return c
+}
+
+type authenticator struct{ c Credential }
+
+// Authorization implements authn.Authenticator.
+func (a authenticator) Authorization() (*authn.AuthConfig, error) {
+	ac := &authn.AuthConfig{Username: a.c.Username}
+	if s := a.c.secret; s != nil {
+		ac.Password, ac.IdentityToken, ac.RegistryToken = s.password, s.identityToken, s.registryToken
+	}
+	return ac, nil
+}
+
+// AuthorizationContext implements authn.ContextAuthenticator.
+func (a authenticator) AuthorizationContext(context.Context) (*authn.AuthConfig, error) {
+	return a.Authorization()
+}
+
+func (a authenticator) String() string                { return "authenticator for " + a.c.String() }
+func (a authenticator) GoString() string              { return a.String() }
+func (a authenticator) Format(f fmt.State, verb rune) { writeFormatted(f, verb, a.String()) }
+
+// String returns `credential{registry=ghcr.io user="alice" password=<redacted>}`,
+// or `credential{anonymous}`.
+func (c Credential) String() string {
+	if c.IsAnonymous() {
+		if c.Registry == "" {
+			return "credential{anonymous}"
+		}
+		return "credential{registry=" + c.Registry + " anonymous}"
+	}
+	var b strings.Builder
+	b.WriteString("credential{")
+	if c.Registry != "" {
+		b.WriteString("registry=" + c.Registry + " ")
+	}
+	b.WriteString("user=" + strconv.Quote(c.Username))
+	if k := c.kind(); k != "" {
+		b.WriteString(" " + k + "=<redacted>")
+	}
+	if c.Source != SourceNone {
+		b.WriteString(" source=" + c.Source.String())
+	}
+	b.WriteString("}")
+	return b.String()
+}
+
+// GoString implements fmt.GoStringer (%#v) without the secret.
+func (c Credential) GoString() string { return c.String() }
+
+// Format implements fmt.Formatter: every verb prints String (quoted for %q).
+func (c Credential) Format(f fmt.State, verb rune) { writeFormatted(f, verb, c.String()) }
+
+func writeFormatted(f fmt.State, verb rune, s string) {
+	if verb == 'q' {
+		s = strconv.Quote(s)
+	}
+	_, _ = f.Write([]byte(s))
+}
+
+// LogValue implements slog.LogValuer: registry, username and source only.
+func (c Credential) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("registry", c.Registry),
+		slog.String("username", c.Username),
+		slog.Bool("anonymous", c.IsAnonymous()),
+		slog.String("source", c.Source.String()),
+	)
+}
+
+type wireCredential struct {
+	Registry      string `json:"registry,omitempty"`
+	Username      string `json:"username,omitempty"`
+	Password      string `json:"password,omitempty"`
+	IdentityToken string `json:"identityToken,omitempty"`
+	RegistryToken string `json:"registryToken,omitempty"`
+}
+
+// MarshalJSON writes registry, username and source, never the secret.
+func (c Credential) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Registry  string `json:"registry,omitempty"`
+		Username  string `json:"username,omitempty"`
+		Anonymous bool   `json:"anonymous"`
+		Source    string `json:"source,omitempty"`
+	}{c.Registry, c.Username, c.IsAnonymous(), c.Source.String()})
+}
+
+// UnmarshalJSON reads {"registry", "username", "password", "identityToken",
+// "registryToken"} (all optional), as configuration files write them.
+// Errors never echo a value.
+func (c *Credential) UnmarshalJSON(b []byte) error {
+	var w wireCredential
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err != nil {
+		return fmt.Errorf("%w: credential: want an object with registry, username, password, identityToken, registryToken", ErrInvalidConfig)
+	}
+	*c = Credential{Registry: w.Registry, Username: w.Username}
+	if w.Password != "" || w.IdentityToken != "" || w.RegistryToken != "" {
+		c.secret = &secret{password: w.Password, identityToken: w.IdentityToken, registryToken: w.RegistryToken}
+	}
+	return nil
+}

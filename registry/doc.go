@@ -1,0 +1,58 @@
+// Package registry is Strata's client for OCI distribution registries: image
+// references, tag resolution, manifests and verified blob streams. It is the
+// only package that speaks HTTP to registries; it knows nothing of tiers and
+// parses no documents (package manifest does).
+//
+// It is built on go-containerregistry: pkg/name for reference grammar,
+// pkg/v1/remote/transport for the ping, basic auth and the bearer token
+// dance (including re-authentication when a token expires: a 401 with a
+// challenge makes ggcr fetch a new token and send the request again, once),
+// and pkg/authn for credentials. On top it adds what the fetcher needs and
+// ggcr's remote package does not offer: explicit per-call credentials,
+// mirrors, a connect-time network policy, retries that honour Retry-After,
+// resumable verified blob downloads, size caps, sentinel errors and metrics.
+//
+// # Errors
+//
+// Every error wraps a sentinel with the host and repository: ErrDenied
+// (401/403), ErrNotFound (wraps blob.ErrNotFound), ErrUnreachable (wraps
+// blob.ErrUnavailable), ErrTooLarge (wraps blob.ErrTooLarge),
+// ErrDeniedAddress, ErrInvalidReference, ErrProtocol, or blob.ErrMismatch
+// (as *blob.MismatchError). No credential appears in an error, a log line
+// or a metric label.
+//
+// # Network policy
+//
+// Connections are checked in net.Dialer.Control, on the IP address actually
+// dialed after DNS resolution, so a DNS name resolving to an internal
+// address and a redirect (including a blob redirect to a storage host) are
+// refused the same way. Denied by default: loopback, RFC 1918 and fc00::/7,
+// link-local (169.254.0.0/16 with the 169.254.169.254 metadata service,
+// fe80::/10), CGNAT 100.64.0.0/10, unspecified, multicast and reserved
+// ranges, and the IPv4-mapped and NAT64 (64:ff9b::/96) forms of those.
+// Config.AllowCIDRs opens ranges.
+//
+// Through an HTTP proxy (Config.Proxy, or HTTPS_PROXY/HTTP_PROXY/NO_PROXY
+// from the environment) the client dials only the proxy, and that dial is
+// checked like any other. The target host is checked by resolving it
+// before the request (or CONNECT) is sent; the proxy then resolves it again
+// itself, so a target whose DNS answer changes between the two lookups can
+// only be stopped by the proxy's own policy.
+//
+// # Mirrors and credentials
+//
+// Config.Mirrors lists, per registry host, mirrors tried in order before
+// the origin for Resolve, Manifest and Blob. A mirror's 404, 5xx, denial,
+// transport error, timeout or bad content moves on to the next and counts
+// as a fallback; content that fails verification is never returned as
+// valid. The caller's authenticator is for the origin only: mirrors are
+// accessed anonymously unless Mirror.Auth is set. CheckAccess, the access
+// proof, always asks the origin with the caller's credentials.
+//
+// # Retries and resumes
+//
+// Idempotent requests are retried on 429, 5xx (except 501) and connection
+// resets, with exponential backoff and full jitter, honouring Retry-After in
+// seconds or as an HTTP-date, up to Config.MaxAttempts. A blob download that
+// breaks part way is resumed with a Range request for the remainder.
+package registry

@@ -1,0 +1,85 @@
+package registry
+
+import (
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the client's Prometheus collectors. Labels carry registry
+// hosts, HTTP methods and statuses and fixed reason strings, never a
+// credential, repository or URL.
+type metrics struct {
+	requests  *prometheus.CounterVec // host, method, status
+	bytes     *prometheus.CounterVec // host, method, status
+	retries   *prometheus.CounterVec // host, reason
+	fallbacks *prometheus.CounterVec // registry, mirror, reason
+	resumes   *prometheus.CounterVec // host
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "strata", Subsystem: "registry", Name: "requests_total",
+			Help: "HTTP requests sent to registries (every attempt, including token and ping requests), by host, method and status (\"error\" when no response).",
+		}, []string{"host", "method", "status"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "strata", Subsystem: "registry", Name: "response_bytes_total",
+			Help: "Response body bytes read from registries, by host, method and status.",
+		}, []string{"host", "method", "status"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "strata", Subsystem: "registry", Name: "retries_total",
+			Help: "HTTP requests retried, by host and reason (status code or \"connection\").",
+		}, []string{"host", "reason"}),
+		fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "strata", Subsystem: "registry", Name: "mirror_fallbacks_total",
+			Help: "Times a mirror could not serve and the next mirror or the origin was tried, by registry, mirror and reason.",
+		}, []string{"registry", "mirror", "reason"}),
+		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "strata", Subsystem: "registry", Name: "blob_resumes_total",
+			Help: "Interrupted blob downloads resumed with a new request, by host.",
+		}, []string{"host"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.requests, m.bytes, m.retries, m.fallbacks, m.resumes} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
+
+// metricsTransport counts every request attempt and the response bytes read.
+type metricsTransport struct {
+	inner http.RoundTripper
+	m     *metrics
+}
+
+func (t *metricsTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.inner.RoundTrip(req)
+	host := req.URL.Host
+	if err != nil {
+		t.m.requests.WithLabelValues(host, req.Method, "error").Inc()
+		return nil, err
+	}
+	status := strconv.Itoa(resp.StatusCode)
+	t.m.requests.WithLabelValues(host, req.Method, status).Inc()
+	resp.Body = &countingBody{ReadCloser: resp.Body, c: t.m.bytes.WithLabelValues(host, req.Method, status)}
+	return resp, nil
+}
+
+type countingBody struct {
+	io.ReadCloser
+	c prometheus.Counter
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.c.Add(float64(n))
+	}
+	return n, err
+}
