@@ -1,0 +1,147 @@
+package manifest
+
+import (
+	"fmt"
+	"mime"
+	"regexp"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Media types this package knows beyond those go-containerregistry names.
+const (
+	// OCIRestrictedLayerZstd is the OCI non-distributable zstd layer.
+	OCIRestrictedLayerZstd types.MediaType = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+	// DockerLayerZstd is the zstd Docker layer type that containerd and
+	// BuildKit write (not part of the Docker schema 2 specification).
+	DockerLayerZstd types.MediaType = "application/vnd.docker.image.rootfs.diff.tar.zstd"
+	// OCIArtifactManifest is the withdrawn OCI artifact manifest (image-spec
+	// 1.1 release candidates); it is rejected as an unknown document type.
+	OCIArtifactManifest types.MediaType = "application/vnd.oci.artifact.manifest.v1+json"
+)
+
+// Codec is a layer's compression.
+type Codec uint8
+
+// Layer compressions.
+const (
+	None Codec = iota // an uncompressed tar
+	Gzip
+	Zstd
+)
+
+func (c Codec) String() string {
+	switch c {
+	case None:
+		return "none"
+	case Gzip:
+		return "gzip"
+	case Zstd:
+		return "zstd"
+	}
+	return fmt.Sprintf("Codec(%d)", uint8(c))
+}
+
+type layerType struct {
+	codec   Codec
+	foreign bool
+}
+
+var layerTypes = map[types.MediaType]layerType{
+	types.OCIUncompressedLayer:           {None, false},
+	types.OCILayer:                       {Gzip, false},
+	types.OCILayerZStd:                   {Zstd, false},
+	types.OCIUncompressedRestrictedLayer: {None, true},
+	types.OCIRestrictedLayer:             {Gzip, true},
+	OCIRestrictedLayerZstd:               {Zstd, true},
+	types.DockerUncompressedLayer:        {None, false},
+	types.DockerLayer:                    {Gzip, false},
+	DockerLayerZstd:                      {Zstd, false},
+	types.DockerForeignLayer:             {Gzip, true},
+}
+
+// Compression returns the compression of a layer media type: None for the
+// plain tar types, Gzip or Zstd. Any other media type is an error wrapping
+// ErrUnknownMediaType (artifact layers, configs, manifests).
+func Compression(mt types.MediaType) (Codec, error) {
+	lt, ok := layerTypes[mt]
+	if !ok {
+		return None, fmt.Errorf("%w: %q is not an image layer media type", ErrUnknownMediaType, truncate(string(mt), 200))
+	}
+	return lt.codec, nil
+}
+
+// IsLayer reports whether mt is an image layer media type this package
+// knows (OCI tar, tar+gzip, tar+zstd, their non-distributable forms, and the
+// Docker rootfs layer types).
+func IsLayer(mt types.MediaType) bool { _, ok := layerTypes[mt]; return ok }
+
+// IsForeignLayer reports whether mt is a non-distributable (OCI) or foreign
+// (Docker) layer type: its content may live at the descriptor's URLs rather
+// than in the registry.
+func IsForeignLayer(mt types.MediaType) bool { return layerTypes[mt].foreign }
+
+// IsImageConfig reports whether mt is an image config (OCI or Docker).
+func IsImageConfig(mt types.MediaType) bool {
+	return mt == types.OCIConfigJSON || mt == types.DockerConfigJSON
+}
+
+// IsManifest reports whether mt is an image manifest (OCI or Docker schema 2).
+func IsManifest(mt types.MediaType) bool {
+	return mt == types.OCIManifestSchema1 || mt == types.DockerManifestSchema2
+}
+
+// IsIndex reports whether mt is an index (OCI index or Docker manifest list).
+func IsIndex(mt types.MediaType) bool {
+	return mt == types.OCIImageIndex || mt == types.DockerManifestList
+}
+
+// IsSchema1 reports whether mt is a Docker schema 1 manifest type.
+func IsSchema1(mt types.MediaType) bool {
+	return mt == types.DockerManifestSchema1 || mt == types.DockerManifestSchema1Signed
+}
+
+// mediaTypeRE is the OCI image-spec's grammar for media types (RFC 6838).
+var mediaTypeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$`)
+
+// validMediaType checks the RFC 6838 syntax the OCI spec requires.
+func validMediaType(mt string) error {
+	if !mediaTypeRE.MatchString(mt) {
+		return fmt.Errorf("malformed media type %q", truncate(mt, 200))
+	}
+	return nil
+}
+
+// genericContentTypes say nothing about which document a body is; registries
+// and proxies send them. They are treated as "not declared".
+var genericContentTypes = map[string]bool{
+	"":                         true,
+	"application/json":         true,
+	"text/plain":               true,
+	"application/octet-stream": true,
+}
+
+// declaredType normalizes a Content-Type value (lower case, parameters
+// dropped). It returns "" for a generic or empty value.
+func declaredType(contentType string) (types.MediaType, error) {
+	contentType = strings.TrimSpace(contentType)
+	if contentType == "" {
+		return "", nil
+	}
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return "", fmt.Errorf("%w: declared media type %q: %v", ErrInvalid, truncate(contentType, 200), err)
+	}
+	if genericContentTypes[mt] {
+		return "", nil
+	}
+	return types.MediaType(mt), nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
