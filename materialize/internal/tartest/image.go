@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -190,3 +191,37 @@ func (r *ctxReader) Read(p []byte) (int, error) {
 }
 
 func (r *ctxReader) Close() error { return r.rc.Close() }
+
+// RawLayer returns a materialize.Layer over blob b with the given media type
+// and no checks at all (it may be corrupt or mislabelled): for testing how
+// materializers handle bad layers. Open verifies against b's digest, so
+// reads succeed.
+func RawLayer(b []byte, mediaType string) materialize.Layer {
+	return &rawLayer{b: b, mediaType: mediaType, digest: blob.FromBytes(b)}
+}
+
+// RawImage returns a materialize.Image of the given layers, bottom first,
+// whose digest is derived from the layer digests.
+func RawImage(layers ...materialize.Layer) materialize.Image {
+	var s strings.Builder
+	for _, l := range layers {
+		s.WriteString(string(l.Digest()))
+	}
+	return &v1Image{digest: blob.FromBytes([]byte(s.String())), layers: layers}
+}
+
+type rawLayer struct {
+	b         []byte
+	mediaType string
+	digest    blob.Digest
+}
+
+func (l *rawLayer) Digest() blob.Digest { return l.digest }
+func (l *rawLayer) MediaType() string   { return l.mediaType }
+func (l *rawLayer) Size() int64         { return int64(len(l.b)) }
+func (l *rawLayer) Open(ctx context.Context) (io.ReadCloser, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return blob.NewVerifier(&ctxReader{ctx: ctx, rc: io.NopCloser(bytes.NewReader(l.b))}, l.digest, int64(len(l.b)), nil), nil
+}

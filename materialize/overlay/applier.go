@@ -1,0 +1,611 @@
+package overlay
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Overlayfs forms of the OCI whiteout markers.
+const (
+	whiteoutPrefix = ".wh."
+	opaqueMarker   = ".wh..wh..opq"
+	trustedOpaque  = "trusted.overlay.opaque"
+	userOpaque     = "user.overlay.opaque"
+)
+
+// applyConfig is what the applier needs from Config.
+type applyConfig struct {
+	opaqueXattr string
+	maxEntries  int64 // <= 0: unlimited
+	privileged  bool  // running with CAP_CHOWN/CAP_MKNOD etc. (euid 0)
+}
+
+// applyStats counts what one layer's extraction created.
+type applyStats struct {
+	Entries int64 // tar entries processed
+	Files   int64 // regular files written
+	Bytes   int64 // bytes of regular file content written
+	Skipped int64 // entries skipped (devices or ownership without privilege, overlay-internal xattrs)
+}
+
+// applier writes one layer's tar stream into a directory in overlayfs
+// form. Every path is resolved beneath the layer directory with openat2
+// RESOLVE_IN_ROOT (symlinks are followed as if the layer directory were /,
+// so they cannot lead out), the final component of an entry is never
+// followed, and hard link targets must already exist in the layer.
+type applier struct {
+	cfg      applyConfig
+	root     int // fd of the layer directory
+	rootPath string
+	stats    applyStats
+	buf      []byte
+	dirTimes map[string]unix.Timespec
+
+	// A one-entry cache of the current parent directory. Entries of one
+	// directory come together in tar streams. The cached fd stays valid:
+	// the resolution of a directory can only change through an entry whose
+	// parent is one of its ancestors, and such an entry replaces the cache
+	// first.
+	cacheRel string
+	cacheFd  int
+}
+
+// applyLayer extracts the tar stream r into the existing, empty directory
+// rootPath. It reads r to its end (so a verifying reader beneath sees EOF)
+// and returns the first error: a tar or I/O error, ctx's error, or an error
+// wrapping ErrInvalidLayer or ErrLimitExceeded. On error the directory
+// holds a partial tree which the caller removes; nothing is ever written
+// outside it.
+func applyLayer(ctx context.Context, rootPath string, r io.Reader, cfg applyConfig) (applyStats, error) {
+	fd, err := unix.Open(rootPath, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return applyStats{}, &os.PathError{Op: "open", Path: rootPath, Err: err}
+	}
+	a := &applier{cfg: cfg, root: fd, rootPath: rootPath, buf: make([]byte, 256<<10), dirTimes: map[string]unix.Timespec{}, cacheFd: -1}
+	defer a.close()
+	tr := tar.NewReader(r)
+	for {
+		if err := ctx.Err(); err != nil {
+			return a.stats, err
+		}
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return a.stats, fmt.Errorf("reading tar: %w", err)
+		}
+		a.stats.Entries++
+		if a.cfg.maxEntries > 0 && a.stats.Entries > a.cfg.maxEntries {
+			return a.stats, fmt.Errorf("%w: more than %d entries", ErrLimitExceeded, a.cfg.maxEntries)
+		}
+		if err := a.entry(h, tr); err != nil {
+			return a.stats, fmt.Errorf("entry %q: %w", truncate(h.Name, 200), err)
+		}
+	}
+	if err := a.finishDirTimes(); err != nil {
+		return a.stats, err
+	}
+	// Read what follows the end-of-archive marker so the blob is verified.
+	if _, err := io.CopyBuffer(io.Discard, r, a.buf); err != nil {
+		return a.stats, fmt.Errorf("reading layer to its end: %w", err)
+	}
+	return a.stats, nil
+}
+
+func (a *applier) close() {
+	a.dropCache()
+	unix.Close(a.root)
+}
+
+func (a *applier) dropCache() {
+	if a.cacheFd >= 0 {
+		unix.Close(a.cacheFd)
+		a.cacheFd, a.cacheRel = -1, ""
+	}
+}
+
+// cleanRel turns a tar name into a path relative to the layer root: ".."
+// cannot climb above the root, a leading "/" or "./" is dropped. The root
+// itself is "".
+func cleanRel(name string) string {
+	return strings.TrimPrefix(path.Clean("/"+name), "/")
+}
+
+func splitRel(rel string) (dir, base string) {
+	i := strings.LastIndexByte(rel, '/')
+	if i < 0 {
+		return "", rel
+	}
+	return rel[:i], rel[i+1:]
+}
+
+// parent returns a borrowed fd of directory rel (created with mode 0755 and
+// missing parents if absent). It stays valid until the next parent call.
+func (a *applier) parent(rel string) (int, error) {
+	if a.cacheFd >= 0 && a.cacheRel == rel {
+		return a.cacheFd, nil
+	}
+	fd, err := a.openDir(rel, true)
+	if err != nil {
+		return -1, err
+	}
+	a.dropCache()
+	a.cacheRel, a.cacheFd = rel, fd
+	return fd, nil
+}
+
+// openDir opens directory rel beneath the root and returns an fd the
+// caller closes. With create, missing directories are made (0755).
+func (a *applier) openDir(rel string, create bool) (int, error) {
+	p := rel
+	if p == "" {
+		p = "."
+	}
+	how := unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	}
+	created := false
+	for {
+		fd, err := unix.Openat2(a.root, p, &how)
+		switch {
+		case err == nil:
+			return fd, nil
+		case err == unix.EINTR || err == unix.EAGAIN:
+			continue
+		case err == unix.ENOENT && create && rel != "" && !created:
+			dir, base := splitRel(rel)
+			pfd, err := a.openDir(dir, true)
+			if err != nil {
+				return -1, err
+			}
+			err = unix.Mkdirat(pfd, base, 0o755)
+			if err == nil {
+				// Not subject to the umask: implicit directories are 0755.
+				err = unix.Fchmodat(pfd, base, 0o755, 0)
+			} else if err == unix.EEXIST {
+				err = nil
+			}
+			unix.Close(pfd)
+			if err != nil {
+				return -1, &os.PathError{Op: "mkdir", Path: rel, Err: err}
+			}
+			created = true
+		case err == unix.ENOENT && created:
+			return -1, fmt.Errorf("%w: parent %q is a symlink to a missing directory", ErrInvalidLayer, rel)
+		case err == unix.ENOTDIR:
+			return -1, fmt.Errorf("%w: parent %q is not a directory", ErrInvalidLayer, rel)
+		default:
+			return -1, &os.PathError{Op: "open", Path: rel, Err: err}
+		}
+	}
+}
+
+func (a *applier) entry(h *tar.Header, tr io.Reader) error {
+	rel := cleanRel(h.Name)
+	if strings.IndexByte(rel, 0) >= 0 {
+		return fmt.Errorf("%w: NUL byte in name", ErrInvalidLayer)
+	}
+	dir, base := splitRel(rel)
+	if strings.HasPrefix(base, whiteoutPrefix) {
+		return a.whiteout(dir, base)
+	}
+	if rel == "" {
+		if h.Typeflag != tar.TypeDir {
+			return fmt.Errorf("%w: the layer root is a %s", ErrInvalidLayer, typeName(h.Typeflag))
+		}
+		return a.rootDir(h)
+	}
+	pfd, err := a.parent(dir)
+	if err != nil {
+		return err
+	}
+	switch h.Typeflag {
+	case tar.TypeDir:
+		return a.dir(pfd, rel, base, h)
+	case tar.TypeReg, tar.TypeRegA:
+		return a.file(pfd, base, h, tr)
+	case tar.TypeSymlink:
+		if strings.IndexByte(h.Linkname, 0) >= 0 {
+			return fmt.Errorf("%w: NUL byte in symlink target", ErrInvalidLayer)
+		}
+		err := a.create(pfd, base, func() error { return unix.Symlinkat(h.Linkname, pfd, base) })
+		if err != nil {
+			return err
+		}
+		return a.meta(pfd, base, h, true)
+	case tar.TypeLink:
+		return a.link(pfd, base, h)
+	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		mode := uint32(unix.S_IFIFO)
+		switch h.Typeflag {
+		case tar.TypeChar:
+			mode = unix.S_IFCHR
+		case tar.TypeBlock:
+			mode = unix.S_IFBLK
+		}
+		dev := int(unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor)))
+		err := a.create(pfd, base, func() error { return unix.Mknodat(pfd, base, mode|0o600, dev) })
+		if err == unix.EPERM && !a.cfg.privileged && mode != unix.S_IFIFO {
+			a.stats.Skipped++ // like containerd in a user namespace: no device nodes without privilege
+			return nil
+		}
+		if err != nil {
+			return &os.PathError{Op: "mknod", Path: rel, Err: err}
+		}
+		return a.meta(pfd, base, h, false)
+	default:
+		return fmt.Errorf("%w: unsupported entry type %s", ErrInvalidLayer, typeName(h.Typeflag))
+	}
+}
+
+// create runs mk; if the name exists, it removes what is there (a later
+// entry wins, as in containerd's applier) and runs mk again.
+func (a *applier) create(pfd int, base string, mk func() error) error {
+	err := mk()
+	if err != unix.EEXIST {
+		return err
+	}
+	if err := removeAllAt(pfd, base); err != nil {
+		return err
+	}
+	return mk()
+}
+
+func (a *applier) dir(pfd int, rel, base string, h *tar.Header) error {
+	err := unix.Mkdirat(pfd, base, 0o700)
+	if err == unix.EEXIST {
+		var st unix.Stat_t
+		if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return &os.PathError{Op: "stat", Path: rel, Err: err}
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			err = a.create(pfd, base, func() error { return unix.Mkdirat(pfd, base, 0o700) })
+		} else {
+			err = nil // a directory again: keep its contents, update its metadata
+		}
+	}
+	if err != nil {
+		return &os.PathError{Op: "mkdir", Path: rel, Err: err}
+	}
+	if err := a.meta(pfd, base, h, false); err != nil {
+		return err
+	}
+	a.dirTimes[rel] = timespec(h.ModTime)
+	return nil
+}
+
+func (a *applier) rootDir(h *tar.Header) error {
+	if err := a.owner(func(uid, gid int) error { return unix.Fchown(a.root, uid, gid) }, h); err != nil {
+		return err
+	}
+	if err := a.xattrs(h, func(k string, v []byte) error { return unix.Fsetxattr(a.root, k, v, 0) }); err != nil {
+		return err
+	}
+	if err := unix.Fchmod(a.root, uint32(h.Mode)&0o7777); err != nil {
+		return &os.PathError{Op: "chmod", Path: "/", Err: err}
+	}
+	a.dirTimes[""] = timespec(h.ModTime)
+	return nil
+}
+
+func (a *applier) file(pfd int, base string, h *tar.Header, tr io.Reader) error {
+	var fd int
+	err := a.create(pfd, base, func() (err error) {
+		fd, err = unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		return err
+	})
+	if err != nil {
+		return &os.PathError{Op: "create", Path: base, Err: err}
+	}
+	n, err := a.copyTo(fd, tr)
+	a.stats.Bytes += n
+	if err == nil {
+		err = a.owner(func(uid, gid int) error { return unix.Fchown(fd, uid, gid) }, h)
+	}
+	if err == nil {
+		// After chown, which clears security.capability and setuid bits.
+		err = a.xattrs(h, func(k string, v []byte) error { return unix.Fsetxattr(fd, k, v, 0) })
+	}
+	if err == nil {
+		if cerr := unix.Fchmod(fd, uint32(h.Mode)&0o7777); cerr != nil {
+			err = &os.PathError{Op: "chmod", Path: base, Err: cerr}
+		}
+	}
+	if err == nil {
+		ts := timespec(h.ModTime)
+		if uerr := unix.UtimesNanoAt(pfd, base, []unix.Timespec{atime(h), ts}, unix.AT_SYMLINK_NOFOLLOW); uerr != nil {
+			err = &os.PathError{Op: "utimes", Path: base, Err: uerr}
+		}
+	}
+	if cerr := unix.Close(fd); err == nil && cerr != nil {
+		err = &os.PathError{Op: "close", Path: base, Err: cerr}
+	}
+	if err == nil {
+		a.stats.Files++
+	}
+	return err
+}
+
+func (a *applier) copyTo(fd int, r io.Reader) (int64, error) {
+	var total int64
+	for {
+		n, rerr := r.Read(a.buf)
+		for off := 0; off < n; {
+			w, err := unix.Write(fd, a.buf[off:n])
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return total, &os.PathError{Op: "write", Path: "", Err: err}
+			}
+			off += w
+			total += int64(w)
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+func (a *applier) link(pfd int, base string, h *tar.Header) error {
+	target := cleanRel(h.Linkname)
+	if target == "" || strings.IndexByte(target, 0) >= 0 {
+		return fmt.Errorf("%w: hard link to %q", ErrInvalidLayer, truncate(h.Linkname, 200))
+	}
+	tdir, tbase := splitRel(target)
+	tfd, err := a.openDir(tdir, false)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("%w: hard link target %q does not exist in the layer", ErrInvalidLayer, truncate(h.Linkname, 200))
+		}
+		return err
+	}
+	defer unix.Close(tfd)
+	var st unix.Stat_t
+	if err := unix.Fstatat(tfd, tbase, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err == unix.ENOENT {
+			return fmt.Errorf("%w: hard link target %q does not exist in the layer", ErrInvalidLayer, truncate(h.Linkname, 200))
+		}
+		return &os.PathError{Op: "stat", Path: target, Err: err}
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return fmt.Errorf("%w: hard link to directory %q", ErrInvalidLayer, truncate(h.Linkname, 200))
+	}
+	// Linking a name to itself would first remove the target.
+	var self unix.Stat_t
+	if unix.Fstatat(pfd, base, &self, unix.AT_SYMLINK_NOFOLLOW) == nil && self.Ino == st.Ino && self.Dev == st.Dev {
+		return nil
+	}
+	// linkat without AT_SYMLINK_FOLLOW links a symlink itself, never what it points at.
+	if err := a.create(pfd, base, func() error { return unix.Linkat(tfd, tbase, pfd, base, 0) }); err != nil {
+		return &os.PathError{Op: "link", Path: base, Err: err}
+	}
+	return a.meta(pfd, base, h, st.Mode&unix.S_IFMT == unix.S_IFLNK)
+}
+
+// whiteout turns an OCI whiteout entry into its overlayfs form.
+func (a *applier) whiteout(dir, base string) error {
+	if base == opaqueMarker {
+		fd, err := a.openDir(dir, true)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Fsetxattr(fd, a.cfg.opaqueXattr, []byte("y"), 0); err != nil {
+			return &os.PathError{Op: "setxattr " + a.cfg.opaqueXattr, Path: dir, Err: err}
+		}
+		return nil
+	}
+	name := strings.TrimPrefix(base, whiteoutPrefix)
+	if name == "" || name == "." || name == ".." || strings.HasPrefix(name, whiteoutPrefix) {
+		return fmt.Errorf("%w: invalid whiteout %q", ErrInvalidLayer, base)
+	}
+	pfd, err := a.parent(dir)
+	if err != nil {
+		return err
+	}
+	err = a.create(pfd, name, func() error { return unix.Mknodat(pfd, name, unix.S_IFCHR, 0) })
+	if err != nil {
+		return &os.PathError{Op: "mknod whiteout", Path: path.Join(dir, name), Err: err}
+	}
+	return nil
+}
+
+// meta sets ownership, xattrs, mode and times on pfd/base (never following
+// a final symlink; mode is not set on symlinks).
+func (a *applier) meta(pfd int, base string, h *tar.Header, symlink bool) error {
+	if err := a.owner(func(uid, gid int) error { return unix.Fchownat(pfd, base, uid, gid, unix.AT_SYMLINK_NOFOLLOW) }, h); err != nil {
+		return err
+	}
+	if len(h.PAXRecords) > 0 {
+		p := "/proc/self/fd/" + strconv.Itoa(pfd) + "/" + base
+		err := a.xattrs(h, func(k string, v []byte) error {
+			err := unix.Lsetxattr(p, k, v, 0)
+			if symlink && (err == unix.EPERM || err == unix.ENOTSUP) {
+				a.stats.Skipped++ // Linux allows no user.* xattrs on symlinks
+				return nil
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if !symlink {
+		// The name was just created by this applier and is not a symlink.
+		if err := unix.Fchmodat(pfd, base, uint32(h.Mode)&0o7777, 0); err != nil {
+			return &os.PathError{Op: "chmod", Path: base, Err: err}
+		}
+	}
+	if h.Typeflag != tar.TypeDir {
+		if err := unix.UtimesNanoAt(pfd, base, []unix.Timespec{atime(h), timespec(h.ModTime)}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return &os.PathError{Op: "utimes", Path: base, Err: err}
+		}
+	}
+	return nil
+}
+
+func (a *applier) owner(chown func(uid, gid int) error, h *tar.Header) error {
+	if h.Uid < 0 || h.Gid < 0 || h.Uid > 1<<32-2 || h.Gid > 1<<32-2 {
+		return fmt.Errorf("%w: invalid owner %d:%d", ErrInvalidLayer, h.Uid, h.Gid)
+	}
+	err := chown(h.Uid, h.Gid)
+	if err == unix.EPERM && !a.cfg.privileged {
+		a.stats.Skipped++
+		return nil
+	}
+	if err != nil {
+		return &os.PathError{Op: "chown", Path: h.Name, Err: err}
+	}
+	return nil
+}
+
+// xattrs sets the PAX SCHILY.xattr records, except overlayfs's own
+// (a layer must not forge opaque, redirect or metacopy markers).
+func (a *applier) xattrs(h *tar.Header, set func(k string, v []byte) error) error {
+	for k, v := range h.PAXRecords {
+		name, ok := strings.CutPrefix(k, "SCHILY.xattr.")
+		if !ok {
+			continue
+		}
+		if strings.HasPrefix(name, "trusted.overlay.") || strings.HasPrefix(name, "user.overlay.") {
+			a.stats.Skipped++
+			continue
+		}
+		if err := set(name, []byte(v)); err != nil {
+			if err == unix.EPERM && !a.cfg.privileged && !strings.HasPrefix(name, "user.") {
+				a.stats.Skipped++
+				continue
+			}
+			return &os.PathError{Op: "setxattr " + truncate(name, 100), Path: h.Name, Err: err}
+		}
+	}
+	return nil
+}
+
+// finishDirTimes sets directory times after their contents are written.
+func (a *applier) finishDirTimes() error {
+	for rel, ts := range a.dirTimes {
+		if rel == "" {
+			if err := unix.UtimesNanoAt(a.root, ".", []unix.Timespec{ts, ts}, 0); err != nil {
+				return &os.PathError{Op: "utimes", Path: "/", Err: err}
+			}
+			continue
+		}
+		dir, base := splitRel(rel)
+		pfd, err := a.openDir(dir, false)
+		if err != nil {
+			continue // replaced by a later entry
+		}
+		var st unix.Stat_t
+		if unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			err = unix.UtimesNanoAt(pfd, base, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
+		}
+		unix.Close(pfd)
+		if err != nil {
+			return &os.PathError{Op: "utimes", Path: rel, Err: err}
+		}
+	}
+	return nil
+}
+
+// removeAllAt removes dirfd/name and, for a directory, everything in it,
+// never following symlinks.
+func removeAllAt(dirfd int, name string) error {
+	err := unix.Unlinkat(dirfd, name, 0)
+	if err == nil || err == unix.ENOENT {
+		return nil
+	}
+	if err != unix.EISDIR && err != unix.EPERM {
+		return &os.PathError{Op: "unlink", Path: name, Err: err}
+	}
+	err = unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+	if err == nil || err == unix.ENOENT {
+		return nil
+	}
+	if err != unix.ENOTEMPTY && err != unix.EEXIST {
+		return &os.PathError{Op: "rmdir", Path: name, Err: err}
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: name, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), name)
+	for {
+		names, rerr := f.Readdirnames(256)
+		for _, n := range names {
+			if err := removeAllAt(fd, n); err != nil {
+				f.Close()
+				return err
+			}
+		}
+		if rerr == io.EOF || len(names) == 0 {
+			break
+		}
+		if rerr != nil {
+			f.Close()
+			return rerr
+		}
+	}
+	f.Close()
+	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && err != unix.ENOENT {
+		return &os.PathError{Op: "rmdir", Path: name, Err: err}
+	}
+	return nil
+}
+
+func timespec(t time.Time) unix.Timespec {
+	if t.IsZero() {
+		t = time.Unix(0, 0)
+	}
+	return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
+}
+
+func atime(h *tar.Header) unix.Timespec {
+	if !h.AccessTime.IsZero() {
+		return timespec(h.AccessTime)
+	}
+	return timespec(h.ModTime)
+}
+
+func typeName(t byte) string {
+	switch t {
+	case tar.TypeReg, tar.TypeRegA:
+		return "regular file"
+	case tar.TypeLink:
+		return "hard link"
+	case tar.TypeSymlink:
+		return "symlink"
+	case tar.TypeChar:
+		return "character device"
+	case tar.TypeBlock:
+		return "block device"
+	case tar.TypeDir:
+		return "directory"
+	case tar.TypeFifo:
+		return "fifo"
+	}
+	return fmt.Sprintf("type %q", t)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

@@ -1,0 +1,741 @@
+// Package overlay materializes images as overlayfs lower directories.
+//
+// Each layer is extracted once into its own directory under Config.Root,
+// keyed by its digest, in overlayfs form: OCI whiteouts become 0:0
+// character devices and opaque directories carry the opaque xattr
+// (trusted.overlay.opaque, or user.overlay.opaque with Config.UserXattr).
+// Nothing is ever written outside a layer's directory.
+//
+// # Layout under Root
+//
+//	layers/<hex>   the extracted layer, named by the hex of its digest
+//	l/<id>         short symlink -> ../layers/<hex>, so that mount options
+//	               for images with hundreds of layers stay under a page
+//	l/_            an empty directory (padding for one-layer images)
+//	meta/<hex>     "<id> <bytes>" for the cache index
+//	tmp/           extractions in progress (temp dir, then rename)
+//
+// One Materializer owns its Root: two processes must not share one.
+package overlay
+
+import (
+	"container/list"
+	"context"
+	"encoding/base32"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/materialize/internal/layerio"
+)
+
+// Sentinel errors.
+var (
+	// ErrInvalidLayer: a layer's tar stream holds an entry the applier
+	// refuses (a hard link to a missing or outside target, an invalid
+	// whiteout, an unsupported entry type, a path through a non-directory).
+	ErrInvalidLayer = errors.New("invalid layer")
+	// ErrLimitExceeded: a layer exceeds Config.MaxLayerBytes or
+	// Config.MaxEntries. It is layerio.ErrLimitExceeded.
+	ErrLimitExceeded = layerio.ErrLimitExceeded
+	// ErrTooManyLayers: overlayfs stacks at most MaxLayers lower layers.
+	ErrTooManyLayers = errors.New("too many layers for overlayfs")
+)
+
+// MaxLayers is the most lower layers overlayfs accepts (OVL_MAX_STACK).
+const MaxLayers = 500
+
+// Config configures a Materializer.
+type Config struct {
+	// Root is the directory that holds extracted layers (created if
+	// missing). Required.
+	Root string
+	// Budget bounds the bytes of file content kept in layer directories.
+	// After each materialization and lease release, unleased layers are
+	// evicted least recently used first until the total fits. Leased layers
+	// are never evicted, so the total may exceed Budget while they are
+	// held. 0 means no bound.
+	Budget int64
+	// Parallelism bounds how many layers of one Materialize call extract at
+	// once. 0 means GOMAXPROCS.
+	Parallelism int
+	// MaxLayerBytes bounds a layer's decompressed size (0: layerio's
+	// default, negative: no bound). MaxEntries bounds its tar entries (0:
+	// 10 million, negative: no bound). Exceeding either fails the layer with
+	// ErrLimitExceeded.
+	MaxLayerBytes int64
+	MaxEntries    int64
+	// UserXattr marks opaque directories with user.overlay.opaque instead of
+	// trusted.overlay.opaque; such layers must be mounted with the
+	// "userxattr" option, which MountOptions then includes.
+	UserXattr bool
+	// Durable flushes each extracted layer to disk (syncfs) before it
+	// becomes visible, so a power loss cannot leave a partial layer. Without
+	// it a process crash is still safe: a layer appears only complete.
+	Durable bool
+	// Metrics, when set, receives the materializer's collectors.
+	Metrics prometheus.Registerer
+}
+
+// Materializer extracts layers into overlayfs lower directories and keeps
+// them under a byte budget. It is safe for concurrent use.
+type Materializer struct {
+	cfg        Config
+	root       string
+	mountDir   string
+	privileged bool
+	met        *metrics
+
+	mu      sync.Mutex
+	layers  map[blob.Digest]*layerEntry
+	lru     *list.List // of *layerEntry, most recently used first
+	total   int64
+	flights map[blob.Digest]*flight
+	ids     map[string]blob.Digest // short id -> digest
+}
+
+type layerEntry struct {
+	digest blob.Digest
+	hex    string
+	id     string
+	size   int64
+	leases int
+	elem   *list.Element
+}
+
+// flight is one extraction in progress; waiters share it.
+type flight struct {
+	done    chan struct{}
+	err     error
+	entry   *layerEntry
+	waiters int
+	cancel  context.CancelFunc
+}
+
+// New opens (creating if needed) the layer cache under cfg.Root, removes
+// leftovers of interrupted extractions and indexes the layers already
+// there.
+func New(cfg Config) (*Materializer, error) {
+	if cfg.Root == "" {
+		return nil, errors.New("overlay: Config.Root is required")
+	}
+	root, err := filepath.Abs(cfg.Root)
+	if err != nil {
+		return nil, fmt.Errorf("overlay: root: %w", err)
+	}
+	if cfg.Parallelism <= 0 {
+		cfg.Parallelism = runtime.GOMAXPROCS(0)
+	}
+	if cfg.MaxEntries == 0 {
+		cfg.MaxEntries = 10_000_000
+	}
+	met, err := newMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, fmt.Errorf("overlay: metrics: %w", err)
+	}
+	m := &Materializer{
+		cfg: cfg, root: root, mountDir: filepath.Join(root, "l"), privileged: os.Geteuid() == 0, met: met,
+		layers: map[blob.Digest]*layerEntry{}, lru: list.New(), flights: map[blob.Digest]*flight{}, ids: map[string]blob.Digest{},
+	}
+	if err := probeOpenat2(); err != nil {
+		return nil, err
+	}
+	for _, d := range []struct {
+		p    string
+		mode os.FileMode
+	}{{root, 0o711}, {m.path("layers"), 0o711}, {m.mountDir, 0o711}, {m.path("l", "_"), 0o755}, {m.path("meta"), 0o700}, {m.path("tmp"), 0o700}} {
+		if err := os.MkdirAll(d.p, d.mode); err != nil {
+			return nil, fmt.Errorf("overlay: %w", err)
+		}
+	}
+	if err := m.load(); err != nil {
+		return nil, fmt.Errorf("overlay: loading %s: %w", root, err)
+	}
+	return m, nil
+}
+
+func probeOpenat2() error {
+	fd, err := unix.Openat2(unix.AT_FDCWD, "/", &unix.OpenHow{Flags: unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT})
+	if err != nil {
+		return fmt.Errorf("overlay: openat2 with RESOLVE_IN_ROOT is required (Linux 5.6 or later): %w", err)
+	}
+	unix.Close(fd)
+	return nil
+}
+
+func (m *Materializer) path(elem ...string) string {
+	return filepath.Join(append([]string{m.root}, elem...)...)
+}
+
+// load rebuilds the index from disk.
+func (m *Materializer) load() error {
+	tmp, err := os.ReadDir(m.path("tmp"))
+	if err != nil {
+		return err
+	}
+	for _, e := range tmp {
+		if err := os.RemoveAll(m.path("tmp", e.Name())); err != nil {
+			return err
+		}
+	}
+	dirs, err := os.ReadDir(m.path("layers"))
+	if err != nil {
+		return err
+	}
+	type found struct {
+		e     *layerEntry
+		mtime time.Time
+	}
+	var all []found
+	present := map[string]bool{}
+	for _, de := range dirs {
+		h := de.Name()
+		d := blob.Digest("sha256:" + h)
+		if !de.IsDir() || blob.ValidateDigest(d) != nil {
+			if err := os.RemoveAll(m.path("layers", h)); err != nil {
+				return err
+			}
+			continue
+		}
+		present[h] = true
+		e := &layerEntry{digest: d, hex: h}
+		var mtime time.Time
+		if b, err := os.ReadFile(m.path("meta", h)); err == nil {
+			if f := strings.Fields(string(b)); len(f) == 2 {
+				e.id = f[0]
+				e.size, _ = strconv.ParseInt(f[1], 10, 64)
+			}
+			if fi, err := os.Stat(m.path("meta", h)); err == nil {
+				mtime = fi.ModTime()
+			}
+		}
+		if e.id == "" || !m.linkOK(e.id, h) {
+			if e.size, err = contentSize(m.path("layers", h)); err != nil {
+				return err
+			}
+			if e.id, err = m.allocID(h); err != nil {
+				return err
+			}
+			if err := m.writeMeta(e); err != nil {
+				return err
+			}
+		}
+		m.ids[e.id] = d
+		all = append(all, found{e, mtime})
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].mtime.After(all[j].mtime) })
+	for _, f := range all {
+		f.e.elem = m.lru.PushBack(f.e)
+		m.layers[f.e.digest] = f.e
+		m.total += f.e.size
+	}
+	metas, err := os.ReadDir(m.path("meta"))
+	if err != nil {
+		return err
+	}
+	for _, de := range metas {
+		if !present[de.Name()] {
+			os.Remove(m.path("meta", de.Name()))
+		}
+	}
+	links, err := os.ReadDir(m.mountDir)
+	if err != nil {
+		return err
+	}
+	for _, de := range links {
+		if de.Name() == "_" {
+			continue
+		}
+		if _, ok := m.ids[de.Name()]; !ok {
+			os.RemoveAll(filepath.Join(m.mountDir, de.Name()))
+		}
+	}
+	m.met.cachedBytes.Set(float64(m.total))
+	m.met.cachedLayers.Set(float64(len(m.layers)))
+	m.evict()
+	return nil
+}
+
+func contentSize(dir string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			n += fi.Size()
+		}
+		return nil
+	})
+	return n, err
+}
+
+var b32 = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// allocID picks the shortest free prefix (at least 4 characters) of the
+// base32 digest as the layer's short id and links l/<id> to the layer.
+func (m *Materializer) allocID(h string) (string, error) {
+	raw, err := hex.DecodeString(h)
+	if err != nil {
+		return "", err
+	}
+	full := b32.EncodeToString(raw)
+	want := filepath.Join("..", "layers", h)
+	for n := 4; n <= len(full); n++ {
+		id := full[:n]
+		link := filepath.Join(m.mountDir, id)
+		target, err := os.Readlink(link)
+		switch {
+		case err == nil && target == want:
+			return id, nil
+		case err == nil:
+			if d, taken := m.ids[id]; taken && d != blob.Digest("sha256:"+h) {
+				continue
+			}
+			if _, serr := os.Stat(link); serr == nil {
+				continue // a live link of another layer not yet indexed
+			}
+			if err := os.Remove(link); err != nil {
+				return "", err
+			}
+			fallthrough
+		case errors.Is(err, fs.ErrNotExist):
+			if err := os.Symlink(want, link); err != nil {
+				return "", err
+			}
+			return id, nil
+		default:
+			if _, isLink := err.(*os.PathError); isLink && errors.Is(err, unix.EINVAL) {
+				continue // not a symlink
+			}
+			return "", err
+		}
+	}
+	return "", fmt.Errorf("no free short id for layer %s", h)
+}
+
+func (m *Materializer) linkOK(id, h string) bool {
+	t, err := os.Readlink(filepath.Join(m.mountDir, id))
+	return err == nil && t == filepath.Join("..", "layers", h)
+}
+
+func (m *Materializer) writeMeta(e *layerEntry) error {
+	p := m.path("meta", e.hex)
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte(e.id+" "+strconv.FormatInt(e.size, 10)+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
+}
+
+// Result is a materialized image.
+type Result struct {
+	// LowerDirs are the absolute paths of the layer directories in
+	// overlayfs lowerdir order: the TOPMOST layer (the manifest's last)
+	// FIRST, the base layer last. A one-layer image gets an empty directory
+	// appended, because overlayfs needs two lower layers without an upper.
+	// A layer that appears more than once in the image is listed once, at
+	// its topmost position (the lower copy adds nothing the upper does not).
+	LowerDirs []string
+	// MountOptions is "lowerdir=<id>:<id>:...[,userxattr]" with paths
+	// RELATIVE to MountDir (short symlinks to LowerDirs), in the same order;
+	// it stays under the kernel's page-size limit for any image overlayfs
+	// accepts. Mount with the working directory at MountDir (Result.Mount
+	// does), and add upperdir/workdir with absolute paths.
+	MountOptions string
+	// MountDir is the directory MountOptions' paths are relative to.
+	MountDir string
+	// Lease keeps the layer directories from eviction until released.
+	Lease *Lease
+}
+
+// Lease keeps layer directories from being evicted. Release is idempotent
+// and safe for concurrent use.
+type Lease struct {
+	m       *Materializer
+	entries []*layerEntry
+	once    sync.Once
+}
+
+// Release ends the lease; its layers may be evicted afterwards.
+func (l *Lease) Release() {
+	if l == nil {
+		return
+	}
+	l.once.Do(func() {
+		l.m.release(l.entries)
+		l.m.evict()
+	})
+}
+
+func (m *Materializer) release(es []*layerEntry) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, e := range es {
+		if e != nil {
+			e.leases--
+		}
+	}
+}
+
+// Materialize makes sure every layer of img is extracted and returns the
+// lower directories, mount options and a lease the caller must Release.
+// Layers already extracted are reused; missing ones are extracted in
+// parallel (at most Config.Parallelism at once), and concurrent requests
+// for one layer share a single extraction. A caller giving up (ctx done)
+// leaves the extraction running for the others; it stops when nobody waits
+// for it any more. On error nothing is leased and no partial layer is left.
+func (m *Materializer) Materialize(ctx context.Context, img materialize.Image) (*Result, error) {
+	ls := img.Layers()
+	if len(ls) > MaxLayers {
+		return nil, fmt.Errorf("overlay: image %s: %w: %d layers (at most %d)", img.Digest(), ErrTooManyLayers, len(ls), MaxLayers)
+	}
+	for i, l := range ls {
+		if err := blob.ValidateDigest(l.Digest()); err != nil {
+			return nil, fmt.Errorf("overlay: image %s: layer %d: %w", img.Digest(), i, err)
+		}
+	}
+	entries := make([]*layerEntry, len(ls))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(m.cfg.Parallelism)
+	for i, l := range ls {
+		g.Go(func() error {
+			e, err := m.ensure(gctx, l)
+			entries[i] = e
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		m.release(entries)
+		m.evict()
+		return nil, fmt.Errorf("overlay: image %s: %w", img.Digest(), err)
+	}
+	m.evict()
+	res := &Result{MountDir: m.mountDir, Lease: &Lease{m: m, entries: entries}}
+	var ids []string
+	seen := map[blob.Digest]bool{}
+	for i := len(entries) - 1; i >= 0; i-- {
+		e := entries[i]
+		if seen[e.digest] {
+			continue
+		}
+		seen[e.digest] = true
+		ids = append(ids, e.id)
+		res.LowerDirs = append(res.LowerDirs, m.path("layers", e.hex))
+	}
+	for len(ids) < 2 {
+		ids = append(ids, "_")
+		res.LowerDirs = append(res.LowerDirs, m.path("l", "_"))
+	}
+	res.MountOptions = "lowerdir=" + strings.Join(ids, ":")
+	if m.cfg.UserXattr {
+		res.MountOptions += ",userxattr"
+	}
+	return res, nil
+}
+
+// ensure returns the extracted layer with one lease taken on it.
+func (m *Materializer) ensure(ctx context.Context, l materialize.Layer) (*layerEntry, error) {
+	d := l.Digest()
+	m.mu.Lock()
+	if e := m.layers[d]; e != nil {
+		e.leases++
+		m.lru.MoveToFront(e.elem)
+		m.mu.Unlock()
+		m.met.layerHits.Inc()
+		return e, nil
+	}
+	f := m.flights[d]
+	if f == nil {
+		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		f = &flight{done: make(chan struct{}), cancel: cancel}
+		m.flights[d] = f
+		go m.run(fctx, f, l)
+	} else {
+		m.met.collapsed.Inc()
+	}
+	f.waiters++
+	m.mu.Unlock()
+
+	select {
+	case <-f.done:
+		if f.err != nil {
+			return nil, f.err
+		}
+		return f.entry, nil // the flight took our lease
+	case <-ctx.Done():
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		select {
+		case <-f.done:
+			if f.err == nil {
+				f.entry.leases--
+			}
+		default:
+			f.waiters--
+			if f.waiters == 0 {
+				f.cancel()
+				if m.flights[d] == f {
+					delete(m.flights, d)
+				}
+			}
+		}
+		return nil, ctx.Err()
+	}
+}
+
+func (m *Materializer) run(ctx context.Context, f *flight, l materialize.Layer) {
+	defer f.cancel()
+	d := l.Digest()
+	start := time.Now()
+	tmp, size, err := m.extract(ctx, l)
+	m.met.extractSeconds.Observe(time.Since(start).Seconds())
+
+	m.mu.Lock()
+	if m.flights[d] == f {
+		delete(m.flights, d)
+	}
+	var e *layerEntry
+	if err == nil {
+		e, err = m.commitLocked(d, tmp, size)
+	}
+	if err == nil {
+		e.leases += f.waiters
+		m.lru.MoveToFront(e.elem)
+		f.entry = e
+		m.met.extractions.WithLabelValues("ok").Inc()
+	} else {
+		m.met.extractions.WithLabelValues("error").Inc()
+	}
+	f.err = err
+	close(f.done)
+	m.mu.Unlock()
+	if tmp != "" && err != nil {
+		os.RemoveAll(tmp)
+	}
+}
+
+// extract writes layer l into a new temp dir and returns it with the bytes
+// of file content written. On error the temp dir is removed.
+func (m *Materializer) extract(ctx context.Context, l materialize.Layer) (string, int64, error) {
+	h := l.Digest().Encoded()
+	tmp, err := os.MkdirTemp(m.path("tmp"), h[:16]+"-")
+	if err != nil {
+		return "", 0, fmt.Errorf("layer %s: %w", l.Digest(), err)
+	}
+	stats, err := m.extractInto(ctx, l, tmp)
+	m.met.extractBytes.Add(float64(stats.Bytes))
+	m.met.extractFiles.Add(float64(stats.Files))
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", 0, fmt.Errorf("layer %s: %w", l.Digest(), err)
+	}
+	return tmp, stats.Bytes, nil
+}
+
+func (m *Materializer) extractInto(ctx context.Context, l materialize.Layer, dir string) (applyStats, error) {
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return applyStats{}, err
+	}
+	rc, err := layerio.Open(ctx, l, layerio.Limits{MaxBytes: m.cfg.MaxLayerBytes})
+	if err != nil {
+		return applyStats{}, err
+	}
+	defer rc.Close()
+	opaque := trustedOpaque
+	if m.cfg.UserXattr {
+		opaque = userOpaque
+	}
+	stats, err := applyLayer(ctx, dir, rc, applyConfig{opaqueXattr: opaque, maxEntries: m.cfg.MaxEntries, privileged: m.privileged})
+	if err != nil {
+		return stats, err
+	}
+	if m.cfg.Durable {
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return stats, err
+		}
+		err = unix.Syncfs(fd)
+		unix.Close(fd)
+		if err != nil {
+			return stats, fmt.Errorf("syncfs: %w", err)
+		}
+	}
+	return stats, nil
+}
+
+// commitLocked moves an extracted temp dir into place and indexes it. If
+// the layer is already indexed (a flight that was abandoned and restarted),
+// the temp dir is discarded and the existing entry returned.
+func (m *Materializer) commitLocked(d blob.Digest, tmp string, size int64) (*layerEntry, error) {
+	if e := m.layers[d]; e != nil {
+		os.RemoveAll(tmp)
+		return e, nil
+	}
+	h := d.Encoded()
+	dst := m.path("layers", h)
+	if err := os.Rename(tmp, dst); err != nil {
+		return nil, fmt.Errorf("layer %s: commit: %w", d, err)
+	}
+	e := &layerEntry{digest: d, hex: h, size: size}
+	id, err := m.allocID(h)
+	if err == nil {
+		e.id = id
+		err = m.writeMeta(e)
+	}
+	if err != nil {
+		os.RemoveAll(dst)
+		return nil, fmt.Errorf("layer %s: commit: %w", d, err)
+	}
+	m.ids[id] = d
+	e.elem = m.lru.PushFront(e)
+	m.layers[d] = e
+	m.total += size
+	m.met.cachedBytes.Set(float64(m.total))
+	m.met.cachedLayers.Set(float64(len(m.layers)))
+	return e, nil
+}
+
+// evict removes unleased layers, least recently used first, until the
+// total fits the budget.
+func (m *Materializer) evict() {
+	if m.cfg.Budget <= 0 {
+		return
+	}
+	m.mu.Lock()
+	var trash []string
+	for el := m.lru.Back(); el != nil && m.total > m.cfg.Budget; {
+		prev := el.Prev()
+		if e := el.Value.(*layerEntry); e.leases == 0 {
+			if p, err := m.unindexLocked(e); err == nil {
+				trash = append(trash, p)
+			}
+		}
+		el = prev
+	}
+	m.mu.Unlock()
+	for _, p := range trash {
+		os.RemoveAll(p)
+	}
+}
+
+// unindexLocked forgets e and moves its directory into tmp/ (returned, for
+// removal outside the lock).
+func (m *Materializer) unindexLocked(e *layerEntry) (string, error) {
+	trash, err := os.MkdirTemp(m.path("tmp"), "evict-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.Rename(m.path("layers", e.hex), filepath.Join(trash, "l")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		os.Remove(trash)
+		return "", err
+	}
+	os.Remove(filepath.Join(m.mountDir, e.id))
+	os.Remove(m.path("meta", e.hex))
+	delete(m.ids, e.id)
+	delete(m.layers, e.digest)
+	m.lru.Remove(e.elem)
+	m.total -= e.size
+	m.met.evictions.Inc()
+	m.met.cachedBytes.Set(float64(m.total))
+	m.met.cachedLayers.Set(float64(len(m.layers)))
+	return trash, nil
+}
+
+// IsMaterialized reports whether every layer of img is extracted (so
+// Materialize would do no extraction work). It does no I/O.
+func (m *Materializer) IsMaterialized(ctx context.Context, img materialize.Image) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, l := range img.Layers() {
+		if m.layers[l.Digest()] == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// Cleanup removes layer directories no lease holds: those of imgs, or,
+// with no images, every unleased one. Layers shared with a leased image
+// stay. It returns the first removal error.
+func (m *Materializer) Cleanup(ctx context.Context, imgs ...materialize.Image) error {
+	m.mu.Lock()
+	var victims []*layerEntry
+	if len(imgs) == 0 {
+		for el := m.lru.Front(); el != nil; el = el.Next() {
+			victims = append(victims, el.Value.(*layerEntry))
+		}
+	} else {
+		for _, img := range imgs {
+			for _, l := range img.Layers() {
+				if e := m.layers[l.Digest()]; e != nil {
+					victims = append(victims, e)
+				}
+			}
+		}
+	}
+	var trash []string
+	var firstErr error
+	for _, e := range victims {
+		if e.leases > 0 || m.layers[e.digest] != e {
+			continue
+		}
+		p, err := m.unindexLocked(e)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("overlay: cleanup layer %s: %w", e.digest, err)
+			}
+			continue
+		}
+		trash = append(trash, p)
+	}
+	m.mu.Unlock()
+	for _, p := range trash {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := os.RemoveAll(p); err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("overlay: cleanup: %w", err)
+		}
+	}
+	return firstErr
+}
+
+// Usage is the cache's occupancy.
+type Usage struct {
+	Layers int
+	Bytes  int64
+	Leased int // layers held by at least one lease
+}
+
+// Usage reports how many layers and bytes the cache holds.
+func (m *Materializer) Usage() Usage {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	u := Usage{Layers: len(m.layers), Bytes: m.total}
+	for _, e := range m.layers {
+		if e.leases > 0 {
+			u.Leased++
+		}
+	}
+	return u
+}
