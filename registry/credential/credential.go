@@ -17,11 +17,11 @@ type Source uint8
 
 // Credential sources, in the resolver's priority order.
 const (
-	SourceNone       Source = iota // built directly, not resolved
-	SourceRequest                  // came with the request
-	SourceConfig                   // configured per-registry credential
-	SourceKeychain                 // Docker/Podman keychain
-	SourceAnonymous                // nothing found: anonymous
+	SourceNone      Source = iota // built directly, not resolved
+	SourceRequest                 // came with the request
+	SourceConfig                  // configured per-registry credential
+	SourceKeychain                // Docker/Podman keychain
+	SourceAnonymous               // nothing found: anonymous
 )
 
 func (s Source) String() string {
@@ -49,7 +49,8 @@ func (s Source) String() string {
 // secrets, so configuration files can hold them; marshalling never writes
 // them, so a Credential does not survive a JSON round trip.
 //
-// Credential is a small immutable value, safe to copy and share.
+// Credential is a small immutable value, safe to copy and share. It is not
+// comparable with ==; compare Identity values instead.
 type Credential struct {
 	// Registry is the host the credential is for ("" in a request
 	// credential means: the registry of the image requested).
@@ -59,10 +60,12 @@ type Credential struct {
 	// Source says where a resolved credential came from.
 	Source Source
 
-	// secret is behind a pointer so that fmt, which does not dereference
-	// nested pointers, prints an address even when a Credential sits in an
-	// unexported field of a struct that is printed with %+v.
-	secret *secret
+	// reveal returns the secret. A closure, not a field: fmt and other
+	// reflection-based printers can read unexported fields (when a
+	// Credential sits in an unexported field of a printed struct, fmt
+	// cannot call its methods) and dereference pointers, but they print a
+	// func only as an address.
+	reveal func() secret
 }
 
 type secret struct {
@@ -74,18 +77,18 @@ var Anonymous = Credential{}
 
 // Basic returns a username/password credential for registry.
 func Basic(registry, username, password string) Credential {
-	return Credential{Registry: registry, Username: username, secret: &secret{password: password}}
+	return Credential{Registry: registry, Username: username, reveal: hide(secret{password: password})}
 }
 
 // IdentityToken returns a credential that authenticates with an OAuth2
 // identity (refresh) token; username is usually "<token>" or empty.
 func IdentityToken(registry, username, token string) Credential {
-	return Credential{Registry: registry, Username: username, secret: &secret{identityToken: token}}
+	return Credential{Registry: registry, Username: username, reveal: hide(secret{identityToken: token})}
 }
 
 // RegistryToken returns a credential that sends token as a bearer token.
 func RegistryToken(registry, token string) Credential {
-	return Credential{Registry: registry, secret: &secret{registryToken: token}}
+	return Credential{Registry: registry, reveal: hide(secret{registryToken: token})}
 }
 
 // FromAuthConfig converts what a keychain returns. A Docker config "auth"
@@ -106,7 +109,7 @@ func FromAuthConfig(registry string, ac authn.AuthConfig) (Credential, error) {
 	}
 	c := Credential{Registry: registry, Username: user}
 	if pass != "" || ac.IdentityToken != "" || ac.RegistryToken != "" {
-		c.secret = &secret{password: pass, identityToken: ac.IdentityToken, registryToken: ac.RegistryToken}
+		c.reveal = hide(secret{password: pass, identityToken: ac.IdentityToken, registryToken: ac.RegistryToken})
 	}
 	return c, nil
 }
@@ -116,20 +119,27 @@ func (c Credential) IsAnonymous() bool {
 	return c.Username == "" && !c.hasSecret()
 }
 
-func (c Credential) hasSecret() bool {
-	return c.secret != nil && (c.secret.password != "" || c.secret.identityToken != "" || c.secret.registryToken != "")
+func hide(s secret) func() secret { return func() secret { return s } }
+
+// secret returns the secret (zero when there is none).
+func (c Credential) secret() secret {
+	if c.reveal == nil {
+		return secret{}
+	}
+	return c.reveal()
 }
+
+func (c Credential) hasSecret() bool { return c.secret() != secret{} }
 
 // kind names the secret's kind, for printing.
 func (c Credential) kind() string {
+	s := c.secret()
 	switch {
-	case c.secret == nil:
-		return ""
-	case c.secret.registryToken != "":
+	case s.registryToken != "":
 		return "registry token"
-	case c.secret.identityToken != "":
+	case s.identityToken != "":
 		return "identity token"
-	case c.secret.password != "":
+	case s.password != "":
 		return "password"
 	}
 	return ""
@@ -144,7 +154,7 @@ func (c Credential) Authenticator() authn.Authenticator {
 	return authenticator{c}
 }
 
-// With returns a copy of c for registry with source s.
+// with returns a copy of c for registry with source s.
 func (c Credential) with(registry string, s Source) Credential {
 	c.Registry, c.Source = registry, s
 	return c
@@ -154,11 +164,10 @@ type authenticator struct{ c Credential }
 
 // Authorization implements authn.Authenticator.
 func (a authenticator) Authorization() (*authn.AuthConfig, error) {
-	ac := &authn.AuthConfig{Username: a.c.Username}
-	if s := a.c.secret; s != nil {
-		ac.Password, ac.IdentityToken, ac.RegistryToken = s.password, s.identityToken, s.registryToken
-	}
-	return ac, nil
+	s := a.c.secret()
+	return &authn.AuthConfig{
+		Username: a.c.Username, Password: s.password, IdentityToken: s.identityToken, RegistryToken: s.registryToken,
+	}, nil
 }
 
 // AuthorizationContext implements authn.ContextAuthenticator.
@@ -248,7 +257,7 @@ func (c *Credential) UnmarshalJSON(b []byte) error {
 	}
 	*c = Credential{Registry: w.Registry, Username: w.Username}
 	if w.Password != "" || w.IdentityToken != "" || w.RegistryToken != "" {
-		c.secret = &secret{password: w.Password, identityToken: w.IdentityToken, registryToken: w.RegistryToken}
+		c.reveal = hide(secret{password: w.Password, identityToken: w.IdentityToken, registryToken: w.RegistryToken})
 	}
 	return nil
 }

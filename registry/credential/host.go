@@ -25,7 +25,7 @@ var hostRE = regexp.MustCompile(`^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a
 func NormalizeRegistry(host string) (string, error) {
 	h := strings.ToLower(host)
 	if len(h) > 255 || !hostRE.MatchString(h) {
-		return "", fmt.Errorf("%w: %q (want host[:port], e.g. ghcr.io or registry.local:5000)", ErrInvalidRegistry, truncate(host, 100))
+		return "", fmt.Errorf("%w: %q (want host[:port], e.g. ghcr.io or registry.local:5000)", ErrInvalidRegistry, truncate(redactUserinfo(host), 100))
 	}
 	if dockerHubAliases[h] {
 		return DockerHub, nil
@@ -53,11 +53,11 @@ type pattern struct {
 func parsePattern(p string) (pattern, error) {
 	rest, ok := strings.CutPrefix(p, "*.")
 	if !ok {
-		return pattern{}, fmt.Errorf("%w: pattern %q must be a host or *.domain", ErrInvalidRegistry, truncate(p, 100))
+		return pattern{}, fmt.Errorf("%w: pattern %q must be a host or *.domain", ErrInvalidRegistry, truncate(redactUserinfo(p), 100))
 	}
 	h := strings.ToLower(rest)
 	if !hostRE.MatchString(h) || strings.HasPrefix(h, "[") {
-		return pattern{}, fmt.Errorf("%w: pattern %q: malformed domain", ErrInvalidRegistry, truncate(p, 100))
+		return pattern{}, fmt.Errorf("%w: pattern %q: malformed domain", ErrInvalidRegistry, truncate(redactUserinfo(p), 100))
 	}
 	host, port := splitPort(h)
 	return pattern{raw: p, suffix: "." + host, port: port}, nil
@@ -69,6 +69,18 @@ func parsePattern(p string) (pattern, error) {
 func (p pattern) matches(host string) bool {
 	h, port := splitPort(host)
 	return port == p.port && strings.HasSuffix(h, p.suffix)
+}
+
+// redactUserinfo hides what precedes an '@' (a URL's user:password).
+func redactUserinfo(s string) string {
+	if i := strings.LastIndexByte(s, '@'); i >= 0 {
+		head, tail := s[:i], s[i:]
+		if j := strings.Index(head, "://"); j >= 0 {
+			return head[:j+3] + "<redacted>" + tail
+		}
+		return "<redacted>" + tail
+	}
+	return s
 }
 
 func truncate(s string, n int) string {
