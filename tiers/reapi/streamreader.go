@@ -1,0 +1,115 @@
+package reapi
+
+import (
+	"context"
+	"io"
+	"sync"
+
+	"google.golang.org/grpc"
+
+	bspb "google.golang.org/genproto/googleapis/bytestream"
+)
+
+// streamReader is the raw byte stream of one ByteStream Read. It holds at
+// most one received message. Errors are converted (blob.ErrUnavailable for a
+// broken or stalled stream) and sticky. Not safe for concurrent Reads.
+type streamReader struct {
+	t       *Tier
+	ctx     context.Context // the caller's: tells a cancelled caller from a failed server
+	sctx    context.Context
+	cancel  context.CancelCauseFunc
+	stream  bspb.ByteStream_ReadClient
+	wd      *watchdog
+	subject string
+
+	buf       []byte
+	err       error
+	closed    bool
+	closeOnce sync.Once
+}
+
+// openRead starts a ByteStream Read of resource and waits for its first
+// message, retrying (on UNAVAILABLE and RESOURCE_EXHAUSTED) until then. A
+// missing blob is blob.ErrNotFound.
+func (t *Tier) openRead(ctx context.Context, resource, subject string) (*streamReader, error) {
+	var sr *streamReader
+	err := t.retry(ctx, func(a attempt) error {
+		sctx, cancel := context.WithCancelCause(ctx)
+		r := &streamReader{t: t, ctx: ctx, sctx: sctx, cancel: cancel, subject: subject,
+			wd: newWatchdog(t.cfg.CallTimeout, cancel)}
+		err := r.start(resource, a.opts)
+		t.done(ctx, a, err)
+		if err != nil {
+			r.release()
+			return err
+		}
+		sr = r
+		return nil
+	})
+	if err != nil {
+		return nil, t.convert(ctx, "read", subject, err)
+	}
+	return sr, nil
+}
+
+func (r *streamReader) start(resource string, opts []grpc.CallOption) error {
+	r.wd.arm()
+	defer r.wd.disarm()
+	stream, err := r.t.bs.Read(r.sctx, &bspb.ReadRequest{ResourceName: resource}, opts...)
+	if err != nil {
+		return r.wd.check(err)
+	}
+	r.stream = stream
+	msg, err := stream.Recv()
+	if err == io.EOF {
+		r.err = io.EOF // an empty stream; the verifier judges it
+		return nil
+	}
+	if err != nil {
+		return r.wd.check(err)
+	}
+	r.buf = msg.GetData()
+	return nil
+}
+
+func (r *streamReader) Read(p []byte) (int, error) {
+	if r.closed {
+		return 0, errReaderClosed
+	}
+	for len(r.buf) == 0 {
+		if r.err != nil {
+			return 0, r.err
+		}
+		r.wd.arm()
+		msg, err := r.stream.Recv()
+		r.wd.disarm()
+		if err == io.EOF {
+			r.err = io.EOF
+			return 0, io.EOF
+		}
+		if err != nil {
+			err = r.wd.check(err)
+			r.t.breaker.record(false, classify(r.ctx, err))
+			r.err = r.t.convert(r.ctx, "read", r.subject, err)
+			return 0, r.err
+		}
+		r.buf = msg.GetData()
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+// Close cancels the stream. It is safe to call more than once.
+func (r *streamReader) Close() error {
+	r.closed = true
+	r.release()
+	return nil
+}
+
+func (r *streamReader) release() {
+	r.closeOnce.Do(func() {
+		r.wd.stop()
+		r.cancel(context.Canceled)
+	})
+}

@@ -1,0 +1,154 @@
+package reapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/google/uuid"
+	"github.com/klauspost/compress/zstd"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	bspb "google.golang.org/genproto/googleapis/bytestream"
+
+	"github.com/strata-oci/strata/blob"
+)
+
+// errServerHasIt ends an upload early: the server closed the stream because
+// it already holds the blob.
+var errServerHasIt = errors.New("server already holds the blob")
+
+// streamWriter sends one ByteStream Write in chunks of at most chunkSize.
+// It implements io.Writer so a zstd encoder can write into it; it sends a
+// full chunk only when a later byte arrives, so the last chunk is always
+// held back for finish.
+type streamWriter struct {
+	stream   bspb.ByteStream_WriteClient
+	wd       *watchdog
+	resource string
+	first    bool
+	offset   int64 // bytes sent so far
+	buf      []byte
+}
+
+func (w *streamWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		if len(w.buf) == chunkSize {
+			if err := w.send(false); err != nil {
+				return n, err
+			}
+		}
+		k := copy(w.buf[len(w.buf):chunkSize], p)
+		w.buf = w.buf[:len(w.buf)+k]
+		p = p[k:]
+		n += k
+	}
+	return n, nil
+}
+
+func (w *streamWriter) send(finish bool) error {
+	req := &bspb.WriteRequest{WriteOffset: w.offset, Data: w.buf, FinishWrite: finish}
+	if w.first {
+		req.ResourceName = w.resource
+		w.first = false
+	}
+	w.wd.arm()
+	err := w.stream.Send(req)
+	w.wd.disarm()
+	if err == io.EOF {
+		// The server ended the stream: it already holds the blob, or failed;
+		// CloseAndRecv says which.
+		return errServerHasIt
+	}
+	if err != nil {
+		return w.wd.check(err)
+	}
+	w.offset += int64(len(w.buf))
+	w.buf = w.buf[:0]
+	return nil
+}
+
+// putStream uploads src (a verifying reader over exactly d's bytes) with
+// ByteStream Write. It is not retried: the source cannot be read twice.
+func (t *Tier) putStream(ctx context.Context, caps *serverCaps, d blob.Digest, size int64, src io.Reader) error {
+	a, err := t.admit()
+	if err != nil {
+		return t.convert(ctx, "write", string(d), err)
+	}
+	err = t.writeStream(ctx, caps.zstdStream, d, size, src)
+	var me *blob.MismatchError
+	switch {
+	case errors.As(err, &me):
+		t.done(ctx, a, nil) // the server did nothing wrong
+		return fmt.Errorf("reapi %q: put %s: %w", t.cfg.Name, d, err)
+	case err != nil:
+		t.done(ctx, a, err)
+		return t.convert(ctx, "write", string(d), err)
+	}
+	t.done(ctx, a, nil)
+	return nil
+}
+
+func (t *Tier) writeStream(ctx context.Context, compress bool, d blob.Digest, size int64, src io.Reader) error {
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(context.Canceled) // aborts the upload unless it completed
+	wd := newWatchdog(t.cfg.CallTimeout, cancel)
+	defer wd.stop()
+
+	rd := toREAPI(d, size)
+	w := &streamWriter{wd: wd, first: true, buf: make([]byte, 0, chunkSize),
+		resource: writeResource(t.cfg.Instance, uuid.NewString(), rd, compress)}
+	wd.arm()
+	stream, err := t.bs.Write(sctx)
+	wd.disarm()
+	if err != nil {
+		return wd.check(err)
+	}
+	w.stream = stream
+
+	var copyErr error
+	if compress {
+		enc := encoders.Get().(*zstd.Encoder)
+		enc.Reset(w)
+		_, copyErr = io.Copy(enc, src)
+		if copyErr == nil {
+			copyErr = enc.Close() // flushes the last frame into w
+		}
+		enc.Reset(nil)
+		encoders.Put(enc)
+	} else {
+		_, copyErr = io.Copy(w, src)
+	}
+	if copyErr != nil && !errors.Is(copyErr, errServerHasIt) {
+		// A source mismatch or read error (or a failed send): cancelling the
+		// stream (deferred) aborts it before finish_write, so nothing is
+		// committed.
+		return copyErr
+	}
+	if copyErr == nil {
+		// The source matched d and size: commit.
+		if err := w.send(true); err != nil && !errors.Is(err, errServerHasIt) {
+			return err
+		}
+	}
+	wd.arm()
+	resp, err := stream.CloseAndRecv()
+	wd.disarm()
+	if err != nil {
+		if status.Code(err) == codes.AlreadyExists {
+			return nil
+		}
+		return wd.check(err)
+	}
+	switch cs := resp.GetCommittedSize(); {
+	case cs == size, compress && (cs == -1 || cs == w.offset):
+		return nil
+	case copyErr != nil:
+		return fmt.Errorf("server ended the upload early having committed %d of %d bytes", cs, size)
+	default:
+		return fmt.Errorf("server committed %d bytes, want %d", cs, size)
+	}
+}

@@ -1,0 +1,73 @@
+package reapi
+
+import (
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/strata-oci/strata/blob"
+)
+
+// maxZstdWindow bounds the window a server's zstd stream may ask for, so a
+// hostile server cannot make a read allocate without limit. Standard
+// encoders use at most 8 MiB below level 19 and 128 MiB with --long=27.
+const maxZstdWindow = 128 << 20
+
+// zstdReader decompresses a ByteStream read as it arrives (no read-ahead
+// goroutines). A decoding failure is reported as content corruption
+// (blob.ErrMismatch); a failure of the stream below keeps its own error.
+type zstdReader struct {
+	dec  *zstd.Decoder
+	sr   *streamReader
+	tier string
+	d    blob.Digest
+	err  error
+}
+
+func newZstdReader(sr *streamReader, tier string, d blob.Digest) (*zstdReader, error) {
+	dec, err := zstd.NewReader(sr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxWindow(maxZstdWindow))
+	if err != nil {
+		return nil, fmt.Errorf("reapi %q: read %s: zstd: %w", tier, d, err)
+	}
+	return &zstdReader{dec: dec, sr: sr, tier: tier, d: d}, nil
+}
+
+func (z *zstdReader) Read(p []byte) (int, error) {
+	if z.err != nil {
+		return 0, z.err
+	}
+	n, err := z.dec.Read(p)
+	if err != nil && err != io.EOF {
+		if z.sr.err != nil && z.sr.err != io.EOF {
+			err = z.sr.err
+		} else {
+			err = fmt.Errorf("reapi %q: read %s: %w: server sent a corrupt zstd stream: %v", z.tier, z.d, blob.ErrMismatch, err)
+		}
+		z.err = err
+	}
+	return n, err
+}
+
+func (z *zstdReader) close() { z.dec.Close() }
+
+// encoders pools stream encoders; an encoder holds megabytes of tables.
+var encoders = sync.Pool{New: func() any {
+	e, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		panic(err) // only on invalid options, which are constant here
+	}
+	return e
+}}
+
+// batchEncoder compresses whole small blobs; EncodeAll is safe for
+// concurrent use.
+var batchEncoder = sync.OnceValue(func() *zstd.Encoder {
+	e, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		panic(err)
+	}
+	return e
+})
