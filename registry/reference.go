@@ -11,6 +11,7 @@ import (
 
 var (
 	tagRE      = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	repoRE     = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$`)
 	registryRE = regexp.MustCompile(`^(?:(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])(?:\.(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]))*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$`)
 )
 
@@ -102,6 +103,14 @@ func ParseRepository(s string) (Repository, error) {
 		full = regStr + "/" + repoStr
 	}
 	r, err := name.NewRepository(full, name.WeakValidation)
+	if err == nil && (!repoRE.MatchString(r.RepositoryStr()) || len(r.RepositoryStr()) > 255) {
+		err = ErrInvalidReference
+	}
+	if err == nil {
+		// Rebuild from the normalized parts so equal references compare
+		// equal ("ubuntu" and "library/ubuntu" on Docker Hub).
+		r, err = name.NewRepository(r.RegistryStr()+"/"+r.RepositoryStr(), name.WeakValidation)
+	}
 	if err != nil {
 		return Repository{}, fmt.Errorf("%w: bad repository %q: components are lowercase [a-z0-9] separated by '.', '_', '__' or '-', joined by '/', 2 to 255 characters in all", ErrInvalidReference, clip(repoStr))
 	}

@@ -1,0 +1,183 @@
+package registry_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/registrytest"
+	"github.com/strata-oci/strata/registry"
+)
+
+// mirrorRig is an origin and a mirror (both in-process, each behind a
+// counting proxy); the mirror holds "app/one" only.
+type mirrorRig struct {
+	origin, mirror *registrytest.Proxy
+	one, two       pushed
+}
+
+func newMirrorRig(t *testing.T) *mirrorRig {
+	t.Helper()
+	originHost := registrytest.InProcess(t)
+	mirrorHost := registrytest.InProcess(t)
+	m := &mirrorRig{}
+	m.one = pushImage(t, originHost, "app/one:v1", 5000)
+	img := registrytest.Image(t, m.one.layer)
+	registrytest.Push(t, mirrorHost, "app/one:v1", img, nil)
+	m.two = pushImage(t, originHost, "app/two:v1", 5000)
+	m.origin = registrytest.NewProxy(t, originHost)
+	m.mirror = registrytest.NewProxy(t, mirrorHost)
+	m.one.ref = mustRef(t, m.origin.Host()+"/app/one:v1")
+	m.two.ref = mustRef(t, m.origin.Host()+"/app/two:v1")
+	return m
+}
+
+func (m *mirrorRig) client(t *testing.T, timeout time.Duration) *rig {
+	return newClient(t, func(c *registry.Config) {
+		c.Mirrors = map[string][]registry.Mirror{m.origin.Host(): {{Endpoint: m.mirror.Host(), Timeout: timeout}}}
+	})
+}
+
+func TestMirrorHitAndMiss(t *testing.T) {
+	m := newMirrorRig(t)
+	r := m.client(t, 0)
+	ctx := context.Background()
+
+	// Hit: everything comes from the mirror, the origin sees nothing.
+	desc, err := r.c.Resolve(ctx, m.one.ref, nil)
+	if err != nil || desc.Digest != m.one.manifest {
+		t.Fatalf("Resolve: %v %v", desc, err)
+	}
+	if _, _, err := r.c.Manifest(ctx, m.one.ref, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readBlob(t, r.c, m.one.ref, m.one.layerD, int64(len(m.one.layer))); err != nil || !bytes.Equal(got, m.one.layer) {
+		t.Fatalf("Blob: %v", err)
+	}
+	if m.origin.Count("HEAD", "manifest")+m.origin.Count("GET", "manifest")+m.origin.Count("GET", "blob") != 0 {
+		t.Fatalf("origin was asked on a mirror hit")
+	}
+	if m.mirror.Count("GET", "blob") != 1 {
+		t.Fatalf("mirror blob GETs %d", m.mirror.Count("GET", "blob"))
+	}
+
+	// Miss: the mirror says 404, the origin serves.
+	desc, err = r.c.Resolve(ctx, m.two.ref, nil)
+	if err != nil || desc.Digest != m.two.manifest {
+		t.Fatalf("Resolve miss: %v %v", desc, err)
+	}
+	if got, err := readBlob(t, r.c, m.two.ref, m.two.layerD, int64(len(m.two.layer))); err != nil || !bytes.Equal(got, m.two.layer) {
+		t.Fatalf("Blob miss: %v", err)
+	}
+	if m.origin.Count("HEAD", "manifest") != 1 || m.origin.Count("GET", "blob") != 1 {
+		t.Fatalf("origin HEAD %d blob GET %d, want 1 and 1", m.origin.Count("HEAD", "manifest"), m.origin.Count("GET", "blob"))
+	}
+	if n := r.metric(t, "strata_registry_mirror_fallbacks_total", map[string]string{"mirror": m.mirror.Host(), "reason": "not_found"}); n != 2 {
+		t.Fatalf("fallbacks{not_found} = %v, want 2\n%s", n, r.dump(t))
+	}
+}
+
+func TestMirrorErrorsMoveOn(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		desc   string
+		fault  registrytest.Fault
+		reason string
+	}{
+		{"5xx", registrytest.Fault{Kind: "manifest", Status: http.StatusBadGateway}, "unreachable"},
+		{"denied", registrytest.Fault{Kind: "manifest", Status: http.StatusForbidden}, "denied"},
+		{"connection dropped", registrytest.Fault{Kind: "manifest", Abort: true}, "unreachable"},
+		{"wrong bytes", registrytest.Fault{Method: "GET", Kind: "manifest", Corrupt: true}, "mismatch"},
+		{"slow", registrytest.Fault{Kind: "manifest", Delay: time.Minute}, "timeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			m := newMirrorRig(t)
+			m.mirror.Inject(tt.fault)
+			r := newClient(t, func(c *registry.Config) {
+				c.MaxAttempts = 2
+				c.Mirrors = map[string][]registry.Mirror{m.origin.Host(): {{Endpoint: m.mirror.Host(), Timeout: 300 * time.Millisecond}}}
+			})
+			ref := mustRef(t, m.origin.Host()+"/app/one@"+string(m.one.manifest))
+			b, d, err := r.c.Manifest(ctx, ref, nil)
+			if err != nil || d.Digest != m.one.manifest || blob.FromBytes(b) != m.one.manifest {
+				t.Fatalf("Manifest: %v", err)
+			}
+			if m.origin.Count("GET", "manifest") != 1 {
+				t.Fatalf("origin manifest GETs %d, want 1", m.origin.Count("GET", "manifest"))
+			}
+			if n := r.metric(t, "strata_registry_mirror_fallbacks_total", map[string]string{"reason": tt.reason}); n != 1 {
+				t.Fatalf("fallbacks{%s} = %v, want 1\n%s", tt.reason, n, r.dump(t))
+			}
+		})
+	}
+}
+
+func TestMirrorBadBlobNeverServed(t *testing.T) {
+	m := newMirrorRig(t)
+	m.mirror.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Corrupt: true})
+	r := m.client(t, 0)
+	_, err := readBlob(t, r.c, m.one.ref, m.one.layerD, int64(len(m.one.layer)))
+	if !errors.Is(err, blob.ErrMismatch) {
+		t.Fatalf("first read: err = %v, want ErrMismatch", err)
+	}
+	// The mirror is now known bad for this digest: the retry goes to the origin.
+	got, err := readBlob(t, r.c, m.one.ref, m.one.layerD, int64(len(m.one.layer)))
+	if err != nil || !bytes.Equal(got, m.one.layer) {
+		t.Fatalf("second read: %v", err)
+	}
+	if m.mirror.Count("GET", "blob") != 1 || m.origin.Count("GET", "blob") != 1 {
+		t.Fatalf("mirror GETs %d origin GETs %d, want 1 and 1", m.mirror.Count("GET", "blob"), m.origin.Count("GET", "blob"))
+	}
+}
+
+func TestMirrorSlowBlobTimesOut(t *testing.T) {
+	m := newMirrorRig(t)
+	m.mirror.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Delay: time.Minute})
+	r := m.client(t, 200*time.Millisecond)
+	got, err := readBlob(t, r.c, m.one.ref, m.one.layerD, int64(len(m.one.layer)))
+	if err != nil || !bytes.Equal(got, m.one.layer) {
+		t.Fatalf("read: %v", err)
+	}
+	if m.origin.Count("GET", "blob") != 1 {
+		t.Fatalf("origin GETs %d", m.origin.Count("GET", "blob"))
+	}
+	if n := r.metric(t, "strata_registry_mirror_fallbacks_total", map[string]string{"reason": "timeout"}); n != 1 {
+		t.Fatalf("fallbacks{timeout} = %v\n%s", n, r.dump(t))
+	}
+}
+
+func TestMirrorsNeverSeeCallerCredentials(t *testing.T) {
+	m := newMirrorRig(t)
+	var auths []string
+	mirrorHost := registrytest.InProcess(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if a := r.Header.Get("Authorization"); a != "" {
+				auths = append(auths, a)
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	r := newClient(t, func(c *registry.Config) {
+		c.Mirrors = map[string][]registry.Mirror{m.origin.Host(): {{Endpoint: mirrorHost}}}
+	})
+	// The in-process registry does not challenge, so a transport that sends
+	// basic credentials would send them unasked: ggcr's basic transport does.
+	if _, _, err := r.c.Manifest(context.Background(), m.one.ref, basicAuth("user", "s3cr3t-PASSWORD")); err != nil {
+		t.Fatal(err)
+	}
+	if len(auths) != 0 {
+		t.Fatalf("mirror received Authorization headers: %d", len(auths))
+	}
+	// And CheckAccess never asks a mirror.
+	if err := r.c.CheckAccess(context.Background(), m.one.ref, nil); err != nil {
+		t.Fatal(err)
+	}
+	if m.origin.Count("HEAD", "manifest") != 1 {
+		t.Fatalf("CheckAccess origin HEADs %d, want 1", m.origin.Count("HEAD", "manifest"))
+	}
+}
