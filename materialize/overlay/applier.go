@@ -27,6 +27,7 @@ const (
 type applyConfig struct {
 	opaqueXattr string
 	maxEntries  int64 // <= 0: unlimited
+	maxBytes    int64 // bytes of file content (sparse holes included); <= 0: unlimited
 	privileged  bool  // running with CAP_CHOWN/CAP_MKNOD etc. (euid 0)
 }
 
@@ -146,8 +147,17 @@ func (a *applier) parent(rel string) (int, error) {
 }
 
 // openDir opens directory rel beneath the root and returns an fd the
-// caller closes. With create, missing directories are made (0755).
+// caller closes. With create, missing directories are made (0755), also
+// where a symlink points at a missing directory: its target is created
+// inside the root, as containerd's applier does.
 func (a *applier) openDir(rel string, create bool) (int, error) {
+	return a.openDirDepth(rel, create, 0)
+}
+
+func (a *applier) openDirDepth(rel string, create bool, depth int) (int, error) {
+	if depth > 40 {
+		return -1, &os.PathError{Op: "open", Path: rel, Err: unix.ELOOP}
+	}
 	p := rel
 	if p == "" {
 		p = "."
@@ -156,17 +166,18 @@ func (a *applier) openDir(rel string, create bool) (int, error) {
 		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
 	}
-	created := false
-	for {
+	for try := 0; ; try++ {
 		fd, err := unix.Openat2(a.root, p, &how)
 		switch {
 		case err == nil:
 			return fd, nil
+		case try > 8:
+			return -1, &os.PathError{Op: "open", Path: rel, Err: err}
 		case err == unix.EINTR || err == unix.EAGAIN:
 			continue
-		case err == unix.ENOENT && create && rel != "" && !created:
+		case err == unix.ENOENT && create && rel != "":
 			dir, base := splitRel(rel)
-			pfd, err := a.openDir(dir, true)
+			pfd, err := a.openDirDepth(dir, true, depth+1)
 			if err != nil {
 				return -1, err
 			}
@@ -174,22 +185,41 @@ func (a *applier) openDir(rel string, create bool) (int, error) {
 			if err == nil {
 				// Not subject to the umask: implicit directories are 0755.
 				err = unix.Fchmodat(pfd, base, 0o755, 0)
-			} else if err == unix.EEXIST {
-				err = nil
+			}
+			var target string
+			if err == unix.EEXIST {
+				// base exists but does not resolve: a dangling symlink.
+				target, err = readlinkat(pfd, base)
 			}
 			unix.Close(pfd)
 			if err != nil {
 				return -1, &os.PathError{Op: "mkdir", Path: rel, Err: err}
 			}
-			created = true
-		case err == unix.ENOENT && created:
-			return -1, fmt.Errorf("%w: parent %q is a symlink to a missing directory", ErrInvalidLayer, rel)
+			if target != "" {
+				next := cleanRel(target)
+				if !strings.HasPrefix(target, "/") {
+					next = cleanRel(dir + "/" + target)
+				}
+				return a.openDirDepth(next, true, depth+1)
+			}
 		case err == unix.ENOTDIR:
 			return -1, fmt.Errorf("%w: parent %q is not a directory", ErrInvalidLayer, rel)
 		default:
 			return -1, &os.PathError{Op: "open", Path: rel, Err: err}
 		}
 	}
+}
+
+func readlinkat(dirfd int, name string) (string, error) {
+	buf := make([]byte, 4096)
+	n, err := unix.Readlinkat(dirfd, name, buf)
+	if err != nil {
+		return "", err
+	}
+	if n == 0 {
+		return "", unix.ENOENT
+	}
+	return string(buf[:n]), nil
 }
 
 func (a *applier) entry(h *tar.Header, tr io.Reader) error {
@@ -301,6 +331,11 @@ func (a *applier) rootDir(h *tar.Header) error {
 }
 
 func (a *applier) file(pfd int, base string, h *tar.Header, tr io.Reader) error {
+	// The decompressed stream is bounded by layerio, but a sparse entry
+	// expands to its full size here.
+	if a.cfg.maxBytes > 0 && (h.Size < 0 || h.Size > a.cfg.maxBytes-a.stats.Bytes) {
+		return fmt.Errorf("%w: file content over %d bytes", ErrLimitExceeded, a.cfg.maxBytes)
+	}
 	var fd int
 	err := a.create(pfd, base, func() (err error) {
 		fd, err = unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)

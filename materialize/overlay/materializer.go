@@ -74,8 +74,9 @@ type Config struct {
 	// Parallelism bounds how many layers of one Materialize call extract at
 	// once. 0 means GOMAXPROCS.
 	Parallelism int
-	// MaxLayerBytes bounds a layer's decompressed size (0: layerio's
-	// default, negative: no bound). MaxEntries bounds its tar entries (0:
+	// MaxLayerBytes bounds a layer's decompressed size and, separately, the
+	// bytes of file content it writes (sparse files count at full size)
+	// (0: layerio.DefaultMaxBytes, negative: no bound). MaxEntries bounds its tar entries (0:
 	// 10 million, negative: no bound). Exceeding either fails the layer with
 	// ErrLimitExceeded.
 	MaxLayerBytes int64
@@ -565,7 +566,11 @@ func (m *Materializer) extractInto(ctx context.Context, l materialize.Layer, dir
 	if m.cfg.UserXattr {
 		opaque = userOpaque
 	}
-	stats, err := applyLayer(ctx, dir, rc, applyConfig{opaqueXattr: opaque, maxEntries: m.cfg.MaxEntries, privileged: m.privileged})
+	maxBytes := m.cfg.MaxLayerBytes
+	if maxBytes == 0 {
+		maxBytes = layerio.DefaultMaxBytes
+	}
+	stats, err := applyLayer(ctx, dir, rc, applyConfig{opaqueXattr: opaque, maxEntries: m.cfg.MaxEntries, maxBytes: maxBytes, privileged: m.privileged})
 	if err != nil {
 		return stats, err
 	}
