@@ -300,8 +300,10 @@ func TestApplyBreakout(t *testing.T) {
 			},
 		},
 		{
-			desc:    "a symlink loop in a parent path",
-			build:   func(s *sandbox) *tartest.Builder { return tartest.New().Symlink("a", "b").Symlink("b", "a").File("a/x", nil) },
+			desc: "a symlink loop in a parent path",
+			build: func(s *sandbox) *tartest.Builder {
+				return tartest.New().Symlink("a", "b").Symlink("b", "a").File("a/x", nil)
+			},
 			wantErr: unix.ELOOP,
 		},
 		{
