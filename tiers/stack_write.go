@@ -1,0 +1,165 @@
+package tiers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/strata-oci/strata/blob"
+)
+
+// Put stores the blob in every tier of the view from one pass over r: the
+// tiers' Puts run at once, each fed the same chunks, each verifying and
+// committing on its own; no tier is handed the end of the stream unless r
+// held exactly size bytes hashing to d. Tiers that decline the size
+// (blob.ErrTooLarge) or are unavailable are skipped.
+//
+// Put succeeds if at least one tier holds the blob afterwards; failures of
+// the other tiers are counted in the metrics, not returned. If no tier
+// stored it, the error is, in this order of preference: the source's own
+// failure (a *blob.MismatchError for wrong content), the first other tier
+// error, blob.ErrUnavailable, blob.ErrTooLarge.
+func (s *Stack) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) error {
+	if err := s.check(ctx, "put"); err != nil {
+		return err
+	}
+	if err := blob.ValidateDigest(d); err != nil {
+		return fmt.Errorf("stack %q: put: %w", s.root.name, err)
+	}
+	if size < 0 {
+		return fmt.Errorf("stack %q: put %s: %w: negative size %d", s.root.name, d, blob.ErrInvalidDigest, size)
+	}
+	var cands []*stackEntry
+	for _, e := range s.ents {
+		if size < e.declines.Load() {
+			cands = append(cands, e)
+		}
+	}
+	switch {
+	case len(s.ents) == 0:
+		return fmt.Errorf("stack %q: put %s: %w: the view has no tiers", s.root.name, d, blob.ErrUnavailable)
+	case len(cands) == 0:
+		return fmt.Errorf("stack %q: put %s: %d bytes: %w by every tier", s.root.name, d, size, blob.ErrTooLarge)
+	case len(cands) == 1:
+		err := cands[0].Tier.Put(ctx, d, size, r)
+		if errors.Is(err, blob.ErrTooLarge) {
+			cands[0].noteDecline(size)
+		}
+		if err != nil {
+			return fmt.Errorf("stack %q: %w", s.root.name, err)
+		}
+		return nil
+	}
+
+	sinks := make([]*sink, len(cands))
+	errs := make([]error, len(cands))
+	results := make(chan int, len(cands))
+	for i, e := range cands {
+		sinks[i] = newSink(nil)
+		go func() {
+			errs[i] = e.Tier.Put(ctx, d, size, sinks[i])
+			sinks[i].Close()
+			results <- i
+		}()
+	}
+	t := newTee(sinks...)
+	srcErr := t.run(ctx, blob.NewVerifier(r, d, size, nil))
+	if errors.Is(srcErr, errNoReaders) {
+		// Every tier returned before the end (already held, declined or
+		// failed): their results decide.
+		srcErr = nil
+	}
+	end := io.EOF
+	if srcErr != nil {
+		end = fmt.Errorf("stack %q: put %s: %w", s.root.name, d, srcErr)
+	}
+	for i := range sinks {
+		t.terminate(i, end)
+	}
+	for range cands {
+		<-results
+	}
+
+	var firstErr, unavailable, declined error
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, blob.ErrTooLarge):
+			cands[i].noteDecline(size)
+			if declined == nil {
+				declined = err
+			}
+		case errors.Is(err, blob.ErrUnavailable):
+			if unavailable == nil {
+				unavailable = err
+			}
+		default:
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	switch {
+	case srcErr != nil:
+		return end
+	case firstErr != nil:
+		return fmt.Errorf("stack %q: %w", s.root.name, firstErr)
+	case unavailable != nil:
+		return fmt.Errorf("stack %q: %w", s.root.name, unavailable)
+	default:
+		return fmt.Errorf("stack %q: %w", s.root.name, declined)
+	}
+}
+
+// Delete removes d from every tier of the view, bottom-up (so a concurrent
+// fill cannot copy it back from below). Tiers that cannot delete
+// (blob.ErrUnsupported) are skipped. It returns blob.ErrNotFound only if no
+// tier held d, and an error joining every tier failure (unavailability
+// included: the blob may still be there) if any tier failed.
+func (s *Stack) Delete(ctx context.Context, d blob.Digest) error {
+	if err := s.check(ctx, "delete"); err != nil {
+		return err
+	}
+	if err := blob.ValidateDigest(d); err != nil {
+		return fmt.Errorf("stack %q: delete: %w", s.root.name, err)
+	}
+	return s.deleteAll(ctx, "delete", string(d), func(e *stackEntry) error { return e.Tier.Delete(ctx, d) })
+}
+
+// deleteAll runs del on every tier bottom-up and folds the results as
+// Delete and DeleteRef document.
+func (s *Stack) deleteAll(ctx context.Context, op, what string, del func(*stackEntry) error) error {
+	var (
+		deleted, notFound bool
+		errs              []error
+	)
+	for i := len(s.ents) - 1; i >= 0; i-- {
+		err := del(s.ents[i])
+		switch {
+		case err == nil:
+			deleted = true
+		case errors.Is(err, blob.ErrNotFound):
+			notFound = true
+		case errors.Is(err, blob.ErrUnsupported):
+		default:
+			if ctx.Err() != nil {
+				return s.stop(ctx, op, what, err)
+			}
+			errs = append(errs, err)
+		}
+	}
+	switch {
+	case len(errs) > 0:
+		return fmt.Errorf("stack %q: %s %s: %w", s.root.name, op, what, errors.Join(errs...))
+	case deleted:
+		return nil
+	case notFound:
+		return fmt.Errorf("stack %q: %s %s: %w", s.root.name, op, what, blob.ErrNotFound)
+	case len(s.ents) == 0:
+		return fmt.Errorf("stack %q: %s %s: %w", s.root.name, op, what, blob.ErrNotFound)
+	default:
+		return fmt.Errorf("stack %q: %s %s: %w by every tier", s.root.name, op, what, blob.ErrUnsupported)
+	}
+}
