@@ -1,0 +1,620 @@
+package ext4
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/Microsoft/hcsshim/ext4/tar2ext4"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/materialize/internal/layerio"
+)
+
+// ErrLayerTooLarge is wrapped when a layer decompresses to more than
+// Config.MaxLayerBytes.
+var ErrLayerTooLarge = layerio.ErrLimitExceeded
+
+const (
+	// Version names the materializer's output format. It is part of every
+	// derivation key: bump it whenever the bytes produced for the same image
+	// and options change, so old derived blobs are no longer used.
+	Version = "strata-ext4/1"
+	// Format is the derivation's format name in ref keys.
+	Format = "ext4"
+	// MediaType is the media type of the derived blob's ref.
+	MediaType = "application/vnd.strata.ext4"
+
+	// DefaultMaxDiskSize is Config.MaxDiskSize when zero.
+	DefaultMaxDiskSize = 64 << 30
+	// DefaultMaxLayerBytes is Config.MaxLayerBytes when zero.
+	DefaultMaxLayerBytes = layerio.DefaultMaxBytes
+)
+
+// Config configures a Converter.
+type Config struct {
+	// Store is the tier (usually a tiers.Stack) that holds derived images
+	// and their refs. Required.
+	Store blob.Tier
+	// WorkDir holds the images handed out (WorkDir/images), temporary files
+	// of conversions in progress and spooled content (WorkDir/tmp).
+	// Required; created if missing.
+	WorkDir string
+	// FreeBytes and FreeInodes are the default free space an image gets
+	// beyond its content, for Materialize calls with nil Options.
+	FreeBytes  int64
+	FreeInodes int64
+	// MaxDiskSize bounds an image, content plus free space (default 64 GiB,
+	// at most 16 TiB). It also decides how many blocks are reserved for
+	// group descriptors (4 per 64 GiB).
+	MaxDiskSize int64
+	// MaxLayerBytes bounds the uncompressed size of one layer (default
+	// 64 GiB): a decompression bomb fails with ErrLayerTooLarge.
+	MaxLayerBytes int64
+	// Scope is the ref scope of derivation refs ("" = global). Images are
+	// content-addressed, so sharing derived images across tenants reveals
+	// nothing a tenant could not already fetch.
+	Scope string
+	// Registerer, if set, receives the converter's metrics.
+	Registerer prometheus.Registerer
+}
+
+// Options are the per-image options that change the bytes of an image and
+// so are part of its derivation key.
+type Options struct {
+	// FreeBytes is the free space the filesystem has at least, beyond its
+	// content (rounded up to 4 KiB blocks).
+	FreeBytes int64
+	// FreeInodes is the number of free inodes it has at least.
+	FreeInodes int64
+}
+
+// Result is a materialized image.
+type Result struct {
+	// Path is a read-only ext4 image file, ready to attach. It stays valid
+	// until Cleanup for the same image and options. The caller must not
+	// write to it: copy it, or use copy-on-write (reflink, overlay, a
+	// Firecracker read-only drive plus a writable one).
+	Path string
+	// Size is the size of the file at Path in bytes (holes included).
+	Size int64
+	// Digest names the stored image, under which the Store holds it: the
+	// filesystem without the requested free space. The file at Path is that
+	// image grown in place by Options (identical bytes when both are zero).
+	Digest blob.Digest
+	// FromCache is true when no conversion ran for this call: the image
+	// was already on local disk or was downloaded from the Store.
+	FromCache bool
+}
+
+// Stats counts the converter's work since New.
+type Stats struct {
+	Conversions        int64 // conversions started
+	ConversionFailures int64 // conversions that failed
+	Downloads          int64 // images taken from the Store instead of converting
+	LocalHits          int64 // calls answered from WorkDir
+	Collapsed          int64 // calls that waited for an identical call in flight
+}
+
+// Converter turns images into ext4 filesystem images stored as derived
+// blobs. It is safe for concurrent use; identical concurrent requests
+// collapse into one conversion.
+type Converter struct {
+	cfg     Config
+	imgDir  string
+	tmpDir  string
+	flights singleflight.Group
+
+	conversions, failures, downloads, localHits, collapsed atomic.Int64
+
+	mOutcome  *prometheus.CounterVec
+	mDuration *prometheus.HistogramVec
+	mBytes    prometheus.Counter
+}
+
+// New returns a Converter. It fails if Store or WorkDir is missing, if the
+// work directories cannot be created, or if the metrics cannot be
+// registered.
+func New(cfg Config) (*Converter, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("ext4: Config.Store is required")
+	}
+	if cfg.WorkDir == "" {
+		return nil, errors.New("ext4: Config.WorkDir is required")
+	}
+	if cfg.FreeBytes < 0 || cfg.FreeInodes < 0 || cfg.MaxDiskSize < 0 || cfg.MaxLayerBytes < 0 {
+		return nil, errors.New("ext4: negative size in Config")
+	}
+	if cfg.MaxDiskSize == 0 {
+		cfg.MaxDiskSize = DefaultMaxDiskSize
+	}
+	cfg.MaxDiskSize = min(cfg.MaxDiskSize, 16<<40)
+	if cfg.MaxLayerBytes == 0 {
+		cfg.MaxLayerBytes = DefaultMaxLayerBytes
+	}
+	c := &Converter{
+		cfg:    cfg,
+		imgDir: filepath.Join(cfg.WorkDir, "images"),
+		tmpDir: filepath.Join(cfg.WorkDir, "tmp"),
+	}
+	for _, d := range []string{c.imgDir, c.tmpDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("ext4: %w", err)
+		}
+	}
+	c.mOutcome = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "strata_ext4_materialize_total",
+		Help: "ext4 materializations by outcome (converted, downloaded, local, failed).",
+	}, []string{"outcome"})
+	c.mDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "strata_ext4_materialize_seconds",
+		Help:    "Latency of ext4 materializations that did work, by outcome.",
+		Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+	}, []string{"outcome"})
+	c.mBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "strata_ext4_converted_bytes_total",
+		Help: "Bytes of ext4 images produced by conversions.",
+	})
+	if cfg.Registerer != nil {
+		for _, m := range []prometheus.Collector{c.mOutcome, c.mDuration, c.mBytes} {
+			if err := cfg.Registerer.Register(m); err != nil {
+				return nil, fmt.Errorf("ext4: register metrics: %w", err)
+			}
+		}
+	}
+	return c, nil
+}
+
+// Stats returns the converter's counters.
+func (c *Converter) Stats() Stats {
+	return Stats{
+		Conversions:        c.conversions.Load(),
+		ConversionFailures: c.failures.Load(),
+		Downloads:          c.downloads.Load(),
+		LocalHits:          c.localHits.Load(),
+		Collapsed:          c.collapsed.Load(),
+	}
+}
+
+// derivation is one (image, options) pair's identity.
+type derivation struct {
+	key    blob.RefKey
+	id     string // hex sha256 of key.String(): local file names
+	free   growSpec
+	digest blob.Digest
+}
+
+func (c *Converter) derive(img materialize.Image, opts *Options) (derivation, error) {
+	o := Options{FreeBytes: c.cfg.FreeBytes, FreeInodes: c.cfg.FreeInodes}
+	if opts != nil {
+		o = *opts
+	}
+	if o.FreeBytes < 0 || o.FreeInodes < 0 {
+		return derivation{}, fmt.Errorf("ext4: negative free space in Options")
+	}
+	if o.FreeBytes > c.cfg.MaxDiskSize {
+		return derivation{}, fmt.Errorf("ext4: FreeBytes %d exceeds MaxDiskSize %d", o.FreeBytes, c.cfg.MaxDiskSize)
+	}
+	d := img.Digest()
+	if err := blob.ValidateDigest(d); err != nil {
+		return derivation{}, fmt.Errorf("ext4: image digest: %w", err)
+	}
+	freeBlocks := (o.FreeBytes + fsBlockSize - 1) / fsBlockSize
+	// Canonical options of the stored image: everything that changes its
+	// bytes, in one order. Free space is added to local copies only, so it
+	// is not part of the stored image (nor of the ref key).
+	canon := fmt.Sprintf("max-disk=%d", c.cfg.MaxDiskSize)
+	key := blob.RefKey{
+		Namespace: blob.NamespaceDerived,
+		Scope:     c.cfg.Scope,
+		Name:      fmt.Sprintf("%s|%s|%s|%s", d, Format, canon, Version),
+	}
+	if err := key.Validate(); err != nil {
+		return derivation{}, err
+	}
+	local := fmt.Sprintf("%s|free-blocks=%d,free-inodes=%d", key.String(), freeBlocks, o.FreeInodes)
+	sum := sha256.Sum256([]byte(local))
+	return derivation{
+		key:    key,
+		id:     hex.EncodeToString(sum[:]),
+		digest: d,
+		free: growSpec{
+			FreeBlocks: uint64(freeBlocks),
+			FreeInodes: uint64(o.FreeInodes),
+			GDTBlocks:  gdtBlocks(c.cfg.MaxDiskSize),
+		},
+	}, nil
+}
+
+// gdtBlocks is the number of descriptor blocks hcsshim's writer reserves
+// for MaximumDiskSize(max).
+func gdtBlocks(max int64) uint32 {
+	const bpg = fsBlockSize * 8
+	maxBlocks := (max-1)/fsBlockSize + 1
+	maxGroups := (maxBlocks-1)/bpg + 1
+	return uint32((maxGroups-1)/(fsBlockSize/gdSize) + 1)
+}
+
+// localMeta is the sidecar written next to a local image.
+type localMeta struct {
+	Digest blob.Digest `json:"digest"`
+	Size   int64       `json:"size"`
+	Key    string      `json:"key"`
+}
+
+func (c *Converter) imagePath(dv derivation) string { return filepath.Join(c.imgDir, dv.id+".ext4") }
+func (c *Converter) metaPath(dv derivation) string  { return filepath.Join(c.imgDir, dv.id+".json") }
+
+// local returns the image already in WorkDir, if any.
+func (c *Converter) local(dv derivation) (*Result, bool) {
+	b, err := os.ReadFile(c.metaPath(dv))
+	if err != nil {
+		return nil, false
+	}
+	var m localMeta
+	if json.Unmarshal(b, &m) != nil || m.Key != dv.key.String() || blob.ValidateDigest(m.Digest) != nil {
+		return nil, false
+	}
+	p := c.imagePath(dv)
+	fi, err := os.Stat(p)
+	if err != nil || fi.Size() != m.Size || !fi.Mode().IsRegular() {
+		return nil, false
+	}
+	return &Result{Path: p, Size: m.Size, Digest: m.Digest, FromCache: true}, true
+}
+
+// Materialize returns the ext4 image of img with opts (nil: the Config's
+// free space). In order it uses the image already in WorkDir, the derived
+// blob the Store holds (downloaded into WorkDir, holes for zero blocks), or
+// converts: flattens the layers in one streaming pass straight into the ext4
+// writer, finishes the filesystem (see finishFS), stores the image in the
+// Store under its digest and then the derivation ref.
+//
+// Identical concurrent calls share one piece of work, which runs on a
+// context detached from the callers' cancellation; each caller stops
+// waiting when its own ctx ends. A failed or interrupted conversion leaves
+// no image, no blob and no ref behind (temporary files are removed; a
+// crash leaves only files under WorkDir/tmp).
+//
+// If the Store declines the image as too large (blob.ErrTooLarge), the
+// image is still returned from WorkDir but not shared.
+func (c *Converter) Materialize(ctx context.Context, img materialize.Image, opts *Options) (*Result, error) {
+	dv, err := c.derive(img, opts)
+	if err != nil {
+		return nil, err
+	}
+	if r, ok := c.local(dv); ok {
+		c.localHits.Add(1)
+		c.mOutcome.WithLabelValues("local").Inc()
+		return r, nil
+	}
+	ch := c.flights.DoChan(dv.id, func() (any, error) {
+		return c.produce(context.WithoutCancel(ctx), img, dv)
+	})
+	select {
+	case res := <-ch:
+		if res.Shared {
+			c.collapsed.Add(1)
+		}
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		r := *res.Val.(*Result)
+		return &r, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("ext4: materialize %s: %w", dv.digest, ctx.Err())
+	}
+}
+
+func (c *Converter) produce(ctx context.Context, img materialize.Image, dv derivation) (*Result, error) {
+	if r, ok := c.local(dv); ok { // finished by a flight that just ended
+		c.localHits.Add(1)
+		c.mOutcome.WithLabelValues("local").Inc()
+		return r, nil
+	}
+	start := time.Now()
+	ref, err := c.cfg.Store.GetRef(ctx, dv.key)
+	switch {
+	case err == nil:
+		r, derr := c.download(ctx, dv, ref)
+		if derr == nil {
+			c.downloads.Add(1)
+			c.mOutcome.WithLabelValues("downloaded").Inc()
+			c.mDuration.WithLabelValues("downloaded").Observe(time.Since(start).Seconds())
+			return r, nil
+		}
+		if !blob.IsMiss(derr) {
+			return nil, derr
+		}
+		// The ref outlived its blob, or the blob was corrupt: convert again.
+	case blob.IsMiss(err):
+	default:
+		return nil, fmt.Errorf("ext4: get derivation ref for %s from %s: %w", dv.digest, c.cfg.Store.Name(), err)
+	}
+
+	c.conversions.Add(1)
+	r, err := c.convert(ctx, img, dv)
+	if err != nil {
+		c.failures.Add(1)
+		c.mOutcome.WithLabelValues("failed").Inc()
+		return nil, err
+	}
+	c.mOutcome.WithLabelValues("converted").Inc()
+	c.mDuration.WithLabelValues("converted").Observe(time.Since(start).Seconds())
+	c.mBytes.Add(float64(r.Size))
+	return r, nil
+}
+
+// download copies the derived blob ref points at into WorkDir.
+func (c *Converter) download(ctx context.Context, dv derivation, ref blob.Ref) (*Result, error) {
+	if err := ref.Validate(); err != nil {
+		return nil, fmt.Errorf("ext4: derivation ref for %s: %w", dv.digest, err)
+	}
+	rc, _, err := c.cfg.Store.Open(ctx, ref.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("ext4: open derived image %s from %s: %w", ref.Digest, c.cfg.Store.Name(), err)
+	}
+	defer rc.Close()
+	tmp, err := os.CreateTemp(c.tmpDir, "download-*.ext4")
+	if err != nil {
+		return nil, fmt.Errorf("ext4: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	sf := newSparseFile(tmp)
+	buf := make([]byte, 1<<20)
+	v := blob.NewVerifier(rc, ref.Digest, ref.Size, nil)
+	if _, err := io.CopyBuffer(sf, withCtx(ctx, v), buf); err != nil {
+		return nil, fmt.Errorf("ext4: download derived image %s from %s: %w", ref.Digest, c.cfg.Store.Name(), err)
+	}
+	if _, err := sf.Finish(); err != nil {
+		return nil, fmt.Errorf("ext4: %w", err)
+	}
+	r := &Result{Digest: ref.Digest, FromCache: true}
+	if r.Size, err = c.grow(tmp, dv); err != nil {
+		return nil, err
+	}
+	if err := c.publish(dv, tmp, r); err != nil {
+		return nil, err
+	}
+	ok = true
+	return r, nil
+}
+
+// convert builds the image, stores blob and ref, and publishes it locally.
+func (c *Converter) convert(ctx context.Context, img materialize.Image, dv derivation) (*Result, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tmp, err := os.CreateTemp(c.tmpDir, "convert-*.ext4")
+	if err != nil {
+		return nil, fmt.Errorf("ext4: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+
+	if err := c.build(ctx, img, tmp, growSpec{GDTBlocks: dv.free.GDTBlocks}); err != nil {
+		return nil, fmt.Errorf("ext4: convert %s: %w", dv.digest, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return nil, fmt.Errorf("ext4: %w", err)
+	}
+	size, err := tmp.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, fmt.Errorf("ext4: %w", err)
+	}
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, withCtx(ctx, io.NewSectionReader(tmp, 0, size)), make([]byte, 1<<20)); err != nil {
+		return nil, fmt.Errorf("ext4: hash image: %w", err)
+	}
+	d := blob.NewDigestFromHash(h)
+	r := &Result{Size: size, Digest: d}
+
+	// Blob first, then the ref that points at it.
+	err = c.cfg.Store.Put(ctx, d, size, io.NewSectionReader(tmp, 0, size))
+	switch {
+	case err == nil:
+		ref := blob.Ref{Digest: d, Size: size, MediaType: MediaType}
+		if err := c.cfg.Store.PutRef(ctx, dv.key, ref); err != nil {
+			return nil, fmt.Errorf("ext4: put derivation ref for %s to %s: %w", dv.digest, c.cfg.Store.Name(), err)
+		}
+	case errors.Is(err, blob.ErrTooLarge):
+		// Usable here, not shared.
+	default:
+		return nil, fmt.Errorf("ext4: put derived image %s to %s: %w", d, c.cfg.Store.Name(), err)
+	}
+	if r.Size, err = c.grow(tmp, dv); err != nil {
+		return nil, err
+	}
+	if err := c.publish(dv, tmp, r); err != nil {
+		return nil, err
+	}
+	ok = true
+	return r, nil
+}
+
+// build writes the ext4 image of img into f.
+func (c *Converter) build(ctx context.Context, img materialize.Image, f *os.File, free growSpec) error {
+	layers := img.Layers()
+	ras := make([]*readahead, len(layers))
+	defer func() {
+		for _, r := range ras {
+			if r != nil {
+				r.Close()
+			}
+		}
+	}()
+	startRA := func(i int) {
+		if i >= 0 && ras[i] == nil {
+			l := layers[i]
+			ras[i] = startReadahead(ctx, func(ctx context.Context) (io.ReadCloser, error) {
+				return layerio.Open(ctx, l, layerio.Limits{MaxBytes: c.cfg.MaxLayerBytes})
+			})
+		}
+	}
+	openers := make([]TarOpener, len(layers))
+	for i := range layers {
+		openers[i] = func(ctx context.Context) (io.ReadCloser, error) {
+			startRA(i)
+			startRA(i - 1) // decompress the next layer down while this one is written
+			return ras[i], nil
+		}
+	}
+
+	pr, pw := io.Pipe()
+	flatErr := make(chan error, 1)
+	go func() {
+		_, err := Flatten(ctx, openers, pw, c.tmpDir)
+		pw.CloseWithError(err)
+		flatErr <- err
+	}()
+	sf := newSparseFile(f)
+	convErr := tar2ext4.ConvertTarToExt4(pr, sf, tar2ext4.MaximumDiskSize(c.cfg.MaxDiskSize))
+	pr.CloseWithError(errWriterStopped)
+	ferr := <-flatErr
+	if ferr != nil && !(convErr != nil && errors.Is(ferr, errWriterStopped)) {
+		return ferr
+	}
+	if convErr != nil {
+		return fmt.Errorf("write ext4: %w", convErr)
+	}
+	if _, err := sf.Finish(); err != nil {
+		return err
+	}
+	if _, err := finishFS(f, free); err != nil {
+		return err
+	}
+	return nil
+}
+
+// grow adds dv's free space to the stored image in f and returns the new
+// size.
+func (c *Converter) grow(f *os.File, dv derivation) (int64, error) {
+	if _, err := finishFS(f, dv.free); err != nil {
+		return 0, fmt.Errorf("ext4: add free space to %s: %w", dv.digest, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("ext4: %w", err)
+	}
+	return fi.Size(), nil
+}
+
+// publish makes tmp the local image of dv: read-only, sidecar first, then
+// the image by rename.
+func (c *Converter) publish(dv derivation, tmp *os.File, r *Result) error {
+	if err := tmp.Chmod(0o444); err != nil {
+		return fmt.Errorf("ext4: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("ext4: %w", err)
+	}
+	meta, _ := json.Marshal(localMeta{Digest: r.Digest, Size: r.Size, Key: dv.key.String()})
+	mt, err := os.CreateTemp(c.tmpDir, "meta-*.json")
+	if err != nil {
+		return fmt.Errorf("ext4: %w", err)
+	}
+	_, werr := mt.Write(meta)
+	cerr := mt.Close()
+	if werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = os.Rename(mt.Name(), c.metaPath(dv))
+	}
+	if werr != nil {
+		os.Remove(mt.Name())
+		return fmt.Errorf("ext4: %w", werr)
+	}
+	r.Path = c.imagePath(dv)
+	if err := os.Rename(tmp.Name(), r.Path); err != nil {
+		os.Remove(c.metaPath(dv))
+		return fmt.Errorf("ext4: %w", err)
+	}
+	return nil
+}
+
+// IsMaterialized reports whether Materialize(ctx, img, opts) would run no
+// conversion: the image is in WorkDir, or the Store holds its derivation
+// ref and the blob it points at.
+func (c *Converter) IsMaterialized(ctx context.Context, img materialize.Image, opts *Options) (bool, error) {
+	dv, err := c.derive(img, opts)
+	if err != nil {
+		return false, err
+	}
+	if _, ok := c.local(dv); ok {
+		return true, nil
+	}
+	ref, err := c.cfg.Store.GetRef(ctx, dv.key)
+	if blob.IsMiss(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("ext4: get derivation ref for %s from %s: %w", dv.digest, c.cfg.Store.Name(), err)
+	}
+	if _, err := c.cfg.Store.Stat(ctx, ref.Digest); err != nil {
+		if blob.IsMiss(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("ext4: stat derived image %s in %s: %w", ref.Digest, c.cfg.Store.Name(), err)
+	}
+	return true, nil
+}
+
+// Cleanup removes the local image of img with opts from WorkDir (the
+// caller must be done with Result.Path). The derived blob and its ref stay
+// in the Store, whose own eviction manages them. Removing an image that is
+// not there is not an error.
+func (c *Converter) Cleanup(ctx context.Context, img materialize.Image, opts *Options) error {
+	dv, err := c.derive(img, opts)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// Sidecar first: without it the image is not considered present.
+	for _, p := range []string{c.metaPath(dv), c.imagePath(dv)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("ext4: cleanup: %w", err)
+		}
+	}
+	return nil
+}
+
+var errWriterStopped = errors.New("ext4 writer stopped reading")
+
+// readerFunc adapts a function to io.Reader.
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// withCtx returns a reader that fails once ctx is done.
+func withCtx(ctx context.Context, r io.Reader) io.Reader {
+	return readerFunc(func(p []byte) (int, error) {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		return r.Read(p)
+	})
+}

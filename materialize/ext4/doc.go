@@ -1,0 +1,47 @@
+// Package ext4 turns a fetched image into one ext4 filesystem image, the
+// root disk of a Firecracker microVM, without root, without mounting and
+// without a staging directory, and keeps it as a derived blob.
+//
+// # How an image is built
+//
+// Flatten reads the layers top-down, each once, and writes one tar stream
+// of the merged view (whiteouts, opaque directories and shadowing applied;
+// hard links whose target an upper layer shadowed turned into regular
+// files; missing parent directories added as 0755 root:root). That stream
+// feeds hcsshim's tar2ext4 writer (github.com/Microsoft/hcsshim
+// ext4/tar2ext4, v0.15.0) through a pipe, and the writer's output goes to a
+// sparse file: all-zero blocks are skipped, so they become holes. While one
+// layer is written the next one down is already being decompressed.
+//
+// tar2ext4 writes a compact, read-only-flagged filesystem with no free
+// space, and leaves the padding bits at the end of each group's inode
+// bitmap clear, which makes "e2fsck -fn" report "Padding at end of inode
+// bitmap is not set" (exit 4). The converter then edits the image in place
+// (finishFS, pure Go, a few small reads and writes of the superblock, the
+// group descriptors and the bitmaps): it sets those padding bits in every
+// group and clears the RO_COMPAT_READONLY feature so the image can be
+// mounted read-write. The result passes "e2fsck -fn" with exit 0; the root
+// also holds lost+found (0700), as every ext4 filesystem does.
+//
+// Free space (Options) is added the same way, to the local copy only: the
+// filesystem grows first into the tail of its last block group and then by
+// whole groups (bitmaps and inode table at each group's start, inode tables
+// left as holes) until it has the requested free blocks and inodes. Inodes
+// come in units of the image's inodes-per-group, which tar2ext4 sizes to
+// the content, so many free inodes on a small image cost logical (sparse)
+// size. The number of descriptor blocks tar2ext4 reserves follows
+// Config.MaxDiskSize, which bounds how far an image can grow. The stored
+// blob is the image without free space, so it stays small to hash, store
+// and send, and one blob serves every free-space setting.
+//
+// # Derived blobs
+//
+// The image is stored in Config.Store under its own digest, and a ref in
+// namespace blob.NamespaceDerived maps (image manifest digest, "ext4",
+// canonical options of the stored bytes, Version) to it (media type
+// MediaType), written only after the blob. The next Materialize for the same derivation, on this
+// host or another sharing the Store's remote tier, downloads the blob
+// (writing holes for zero blocks) instead of converting. Identical
+// concurrent requests collapse into one; a failed conversion leaves nothing
+// visible.
+package ext4

@@ -1,0 +1,468 @@
+package ext4
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"time"
+)
+
+// ErrInvalidLayer is wrapped by every error about a layer's tar content that
+// Flatten refuses (paths escaping the root, hard links to nothing,
+// unreadable tar).
+var ErrInvalidLayer = errors.New("invalid layer content")
+
+const (
+	whiteoutPrefix = ".wh."
+	opaqueMarker   = ".wh..wh..opq"
+)
+
+// TarOpener returns the uncompressed tar stream of one layer. The caller
+// closes the reader.
+type TarOpener func(ctx context.Context) (io.ReadCloser, error)
+
+// FlattenStats counts what one Flatten call did.
+type FlattenStats struct {
+	Entries       int64 // entries written to the flattened stream
+	Synthesized   int64 // missing parent directories added (0755 root:root)
+	LinksToFiles  int64 // hard links whose target was shadowed, written as regular files
+	SpooledBytes  int64 // bytes of shadowed files spooled to disk for possible hard links
+	ShadowedBytes int64 // bytes of file content hidden by upper layers
+}
+
+// Flatten writes to w ONE tar stream holding the merged view of layers (the
+// tree an overlay mount of them shows): layers are given bottom-first and
+// read top-down, each exactly once and in a single streaming pass. The output
+// is what an ext4 writer needs:
+//
+//   - every path appears at most once; for every path the topmost layer's
+//     entry wins (metadata of directories too);
+//   - OCI whiteouts (".wh.NAME") and opaque markers (".wh..wh..opq") are
+//     applied and never written; a non-directory in an upper layer hides a
+//     lower directory and everything under it, and a directory in an upper
+//     layer over a lower non-directory hides what lay below that;
+//   - parents precede children: a directory with no entry of its own in any
+//     layer is written once, before its first child, as 0755 root:root with
+//     zero times; if a lower layer later supplies the directory's entry, it is
+//     written too and its metadata replaces the synthesized one;
+//   - a hard link whose target is visible stays a hard link; one whose target
+//     an upper layer shadowed becomes a regular file with the target's
+//     content and metadata (further links to the same target link to it);
+//   - PAX global headers and tar types other than regular file, directory,
+//     symlink, hard link, character/block device and FIFO are dropped.
+//
+// Names are cleaned and made relative; a name or hard-link target that
+// escapes the root ("..") fails with ErrInvalidLayer. Symlink targets are
+// kept verbatim (they resolve inside the image's root when used).
+//
+// Memory stays bounded: Flatten keeps one small record per path and no file
+// content. To convert links to shadowed targets it spools the content of
+// shadowed regular files of the layer being read to a temporary file in
+// spoolDir (removed before Flatten returns); only shadowed bytes go there.
+//
+// Flatten does not close w. On error, w holds a partial stream.
+func Flatten(ctx context.Context, layers []TarOpener, w io.Writer, spoolDir string) (FlattenStats, error) {
+	f := &flattener{
+		tw:    tar.NewWriter(w),
+		paths: make(map[string]*pathState),
+	}
+	spool, err := os.CreateTemp(spoolDir, "flatten-spool-*")
+	if err != nil {
+		return f.stats, fmt.Errorf("ext4: flatten: spool file: %w", err)
+	}
+	defer func() {
+		spool.Close()
+		os.Remove(spool.Name())
+	}()
+	f.spool = spool
+
+	for i := len(layers) - 1; i >= 0; i-- {
+		if err := ctx.Err(); err != nil {
+			return f.stats, err
+		}
+		if err := f.layer(ctx, i, layers[i]); err != nil {
+			return f.stats, err
+		}
+	}
+	if err := f.tw.Close(); err != nil {
+		return f.stats, err
+	}
+	return f.stats, nil
+}
+
+type stateKind uint8
+
+const (
+	kindDir         stateKind = iota + 1 // a directory entry was written
+	kindSynthesized                      // a directory was written for lack of an entry of its own
+	kindNonDir                           // a non-directory was written
+	kindWhiteout                         // an upper layer deleted the path
+)
+
+type pathState struct {
+	kind stateKind
+	// opaqueBelow: layers with an index below this see nothing under the
+	// path (an opaque marker, or a directory over a non-directory). 0 = none.
+	opaqueBelow int
+}
+
+// layerLink records, for one layer, what a hard link to a name resolves to.
+type layerLink struct {
+	emitted string      // the visible name holding the inode; "" if shadowed
+	hdr     *tar.Header // shadowed target: its header (metadata for the copy)
+	off     int64       // shadowed target: offset of its content in the spool
+}
+
+type flattener struct {
+	tw    *tar.Writer
+	paths map[string]*pathState
+	spool *os.File
+	stats FlattenStats
+	buf   []byte
+}
+
+func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) error {
+	rc, err := open(ctx)
+	if err != nil {
+		return fmt.Errorf("ext4: flatten: open layer %d: %w", idx, err)
+	}
+	defer rc.Close()
+	if _, err := f.spool.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	var spoolEnd int64
+	links := make(map[string]*layerLink)
+	opaque := make(map[string]bool) // applied after the layer: hides lower layers only
+
+	tr := tar.NewReader(rc)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("ext4: flatten: layer %d: %w: reading tar: %v", idx, ErrInvalidLayer, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		name, ok := cleanName(hdr.Name)
+		if !ok {
+			return fmt.Errorf("ext4: flatten: layer %d: %w: path %q escapes the root", idx, ErrInvalidLayer, hdr.Name)
+		}
+		switch hdr.Typeflag {
+		case tar.TypeReg, tar.TypeDir, tar.TypeSymlink, tar.TypeLink, tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		default:
+			continue // PAX global header, GNU volume label, ...: not files
+		}
+		dir, base := path.Split(name)
+		dir = strings.TrimSuffix(dir, "/")
+		if dir == "" {
+			dir = "."
+		}
+
+		if base == opaqueMarker {
+			if !f.hidden(dir, idx) {
+				opaque[dir] = true
+			}
+			continue
+		}
+		if strings.HasPrefix(base, whiteoutPrefix) {
+			if base == whiteoutPrefix {
+				continue // ".wh." alone names nothing
+			}
+			target := path.Join(dir, base[len(whiteoutPrefix):])
+			st := f.paths[target]
+			if st != nil && (st.kind == kindDir || st.kind == kindSynthesized) {
+				// An upper layer recreated the directory: nothing below
+				// this layer shows through it.
+				st.opaqueBelow = max(st.opaqueBelow, idx)
+				continue
+			}
+			if (st == nil || st.kind == 0) && !f.hidden(target, idx) {
+				if st == nil {
+					f.paths[target] = &pathState{kind: kindWhiteout}
+				} else {
+					st.kind = kindWhiteout
+				}
+			}
+			continue
+		}
+
+		isDir := hdr.Typeflag == tar.TypeDir
+		visible := true
+		if st := f.paths[name]; st != nil && st.kind != 0 {
+			switch {
+			case st.kind == kindSynthesized && isDir:
+				// The first real entry for a directory we had to invent.
+			case st.kind == kindSynthesized || st.kind == kindDir:
+				if !isDir {
+					// A directory above a non-directory hides what lies below.
+					st.opaqueBelow = max(st.opaqueBelow, idx)
+				}
+				visible = false
+			default:
+				visible = false
+			}
+		}
+		if visible && f.hidden(name, idx) {
+			visible = false
+		}
+
+		if hdr.Typeflag == tar.TypeLink {
+			if err := f.link(idx, name, hdr, visible, links); err != nil {
+				return err
+			}
+			continue
+		}
+
+		if !visible {
+			if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+				f.stats.ShadowedBytes += hdr.Size
+				// Spool: a later hard link in this layer may need the content.
+				n, err := io.CopyBuffer(f.spool, io.LimitReader(tr, hdr.Size), f.copyBuf())
+				if err != nil {
+					return layerErr(idx, name, err)
+				}
+				if n != hdr.Size {
+					return fmt.Errorf("ext4: flatten: layer %d: %w: %q truncated", idx, ErrInvalidLayer, name)
+				}
+				links[name] = &layerLink{hdr: hdr, off: spoolEnd}
+				spoolEnd += n
+				f.stats.SpooledBytes += n
+			} else if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeSymlink ||
+				hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock || hdr.Typeflag == tar.TypeFifo {
+				links[name] = &layerLink{hdr: hdr, off: -1}
+			}
+			continue
+		}
+
+		if err := f.parents(name); err != nil {
+			return err
+		}
+		out := outHeader(hdr, name)
+		if err := f.tw.WriteHeader(out); err != nil {
+			return err
+		}
+		if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+			n, err := io.CopyBuffer(f.tw, io.LimitReader(tr, hdr.Size), f.copyBuf())
+			if err != nil {
+				return layerErr(idx, name, err)
+			}
+			if n != hdr.Size {
+				return fmt.Errorf("ext4: flatten: layer %d: %w: %q truncated", idx, ErrInvalidLayer, name)
+			}
+		}
+		f.stats.Entries++
+		kind := kindNonDir
+		if isDir {
+			kind = kindDir
+		}
+		if st, ok := f.paths[name]; ok {
+			st.kind = kind
+		} else {
+			f.paths[name] = &pathState{kind: kind}
+		}
+		if !isDir {
+			links[name] = &layerLink{emitted: name}
+		}
+	}
+	// Drain trailing bytes so a verifying reader below reaches EOF and checks
+	// the digest.
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return fmt.Errorf("ext4: flatten: layer %d: %w", idx, err)
+	}
+	for d := range opaque {
+		st, ok := f.paths[d]
+		if !ok {
+			// The directory itself comes from a lower layer; it stays
+			// visible (its entry may still appear), its lower content not.
+			st = &pathState{}
+			f.paths[d] = st
+		}
+		st.opaqueBelow = max(st.opaqueBelow, idx)
+	}
+	return nil
+}
+
+// link handles a hard link entry name -> hdr.Linkname within layer idx.
+func (f *flattener) link(idx int, name string, hdr *tar.Header, visible bool, links map[string]*layerLink) error {
+	target, ok := cleanName(hdr.Linkname)
+	if !ok || target == "." {
+		return fmt.Errorf("ext4: flatten: layer %d: %w: hard link %q -> %q escapes the root", idx, ErrInvalidLayer, name, hdr.Linkname)
+	}
+	tl, ok := links[target]
+	if !ok {
+		return fmt.Errorf("ext4: flatten: layer %d: %w: hard link %q -> %q: target is not an earlier non-directory entry of the same layer", idx, ErrInvalidLayer, name, hdr.Linkname)
+	}
+	if !visible {
+		links[name] = tl // a later link to this name means the same inode
+		return nil
+	}
+	if err := f.parents(name); err != nil {
+		return err
+	}
+	if tl.emitted != "" {
+		out := outHeader(hdr, name)
+		out.Linkname = tl.emitted
+		if err := f.tw.WriteHeader(out); err != nil {
+			return err
+		}
+	} else {
+		// The target is shadowed: this name now holds the inode, as a
+		// regular file (or whatever the target was) with its content.
+		out := outHeader(tl.hdr, name)
+		if err := f.tw.WriteHeader(out); err != nil {
+			return err
+		}
+		if tl.hdr.Typeflag == tar.TypeReg && tl.hdr.Size > 0 {
+			sr := io.NewSectionReader(f.spool, tl.off, tl.hdr.Size)
+			if _, err := io.CopyBuffer(f.tw, sr, f.copyBuf()); err != nil {
+				return fmt.Errorf("ext4: flatten: copy spooled %q: %w", tl.hdr.Name, err)
+			}
+		}
+		tl.emitted = name
+		f.stats.LinksToFiles++
+	}
+	f.stats.Entries++
+	if st, ok := f.paths[name]; ok {
+		st.kind = kindNonDir
+	} else {
+		f.paths[name] = &pathState{kind: kindNonDir}
+	}
+	links[name] = tl
+	return nil
+}
+
+// hidden reports whether an entry of layer idx at name is hidden by an
+// ancestor: deleted, replaced by a non-directory, or made opaque above idx.
+func (f *flattener) hidden(name string, idx int) bool {
+	for name != "." {
+		name = parentDir(name)
+		st, ok := f.paths[name]
+		if !ok {
+			continue
+		}
+		if st.kind == kindWhiteout || st.kind == kindNonDir {
+			return true
+		}
+		if st.opaqueBelow > idx {
+			return true
+		}
+	}
+	return false
+}
+
+// parents writes synthesized directories for every ancestor of name that
+// has not been written yet, outermost first.
+func (f *flattener) parents(name string) error {
+	var missing []string
+	for p := parentDir(name); p != "."; p = parentDir(p) {
+		st, ok := f.paths[p]
+		if ok && (st.kind == kindDir || st.kind == kindSynthesized) {
+			break
+		}
+		missing = append(missing, p)
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		p := missing[i]
+		if err := f.tw.WriteHeader(&tar.Header{
+			Typeflag: tar.TypeDir,
+			Name:     p + "/",
+			Mode:     0o755,
+			ModTime:  time.Unix(0, 0),
+			Format:   tar.FormatPAX,
+		}); err != nil {
+			return err
+		}
+		f.stats.Synthesized++
+		if st, ok := f.paths[p]; ok {
+			st.kind = kindSynthesized
+		} else {
+			f.paths[p] = &pathState{kind: kindSynthesized}
+		}
+	}
+	return nil
+}
+
+func (f *flattener) copyBuf() []byte {
+	if f.buf == nil {
+		f.buf = make([]byte, 256<<10)
+	}
+	return f.buf
+}
+
+// outHeader is the header written for an entry of the merged view.
+func outHeader(h *tar.Header, name string) *tar.Header {
+	out := &tar.Header{
+		Typeflag:   h.Typeflag,
+		Name:       name,
+		Linkname:   h.Linkname,
+		Size:       h.Size,
+		Mode:       h.Mode & 0o7777,
+		Uid:        h.Uid,
+		Gid:        h.Gid,
+		ModTime:    h.ModTime,
+		AccessTime: h.AccessTime,
+		ChangeTime: h.ChangeTime,
+		Devmajor:   h.Devmajor,
+		Devminor:   h.Devminor,
+		Format:     tar.FormatPAX,
+	}
+	if h.Typeflag == tar.TypeDir {
+		out.Name += "/"
+	}
+	if h.Typeflag != tar.TypeReg {
+		out.Size = 0
+	}
+	for k, v := range h.PAXRecords {
+		if strings.HasPrefix(k, "SCHILY.xattr.") {
+			if out.PAXRecords == nil {
+				out.PAXRecords = make(map[string]string)
+			}
+			out.PAXRecords[k] = v
+		}
+	}
+	return out
+}
+
+// cleanName makes a tar name relative and clean; ok is false when it
+// escapes the root.
+func cleanName(n string) (string, bool) {
+	c := path.Clean("/" + n)
+	if strings.Contains(n, "\x00") {
+		return "", false
+	}
+	// path.Clean("/"+n) can never go above "/", so look at the raw name.
+	raw := path.Clean(n)
+	if raw == ".." || strings.HasPrefix(raw, "../") {
+		return "", false
+	}
+	if c == "/" {
+		return ".", true
+	}
+	return c[1:], true
+}
+
+// layerErr wraps an error met while copying an entry's content: a tar cut
+// short is invalid content, anything else (the reader's own error, a write
+// error) is passed on.
+func layerErr(idx int, name string, err error) error {
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("ext4: flatten: layer %d: %w: %q truncated", idx, ErrInvalidLayer, name)
+	}
+	return fmt.Errorf("ext4: flatten: layer %d: %q: %w", idx, name, err)
+}
+
+func parentDir(p string) string {
+	d := path.Dir(p)
+	if d == "/" || d == "" {
+		return "."
+	}
+	return d
+}

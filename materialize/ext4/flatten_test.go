@@ -1,0 +1,243 @@
+package ext4
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/strata-oci/strata/materialize/internal/layerio"
+	"github.com/strata-oci/strata/materialize/internal/tartest"
+)
+
+func TestFlattenFixturesMatchExpected(t *testing.T) {
+	for _, fx := range tartest.Fixtures() {
+		t.Run(fx.Name, func(t *testing.T) {
+			img := fx.Image(t)
+			want, err := tartest.Expected(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mimg := tartest.FromV1(t, img)
+			var ops []TarOpener
+			for _, l := range mimg.Layers() {
+				ops = append(ops, func(ctx context.Context) (io.ReadCloser, error) {
+					return layerio.Open(ctx, l, layerio.Limits{})
+				})
+			}
+			var out bytes.Buffer
+			if _, err := Flatten(context.Background(), ops, &out, t.TempDir()); err != nil {
+				t.Fatal(err)
+			}
+			if err := diffTrees(want, treeOfTar(t, out.Bytes())); err != nil {
+				t.Errorf("%s (%s): flattened tree differs from mutate.Extract's:\n%v", fx.Name, fx.Description, err)
+			}
+		})
+	}
+}
+
+// flat is a compact description of one flattened entry: "name type extra".
+func flatEntries(t *testing.T, stream []byte) []string {
+	t.Helper()
+	var out []string
+	tr := tar.NewReader(bytes.NewReader(stream))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := strings.TrimSuffix(h.Name, "/") + " "
+		switch h.Typeflag {
+		case tar.TypeReg:
+			b, _ := io.ReadAll(tr)
+			s += "file=" + string(b)
+		case tar.TypeDir:
+			s += "dir"
+			if h.Mode != 0o755 || h.Uid != 0 {
+				s += "(custom)"
+			}
+		case tar.TypeLink:
+			s += "hardlink->" + h.Linkname
+		case tar.TypeSymlink:
+			s += "symlink->" + h.Linkname
+		default:
+			s += "type=" + string(h.Typeflag)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func TestFlattenCases(t *testing.T) {
+	custom := tartest.Mode(0o700)
+	tests := []struct {
+		desc    string
+		layers  [][]byte // bottom first
+		want    []string // entries in stream order
+		wantErr error
+		stats   func(FlattenStats) bool
+	}{
+		{
+			desc: "several links to a deleted target: the first becomes the file, the rest link to it",
+			layers: [][]byte{
+				tartest.New().File("t", []byte("T")).Link("a", "t").Link("b", "t").Link("c", "b").Tar(),
+				tartest.New().Whiteout("t").Tar(),
+			},
+			want:  []string{"a file=T", "b hardlink->a", "c hardlink->a"},
+			stats: func(s FlattenStats) bool { return s.LinksToFiles == 1 && s.SpooledBytes == 1 },
+		},
+		{
+			desc: "a link whose own name is shadowed is dropped, its target stays",
+			layers: [][]byte{
+				tartest.New().File("t", []byte("T")).Link("a", "t").Tar(),
+				tartest.New().File("a", []byte("A")).Tar(),
+			},
+			want: []string{"a file=A", "t file=T"},
+		},
+		{
+			desc: "a link to a replaced target keeps the old content",
+			layers: [][]byte{
+				tartest.New().File("t", []byte("old")).Link("a", "t").Tar(),
+				tartest.New().File("t", []byte("new")).Tar(),
+			},
+			want: []string{"t file=new", "a file=old"},
+		},
+		{
+			desc: "missing parents are synthesized once; a lower entry for one replaces it",
+			layers: [][]byte{
+				tartest.New().Dir("p", custom).Tar(),
+				tartest.New().File("p/q/f", []byte("f")).File("p/q/g", []byte("g")).Tar(),
+			},
+			want: []string{"p dir", "p/q dir", "p/q/f file=f", "p/q/g file=g", "p dir(custom)"},
+		},
+		{
+			desc: "opaque marker without the directory's own entry: the lower entry still applies, lower children do not",
+			layers: [][]byte{
+				tartest.New().Dir("o", custom).File("o/old", []byte("o")).Tar(),
+				tartest.New().Opaque("o").File("o/new", []byte("n")).Tar(),
+			},
+			want: []string{"o dir", "o/new file=n", "o dir(custom)"},
+		},
+		{
+			desc: "a directory over a lower file hides what lay under the file's name further down",
+			layers: [][]byte{
+				tartest.New().Dir("x").File("x/deep", []byte("d")).Tar(),
+				tartest.New().Whiteout("x").File("x", []byte("file")).Tar(),
+				tartest.New().Dir("x").File("x/top", []byte("t")).Tar(),
+			},
+			want: []string{"x dir", "x/top file=t"},
+		},
+		{
+			desc: "a file over a directory hides its whole subtree",
+			layers: [][]byte{
+				tartest.New().Dir("d").Dir("d/e").File("d/e/f", []byte("f")).Tar(),
+				tartest.New().File("d", []byte("now a file")).Tar(),
+			},
+			want: []string{"d file=now a file"},
+		},
+		{
+			desc: "whiteouts never appear; a whiteout named '.wh.' alone is ignored",
+			layers: [][]byte{
+				tartest.New().Dir("a").File("a/x", []byte("x")).Tar(),
+				tartest.New().Whiteout("a/x").Header(tar.Header{Typeflag: tar.TypeReg, Name: "a/.wh."}, nil).Tar(),
+			},
+			want: []string{"a dir"},
+		},
+		{
+			desc: "PAX global headers are dropped, ./ and / prefixes cleaned",
+			layers: [][]byte{
+				tartest.New().Header(tar.Header{Typeflag: tar.TypeXGlobalHeader, Name: "pax_global_header", PAXRecords: map[string]string{"comment": "x"}}, nil).
+					Header(tar.Header{Typeflag: tar.TypeReg, Name: "/abs", Mode: 0o644}, []byte("a")).
+					Header(tar.Header{Typeflag: tar.TypeReg, Name: "./dot", Mode: 0o644}, []byte("d")).Tar(),
+			},
+			want: []string{"abs file=a", "dot file=d"},
+		},
+		{
+			desc:    "a path climbing out of the root is refused",
+			layers:  [][]byte{tartest.New().Header(tar.Header{Typeflag: tar.TypeReg, Name: "../evil", Mode: 0o644}, []byte("e")).Tar()},
+			wantErr: ErrInvalidLayer,
+		},
+		{
+			desc:    "a hard link climbing out of the root is refused",
+			layers:  [][]byte{tartest.New().Header(tar.Header{Typeflag: tar.TypeLink, Name: "l", Linkname: "../../etc/passwd"}, nil).Tar()},
+			wantErr: ErrInvalidLayer,
+		},
+		{
+			desc:    "a hard link to a name not earlier in the layer is refused",
+			layers:  [][]byte{tartest.New().File("t", []byte("t")).Tar(), tartest.New().Link("l", "t").Tar()},
+			wantErr: ErrInvalidLayer,
+		},
+		{
+			desc:    "a truncated tar is refused",
+			layers:  [][]byte{tartest.New().File("f", bytes.Repeat([]byte("x"), 5000)).Tar()[:2000]},
+			wantErr: ErrInvalidLayer,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.desc, func(t *testing.T) {
+			var out bytes.Buffer
+			st, err := Flatten(context.Background(), openers(tc.layers...), &out, t.TempDir())
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := flatEntries(t, out.Bytes())
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("got\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(tc.want, "\n  "))
+			}
+			if tc.stats != nil && !tc.stats(st) {
+				t.Errorf("stats %+v", st)
+			}
+		})
+	}
+}
+
+func TestFlattenStopsOnCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := Flatten(ctx, openers(tartest.New().File("f", []byte("f")).Tar()), io.Discard, t.TempDir())
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+func TestFlattenLeavesNoSpoolFile(t *testing.T) {
+	dir := t.TempDir()
+	layers := [][]byte{
+		tartest.New().File("t", []byte("T")).Link("a", "t").Tar(),
+		tartest.New().Whiteout("t").Tar(),
+	}
+	if _, err := Flatten(context.Background(), openers(layers...), io.Discard, dir); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := osReadDir(dir)
+	sort.Strings(ents)
+	if len(ents) != 0 {
+		t.Fatalf("spool dir not empty: %v", ents)
+	}
+}
+
+func FuzzFlatten(f *testing.F) {
+	f.Add(tartest.New().File("t", []byte("T")).Link("a", "t").Tar(), tartest.New().Whiteout("t").Opaque("d").Tar())
+	f.Add(tartest.New().Dir("d").File("d/x", []byte("x")).Tar(), tartest.New().File("d", []byte("f")).Tar())
+	f.Fuzz(func(t *testing.T, lower, upper []byte) {
+		var out bytes.Buffer
+		if _, err := Flatten(context.Background(), openers(lower, upper), &out, t.TempDir()); err != nil {
+			return
+		}
+		// Whatever was accepted must be a well-formed stream for the writer.
+		treeOfTar(t, out.Bytes())
+	})
+}
