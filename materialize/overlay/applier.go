@@ -151,13 +151,68 @@ func (a *applier) parent(rel string) (int, error) {
 // where a symlink points at a missing directory: its target is created
 // inside the root, as containerd's applier does.
 func (a *applier) openDir(rel string, create bool) (int, error) {
-	return a.openDirDepth(rel, create, 0)
+	steps := 0
+	return a.openDirSteps(rel, create, &steps)
 }
 
-func (a *applier) openDirDepth(rel string, create bool, depth int) (int, error) {
-	if depth > 40 {
-		return -1, &os.PathError{Op: "open", Path: rel, Err: unix.ELOOP}
+// maxResolveSteps bounds the directory creations and symlink resolutions
+// one openDir call may do.
+const maxResolveSteps = 256
+
+func (a *applier) openDirSteps(rel string, create bool, steps *int) (int, error) {
+	*steps++
+	if *steps > maxResolveSteps {
+		return -1, fmt.Errorf("%w: resolving %q takes too many steps", ErrInvalidLayer, rel)
 	}
+	fd, err := a.openat2(rel)
+	if err == nil {
+		return fd, nil
+	}
+	if err != unix.ENOENT || !create || rel == "" {
+		return -1, a.openErr(rel, err)
+	}
+	dir, base := splitRel(rel)
+	pfd, err := a.openDirSteps(dir, true, steps)
+	if err != nil {
+		return -1, err
+	}
+	err = unix.Mkdirat(pfd, base, 0o755)
+	if err == nil {
+		// Not subject to the umask: implicit directories are 0755.
+		err = unix.Fchmodat(pfd, base, 0o755, 0)
+	}
+	var target string
+	if err == unix.EEXIST {
+		// base exists but does not resolve: a dangling symlink. Create
+		// its target, inside the root.
+		target, err = readlinkat(pfd, base)
+	}
+	unix.Close(pfd)
+	if err != nil {
+		return -1, &os.PathError{Op: "mkdir", Path: rel, Err: err}
+	}
+	if target != "" {
+		next := cleanRel(target)
+		if !strings.HasPrefix(target, "/") {
+			next = cleanRel(dir + "/" + target)
+		}
+		tfd, err := a.openDirSteps(next, true, steps)
+		if err != nil {
+			return -1, err
+		}
+		unix.Close(tfd)
+	}
+	fd, err = a.openat2(rel)
+	if err == unix.ENOENT {
+		return -1, fmt.Errorf("%w: cannot create directory %q (a symlink on the way leads nowhere)", ErrInvalidLayer, rel)
+	}
+	if err != nil {
+		return -1, a.openErr(rel, err)
+	}
+	return fd, nil
+}
+
+func (a *applier) openat2(rel string) (int, error) {
 	p := rel
 	if p == "" {
 		p = "."
@@ -166,48 +221,20 @@ func (a *applier) openDirDepth(rel string, create bool, depth int) (int, error) 
 		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
 	}
-	for try := 0; ; try++ {
+	for i := 0; ; i++ {
 		fd, err := unix.Openat2(a.root, p, &how)
-		switch {
-		case err == nil:
-			return fd, nil
-		case try > 8:
-			return -1, &os.PathError{Op: "open", Path: rel, Err: err}
-		case err == unix.EINTR || err == unix.EAGAIN:
+		if (err == unix.EINTR || err == unix.EAGAIN) && i < 16 {
 			continue
-		case err == unix.ENOENT && create && rel != "":
-			dir, base := splitRel(rel)
-			pfd, err := a.openDirDepth(dir, true, depth+1)
-			if err != nil {
-				return -1, err
-			}
-			err = unix.Mkdirat(pfd, base, 0o755)
-			if err == nil {
-				// Not subject to the umask: implicit directories are 0755.
-				err = unix.Fchmodat(pfd, base, 0o755, 0)
-			}
-			var target string
-			if err == unix.EEXIST {
-				// base exists but does not resolve: a dangling symlink.
-				target, err = readlinkat(pfd, base)
-			}
-			unix.Close(pfd)
-			if err != nil {
-				return -1, &os.PathError{Op: "mkdir", Path: rel, Err: err}
-			}
-			if target != "" {
-				next := cleanRel(target)
-				if !strings.HasPrefix(target, "/") {
-					next = cleanRel(dir + "/" + target)
-				}
-				return a.openDirDepth(next, true, depth+1)
-			}
-		case err == unix.ENOTDIR:
-			return -1, fmt.Errorf("%w: parent %q is not a directory", ErrInvalidLayer, rel)
-		default:
-			return -1, &os.PathError{Op: "open", Path: rel, Err: err}
 		}
+		return fd, err
 	}
+}
+
+func (a *applier) openErr(rel string, err error) error {
+	if err == unix.ENOTDIR {
+		return fmt.Errorf("%w: parent %q is not a directory", ErrInvalidLayer, rel)
+	}
+	return &os.PathError{Op: "open", Path: rel, Err: err}
 }
 
 func readlinkat(dirfd int, name string) (string, error) {

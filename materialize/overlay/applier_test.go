@@ -307,6 +307,14 @@ func TestApplyBreakout(t *testing.T) {
 			wantErr: unix.ELOOP,
 		},
 		{
+			desc: "dangling symlinks whose targets resolve differently lexically and physically",
+			build: func(s *sandbox) *tartest.Builder {
+				return tartest.New().Symlink("x", "p/q").Symlink("s", "x/y/../../../r").File("s/z/f", nil).
+					Symlink("a", "b/c").Symlink("b", "a/..").File("a/x/y", nil)
+			},
+			wantErr: ErrInvalidLayer,
+		},
+		{
 			desc:    "a path through a regular file",
 			build:   func(s *sandbox) *tartest.Builder { return tartest.New().File("f", nil).File("f/x", nil) },
 			wantErr: ErrInvalidLayer,
@@ -449,6 +457,8 @@ func FuzzApply(f *testing.F) {
 	f.Add(tartest.New().Dir("d").File("d/f", []byte("1")).Link("d/l", "d/f").Whiteout("d/f").Opaque("d").
 		File("d", []byte("x")).Symlink("s", "d").Char("c", 1, 3).FIFO("p").Tar())
 	f.Add(tartest.New().Header(tar.Header{Typeflag: tar.TypeReg, Name: "a/.wh..."}, nil).Tar())
+	f.Add(tartest.New().Symlink("x", "p/q").Symlink("s", "x/y/../../r").File("s/z/f", nil).Tar())
+	f.Add(tartest.New().Symlink("a", "b/c").Symlink("b", "a/..").File("a/x/y", nil).Tar())
 	f.Add(tartest.Fixtures()[0].Layers[0])
 	privileged := os.Geteuid() == 0
 	f.Fuzz(func(t *testing.T, data []byte) {

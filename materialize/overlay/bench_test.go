@@ -1,0 +1,202 @@
+package overlay
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/materialize/internal/layerio"
+	"github.com/strata-oci/strata/materialize/internal/tartest"
+)
+
+// benchImage is an 8-layer gzip image: each layer holds STRATA_BENCH_LAYER_MB
+// MiB (default 64, so 512 MiB in all) in files of 4 KiB to 124 KiB, half
+// pseudo-random and half zeros (so gzip roughly halves it).
+type benchImage struct {
+	img   v1.Image
+	mimg  materialize.Image
+	bytes int64
+	files int
+}
+
+var (
+	benchOnce sync.Once
+	benchImg  benchImage
+)
+
+func getBenchImage(b *testing.B) benchImage {
+	benchOnce.Do(func() {
+		mb := 64
+		if s := os.Getenv("STRATA_BENCH_LAYER_MB"); s != "" {
+			if v, err := strconv.Atoi(s); err == nil && v > 0 {
+				mb = v
+			}
+		}
+		var layers [][]byte
+		var total int64
+		files := 0
+		rnd := tartest.Content("bench", 1<<20)
+		for l := 0; l < 8; l++ {
+			bld := tartest.New()
+			var size int64
+			for i := 0; size < int64(mb)<<20; i++ {
+				n := 4096 + (i*7919%31)*4096
+				data := make([]byte, n)
+				off := (i * 4099) % (len(rnd) - n)
+				copy(data[:n/2], rnd[off:off+n/2])
+				if i%500 == 0 {
+					bld.Dir(fmt.Sprintf("l%d/d%d", l, i/500))
+				}
+				bld.File(fmt.Sprintf("l%d/d%d/f%d", l, i/500, i), data)
+				size += int64(n)
+				files++
+			}
+			total += size
+			layers = append(layers, bld.Gzip())
+		}
+		img := tartest.Image(b, layers...)
+		m, err := tartest.Adapt(img)
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchImg = benchImage{img: img, mimg: m, bytes: total, files: files}
+	})
+	if benchImg.img == nil {
+		b.Fatal("bench image not built")
+	}
+	return benchImg
+}
+
+// BenchmarkMaterialize compares, on one image and in one run:
+//   - extract: layer blobs in memory, no layer dirs (a fresh root each time);
+//   - dirs-present: every layer already extracted (the hot path);
+//   - peer-ggcr-flatten-tar-x: go-containerregistry's mutate.Extract
+//     flattening piped into `tar -x`;
+//   - floor-gunzip: decompressing all layers, in parallel, to nowhere.
+func BenchmarkMaterialize(b *testing.B) {
+	bi := getBenchImage(b)
+	ctx := context.Background()
+	b.Run("extract", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(bi.bytes)
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			root := b.TempDir()
+			m, err := New(Config{Root: root})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			res, err := m.Materialize(ctx, bi.mimg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			res.Lease.Release()
+			os.RemoveAll(root)
+			b.StartTimer()
+		}
+		b.ReportMetric(float64(bi.files)*float64(b.N)/b.Elapsed().Seconds(), "files/s")
+	})
+	b.Run("dirs-present", func(b *testing.B) {
+		m, err := New(Config{Root: b.TempDir()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		res, err := m.Materialize(ctx, bi.mimg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		res.Lease.Release()
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			res, err := m.Materialize(ctx, bi.mimg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			res.Lease.Release()
+		}
+	})
+	b.Run("peer-ggcr-flatten-tar-x", func(b *testing.B) {
+		if _, err := exec.LookPath("tar"); err != nil {
+			b.Skip("no tar")
+		}
+		b.ReportAllocs()
+		b.SetBytes(bi.bytes)
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			dir := b.TempDir()
+			b.StartTimer()
+			rc := mutate.Extract(bi.img)
+			cmd := exec.Command("tar", "-x", "-C", dir)
+			cmd.Stdin = rc
+			if out, err := cmd.CombinedOutput(); err != nil {
+				b.Fatalf("tar: %v\n%s", err, out)
+			}
+			rc.Close()
+			b.StopTimer()
+			os.RemoveAll(dir)
+			b.StartTimer()
+		}
+	})
+	b.Run("floor-gunzip", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(bi.bytes)
+		for i := 0; i < b.N; i++ {
+			var g errgroup.Group
+			g.SetLimit(2)
+			for _, l := range bi.mimg.Layers() {
+				g.Go(func() error {
+					rc, err := layerio.Open(ctx, l, layerio.Limits{})
+					if err != nil {
+						return err
+					}
+					defer rc.Close()
+					_, err = io.Copy(io.Discard, rc)
+					return err
+				})
+			}
+			if err := g.Wait(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkIsMaterialized measures the hot path for an extracted 8-layer
+// image (it must stay far below 1 ms).
+func BenchmarkIsMaterialized(b *testing.B) {
+	var layers [][]byte
+	for i := 0; i < 8; i++ {
+		layers = append(layers, tartest.New().File(fmt.Sprint(i), []byte("x")).Gzip())
+	}
+	img := tartest.FromV1(b, tartest.Image(b, layers...))
+	m, err := New(Config{Root: filepath.Join(b.TempDir(), "r")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	res, err := m.Materialize(context.Background(), img)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer res.Lease.Release()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if !m.IsMaterialized(context.Background(), img) {
+			b.Fatal("not materialized")
+		}
+	}
+}
