@@ -1,0 +1,86 @@
+package tiers
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+
+	"github.com/strata-oci/strata/blob"
+)
+
+// WithSource returns a view of s with src below all of its tiers: a
+// read-only origin, such as a registry read with one caller's credentials,
+// that Stat and Open fall back to when no tier holds a blob. A blob read from
+// src is verified and written into the view's tiers while it streams to the
+// caller, exactly like a hit in a lower tier, so an origin is never read
+// twice for one fill.
+//
+// Fills of source views collapse with each other by digest whatever their
+// source: content is content, so a caller may join a fill that another
+// caller's source started. The caller must therefore have established its
+// own right to the blob before opening it (the fetcher authorizes every
+// caller first). Only views over the same tiers collapse: a Local view with
+// a source never joins a fill of the full stack.
+//
+// src is never written: Put, Delete and the ref operations of the view act on
+// its tiers only (src answers them as unavailable or unsupported, which the
+// stack skips), and Walk does not list it.
+func (s *Stack) WithSource(src blob.Tier) *Stack {
+	e := &stackEntry{
+		Entry: Entry{Tier: Instrument(readOnly{src}, s.root.metrics)},
+		idx:   -1, // every source has the same place: fills collapse across sources
+		name:  src.Name(),
+	}
+	e.declines.Store(math.MaxInt64)
+	return s.root.view(append(slices.Clone(s.ents), e))
+}
+
+// readOnly exposes only the reads of a source tier.
+type readOnly struct{ src blob.Tier }
+
+func (r readOnly) Name() string { return r.src.Name() }
+
+func (r readOnly) Stat(ctx context.Context, d blob.Digest) (blob.Info, error) {
+	return r.src.Stat(ctx, d)
+}
+
+func (r readOnly) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Info, error) {
+	return r.src.Open(ctx, d)
+}
+
+func (r readOnly) refused(op string) error {
+	return fmt.Errorf("source %q: %s: %w: a source is read-only", r.src.Name(), op, blob.ErrUnavailable)
+}
+
+func (r readOnly) unsupported(op string) error {
+	return fmt.Errorf("source %q: %s: %w", r.src.Name(), op, blob.ErrUnsupported)
+}
+
+func (r readOnly) Put(context.Context, blob.Digest, int64, io.Reader) error {
+	return r.refused("put")
+}
+
+func (r readOnly) Delete(context.Context, blob.Digest) error { return r.unsupported("delete") }
+
+func (r readOnly) Walk(context.Context, func(blob.Info) error) error { return r.unsupported("walk") }
+
+func (r readOnly) GetRef(_ context.Context, k blob.RefKey) (blob.Ref, error) {
+	return blob.Ref{}, fmt.Errorf("source %q: get ref %s: %w", r.src.Name(), k, blob.ErrNotFound)
+}
+
+func (r readOnly) PutRef(context.Context, blob.RefKey, blob.Ref) error { return r.refused("put ref") }
+
+func (r readOnly) DeleteRef(context.Context, blob.RefKey) error { return r.unsupported("delete ref") }
+
+func (r readOnly) WalkRefs(context.Context, string, func(blob.RefKey, blob.Ref) error) error {
+	return r.unsupported("walk refs")
+}
+
+func (r readOnly) Usage(context.Context) (blob.Usage, error) {
+	return blob.Usage{}, r.unsupported("usage")
+}
+
+// Close does not close the source: the view does not own it.
+func (r readOnly) Close() error { return nil }

@@ -1,0 +1,112 @@
+package tiers_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/tiers"
+	"github.com/strata-oci/strata/tiers/tiertest"
+)
+
+// Two callers with different sources (say, two repositories' registry
+// clients) that ask for one digest at once share one fill: the origin is
+// read once, the blob lands in the stack's tiers, and nobody's bytes are
+// wrong.
+func TestWithSourceCollapsesAcrossSources(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := tiers.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := newMem(t, "top", 0)
+	s := tiers.NewStack(tiers.StackConfig{Name: "test", Tiers: []tiers.Entry{{Tier: top}}, Metrics: m})
+	want, _ := tiertest.RandomBytes(7, 2<<20)
+	srcA := newProbe(newMem(t, "registry", 0))
+	srcB := newProbe(newMem(t, "registry", 0))
+	d := put(t, srcA.Tier, want)
+	put(t, srcB.Tier, want)
+	srcA.gate, srcB.gate = make(chan struct{}), make(chan struct{})
+
+	const n = 32
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		src := srcA
+		if i%2 == 1 {
+			src = srcB
+		}
+		view := s.WithSource(src)
+		wg.Go(func() {
+			got, _, err := readAll(context.Background(), view, d)
+			if err == nil && !bytes.Equal(got, want) {
+				err = errors.New("wrong bytes")
+			}
+			errs[i] = err
+		})
+	}
+	waitFor(t, "all but one caller to join the fill", func() bool {
+		return metricValue(t, reg, tiers.MetricCollapsed, map[string]string{"stack": "test"}) == n-1
+	})
+	close(srcA.gate)
+	close(srcB.gate)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("caller %d: %v", i, err)
+		}
+	}
+	if got := srcA.count("Open") + srcB.count("Open"); got != 1 {
+		t.Errorf("sources opened %d times in all, want 1", got)
+	}
+	if !has(t, top, d) {
+		t.Error("the stack's tier does not hold the blob after the fill")
+	}
+}
+
+// A source is only read: writes through the view reach the stack's tiers
+// and never the source, and a Local view with a source leaves out shared
+// tiers like any Local view.
+func TestWithSourceIsReadOnly(t *testing.T) {
+	ctx := context.Background()
+	local := newMem(t, "local", 0)
+	shared := newProbe(newMem(t, "shared", 0))
+	s := tiers.NewStack(tiers.StackConfig{Tiers: []tiers.Entry{{Tier: local}, {Tier: shared, Shared: true}}})
+	src := newProbe(newMem(t, "registry", 0))
+	want := []byte("from the origin")
+	d := put(t, src.Tier, want)
+
+	view := s.Local().WithSource(src)
+	got, info, err := readAll(ctx, view, d)
+	if err != nil || !bytes.Equal(got, want) || info.Tier != "registry" {
+		t.Fatalf("read through source = %q, %+v, %v", got, info, err)
+	}
+	if !has(t, local, d) {
+		t.Error("local tier not filled from the source")
+	}
+	if shared.total() != 0 {
+		t.Errorf("Local view with a source called the shared tier %d times", shared.total())
+	}
+	other := []byte("written through the view")
+	if err := view.Put(ctx, blob.FromBytes(other), int64(len(other)), bytes.NewReader(other)); err != nil {
+		t.Fatalf("Put through source view: %v", err)
+	}
+	if err := view.PutRef(ctx, blob.RefKey{Namespace: "tag", Name: "x"}, blob.Ref{Digest: d, Size: int64(len(want))}); err != nil {
+		t.Fatalf("PutRef through source view: %v", err)
+	}
+	if err := view.Delete(ctx, d); err != nil {
+		t.Fatalf("Delete through source view: %v", err)
+	}
+	for _, m := range []string{"Put", "PutRef", "Delete", "DeleteRef"} {
+		if n := src.count(m); n != 0 {
+			t.Errorf("source saw %d %s calls, want 0", n, m)
+		}
+	}
+	if !has(t, src.Tier, d) {
+		t.Error("Delete through the view removed the blob from the source")
+	}
+}
