@@ -233,7 +233,35 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo keeps the inner reader's fast path (the memory tier writes its
+// slice in one go) while counting every write as it happens.
+func (c *countingReader) WriteTo(w io.Writer) (int64, error) {
+	wt, ok := c.rc.(io.WriterTo)
+	if !ok {
+		return io.Copy(w, struct{ io.Reader }{c})
+	}
+	n, err := wt.WriteTo(&countingWriter{w: w, c: c})
+	if err != nil && err != io.EOF {
+		c.errOnce.Do(func() { c.it.readError(err) })
+	}
+	return n, err
+}
+
 func (c *countingReader) Close() error { return c.rc.Close() }
+
+// countingWriter counts bytes handed to w through countingReader.WriteTo.
+type countingWriter struct {
+	w io.Writer
+	c *countingReader
+}
+
+func (cw *countingWriter) Write(p []byte) (int, error) {
+	n, err := cw.w.Write(p)
+	if n > 0 {
+		cw.c.it.readBytes.Add(float64(n))
+	}
+	return n, err
+}
 
 // countingSource counts what a Put consumed from its source. The count is
 // atomic because a tier may read its source from another goroutine.

@@ -435,7 +435,7 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 			ls.Close()
 		}
 	}
-	t := newTee(sinks...)
+	t := newTee(info.Size, sinks...)
 	err := t.run(ctx, blob.NewVerifier(rc, d, info.Size, nil))
 	end := io.EOF
 	if err == nil {
@@ -457,6 +457,7 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 	if leaderIdx >= 0 {
 		t.terminate(leaderIdx, end)
 	}
+	t.release()
 	if err == nil {
 		f.finish(nil, false)
 	} else {

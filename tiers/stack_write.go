@@ -63,7 +63,7 @@ func (s *Stack) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader)
 			results <- i
 		}()
 	}
-	t := newTee(sinks...)
+	t := newTee(size, sinks...)
 	srcErr := t.run(ctx, blob.NewVerifier(r, d, size, nil))
 	if errors.Is(srcErr, errNoReaders) {
 		// Every tier returned before the end (already held, declined or
@@ -80,6 +80,7 @@ func (s *Stack) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader)
 	for range cands {
 		<-results
 	}
+	t.release()
 
 	var firstErr, unavailable, declined error
 	for i, err := range errs {

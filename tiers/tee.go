@@ -118,17 +118,41 @@ func (s *sink) finish() {
 // at its own pace within a chunk; the slowest sink sets the pace. The tee
 // never buffers more than one chunk.
 type tee struct {
-	sinks []*sink
-	live  []bool
-	buf   []byte
+	sinks  []*sink
+	live   []bool
+	buf    []byte
+	pooled *[]byte // buf's pool handle, nil if buf is not pooled
+	dirty  bool    // run stopped mid-chunk: a sink may still hold buf
 }
 
-func newTee(sinks ...*sink) *tee {
+// chunkPool recycles full-size tee buffers.
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, teeChunk); return &b }}
+
+// newTee returns a tee for a source of size bytes (its buffer is no larger
+// than the source needs, plus the byte that shows an overlong one). Call
+// release when the tee is done and its sinks are terminated.
+func newTee(size int64, sinks ...*sink) *tee {
 	live := make([]bool, len(sinks))
 	for i := range live {
 		live[i] = true
 	}
-	return &tee{sinks: sinks, live: live, buf: make([]byte, teeChunk)}
+	t := &tee{sinks: sinks, live: live}
+	if size >= 0 && size < teeChunk {
+		t.buf = make([]byte, size+1)
+	} else {
+		t.pooled = chunkPool.Get().(*[]byte)
+		t.buf = *t.pooled
+	}
+	return t
+}
+
+// release returns the tee's buffer to the pool. Every sink must have been
+// terminated or gone (no sink reads the buffer any more).
+func (t *tee) release() {
+	if t.pooled != nil && !t.dirty {
+		chunkPool.Put(t.pooled)
+		t.pooled, t.buf = nil, nil
+	}
 }
 
 // alive reports whether sink i is still reading.
@@ -155,6 +179,7 @@ func (t *tee) run(ctx context.Context, src io.Reader) error {
 				case <-s.gone:
 					t.live[i] = false
 				case <-ctx.Done():
+					t.dirty = true
 					return ctx.Err()
 				}
 			}
@@ -167,6 +192,7 @@ func (t *tee) run(ctx context.Context, src io.Reader) error {
 				case <-s.gone:
 					t.live[i] = false
 				case <-ctx.Done():
+					t.dirty = true
 					return ctx.Err()
 				}
 			}
