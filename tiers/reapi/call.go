@@ -7,20 +7,21 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 )
 
-// attempt is what one try of a call may use: the call options (the breaker's
-// half-open probe waits for the connection instead of failing fast) and
-// whether it is the probe.
+// attempt is one try of a call: its call options and whether it is the
+// breaker's half-open probe.
 type attempt struct {
 	opts  []grpc.CallOption
 	probe bool
 }
 
-// admit asks the breaker whether a call may go to the server. On a probe it
-// wakes the connection from its reconnect backoff so the probe sees a
-// server that is back.
-func (t *Tier) admit() (attempt, error) {
+// admit asks the breaker whether a call may go to the server. Before a
+// probe it wakes the connection from its reconnect backoff and gives it up
+// to probeWait to become ready, so the probe sees a server that is back
+// rather than the connection's stale failure.
+func (t *Tier) admit(ctx context.Context) (attempt, error) {
 	if t.closed.Load() {
 		return attempt{}, errClosed
 	}
@@ -28,12 +29,37 @@ func (t *Tier) admit() (attempt, error) {
 	if !ok {
 		return attempt{}, errCircuitOpen
 	}
-	a := attempt{probe: probe}
 	if probe {
-		t.conn.ResetConnectBackoff()
-		a.opts = []grpc.CallOption{grpc.WaitForReady(true)}
+		t.awaitConnection(ctx)
 	}
-	return a, nil
+	return attempt{probe: probe}, nil
+}
+
+// probeWait bounds how long a probe waits for the connection. gRPC keeps
+// reconnecting in the background (backoff at most 5s), so a server that
+// came back during the cool-down is usually connected already; one that
+// is slower to connect is caught by the next probe.
+const probeWait = time.Second
+
+// awaitConnection starts a connection attempt now and waits until the
+// connection is ready, or min(probeWait, CallTimeout) passed.
+func (t *Tier) awaitConnection(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, min(probeWait, t.cfg.CallTimeout))
+	defer cancel()
+	t.conn.ResetConnectBackoff()
+	t.conn.Connect()
+	for {
+		s := t.conn.GetState()
+		if s == connectivity.Ready || s == connectivity.Shutdown {
+			return
+		}
+		if s == connectivity.Idle {
+			t.conn.Connect()
+		}
+		if !t.conn.WaitForStateChange(ctx, s) {
+			return
+		}
+	}
 }
 
 // done reports an attempt's outcome to the breaker.
@@ -60,7 +86,7 @@ func (t *Tier) unary(ctx context.Context, fn func(ctx context.Context, opts ...g
 func (t *Tier) retry(ctx context.Context, try func(attempt) error) error {
 	var err error
 	for n := 1; ; n++ {
-		a, aerr := t.admit()
+		a, aerr := t.admit(ctx)
 		if aerr != nil {
 			if err != nil && n > 1 {
 				return err // report the server's error, not the breaker's

@@ -143,7 +143,7 @@ func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Inf
 	var src io.Reader = sr
 	var dec *zstdReader
 	if caps.zstdStream {
-		dec, err = newZstdReader(sr, t.cfg.Name, d)
+		dec, err = newZstdReader(sr, t.cfg.Name, d, func(error) { t.forget(d) })
 		if err != nil {
 			sr.Close()
 			return nil, blob.Info{}, err
@@ -151,6 +151,8 @@ func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Inf
 		src = dec
 	}
 	v := blob.NewVerifier(src, d, size, func(error) { t.forget(d) })
+	// A corrupt zstd stream surfaces through the verifier as the decoder's
+	// ErrMismatch error.
 	return &blobReader{v: v, sr: sr, dec: dec, onVerified: func() { t.markPresent(d) }}, t.info(d, size), nil
 }
 

@@ -74,7 +74,7 @@ func (w *streamWriter) send(finish bool) error {
 // putStream uploads src (a verifying reader over exactly d's bytes) with
 // ByteStream Write. It is not retried: the source cannot be read twice.
 func (t *Tier) putStream(ctx context.Context, caps *serverCaps, d blob.Digest, size int64, src io.Reader) error {
-	a, err := t.admit()
+	a, err := t.admit(ctx)
 	if err != nil {
 		return t.convert(ctx, "write", string(d), err)
 	}

@@ -19,20 +19,23 @@ const maxZstdWindow = 128 << 20
 // goroutines). A decoding failure is reported as content corruption
 // (blob.ErrMismatch); a failure of the stream below keeps its own error.
 type zstdReader struct {
-	dec  *zstd.Decoder
-	sr   *streamReader
-	tier string
-	d    blob.Digest
-	err  error
+	dec       *zstd.Decoder
+	sr        *streamReader
+	tier      string
+	d         blob.Digest
+	onCorrupt func(error)
+	err       error
 }
 
-func newZstdReader(sr *streamReader, tier string, d blob.Digest) (*zstdReader, error) {
+// newZstdReader decompresses sr; onCorrupt is called once if the stream
+// does not decode.
+func newZstdReader(sr *streamReader, tier string, d blob.Digest, onCorrupt func(error)) (*zstdReader, error) {
 	dec, err := zstd.NewReader(sr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
 		zstd.WithDecoderMaxWindow(maxZstdWindow))
 	if err != nil {
 		return nil, fmt.Errorf("reapi %q: read %s: zstd: %w", tier, d, err)
 	}
-	return &zstdReader{dec: dec, sr: sr, tier: tier, d: d}, nil
+	return &zstdReader{dec: dec, sr: sr, tier: tier, d: d, onCorrupt: onCorrupt}, nil
 }
 
 func (z *zstdReader) Read(p []byte) (int, error) {
@@ -45,6 +48,7 @@ func (z *zstdReader) Read(p []byte) (int, error) {
 			err = z.sr.err
 		} else {
 			err = fmt.Errorf("reapi %q: read %s: %w: server sent a corrupt zstd stream: %v", z.tier, z.d, blob.ErrMismatch, err)
+			z.onCorrupt(err)
 		}
 		z.err = err
 	}
