@@ -372,7 +372,7 @@ func TestHeaders(t *testing.T) {
 	tier := newTier(t, f, func(c *Config) { c.Headers = map[string]string{"X-Api-Key": secret} })
 	ctx := context.Background()
 	d := put(t, tier, randomBytes(1, 5<<20)) // ByteStream write
-	put(t, tier, []byte("small"))              // batch
+	put(t, tier, []byte("small"))            // batch
 	readAll(t, tier, d)
 	k := blob.RefKey{Namespace: "tag", Name: "h"}
 	if err := tier.PutRef(ctx, k, blob.Ref{Digest: d, Size: 5 << 20}); err != nil {
