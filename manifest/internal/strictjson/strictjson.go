@@ -45,7 +45,7 @@ func Check(data []byte, top *Object) error {
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
 		return errors.New("document is not a JSON object")
 	}
-	if err := walkObject(dec, top, "", 1); err != nil {
+	if err := walkObject(dec, top, nil, 1); err != nil {
 		return err
 	}
 	if _, err := dec.Token(); err != io.EOF {
@@ -64,10 +64,51 @@ func syntaxErr(err error) error {
 	return fmt.Errorf("malformed JSON: %w", err)
 }
 
+// path is where a value sits, built into a string only for an error.
+type path struct {
+	parent *path
+	key    string // object key, or
+	index  int    // array index when key is ""
+	isKey  bool
+}
+
+func (p *path) String() string {
+	if p == nil {
+		return "top level"
+	}
+	var parts []*path
+	for q := p; q != nil; q = q.parent {
+		parts = append(parts, q)
+	}
+	var b strings.Builder
+	for i := len(parts) - 1; i >= 0; i-- {
+		q := parts[i]
+		if !q.isKey {
+			b.WriteString("[" + strconv.Itoa(q.index) + "]")
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteString(".")
+		}
+		k := q.key
+		if len(k) > 64 {
+			k = k[:64] + "..."
+		}
+		if !plain(k) {
+			k = strconv.Quote(k)
+		}
+		b.WriteString(k)
+		if b.Len() > 120 {
+			return b.String()[:120] + "..."
+		}
+	}
+	return b.String()
+}
+
 // walkObject consumes an object whose '{' was already read.
-func walkObject(dec *json.Decoder, schema *Object, path string, depth int) error {
+func walkObject(dec *json.Decoder, schema *Object, at *path, depth int) error {
 	if depth > MaxDepth {
-		return fmt.Errorf("%s: nesting deeper than %d levels", orRoot(path), MaxDepth)
+		return fmt.Errorf("%s: nesting deeper than %d levels", at, MaxDepth)
 	}
 	seen := map[string]struct{}{}
 	for {
@@ -80,9 +121,9 @@ func walkObject(dec *json.Decoder, schema *Object, path string, depth int) error
 		}
 		key, ok := tok.(string)
 		if !ok {
-			return fmt.Errorf("%s: object key is not a string", orRoot(path))
+			return fmt.Errorf("%s: object key is not a string", at)
 		}
-		kpath := join(path, key)
+		kpath := &path{parent: at, key: key, isKey: true}
 		if _, dup := seen[key]; dup {
 			return fmt.Errorf("%s: duplicate key", kpath)
 		}
@@ -105,7 +146,7 @@ func walkObject(dec *json.Decoder, schema *Object, path string, depth int) error
 	}
 }
 
-func walkValue(dec *json.Decoder, schema *Object, path string, depth int) error {
+func walkValue(dec *json.Decoder, schema *Object, at *path, depth int) error {
 	tok, err := dec.Token()
 	if err != nil {
 		return syntaxErr(err)
@@ -116,10 +157,10 @@ func walkValue(dec *json.Decoder, schema *Object, path string, depth int) error 
 	}
 	switch d {
 	case '{':
-		return walkObject(dec, schema, path, depth+1)
+		return walkObject(dec, schema, at, depth+1)
 	case '[':
 		if depth+1 > MaxDepth {
-			return fmt.Errorf("%s: nesting deeper than %d levels", orRoot(path), MaxDepth)
+			return fmt.Errorf("%s: nesting deeper than %d levels", at, MaxDepth)
 		}
 		for i := 0; ; i++ {
 			if !dec.More() {
@@ -128,36 +169,12 @@ func walkValue(dec *json.Decoder, schema *Object, path string, depth int) error 
 				}
 				return nil
 			}
-			if err := walkValue(dec, schema, path+"["+strconv.Itoa(i)+"]", depth+1); err != nil {
+			if err := walkValue(dec, schema, &path{parent: at, index: i}, depth+1); err != nil {
 				return err
 			}
 		}
 	}
-	return fmt.Errorf("%s: unexpected %q", orRoot(path), d)
-}
-
-func join(path, key string) string {
-	if len(key) > 64 {
-		key = key[:64] + "..."
-	}
-	k := key
-	if !plain(key) {
-		k = strconv.Quote(key)
-	}
-	if path == "" {
-		return k
-	}
-	return path + "." + k
-}
-
-func orRoot(path string) string {
-	if path == "" {
-		return "top level"
-	}
-	if len(path) > 120 {
-		return path[:120] + "..."
-	}
-	return path
+	return fmt.Errorf("%s: unexpected %q", at, d)
 }
 
 func plain(s string) bool {
