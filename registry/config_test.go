@@ -1,0 +1,103 @@
+package registry_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/registrytest"
+	"github.com/strata-oci/strata/registry"
+)
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	if _, err := registry.New(registry.Config{Metrics: reg}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		desc string
+		cfg  registry.Config
+	}{
+		{"bad CIDR", registry.Config{AllowCIDRs: []string{"127.0.0.1"}}},
+		{"bad mirror endpoint", registry.Config{Mirrors: map[string][]registry.Mirror{"docker.io": {{Endpoint: "http://mirror"}}}}},
+		{"negative cap", registry.Config{MaxBlobSize: -1}},
+		{"zero attempts", registry.Config{MaxAttempts: -1}},
+		{"metrics registered twice", registry.Config{Metrics: reg}},
+	}
+	for _, tt := range tests {
+		if _, err := registry.New(tt.cfg); err == nil {
+			t.Errorf("%s: New accepted it", tt.desc)
+		}
+	}
+}
+
+func TestDockerHubMirrorAlias(t *testing.T) {
+	// A mirror configured for "docker.io" serves Docker Hub references; the
+	// origin (index.docker.io) is never contacted because the mirror has
+	// the image, so no internet is needed.
+	var cnt registrytest.Counter
+	mirror := registrytest.InProcess(t, cnt.Wrap)
+	p := pushImage(t, mirror, "library/ubuntu:latest", 1000)
+	cnt.Reset()
+	r := newClient(t, func(c *registry.Config) {
+		c.Mirrors = map[string][]registry.Mirror{"docker.io": {{Endpoint: mirror}}}
+	})
+	ref := mustRef(t, "ubuntu")
+	desc, err := r.c.Resolve(context.Background(), ref, nil)
+	if err != nil || desc.Digest != p.manifest {
+		t.Fatalf("Resolve(ubuntu) via mirror: %v %v", desc, err)
+	}
+	if cnt.Count("HEAD", "manifest") != 1 {
+		t.Fatalf("mirror HEADs %d", cnt.Count("HEAD", "manifest"))
+	}
+}
+
+func BenchmarkBlob(b *testing.B) {
+	const size = 8 << 20
+	host := registrytest.InProcess(b)
+	data := registrytest.RandomBytes(b, size)
+	dg := blob.Digest(registrytest.PushBlob(b, host, "bench/blob", data, nil).String())
+	c, err := registry.New(registry.Config{AllowCIDRs: []string{"127.0.0.0/8"}, Proxy: registry.NoProxy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	repo, _ := registry.ParseRepository(host + "/bench/blob")
+	buf := make([]byte, 256<<10)
+	b.ReportAllocs()
+	b.SetBytes(size)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		rc, err := c.Blob(context.Background(), repo, dg, size, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, err := io.CopyBuffer(io.Discard, rc, buf)
+		rc.Close()
+		if err != nil || n != size {
+			b.Fatalf("read %d: %v", n, err)
+		}
+	}
+}
+
+func BenchmarkManifest(b *testing.B) {
+	host := registrytest.InProcess(b)
+	img := registrytest.Image(b, []byte("layer"))
+	registrytest.Push(b, host, "bench/img:v1", img, nil)
+	c, err := registry.New(registry.Config{AllowCIDRs: []string{"127.0.0.0/8"}, Proxy: registry.NoProxy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ref, _ := registry.ParseReference(host + "/bench/img:v1")
+	raw, _ := img.RawManifest()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(raw)))
+	for i := 0; i < b.N; i++ {
+		got, _, err := c.Manifest(context.Background(), ref, nil)
+		if err != nil || !bytes.Equal(got, raw) {
+			b.Fatal(err)
+		}
+	}
+}
