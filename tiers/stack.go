@@ -150,6 +150,12 @@ func (r *stackRoot) view(ents []*stackEntry) *Stack {
 
 func (s *Stack) isView() bool { return s.view }
 
+// hasSource reports whether the view reads a source (see WithSource), whose
+// fills other views with other sources join.
+func (s *Stack) hasSource() bool {
+	return slices.ContainsFunc(s.ents, func(e *stackEntry) bool { return e.idx < 0 })
+}
+
 // Name returns the stack's name.
 func (s *Stack) Name() string { return s.root.name }
 
@@ -385,8 +391,9 @@ func (s *Stack) fill(f *flight, d blob.Digest) {
 	}
 	if hit == nil {
 		// A clean miss is an answer; a miss with tiers skipped for
-		// errors is not: waiters retry.
-		fail(m.err(s.root.name, "open", string(d)), !m.clean())
+		// errors is not, nor is a miss of a view with a source (waiters
+		// may have other sources): waiters retry.
+		fail(m.err(s.root.name, "open", string(d)), !m.clean() || s.hasSource())
 		return
 	}
 	uppers = slices.DeleteFunc(uppers, func(e *stackEntry) bool { return info.Size >= e.declines.Load() })

@@ -703,3 +703,41 @@ func TestStackInvalidInput(t *testing.T) {
 		t.Errorf("invalid input reached the tiers %d times", n)
 	}
 }
+
+// A fill led through a source that lacks the blob is not an answer for a
+// caller whose own source has it: that caller retries with its source.
+func TestStackSourceMissIsNotSharedAnswer(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, _ := tiers.NewMetrics(reg)
+	top := newMem(t, "top", 0)
+	s := tiers.NewStack(tiers.StackConfig{Name: "test", Tiers: []tiers.Entry{{Tier: top}}, Metrics: m})
+	want := []byte("only in source a")
+	srcA := newProbe(newMem(t, "a", 0))
+	srcB := newProbe(newMem(t, "b", 0))
+	d := put(t, srcA.Tier, want)
+	srcB.gate = make(chan struct{})
+	srcB.entered = make(chan struct{}, 1)
+
+	bErr := make(chan error, 1)
+	go func() {
+		_, _, err := readAll(context.Background(), s.WithSource(srcB), d)
+		bErr <- err
+	}()
+	<-srcB.entered
+	aRes := make(chan error, 1)
+	go func() {
+		got, _, err := readAll(context.Background(), s.WithSource(srcA), d)
+		if err == nil && !bytes.Equal(got, want) {
+			err = errors.New("wrong bytes")
+		}
+		aRes <- err
+	}()
+	waitFor(t, "a's caller to join b's fill", func() bool { return metricValue(t, reg, tiers.MetricCollapsed, nil) == 1 })
+	close(srcB.gate)
+	if err := <-bErr; !errors.Is(err, blob.ErrNotFound) {
+		t.Errorf("caller of source b = %v, want ErrNotFound", err)
+	}
+	if err := <-aRes; err != nil {
+		t.Errorf("caller of source a = %v, want its blob", err)
+	}
+}
