@@ -20,7 +20,8 @@ type Config struct {
 	// Digest is the sha256 of the exact bytes parsed.
 	Digest blob.Digest
 	// Platform is the image's os, architecture, variant, os.version and
-	// os.features, as the config states them (not normalized).
+	// os.features, as the config states them (not normalized; OS and
+	// Architecture may be empty, see ParseConfig).
 	Platform Platform
 	// DiffIDs are the digests of the uncompressed layers, in order.
 	DiffIDs []blob.Digest
@@ -58,8 +59,16 @@ var configSchema = &strictjson.Object{Fields: map[string]*strictjson.Object{
 // ParseConfig parses an image config. contentType is the config
 // descriptor's media type; empty or generic declares nothing, and anything
 // but an OCI or Docker image config is an error wrapping
-// ErrUnknownMediaType. The config must state os and architecture and a
-// rootfs of type "layers" with sha256 diff_ids. ParseConfig copies data.
+// ErrUnknownMediaType. The config must have a rootfs of type "layers" whose
+// diff_ids are sha256 digests. ParseConfig copies data.
+//
+// Two deliberate leniencies, both for images real tools write: os and
+// architecture may be empty (go-containerregistry's empty.Image, and so
+// `crane append` onto scratch, leaves them empty; Docker then assumes the
+// host's), and diff_ids may be null or absent for an image without layers
+// (go-containerregistry writes null). Neither weakens a check:
+// CheckAgainst compares the diff_id count with the manifest's layers, and
+// platform selection happens on the index, not on the config.
 // Errors wrap ErrInvalid or ErrUnknownMediaType and name the digest.
 func ParseConfig(contentType string, data []byte) (*Config, error) {
 	dg := blob.FromBytes(data)
@@ -89,23 +98,21 @@ func parseConfig(contentType string, dg blob.Digest, data []byte) (*Config, erro
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, describeJSONError(err))
 	}
 	switch {
-	case w.OS == "":
-		return nil, fmt.Errorf("%w: os: missing", ErrInvalid)
-	case w.Architecture == "":
-		return nil, fmt.Errorf("%w: architecture: missing", ErrInvalid)
 	case w.RootFS == nil:
 		return nil, fmt.Errorf("%w: rootfs: missing", ErrInvalid)
 	case w.RootFS.Type != "layers":
 		return nil, fmt.Errorf("%w: rootfs.type: %q, want \"layers\"", ErrInvalid, truncate(w.RootFS.Type, 100))
-	case w.RootFS.DiffIDs == nil:
-		return nil, fmt.Errorf("%w: rootfs.diff_ids: missing", ErrInvalid)
+	}
+	var diffIDs []string
+	if w.RootFS.DiffIDs != nil {
+		diffIDs = *w.RootFS.DiffIDs
 	}
 	c := &Config{
 		MediaType: mt, Digest: dg, raw: bytes.Clone(data),
 		Platform: Platform{OS: w.OS, Architecture: w.Architecture, Variant: w.Variant, OSVersion: w.OSVersion, OSFeatures: w.OSFeatures},
-		DiffIDs:  make([]blob.Digest, len(*w.RootFS.DiffIDs)),
+		DiffIDs:  make([]blob.Digest, len(diffIDs)),
 	}
-	for i, s := range *w.RootFS.DiffIDs {
+	for i, s := range diffIDs {
 		d, err := blob.ParseDigest(s)
 		if err != nil {
 			return nil, fmt.Errorf("%w: rootfs.diff_ids[%d]: %w", ErrInvalid, i, err)

@@ -42,11 +42,10 @@ func TestParseConfigRejects(t *testing.T) {
 		msg         string
 	}{
 		{"artifact config media type", "application/vnd.cncf.helm.config.v1+json", fix(cf), manifest.ErrUnknownMediaType, "not an image config"},
-		{"os missing", "", mut(cf, func(m map[string]any) { delete(m, "os") }), manifest.ErrInvalid, "os: missing"},
-		{"architecture missing", "", mut(cf, func(m map[string]any) { delete(m, "architecture") }), manifest.ErrInvalid, "architecture: missing"},
+		{"os not a string", "", mut(cf, func(m map[string]any) { m["os"] = 1 }), manifest.ErrInvalid, "os"},
 		{"rootfs missing", "", mut(cf, func(m map[string]any) { delete(m, "rootfs") }), manifest.ErrInvalid, "rootfs: missing"},
 		{"rootfs type wrong", "", mut(cf, func(m map[string]any) { m["rootfs"].(map[string]any)["type"] = "snapshot" }), manifest.ErrInvalid, "rootfs.type"},
-		{"diff_ids missing", "", mut(cf, func(m map[string]any) { delete(m["rootfs"].(map[string]any), "diff_ids") }), manifest.ErrInvalid, "diff_ids: missing"},
+		{"diff_ids not an array", "", mut(cf, func(m map[string]any) { m["rootfs"].(map[string]any)["diff_ids"] = "sha256:x" }), manifest.ErrInvalid, "diff_ids"},
 		{"diff_id malformed", "", mut(cf, func(m map[string]any) { m["rootfs"].(map[string]any)["diff_ids"] = []any{"sha256:xyz"} }), blob.ErrInvalidDigest, "diff_ids[0]"},
 		{"created not RFC 3339", "", mut(cf, func(m map[string]any) { m["created"] = "yesterday" }), manifest.ErrInvalid, "yesterday"},
 		{"case variant of os", "", raw(`{"os":"linux","OS":"windows","architecture":"amd64","rootfs":{"type":"layers","diff_ids":[]}}`), manifest.ErrInvalid, "only in case"},
@@ -106,6 +105,26 @@ func TestConfigCheckAgainst(t *testing.T) {
 			err := cfg.CheckAgainst(tt.m)
 			if tt.ok != (err == nil) || (err != nil && (!errors.Is(err, manifest.ErrConfigMismatch) || !strings.Contains(err.Error(), tt.msg))) {
 				t.Fatalf("CheckAgainst = %v, want ok=%v mentioning %q", err, tt.ok, tt.msg)
+			}
+		})
+	}
+}
+
+func TestParseConfigLeniencies(t *testing.T) {
+	tests := []struct {
+		desc    string
+		in      string
+		diffIDs int
+	}{
+		{"empty os and architecture (go-containerregistry empty.Image)", `{"architecture":"","os":"","rootfs":{"type":"layers","diff_ids":["` + string(blob.FromBytes(nil)) + `"]},"config":{}}`, 1},
+		{"null diff_ids for an image without layers", `{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":null}}`, 0},
+		{"absent diff_ids", `{"architecture":"amd64","os":"linux","rootfs":{"type":"layers"}}`, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			c, err := manifest.ParseConfig("", []byte(tt.in))
+			if err != nil || len(c.DiffIDs) != tt.diffIDs {
+				t.Fatalf("ParseConfig = %v, %v", c, err)
 			}
 		})
 	}
