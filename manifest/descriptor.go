@@ -146,13 +146,10 @@ func (w *wireDescriptor) descriptor(path string) (Descriptor, error) {
 	return d, nil
 }
 
+// platform converts a descriptor's platform. Empty os or architecture are
+// kept rather than rejected (go-containerregistry writes them for images
+// whose config has none); such entries are never selected.
 func (w *wirePlatform) platform(path string) (Platform, error) {
-	if w.OS == "" {
-		return Platform{}, fmt.Errorf("%s.os: missing", path)
-	}
-	if w.Architecture == "" {
-		return Platform{}, fmt.Errorf("%s.architecture: missing", path)
-	}
 	return Platform{
 		OS: w.OS, Architecture: w.Architecture, Variant: w.Variant, OSVersion: w.OSVersion,
 		OSFeatures: w.OSFeatures, Features: w.Features,

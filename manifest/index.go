@@ -62,8 +62,9 @@ func selectable(d Descriptor) bool {
 }
 
 // Platforms returns the platforms of the entries Select can choose, in index
-// order. Entries without a platform, attestation manifests (unknown/unknown),
-// nested indexes and non-image entries are left out.
+// order. Entries without a platform or with an empty os or architecture,
+// attestation manifests (unknown/unknown), nested indexes and non-image
+// entries are left out.
 func (ix *Index) Platforms() []Platform {
 	var out []Platform
 	for _, d := range ix.Manifests {

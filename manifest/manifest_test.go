@@ -191,7 +191,7 @@ func TestParseRejects(t *testing.T) {
 		{"embedded data not base64", "", mut("oci-artifact-sbom.json", func(m map[string]any) { m["config"].(map[string]any)["data"] = "!!" }), manifest.ErrInvalid, "not base64"},
 		{"relative url", "", mut("docker-windows-foreign.json", func(m map[string]any) { elem(m, "layers", 0)["urls"] = []any{"/v2/blobs/x"} }), manifest.ErrInvalid, "layers[0].urls[0]"},
 		{"subject without digest", "", mut("oci-artifact-sbom.json", func(m map[string]any) { delete(m["subject"].(map[string]any), "digest") }), manifest.ErrInvalid, "subject.digest: missing"},
-		{"index entry platform without os", "", mut("dockerhub-list.json", func(m map[string]any) { delete(elem(m, "manifests", 2)["platform"].(map[string]any), "os") }), manifest.ErrInvalid, "manifests[2].platform.os: missing"},
+		{"index entry platform os not a string", "", mut("dockerhub-list.json", func(m map[string]any) { elem(m, "manifests", 2)["platform"].(map[string]any)["os"] = true }), manifest.ErrInvalid, "os"},
 		{"index entry bad digest", "", mut("dockerhub-list.json", func(m map[string]any) { elem(m, "manifests", 4)["digest"] = "sha256:abc" }), blob.ErrInvalidDigest, "manifests[4].digest"},
 		{"annotation value not a string", "", mut(om, func(m map[string]any) { m["annotations"] = map[string]any{"a": 1} }), manifest.ErrInvalid, "annotations"},
 		{"duplicate mediaType key", "", raw(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","mediaType":"application/vnd.oci.image.manifest.v1+json","manifests":[]}`), manifest.ErrInvalid, "duplicate key"},

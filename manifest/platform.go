@@ -209,7 +209,8 @@ func fallbackVariants(want Platform) []string {
 }
 
 // unknownPlatform reports the platform of index entries that are not images
-// (BuildKit attestation manifests use unknown/unknown).
+// (BuildKit attestation manifests use unknown/unknown) or that do not say
+// what they are (empty os or architecture).
 func unknownPlatform(p Platform) bool {
-	return p.OS == "unknown" || p.Architecture == "unknown"
+	return p.OS == "unknown" || p.Architecture == "unknown" || p.OS == "" || p.Architecture == ""
 }

@@ -176,11 +176,13 @@ func TestSelect(t *testing.T) {
 
 func TestSelectSkipsNonImages(t *testing.T) {
 	// An index whose only linux/amd64 entries are an attestation (by
-	// annotation), a nested index and a platform-less manifest.
+	// annotation), a nested index, a platform-less manifest and one whose
+	// platform is empty.
 	doc := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
  {"mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","platform":{"os":"linux","architecture":"amd64"},"annotations":{"vnd.docker.reference.type":"attestation-manifest"}},
  {"mediaType":"application/vnd.oci.image.index.v1+json","size":1,"digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","platform":{"os":"linux","architecture":"amd64"}},
- {"mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"digest":"sha256:3333333333333333333333333333333333333333333333333333333333333333"}]}`
+ {"mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"digest":"sha256:3333333333333333333333333333333333333333333333333333333333333333"},
+ {"mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"digest":"sha256:4444444444444444444444444444444444444444444444444444444444444444","platform":{"os":"","architecture":""}}]}`
 	ix, err := manifest.ParseIndex("", []byte(doc))
 	if err != nil {
 		t.Fatal(err)
