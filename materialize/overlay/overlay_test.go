@@ -459,3 +459,75 @@ type digestLayer struct {
 }
 
 func (l digestLayer) Digest() blob.Digest { return l.d }
+
+func TestRepeatedLayerAndSingleLayer(t *testing.T) {
+	requireRoot(t, "mounting images with a repeated layer and with one layer")
+	shared := tartest.New().Dir("s").File("s/f", []byte("shared")).File("gone", []byte("g")).Gzip()
+	middle := tartest.New().Whiteout("s/f").Whiteout("gone").File("m", []byte("m")).Gzip()
+	m := newMaterializer(t, Config{})
+	for _, tc := range []struct {
+		desc   string
+		layers [][]byte
+		lowers int
+	}{
+		{"a layer repeated above a layer that deleted its files", [][]byte{shared, middle, shared}, 2},
+		{"a single layer (padded with an empty lower dir)", [][]byte{shared}, 2},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			img := tartest.Image(t, tc.layers...)
+			res, err := m.Materialize(context.Background(), tartest.FromV1(t, img))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Lease.Release()
+			if len(res.LowerDirs) != tc.lowers {
+				t.Fatalf("lower dirs %v", res.LowerDirs)
+			}
+			want, err := tartest.Expected(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := tartest.Snapshot(mount(t, res))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := tartest.Diff(want, got); d != nil {
+				t.Fatalf("merged tree differs:\n%s", strings.Join(d, "\n"))
+			}
+		})
+	}
+}
+
+func TestMountWritable(t *testing.T) {
+	requireRoot(t, "a writable overlay mount")
+	img := tartest.FromV1(t, tartest.Image(t, tartest.New().File("f", []byte("lower")).Gzip()))
+	m := newMaterializer(t, Config{})
+	res, err := m.Materialize(context.Background(), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Lease.Release()
+	if err := res.Mount(t.TempDir(), "upperdir=relative/upper", "workdir=/abs/work"); err == nil {
+		t.Fatal("relative upperdir accepted")
+	}
+	if err := res.Mount(t.TempDir(), "lowerdir=/x"); err == nil {
+		t.Fatal("lowerdir override accepted")
+	}
+	upper, work, target := t.TempDir(), t.TempDir(), t.TempDir()
+	if err := res.Mount(target, "upperdir="+upper, "workdir="+work); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(target, 0)
+	if err := os.WriteFile(filepath.Join(target, "f"), []byte("upper"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(upper, "f")); string(b) != "upper" {
+		t.Fatalf("write did not go to the upper dir: %q", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(res.LowerDirs[0], "f")); string(b) != "lower" {
+		t.Fatalf("lower layer modified: %q", b)
+	}
+	if wd, _ := os.Getwd(); wd == res.MountDir {
+		t.Fatal("Mount changed the process's working directory")
+	}
+}
