@@ -25,11 +25,14 @@ func TestParseFixtures(t *testing.T) {
 			desc: "docker hub manifest list served with its media type", file: "dockerhub-list.json",
 			contentType: string(types.DockerManifestList), kind: manifest.KindIndex, mediaType: types.DockerManifestList,
 			check: func(t *testing.T, d *manifest.Document) {
-				if n := len(d.Index.Manifests); n != 9 {
-					t.Errorf("%d entries, want 9", n)
+				if n := len(d.Index.Manifests); n != 10 {
+					t.Errorf("%d entries, want 10", n)
 				}
 				if p := d.Index.Manifests[7].Platform; p == nil || p.OSVersion != "10.0.20348.2582" {
 					t.Errorf("windows entry platform = %+v", p)
+				}
+				if n := len(d.Index.Platforms()); n != 9 {
+					t.Errorf("Platforms() has %d entries, want 9 (attestation excluded)", n)
 				}
 			},
 		},
@@ -245,7 +248,7 @@ func TestParseKindMismatch(t *testing.T) {
 	if m, err := manifest.ParseManifest("", fixture(t, "docker-manifest.json")); err != nil || len(m.Layers) != 3 {
 		t.Errorf("ParseManifest = %v", err)
 	}
-	if ix, err := manifest.ParseIndex("", fixture(t, "dockerhub-list.json")); err != nil || len(ix.Manifests) != 9 {
+	if ix, err := manifest.ParseIndex("", fixture(t, "dockerhub-list.json")); err != nil || len(ix.Manifests) != 10 {
 		t.Errorf("ParseIndex = %v", err)
 	}
 }
@@ -299,7 +302,7 @@ func TestV1Conversion(t *testing.T) {
 		t.Fatal(err)
 	}
 	vi := ix.V1()
-	if len(vi.Manifests) != 9 || vi.Manifests[7].Platform == nil || vi.Manifests[7].Platform.OSVersion != "10.0.20348.2582" {
+	if len(vi.Manifests) != 10 || vi.Manifests[7].Platform == nil || vi.Manifests[7].Platform.OSVersion != "10.0.20348.2582" {
 		t.Errorf("V1() index = %+v", vi)
 	}
 }

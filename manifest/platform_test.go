@@ -145,6 +145,7 @@ func TestSelect(t *testing.T) {
 		{"hub windows 1809 by os.version", hub, mustPlatform(t, "windows/amd64:10.0.17763.1"), 8, ""},
 		{"hub windows without os.version takes the first", hub, mustPlatform(t, "windows/amd64"), 7, ""},
 		{"hub amd64/v3 falls back to plain amd64", hub, mustPlatform(t, "linux/amd64/v3"), 0, ""},
+		{"hub attestation never selected", hub, manifest.Platform{OS: "unknown", Architecture: "unknown"}, -1, "linux/s390x, windows/amd64:10.0.20348.2582"},
 		{"hub riscv64 missing", hub, mustPlatform(t, "linux/riscv64"), -1, "linux/arm/v5, linux/arm/v7, linux/arm64/v8"},
 		{"hub windows unknown build", hub, mustPlatform(t, "windows/amd64:10.0.26100.1"), -1, "windows/amd64:10.0.17763.6054"},
 		{"buildkit arm64 entry without variant", bk, mustPlatform(t, "linux/arm64/v8"), 1, ""},
