@@ -1,0 +1,371 @@
+package fetcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/manifest"
+	"github.com/strata-oci/strata/registry"
+	"github.com/strata-oci/strata/registry/credential"
+	"github.com/strata-oci/strata/tiers"
+)
+
+// maxDocumentSize caps manifests, indexes and configs read from any tier.
+const maxDocumentSize = 10 << 20
+
+// maxCollapsedRetries bounds how often a caller retries after the collapsed
+// fetch it joined failed without a definite answer.
+const maxCollapsedRetries = 2
+
+// Fetcher fetches images through a tier stack. It is safe for concurrent
+// use; create one per process and share it.
+type Fetcher struct {
+	cfg      Config
+	now      func() time.Time
+	platform manifest.Platform
+	m        *metrics
+	fetches  group[*Image]
+}
+
+// New returns a Fetcher for cfg. Store and Registry are required.
+func New(cfg Config) (*Fetcher, error) {
+	if cfg.Store == nil || cfg.Registry == nil {
+		return nil, errors.New("fetcher: Config.Store and Config.Registry are required")
+	}
+	if cfg.TagTTL < 0 || cfg.ProofTTL < 0 {
+		return nil, errors.New("fetcher: negative TTL")
+	}
+	m, err := newMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, fmt.Errorf("fetcher: metrics: %w", err)
+	}
+	f := &Fetcher{cfg: cfg, now: cfg.Now, platform: cfg.Platform, m: m}
+	if f.now == nil {
+		f.now = time.Now
+	}
+	if f.platform.OS == "" {
+		f.platform = manifest.Default()
+	}
+	f.platform = f.platform.Normalize()
+	return f, nil
+}
+
+// Platform returns the platform the fetcher selects from indexes.
+func (f *Fetcher) Platform() manifest.Platform { return f.platform }
+
+// FetchImage resolves ref, authorizes cred for its repository, and returns
+// the image for the fetcher's platform with its manifest and config read.
+// cred is the credential that came with the request (credential.Anonymous
+// for none); the configured Resolver may supply another.
+//
+// Errors wrap registry.ErrInvalidReference, registry.ErrDenied (the
+// registry refused the caller), registry.ErrNotFound,
+// registry.ErrUnreachable (the registry could not be asked and the cache
+// could not answer for this caller), manifest.ErrNoMatchingPlatform (listing
+// the platforms available), or a *blob.MismatchError. They never contain a
+// credential.
+func (f *Fetcher) FetchImage(ctx context.Context, ref string, cred credential.Credential) (*Image, error) {
+	start := f.now()
+	img, err := f.fetchImage(ctx, ref, cred)
+	src := SourceRegistry
+	if img != nil && img.FromCache {
+		src = "cache"
+	}
+	f.m.duration.WithLabelValues(outcome(err), src).Observe(f.now().Sub(start).Seconds())
+	return img, err
+}
+
+func (f *Fetcher) fetchImage(ctx context.Context, ref string, cred credential.Credential) (*Image, error) {
+	r, err := registry.ParseReference(ref)
+	if err != nil {
+		return nil, err
+	}
+	cred, id, err := f.credential(ctx, r.Registry(), cred)
+	if err != nil {
+		return nil, err
+	}
+	key := r.String() + "|" + f.platform.String() + "|" + id
+	for attempt := 0; ; attempt++ {
+		img, joined, err := f.fetches.do(ctx, key, func(ctx context.Context) (*Image, error) {
+			return f.fetch(ctx, r, cred, id)
+		})
+		if joined {
+			f.m.collapsed.Inc()
+		}
+		if err == nil || !joined || ctx.Err() != nil || definite(err) || attempt >= maxCollapsedRetries {
+			return img, err
+		}
+		// The fetch this caller joined failed without a definite answer
+		// (cancelled, corrupt bytes, a transient fault): try again.
+	}
+}
+
+// definite reports whether err is an answer every caller of one collapsed
+// fetch shares, rather than a failure of that one attempt.
+func definite(err error) bool {
+	return errors.Is(err, registry.ErrDenied) || errors.Is(err, blob.ErrNotFound) ||
+		errors.Is(err, registry.ErrInvalidReference) || errors.Is(err, manifest.ErrNoMatchingPlatform) ||
+		errors.Is(err, manifest.ErrInvalid) || errors.Is(err, manifest.ErrUnknownMediaType) ||
+		errors.Is(err, blob.ErrInvalidDigest)
+}
+
+// credential resolves the request's credential and its identity.
+func (f *Fetcher) credential(ctx context.Context, host string, cred credential.Credential) (credential.Credential, string, error) {
+	if f.cfg.Credentials == nil {
+		return cred, cred.Identity(f.cfg.IdentityKey), nil
+	}
+	c, err := f.cfg.Credentials.Resolve(ctx, host, cred)
+	if err != nil {
+		return credential.Credential{}, "", err
+	}
+	return c, f.cfg.Credentials.Identity(c), nil
+}
+
+// store is the stack view a caller may use.
+func (f *Fetcher) store(cred credential.Credential) *tiers.Stack {
+	if cred.IsAnonymous() && !f.cfg.AnonymousShared {
+		return f.cfg.Store.Local()
+	}
+	return f.cfg.Store
+}
+
+// fetch does one FetchImage's work for an already-resolved credential.
+func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credential.Credential, id string) (*Image, error) {
+	st := f.store(cred)
+	auth := cred.Authenticator()
+	src := newSource(f.cfg.Registry, r.Repo(), auth)
+	view := st.WithSource(src)
+
+	acc, err := f.authorize(ctx, st, r, cred, id)
+	if err != nil {
+		return nil, err
+	}
+	img := &Image{Reference: r, Sources: map[blob.Digest]string{}, FromCache: acc.fromCache}
+	doc, err := f.readDocument(ctx, view, src, acc.target, img)
+	if err != nil {
+		return nil, err
+	}
+	// The document is in the stack now: refs that point at it are valid
+	// even on servers that check what an action-cache entry references.
+	f.record(ctx, st, r, id, acc)
+
+	if doc.Index != nil {
+		child, err := doc.Index.Select(f.platform)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", r, err)
+		}
+		img.Index = doc.Index.Digest
+		cdesc := registry.Descriptor{Digest: child.Digest, Size: child.Size, MediaType: string(child.MediaType)}
+		doc, err = f.readDocument(ctx, view, src, cdesc, img)
+		if err != nil {
+			return nil, err
+		}
+		if doc.Manifest == nil {
+			return nil, fmt.Errorf("%s: index entry %s for %s: %w: nested index", r, child.Digest, f.platform, manifest.ErrInvalid)
+		}
+		f.putRef(ctx, st, memberKey(r.Repo(), child.Digest), blob.Ref{Digest: child.Digest, Size: child.Size, MediaType: string(doc.Manifest.MediaType)})
+	}
+	m := doc.Manifest
+	img.Digest, img.Manifest = m.Digest, m
+	if m.IsArtifact() {
+		return nil, fmt.Errorf("%s: %w: %s is an artifact (config %s), not a runnable image", r, manifest.ErrInvalid, m.Digest, m.Config.MediaType)
+	}
+	if m.Config.Size > maxDocumentSize {
+		return nil, fmt.Errorf("%s: config %s of %d bytes: %w", r, m.Config.Digest, m.Config.Size, blob.ErrTooLarge)
+	}
+	src.expect(m.Config.Digest, m.Config.Size, false)
+	data, tier, err := readSmall(ctx, view, m.Config.Digest, m.Config.Size)
+	if err != nil {
+		return nil, fmt.Errorf("%s: config: %w", r, err)
+	}
+	img.Sources[m.Config.Digest] = tier
+	if img.Config, err = manifest.ParseConfig(string(m.Config.MediaType), data); err != nil {
+		return nil, fmt.Errorf("%s: %w", r, err)
+	}
+	if err := img.Config.CheckAgainst(m); err != nil {
+		return nil, fmt.Errorf("%s: %w", r, err)
+	}
+	for _, l := range m.Layers {
+		src.expect(l.Digest, l.Size, false)
+		img.layers = append(img.layers, &Layer{desc: l, view: view, m: f.m})
+	}
+	return img, nil
+}
+
+// access is the outcome of authorizing a caller for a reference.
+type access struct {
+	target    registry.Descriptor // the manifest or index the reference names
+	fromCache bool                // no network request was made
+	proved    bool                // a new proof was made at the registry
+	resolved  bool                // target came from the registry
+}
+
+// authorize decides whether the caller may have what r names and resolves
+// it: from the cache when the caller holds a valid proof and the cache knows
+// the target, else by asking the registry.
+func (f *Fetcher) authorize(ctx context.Context, st *tiers.Stack, r registry.Reference, cred credential.Credential, id string) (access, error) {
+	repo := r.Repo()
+	proven := f.proven(ctx, st, repo, id)
+	var cached *blob.Ref
+	if d := r.Digest(); d != "" {
+		if ref, err := f.getRef(ctx, st, memberKey(repo, d)); err == nil {
+			cached = &ref
+		}
+	} else if f.cfg.TagTTL > 0 {
+		if ref, err := f.getRef(ctx, st, tagKey(r)); err == nil {
+			cached = &ref
+		}
+	}
+	if proven && cached != nil {
+		f.m.proofs.WithLabelValues("hit").Inc()
+		return access{target: descOf(*cached), fromCache: true}, nil
+	}
+
+	auth := cred.Authenticator()
+	var acc access
+	if !proven {
+		// The proof: one manifest HEAD at the origin with the caller's
+		// credentials (never a mirror).
+		if err := f.cfg.Registry.CheckAccess(ctx, r, auth); err != nil {
+			return access{}, f.refused(ctx, st, r, id, err)
+		}
+		f.m.proofs.WithLabelValues("made").Inc()
+		acc.proved = true
+		if cached != nil {
+			acc.target = descOf(*cached)
+			return acc, nil
+		}
+	} else {
+		f.m.proofs.WithLabelValues("hit").Inc()
+	}
+	desc, err := f.cfg.Registry.Resolve(ctx, r, auth)
+	if err != nil {
+		if errors.Is(err, registry.ErrUnreachable) {
+			return access{}, fmt.Errorf("%s is not cached (or its tag expired) and the registry cannot be asked: %w", r, err)
+		}
+		return access{}, f.refused(ctx, st, r, id, err)
+	}
+	acc.target, acc.resolved = desc, true
+	return acc, nil
+}
+
+// refused handles a registry's negative answer: a denial revokes the
+// caller's proof at once.
+func (f *Fetcher) refused(ctx context.Context, st *tiers.Stack, r registry.Reference, id string, err error) error {
+	if errors.Is(err, registry.ErrDenied) {
+		f.m.proofs.WithLabelValues("denied").Inc()
+		if derr := st.DeleteRef(ctx, proofKey(r.Repo(), id)); derr != nil && !errors.Is(derr, blob.ErrNotFound) {
+			return fmt.Errorf("%w (and revoking the cached access proof failed: %v)", err, derr)
+		}
+	}
+	if errors.Is(err, registry.ErrUnreachable) {
+		return fmt.Errorf("no valid access proof for %s and the registry cannot be asked: %w", r.Repo(), err)
+	}
+	return err
+}
+
+// proven reports whether id, or everyone (a public repository), holds an
+// unexpired access proof for repo.
+func (f *Fetcher) proven(ctx context.Context, st *tiers.Stack, repo registry.Repository, id string) bool {
+	if _, err := f.getRef(ctx, st, proofKey(repo, id)); err == nil {
+		return true
+	}
+	if id == credential.AnonymousIdentity {
+		return false
+	}
+	_, err := f.getRef(ctx, st, proofKey(repo, credential.AnonymousIdentity))
+	return err == nil
+}
+
+// record writes what a fetch learned from the registry: the proof, the tag
+// and the membership of the target in the repository. Failures to record
+// are not the caller's failure: the next fetch asks the registry again.
+func (f *Fetcher) record(ctx context.Context, st *tiers.Stack, r registry.Reference, id string, acc access) {
+	now := f.now()
+	t := acc.target
+	ref := blob.Ref{Digest: t.Digest, Size: t.Size, MediaType: t.MediaType}
+	if acc.proved && f.cfg.ProofTTL > 0 {
+		p := ref
+		p.Expires = now.Add(f.cfg.ProofTTL)
+		f.putRef(ctx, st, proofKey(r.Repo(), id), p)
+	}
+	if acc.resolved || acc.proved {
+		f.putRef(ctx, st, memberKey(r.Repo(), t.Digest), ref)
+	}
+	if acc.resolved && r.Digest() == "" && f.cfg.TagTTL > 0 {
+		tg := ref
+		tg.Expires = now.Add(f.cfg.TagTTL)
+		f.putRef(ctx, st, tagKey(r), tg)
+	}
+}
+
+func (f *Fetcher) putRef(ctx context.Context, st *tiers.Stack, k blob.RefKey, r blob.Ref) {
+	_ = st.PutRef(ctx, k, r) // best effort: see record
+}
+
+// readDocument reads a manifest or index through view (the registry's
+// manifests endpoint below the tiers) and parses it.
+func (f *Fetcher) readDocument(ctx context.Context, view *tiers.Stack, src *source, d registry.Descriptor, img *Image) (*manifest.Document, error) {
+	if d.Size > maxDocumentSize {
+		return nil, fmt.Errorf("manifest %s of %d bytes: %w", d.Digest, d.Size, blob.ErrTooLarge)
+	}
+	src.expect(d.Digest, d.Size, true)
+	data, tier, err := readSmall(ctx, view, d.Digest, d.Size)
+	if err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", d.Digest, err)
+	}
+	img.Sources[d.Digest] = tier
+	doc, err := manifest.Parse(d.MediaType, data)
+	if err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", d.Digest, err)
+	}
+	return doc, nil
+}
+
+// readSmall reads a small blob whole and verifies it, whichever tier
+// served it.
+func readSmall(ctx context.Context, t blob.Tier, d blob.Digest, size int64) ([]byte, string, error) {
+	rc, info, err := t.Open(ctx, d)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(blob.NewVerifier(rc, d, size, nil))
+	if err != nil {
+		return nil, "", err
+	}
+	return data, info.Tier, nil
+}
+
+// getRef reads a ref and applies the fetcher's clock to its expiry (tiers
+// apply their own; the fetcher's may be injected).
+func (f *Fetcher) getRef(ctx context.Context, st blob.Tier, k blob.RefKey) (blob.Ref, error) {
+	r, err := st.GetRef(ctx, k)
+	if err != nil {
+		return blob.Ref{}, err
+	}
+	if r.Expired(f.now()) {
+		return blob.Ref{}, fmt.Errorf("ref %s: %w (expired)", k, blob.ErrNotFound)
+	}
+	return r, nil
+}
+
+func descOf(r blob.Ref) registry.Descriptor {
+	return registry.Descriptor{Digest: r.Digest, Size: r.Size, MediaType: r.MediaType}
+}
+
+func tagKey(r registry.Reference) blob.RefKey {
+	return blob.RefKey{Namespace: blob.NamespaceTag, Name: r.Repo().String() + ":" + r.Tag()}
+}
+
+func memberKey(repo registry.Repository, d blob.Digest) blob.RefKey {
+	return blob.RefKey{Namespace: NamespaceMember, Name: repo.String() + "@" + string(d)}
+}
+
+func proofKey(repo registry.Repository, id string) blob.RefKey {
+	return blob.RefKey{Namespace: blob.NamespaceProof, Scope: id, Name: repo.String()}
+}

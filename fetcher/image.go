@@ -1,0 +1,85 @@
+package fetcher
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/manifest"
+	"github.com/strata-oci/strata/registry"
+	"github.com/strata-oci/strata/tiers"
+)
+
+// Image is a fetched, authorized image for one platform. Its manifest and
+// config have been read and verified; its layers open lazily. An Image
+// carries its caller's authorization and credentials: hand it only to that
+// caller. It is safe for concurrent use.
+type Image struct {
+	// Reference is the reference the image was fetched by.
+	Reference registry.Reference
+	// Digest is the digest of the platform manifest.
+	Digest blob.Digest
+	// Index is the digest of the index the manifest was selected from, or
+	// empty when the reference named a manifest.
+	Index blob.Digest
+	// Manifest and Config are the parsed, verified documents.
+	Manifest *manifest.Manifest
+	Config   *manifest.Config
+	// Sources names, for the index (if any), the manifest and the config,
+	// the tier that served each (SourceRegistry for the registry).
+	Sources map[blob.Digest]string
+	// FromCache reports that resolving and authorizing made no network
+	// request.
+	FromCache bool
+
+	layers []*Layer
+}
+
+// Layers returns the image's layers bottom-first.
+func (img *Image) Layers() []*Layer { return img.layers }
+
+// Layer is one layer of a fetched Image.
+type Layer struct {
+	desc manifest.Descriptor
+	view *tiers.Stack
+	m    *metrics
+}
+
+// Digest is the digest of the layer blob.
+func (l *Layer) Digest() blob.Digest { return l.desc.Digest }
+
+// MediaType is the layer's media type.
+func (l *Layer) MediaType() string { return string(l.desc.MediaType) }
+
+// Size is the size of the layer blob.
+func (l *Layer) Size() int64 { return l.desc.Size }
+
+// Descriptor is the layer's descriptor from the manifest.
+func (l *Layer) Descriptor() manifest.Descriptor { return l.desc }
+
+// Open returns the layer blob's bytes (still compressed) from the highest
+// tier that holds it, or from the registry while writing it into the tiers.
+// The reader is verified: it returns io.EOF only after the whole blob
+// matched its digest. The caller must Close it.
+func (l *Layer) Open(ctx context.Context) (io.ReadCloser, error) {
+	rc, _, err := l.OpenInfo(ctx)
+	return rc, err
+}
+
+// OpenInfo is Open that also reports where the bytes come from
+// (blob.Info.Tier: a tier's name, or SourceRegistry).
+func (l *Layer) OpenInfo(ctx context.Context) (io.ReadCloser, blob.Info, error) {
+	rc, info, err := l.view.Open(ctx, l.desc.Digest)
+	if err != nil {
+		return nil, blob.Info{}, fmt.Errorf("layer %s: %w", l.desc.Digest, err)
+	}
+	if info.Size != l.desc.Size {
+		rc.Close()
+		return nil, blob.Info{}, fmt.Errorf("layer %s: %w", l.desc.Digest, &blob.MismatchError{Want: l.desc.Digest, WantSize: l.desc.Size, GotSize: info.Size})
+	}
+	if info.Tier != SourceRegistry {
+		l.m.bytesAvoided.Add(float64(info.Size))
+	}
+	return rc, info, nil
+}
