@@ -139,3 +139,97 @@ func TestUnreachable(t *testing.T) {
 		t.Fatalf("unreachable confused with denied/not found: %v", err)
 	}
 }
+
+func TestDistributionResumeUnknownLength(t *testing.T) {
+	// Size unknown to the caller and no Content-Length (chunked): a cut
+	// stream is seen as a broken chunked body and resumed with an open
+	// range "bytes=N-", which the real registry answers with 206.
+	const size = 1 << 20
+	d := registrytest.StartDistribution(t, registrytest.DistributionOptions{})
+	data := registrytest.RandomBytes(t, size)
+	dg := blob.Digest(registrytest.PushBlob(t, d.Host, "big/blob", data, nil).String())
+	px := registrytest.NewProxy(t, d.Host)
+	px.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Times: 1, Chunked: true, TruncateAfter: 300000})
+	r := newClient(t, nil)
+	repo, _ := registry.ParseRepository(px.Host() + "/big/blob")
+	rc, err := r.c.Blob(context.Background(), repo, dg, -1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read: %v (%d bytes)", err, len(got))
+	}
+	rg := px.Ranged()
+	if len(rg) != 1 || !strings.HasPrefix(rg[0], "bytes=") || !strings.HasSuffix(rg[0], "-") {
+		t.Fatalf("ranged requests %q, want one open range", rg)
+	}
+}
+
+func TestBlobCapWithoutContentLength(t *testing.T) {
+	host := registrytest.InProcess(t)
+	p := pushImage(t, host, "app/one:v1", 100000)
+	px := registrytest.NewProxy(t, host)
+	px.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Chunked: true})
+	r := newClient(t, func(c *registry.Config) { c.MaxBlobSize = 50000 })
+	_, err := readBlob(t, r.c, mustRef(t, px.Host()+"/app/one:v1"), p.layerD, -1)
+	if !errors.Is(err, registry.ErrTooLarge) {
+		t.Fatalf("err = %v, want ErrTooLarge while streaming", err)
+	}
+}
+
+func TestResolveByDigestChecksHeader(t *testing.T) {
+	host := registrytest.InProcess(t)
+	p := pushImage(t, host, "app/one:v1", 100)
+	other := blob.FromBytes([]byte("something else"))
+	px := registrytest.NewProxy(t, host)
+	px.Inject(registrytest.Fault{Method: "HEAD", Kind: "manifest", SetHeaders: map[string]string{"Docker-Content-Digest": string(other)}})
+	r := newClient(t, nil)
+	_, err := r.c.Resolve(context.Background(), mustRef(t, px.Host()+"/app/one@"+string(p.manifest)), nil)
+	if !errors.Is(err, blob.ErrMismatch) {
+		t.Fatalf("err = %v, want ErrMismatch", err)
+	}
+	// Through a mirror that lies, the origin answers.
+	m := newClient(t, func(c *registry.Config) {
+		c.Mirrors = map[string][]registry.Mirror{host: {{Endpoint: px.Host()}}}
+	})
+	desc, err := m.c.Resolve(context.Background(), mustRef(t, host+"/app/one@"+string(p.manifest)), nil)
+	if err != nil || desc.Digest != p.manifest {
+		t.Fatalf("via lying mirror: %v %v", desc, err)
+	}
+	if n := m.metric(t, "strata_registry_mirror_fallbacks_total", map[string]string{"reason": "mismatch"}); n != 1 {
+		t.Fatalf("fallbacks{mismatch} = %v", n)
+	}
+}
+
+func TestDistributionMirrorWithOwnCredentials(t *testing.T) {
+	origin := registrytest.StartDistribution(t, registrytest.DistributionOptions{})
+	mirror := registrytest.StartDistribution(t, registrytest.DistributionOptions{BasicUsers: map[string]string{"mirror-user": secret}})
+	mauth := basicAuth("mirror-user", secret)
+	p := pushAuthed(t, mirror.Host, "lib/app:v1", 1000, mauth)
+	registrytest.Push(t, origin.Host, "lib/app:v1", registrytest.Image(t, p.layer), nil)
+	opx := registrytest.NewProxy(t, origin.Host)
+	p.ref = mustRef(t, opx.Host()+"/lib/app:v1")
+	for _, tc := range []struct {
+		desc       string
+		auth       *registry.Mirror
+		originHits int
+	}{
+		{"mirror credentials configured: mirror serves", &registry.Mirror{Endpoint: mirror.Host, Auth: mauth}, 0},
+		{"no mirror credentials: mirror denies, origin serves", &registry.Mirror{Endpoint: mirror.Host}, 1},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			opx.Reset()
+			r := newClient(t, func(c *registry.Config) {
+				c.Mirrors = map[string][]registry.Mirror{opx.Host(): {*tc.auth}}
+			})
+			if _, _, err := r.c.Manifest(context.Background(), p.ref, nil); err != nil {
+				t.Fatal(err)
+			}
+			if n := opx.Count("GET", "manifest"); n != tc.originHits {
+				t.Fatalf("origin manifest GETs %d, want %d", n, tc.originHits)
+			}
+		})
+	}
+}

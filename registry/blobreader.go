@@ -94,7 +94,7 @@ func (b *blobReader) resume() error {
 		}
 	default:
 		resp.Body.Close()
-		return statusError("GET blob "+string(b.d)+" (resume)", host, rname, resp.StatusCode)
+		return blobStatusError("GET blob "+string(b.d)+" (resume)", host, rname, resp)
 	}
 	b.c.m.resumes.WithLabelValues(host).Inc()
 	b.body = resp.Body

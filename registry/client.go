@@ -479,7 +479,7 @@ func (c *Client) openBlob(ctx context.Context, ep endpoint, repo Repository, d b
 		return nil, false, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fail(statusError("GET blob "+string(d), host, rname, resp.StatusCode))
+		return fail(blobStatusError("GET blob "+string(d), host, rname, resp))
 	}
 	total := size
 	if size >= 0 && resp.ContentLength >= 0 && resp.ContentLength != size {

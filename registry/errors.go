@@ -57,6 +57,18 @@ func statusError(op, host, repo string, code int) error {
 	return fmt.Errorf("%s %s/%s: %w (HTTP %d)", op, host, repo, s, code)
 }
 
+// blobStatusError is statusError for a blob GET, which the registry may
+// have redirected to a storage host: a 401 or 403 from there (an expired
+// signed URL, say) is not the registry denying the caller, so it is
+// reported as ErrUnreachable rather than ErrDenied.
+func blobStatusError(op, host, repo string, resp *http.Response) error {
+	code := resp.StatusCode
+	if resp.Request != nil && resp.Request.URL.Host != host && (code == http.StatusUnauthorized || code == http.StatusForbidden) {
+		return fmt.Errorf("%s %s/%s: %w: storage host %s refused the redirected request (HTTP %d)", op, host, repo, ErrUnreachable, resp.Request.URL.Host, code)
+	}
+	return statusError(op, host, repo, code)
+}
+
 // transportError classifies an error from the HTTP stack (dial, TLS, token
 // exchange, ...) and wraps it with a sentinel. Errors that already carry one
 // of our sentinels, a policy denial or a context error are kept as they are.

@@ -131,3 +131,18 @@ func TestProxyForwards(t *testing.T) {
 		t.Fatalf("proxy saw %d manifest HEADs, want 1", seen.Count("HEAD", "manifest"))
 	}
 }
+
+func TestStorageRefusalIsNotADenial(t *testing.T) {
+	host := registrytest.InProcess(t)
+	p := pushImage(t, host, "app/one:v1", 100)
+	storage := registrytest.InProcess(t, func(http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusForbidden) })
+	})
+	px := registrytest.NewProxy(t, host)
+	px.Inject(registrytest.Fault{Method: "GET", Kind: "blob", RedirectTo: "http://" + storage + "/signed-url"})
+	r := newClient(t, nil)
+	_, err := readBlob(t, r.c, mustRef(t, px.Host()+"/app/one:v1"), p.layerD, int64(len(p.layer)))
+	if errors.Is(err, registry.ErrDenied) || !errors.Is(err, registry.ErrUnreachable) || !strings.Contains(err.Error(), storage) {
+		t.Fatalf("err = %v, want ErrUnreachable naming the storage host, not ErrDenied", err)
+	}
+}

@@ -38,6 +38,11 @@ type Fault struct {
 	Corrupt bool
 	// DropDigestHeader removes Docker-Content-Digest from the response.
 	DropDigestHeader bool
+	// SetHeaders overrides response headers of the proxied response.
+	SetHeaders map[string]string
+	// Chunked removes Content-Length from the proxied response, so it is
+	// sent chunked and the client cannot know its length in advance.
+	Chunked bool
 	// StripRange removes the Range header before proxying, like a
 	// registry that does not support ranges.
 	StripRange bool
@@ -139,8 +144,8 @@ func (p *Proxy) take(r *http.Request) *Fault {
 	return nil
 }
 
-// faultWriter applies TruncateAfter, Corrupt and DropDigestHeader to a
-// proxied response.
+// faultWriter applies TruncateAfter, Corrupt, DropDigestHeader, SetHeaders
+// and Chunked to a proxied response.
 type faultWriter struct {
 	http.ResponseWriter
 	f       *Fault
@@ -151,6 +156,12 @@ type faultWriter struct {
 func (w *faultWriter) WriteHeader(code int) {
 	if w.f.DropDigestHeader {
 		w.Header().Del("Docker-Content-Digest")
+	}
+	for k, v := range w.f.SetHeaders {
+		w.Header().Set(k, v)
+	}
+	if w.f.Chunked {
+		w.Header().Del("Content-Length")
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
