@@ -99,12 +99,12 @@ func FromAuthConfig(registry string, ac authn.AuthConfig) (Credential, error) {
 	if user == "" && pass == "" && ac.Auth != "" {
 		raw, err := base64.StdEncoding.DecodeString(ac.Auth)
 		if err != nil {
-			return Credential{}, fmt.Errorf("credential for %s: \"auth\" field is not base64", registry)
+			return Credential{}, fmt.Errorf("%s: \"auth\" field is not base64", credFor(registry))
 		}
 		var ok bool
 		user, pass, ok = strings.Cut(string(raw), ":")
 		if !ok {
-			return Credential{}, fmt.Errorf("credential for %s: \"auth\" field is not user:password", registry)
+			return Credential{}, fmt.Errorf("%s: \"auth\" field is not user:password", credFor(registry))
 		}
 	}
 	c := Credential{Registry: registry, Username: user}
@@ -233,6 +233,7 @@ type wireCredential struct {
 	Password      string `json:"password,omitempty"`
 	IdentityToken string `json:"identityToken,omitempty"`
 	RegistryToken string `json:"registryToken,omitempty"`
+	Auth          string `json:"auth,omitempty"`
 }
 
 // MarshalJSON writes registry, username and source, never the secret.
@@ -246,8 +247,9 @@ func (c Credential) MarshalJSON() ([]byte, error) {
 }
 
 // UnmarshalJSON reads {"registry", "username", "password", "identityToken",
-// "registryToken"} (all optional), as configuration files write them.
-// Errors never echo a value.
+// "registryToken", "auth"} (all optional; "auth" is Docker's base64
+// "user:password"), as configuration files write them. Unknown fields are
+// errors. Errors never echo a value.
 func (c *Credential) UnmarshalJSON(b []byte) error {
 	var w wireCredential
 	dec := json.NewDecoder(strings.NewReader(string(b)))
@@ -255,9 +257,23 @@ func (c *Credential) UnmarshalJSON(b []byte) error {
 	if err := dec.Decode(&w); err != nil {
 		return fmt.Errorf("%w: credential: want an object with registry, username, password, identityToken, registryToken", ErrInvalidConfig)
 	}
-	*c = Credential{Registry: w.Registry, Username: w.Username}
-	if w.Password != "" || w.IdentityToken != "" || w.RegistryToken != "" {
-		c.reveal = hide(secret{password: w.Password, identityToken: w.IdentityToken, registryToken: w.RegistryToken})
+	if w.Auth != "" && (w.Username != "" || w.Password != "") {
+		return fmt.Errorf("%w: credential: \"auth\" together with username or password", ErrInvalidConfig)
 	}
+	out, err := FromAuthConfig(w.Registry, authn.AuthConfig{
+		Username: w.Username, Password: w.Password, Auth: w.Auth,
+		IdentityToken: w.IdentityToken, RegistryToken: w.RegistryToken,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	*c = out
 	return nil
+}
+
+func credFor(registry string) string {
+	if registry == "" {
+		return "credential"
+	}
+	return "credential for " + truncate(redactUserinfo(registry), 100)
 }

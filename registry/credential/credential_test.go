@@ -136,7 +136,13 @@ func TestCredentialJSONDecoding(t *testing.T) {
 	if c.Registry != "ghcr.io" || ac.Username != "bob" || ac.Password != secretPassword {
 		t.Fatalf("decoded %v", c)
 	}
-	for _, bad := range []string{`{"password":1}`, `{"passwd":"` + secretPassword + `"}`, `"` + secretPassword + `"`, `{"password":"` + secretPassword + `"`} {
+	if err := json.Unmarshal([]byte(`{"auth":"Ym9iOnB3"}`), &c); err != nil { // bob:pw
+		t.Fatal(err)
+	}
+	if ac, _ := c.Authenticator().Authorization(); ac.Username != "bob" || ac.Password != "pw" {
+		t.Fatalf("auth field decoded to %q/%q", ac.Username, ac.Password)
+	}
+	for _, bad := range []string{`{"auth":"!` + secretPassword + `"}`, `{"auth":"Ym9iOnB3","password":"` + secretPassword + `"}`, `{"password":1}`, `{"passwd":"` + secretPassword + `"}`, `"` + secretPassword + `"`, `{"password":"` + secretPassword + `"`} {
 		err := json.Unmarshal([]byte(bad), &c)
 		if err == nil {
 			t.Errorf("Unmarshal(%s) succeeded", bad)
