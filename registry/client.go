@@ -190,7 +190,7 @@ func (c *Client) roundTripper(ctx context.Context, ep endpoint, repo Repository)
 // send issues one request for /v2/<repo>/<kind>/<ident> at ep. Status codes
 // are left to the caller; transport failures are classified.
 func (c *Client) send(ctx context.Context, ep endpoint, repo Repository, method, kind, ident string, hdr http.Header) (*http.Response, error) {
-	op := method + " " + kind
+	op := method + " " + strings.TrimSuffix(kind, "s") + " " + ident
 	rt, err := c.roundTripper(ctx, ep, repo)
 	if err != nil {
 		return nil, transportError(op, ep.host(), repo.Name(), err)

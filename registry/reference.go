@@ -112,7 +112,7 @@ func ParseRepository(s string) (Repository, error) {
 		r, err = name.NewRepository(r.RegistryStr()+"/"+r.RepositoryStr(), name.WeakValidation)
 	}
 	if err != nil {
-		return Repository{}, fmt.Errorf("%w: bad repository %q: components are lowercase [a-z0-9] separated by '.', '_', '__' or '-', joined by '/', 2 to 255 characters in all", ErrInvalidReference, clip(repoStr))
+		return Repository{}, fmt.Errorf("%w: bad repository %q: components are lowercase [a-z0-9] separated by '.', '_', '__' or '-', joined by '/', at most 255 characters", ErrInvalidReference, clip(repoStr))
 	}
 	return Repository{repo: r}, nil
 }
