@@ -233,6 +233,7 @@ func (c *Converter) derive(img materialize.Image, opts *Options) (derivation, er
 			FreeBlocks: uint64(freeBlocks),
 			FreeInodes: uint64(o.FreeInodes),
 			GDTBlocks:  gdtBlocks(c.cfg.MaxDiskSize),
+			MaxBytes:   c.cfg.MaxDiskSize,
 		},
 	}, nil
 }

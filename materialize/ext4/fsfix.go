@@ -61,6 +61,8 @@ type growSpec struct {
 	// for group descriptors (the writer's MaximumDiskSize decides it): the
 	// filesystem can grow to GDTBlocks*128 groups.
 	GDTBlocks uint32
+	// MaxBytes, if > 0, bounds the grown filesystem's size.
+	MaxBytes int64
 }
 
 // rwAt is the file finishFS edits in place.
@@ -180,6 +182,9 @@ func finishFS(f rwAt, spec growSpec) (fsGeometry, error) {
 			}
 			newBlocks = uint32(total)
 			newGroups = groups + uint32(addGroups)
+		}
+		if spec.MaxBytes > 0 && int64(newBlocks)*fsBlockSize > spec.MaxBytes {
+			return g, fmt.Errorf("ext4: content plus free space need %d bytes, more than the maximum disk size %d", int64(newBlocks)*fsBlockSize, spec.MaxBytes)
 		}
 		if cap := spec.GDTBlocks * (fsBlockSize / gdSize); newGroups > cap {
 			return g, fmt.Errorf("ext4: free space too large: %d groups exceed the %d that the reserved descriptor blocks hold (raise MaxDiskSize)", newGroups, cap)
