@@ -1,6 +1,7 @@
 package tiers
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -263,7 +264,7 @@ func (s *Stack) Stat(ctx context.Context, d blob.Digest) (blob.Info, error) {
 	if err := s.check(ctx, "stat"); err != nil {
 		return blob.Info{}, err
 	}
-	if err := blob.ValidateDigest(d); err != nil {
+	if err := validateDigest(d); err != nil {
 		return blob.Info{}, fmt.Errorf("stack %q: stat: %w", s.root.name, err)
 	}
 	var m misses
@@ -286,7 +287,7 @@ func (s *Stack) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.In
 	if err := s.check(ctx, "open"); err != nil {
 		return nil, blob.Info{}, err
 	}
-	if err := blob.ValidateDigest(d); err != nil {
+	if err := validateDigest(d); err != nil {
 		return nil, blob.Info{}, fmt.Errorf("stack %q: open: %w", s.root.name, err)
 	}
 	if len(s.ents) < 2 {
@@ -407,7 +408,33 @@ func (s *Stack) fill(f *flight, d blob.Digest) {
 		}
 		return
 	}
+	if info.Size <= smallBlob {
+		s.fillSmall(f, d, rc, info, uppers)
+		return
+	}
 	s.tee(f, d, rc, info, uppers)
+}
+
+// fillSmall reads a small blob whole and verified, puts it into the upper
+// tiers, and hands the leader the bytes: cheaper than a tee at this size.
+func (s *Stack) fillSmall(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, uppers []*stackEntry) {
+	defer f.stop()
+	buf, err := readVerified(rc, d, info.Size)
+	rc.Close()
+	if err != nil {
+		err = fmt.Errorf("stack %q: open %s from tier %q: %w", s.root.name, d, info.Tier, err)
+		f.finish(err, true)
+		f.handOff(leadResult{err: err})
+		return
+	}
+	f.settle()
+	errs := make([]error, len(uppers))
+	for i, e := range uppers {
+		errs[i] = e.Tier.Put(f.ctx, d, info.Size, bytes.NewReader(buf))
+	}
+	s.noteWriteBacks(uppers, info.Size, errs)
+	f.finish(nil, false)
+	f.handOff(leadResult{rc: io.NopCloser(bytes.NewReader(buf)), info: info, interrupt: func() {}})
 }
 
 // tee streams the lower tier's reader rc to the leader while tee-ing it into

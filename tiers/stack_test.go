@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"runtime"
 	"sync"
@@ -26,13 +27,19 @@ func twoTiers(t *testing.T, m *tiers.Metrics) (*tiers.Stack, blob.Tier, *probe) 
 }
 
 func TestStackCollapses64Opens(t *testing.T) {
+	for _, size := range []int{3 << 20, 4 << 10} { // streamed tee; small blob read whole
+		t.Run(fmt.Sprint(size), func(t *testing.T) { testCollapses64Opens(t, size) })
+	}
+}
+
+func testCollapses64Opens(t *testing.T, size int) {
 	reg := prometheus.NewRegistry()
 	m, err := tiers.NewMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s, top, bottom := twoTiers(t, m)
-	want, _ := tiertest.RandomBytes(1, 3<<20)
+	want, _ := tiertest.RandomBytes(1, size)
 	d := put(t, bottom.Tier, want)
 	bottom.gate = make(chan struct{})
 
@@ -154,14 +161,17 @@ func TestStackCorruptBottom(t *testing.T) {
 	tests := []struct {
 		desc   string
 		verify bool
+		size   int
 	}{
-		{"rotted tier whose reader verifies", true},
-		{"tier serving wrong bytes unverified", false},
+		{"rotted tier whose reader verifies", true, 600 << 10},
+		{"tier serving wrong bytes unverified", false, 600 << 10},
+		{"small blob, rotted tier", true, 1000},
+		{"small blob, wrong bytes unverified", false, 1000},
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
 			s, top, bottom := twoTiers(t, nil)
-			want, _ := tiertest.RandomBytes(4, 600<<10)
+			want, _ := tiertest.RandomBytes(4, tt.size)
 			d := put(t, bottom.Tier, want)
 			bottom.corrupt, bottom.verify = true, tt.verify
 			before := runtime.NumGoroutine()
@@ -471,6 +481,8 @@ func TestStackPut(t *testing.T) {
 		{"wrong digest", 0, small, blob.FromBytes([]byte("other")), -1, blob.ErrMismatch, false, false},
 		{"short content", 0, small, "", int64(len(small) + 5), blob.ErrMismatch, false, false},
 		{"long content", 0, big, "", 1 << 20, blob.ErrMismatch, false, false},
+		{"long small content", 0, small, "", int64(len(small) - 1), blob.ErrMismatch, false, false},
+		{"short large content", 0, big[:1<<20], blob.FromBytes(big), int64(len(big)), blob.ErrMismatch, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {

@@ -1,6 +1,7 @@
 package tiers
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -24,7 +25,7 @@ func (s *Stack) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader)
 	if err := s.check(ctx, "put"); err != nil {
 		return err
 	}
-	if err := blob.ValidateDigest(d); err != nil {
+	if err := validateDigest(d); err != nil {
 		return fmt.Errorf("stack %q: put: %w", s.root.name, err)
 	}
 	if size < 0 {
@@ -52,6 +53,9 @@ func (s *Stack) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader)
 		return nil
 	}
 
+	if size <= smallBlob {
+		return s.putSmall(ctx, d, size, r, cands)
+	}
 	sinks := make([]*sink, len(cands))
 	errs := make([]error, len(cands))
 	results := make(chan int, len(cands))
@@ -82,6 +86,59 @@ func (s *Stack) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader)
 	}
 	t.release()
 
+	if srcErr != nil {
+		return end
+	}
+	return s.putOutcome(cands, size, errs)
+}
+
+// smallBlob is the size up to which the stack reads a blob whole (verified)
+// before handing it to tiers, instead of streaming it through a tee: for
+// small blobs the tee's goroutines cost more than the copy.
+const smallBlob = 64 << 10
+
+// putSmall reads a small blob whole, verifies it, and puts it into each
+// candidate tier in turn.
+func (s *Stack) putSmall(ctx context.Context, d blob.Digest, size int64, r io.Reader, cands []*stackEntry) error {
+	buf, err := readVerified(r, d, size)
+	if err != nil {
+		return fmt.Errorf("stack %q: put %s: %w", s.root.name, d, err)
+	}
+	errs := make([]error, len(cands))
+	for i, e := range cands {
+		errs[i] = e.Tier.Put(ctx, d, size, bytes.NewReader(buf))
+		if ctx.Err() != nil {
+			return s.stop(ctx, "put", string(d), errs[i])
+		}
+	}
+	return s.putOutcome(cands, size, errs)
+}
+
+// readVerified reads exactly size bytes hashing to d from r.
+func readVerified(r io.Reader, d blob.Digest, size int64) ([]byte, error) {
+	buf := make([]byte, size)
+	v := blob.NewVerifier(r, d, size, nil)
+	if _, err := io.ReadFull(v, buf); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || err == io.EOF {
+			// A short source: let the verifier name the mismatch.
+			_, err = v.Read(make([]byte, 1))
+		}
+		return nil, err
+	}
+	// The verifier reports the end (io.EOF) only after the digest matched.
+	var one [1]byte
+	if n, err := v.Read(one[:]); n != 0 || err != io.EOF {
+		if err == nil || err == io.EOF {
+			err = fmt.Errorf("%w: source longer than %d bytes", blob.ErrMismatch, size)
+		}
+		return nil, err
+	}
+	return buf, nil
+}
+
+// putOutcome folds the tiers' Put results as Put documents, remembering
+// declines.
+func (s *Stack) putOutcome(cands []*stackEntry, size int64, errs []error) error {
 	var firstErr, unavailable, declined error
 	for i, err := range errs {
 		switch {
@@ -103,8 +160,6 @@ func (s *Stack) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader)
 		}
 	}
 	switch {
-	case srcErr != nil:
-		return end
 	case firstErr != nil:
 		return fmt.Errorf("stack %q: %w", s.root.name, firstErr)
 	case unavailable != nil:
@@ -123,7 +178,7 @@ func (s *Stack) Delete(ctx context.Context, d blob.Digest) error {
 	if err := s.check(ctx, "delete"); err != nil {
 		return err
 	}
-	if err := blob.ValidateDigest(d); err != nil {
+	if err := validateDigest(d); err != nil {
 		return fmt.Errorf("stack %q: delete: %w", s.root.name, err)
 	}
 	return s.deleteAll(ctx, "delete", string(d), func(e *stackEntry) error { return e.Tier.Delete(ctx, d) })
