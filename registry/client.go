@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/strata-oci/strata/blob"
+	"golang.org/x/sync/singleflight"
 )
 
 // ManifestMediaTypes are the manifest and index media types the client asks
@@ -71,6 +72,7 @@ type Client struct {
 
 	mu  sync.Mutex
 	rts map[string]http.RoundTripper
+	sf  singleflight.Group
 
 	badMu sync.Mutex
 	bad   map[string]struct{}
@@ -170,21 +172,40 @@ func (c *Client) roundTripper(ctx context.Context, ep endpoint, repo Repository)
 	if ok {
 		return rt, nil
 	}
+	// Concurrent first calls for one key share one ping and token fetch.
+	// The work runs on the context of the caller that started it; if that
+	// caller gives up, the others start over rather than fail with it.
 	scope := ep.reg.Repo(repo.Name()).Scope(transport.PullScope)
-	rt, err = transport.NewWithContext(ctx, ep.reg, auth, c.base, []string{scope})
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	if len(c.rts) >= maxTransports {
-		for k := range c.rts {
-			delete(c.rts, k)
-			break
+	for attempt := 1; ; attempt++ {
+		ch := c.sf.DoChan(key, func() (any, error) {
+			rt, err := transport.NewWithContext(ctx, ep.reg, auth, c.base, []string{scope})
+			if err != nil {
+				return nil, err
+			}
+			c.mu.Lock()
+			if len(c.rts) >= maxTransports {
+				for k := range c.rts {
+					delete(c.rts, k)
+					break
+				}
+			}
+			c.rts[key] = rt
+			c.mu.Unlock()
+			return rt, nil
+		})
+		select {
+		case res := <-ch:
+			if res.Err != nil {
+				if attempt < 3 && ctx.Err() == nil && (errors.Is(res.Err, context.Canceled) || errors.Is(res.Err, context.DeadlineExceeded)) {
+					continue // the leader's context ended, not ours
+				}
+				return nil, res.Err
+			}
+			return res.Val.(http.RoundTripper), nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
 	}
-	c.rts[key] = rt
-	c.mu.Unlock()
-	return rt, nil
 }
 
 // send issues one request for /v2/<repo>/<kind>/<ident> at ep. Status codes
