@@ -74,7 +74,7 @@ func (s *suite) testNotFound(t *testing.T) {
 		t.Errorf("Open miss error %q does not name the digest", err)
 	}
 	err = tier.Delete(ctx, missing)
-	if s.cfg.CannotDelete {
+	if s.noBlobDelete() {
 		if !errors.Is(err, blob.ErrUnsupported) {
 			t.Errorf("Delete on a tier that cannot delete = %v, want ErrUnsupported", err)
 		}
@@ -132,7 +132,7 @@ func (s *suite) testInvalidDigest(t *testing.T) {
 				t.Errorf("Put(%q) = %v, want ErrInvalidDigest", tt.d, err)
 			}
 			err = tier.Delete(ctx, tt.d)
-			if !errors.Is(err, blob.ErrInvalidDigest) && !(s.cfg.CannotDelete && errors.Is(err, blob.ErrUnsupported)) {
+			if !errors.Is(err, blob.ErrInvalidDigest) && !(s.noBlobDelete() && errors.Is(err, blob.ErrUnsupported)) {
 				t.Errorf("Delete(%q) = %v, want ErrInvalidDigest", tt.d, err)
 			}
 		})
@@ -653,7 +653,7 @@ func (s *suite) testDelete(t *testing.T) {
 	keep := PutBytes(t, ctx, tier, []byte("keep me"))
 	gone := PutBytes(t, ctx, tier, []byte("delete me"))
 	err := tier.Delete(ctx, gone)
-	if s.cfg.CannotDelete {
+	if s.noBlobDelete() {
 		if !errors.Is(err, blob.ErrUnsupported) {
 			t.Fatalf("Delete on a tier that cannot delete = %v, want ErrUnsupported", err)
 		}
@@ -695,7 +695,7 @@ func (s *suite) testWalk(t *testing.T) {
 		PutBytes(t, ctx, tier, b)
 		want[d] = int64(len(b))
 	}
-	if !s.cfg.CannotDelete {
+	if !s.noBlobDelete() {
 		gone := PutBytes(t, ctx, tier, []byte("walk: deleted"))
 		if err := tier.Delete(ctx, gone); err != nil {
 			t.Fatalf("Delete = %v", err)
@@ -723,4 +723,35 @@ func (s *suite) testWalk(t *testing.T) {
 	if calls != 1 {
 		t.Errorf("Walk called fn %d times after it returned an error, want 1", calls)
 	}
+}
+
+func (s *suite) testCorruption(t *testing.T) {
+	if s.cfg.Corrupt == nil {
+		t.Skip("tier storage does not rot (Config.Corrupt is nil)")
+	}
+	tier := s.cfg.New(t)
+	ctx := context.Background()
+	b, d := RandomBytes(91, int(s.clamp(100_000)))
+	PutBytes(t, ctx, tier, b)
+	keep := PutBytes(t, ctx, tier, []byte("undamaged neighbour"))
+	s.cfg.Corrupt(t, tier, d)
+
+	rc, _, err := tier.Open(ctx, d)
+	if err == nil {
+		var got []byte
+		got, err = io.ReadAll(rc)
+		rc.Close()
+		if err == nil {
+			t.Fatalf("read a corrupted blob to EOF without an error (%d bytes, equal to the original: %v)", len(got), bytes.Equal(got, b))
+		}
+		if !errors.Is(err, blob.ErrMismatch) {
+			t.Errorf("reading a corrupted blob = %v, want ErrMismatch", err)
+		}
+	} else if !blob.IsMiss(err) {
+		t.Errorf("Open of a corrupted blob = %v, want a miss (ErrNotFound or ErrMismatch)", err)
+	}
+	expectMiss(t, tier, d, "after the corruption was detected")
+	expectContent(t, tier, keep, []byte("undamaged neighbour"))
+	PutBytes(t, ctx, tier, b)
+	expectContent(t, tier, d, b)
 }

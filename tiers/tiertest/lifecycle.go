@@ -119,7 +119,7 @@ func (s *suite) testReopen(t *testing.T) {
 	bigD := PutRandom(t, ctx, tier, 1002, bigSize)
 	PutBytes(t, ctx, tier, nil)
 	var goneD blob.Digest
-	if !s.cfg.CannotDelete {
+	if !s.noBlobDelete() {
 		goneD = PutBytes(t, ctx, tier, []byte("deleted before reopen"))
 		if err := tier.Delete(ctx, goneD); err != nil {
 			t.Fatalf("Delete = %v", err)

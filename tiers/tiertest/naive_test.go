@@ -124,7 +124,24 @@ func (n *naive) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.In
 	if !ok {
 		return nil, blob.Info{}, n.miss(d)
 	}
-	return &naiveReader{ctx: ctx, r: bytes.NewReader(b), bug: n.bugs}, n.info(d, b), nil
+	var rc io.ReadCloser = &naiveReader{ctx: ctx, r: bytes.NewReader(b), bug: n.bugs}
+	if !n.bugs["noReadVerify"] {
+		rc = blob.NewVerifier(rc, d, int64(len(b)), func(error) {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			delete(n.blobs, d)
+		})
+	}
+	return rc, n.info(d, b), nil
+}
+
+// corrupt flips one stored byte of d.
+func (n *naive) corrupt(d blob.Digest) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if b := n.blobs[d]; len(b) > 0 {
+		b[len(b)/2] ^= 0x20
+	}
 }
 
 type naiveCtxReader struct {
@@ -198,6 +215,9 @@ func (n *naive) Delete(ctx context.Context, d blob.Digest) error {
 		return err
 	}
 	defer n.mu.Unlock()
+	if n.bugs["noBlobDelete"] || n.bugs["noBlobDeleteUndeclared"] {
+		return blob.ErrUnsupported
+	}
 	if _, ok := n.blobs[d]; !ok {
 		return n.miss(d)
 	}

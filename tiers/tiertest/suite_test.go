@@ -3,6 +3,7 @@ package tiertest_test
 import (
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -22,6 +23,10 @@ func naiveConfig(bugs string) tiertest.Config {
 			return n
 		},
 		MaxBlobSize: naiveLimit,
+		Corrupt: func(t *testing.T, tier blob.Tier, d blob.Digest) {
+			tier.(*naive).corrupt(d)
+		},
+		CannotDeleteBlobs: slices.Contains(strings.Split(bugs, ","), "noBlobDelete"),
 	}
 }
 
@@ -29,6 +34,12 @@ func naiveConfig(bugs string) tiertest.Config {
 // implementation, so the suite is not fitted to one tier.
 func TestConformanceNaive(t *testing.T) {
 	tiertest.Run(t, naiveConfig(""))
+}
+
+// TestConformanceNaiveNoBlobDelete checks Config.CannotDeleteBlobs: a tier
+// whose Delete is unsupported but whose DeleteRef works.
+func TestConformanceNaiveNoBlobDelete(t *testing.T) {
+	tiertest.Run(t, naiveConfig("noBlobDelete"))
 }
 
 // TestNaiveHelper is run in a child process by TestSuiteCatchesBugs with
@@ -71,6 +82,8 @@ func TestSuiteCatchesBugs(t *testing.T) {
 		{"WalkRefs matches namespace prefixes", "walkRefsPrefix", "WalkRefs"},
 		{"Expires is dropped", "expiresLost", "RefRoundTrip"},
 		{"Close does nothing", "closeNoop", "Close"},
+		{"reads of rotten storage are not verified", "noReadVerify", "CorruptionDetected"},
+		{"Delete unsupported but not declared", "noBlobDeleteUndeclared", "DeleteThenMiss"},
 	}
 	exe, err := os.Executable()
 	if err != nil {

@@ -13,6 +13,12 @@
 // scoping, expiry, validation, listing), Delete, Walk, Usage, Close and,
 // when the tier persists, a close/reopen cycle.
 //
+// Errors are checked with errors.Is: a miss must wrap blob.ErrNotFound (and
+// name the digest), bad input blob.ErrInvalidDigest or blob.ErrInvalidRef, a
+// rejected Put a *blob.MismatchError, and a call stopped by its context must
+// wrap context.Canceled (translate transport errors such as gRPC's Canceled
+// status back into it).
+//
 // The package also exports helpers for other tests: RandomBlob and
 // RandomBytes make deterministic content, PutBytes, PutRandom, ReadAll and
 // StreamDigest store and read blobs and fail the test on error.
@@ -41,6 +47,11 @@ type Config struct {
 	// suite asserts that instead of checking deletion.
 	CannotDelete bool
 
+	// CannotDeleteBlobs: only Delete returns blob.ErrUnsupported; DeleteRef
+	// works and is checked (a REAPI CAS cannot delete, its refs can be
+	// tombstoned). CannotDelete implies it.
+	CannotDeleteBlobs bool
+
 	// MaxBlobSize, when > 0, is the largest blob the tier accepts: Put of a
 	// bigger one must return blob.ErrTooLarge, store nothing and not read the
 	// whole stream. Cases that need a bigger blob (the 64 MiB one) are
@@ -52,6 +63,14 @@ type Config struct {
 	// that blobs and refs survive and deletions stay deleted. Reopen
 	// registers cleanup for the tier it returns.
 	Reopen func(t *testing.T, old blob.Tier) blob.Tier
+
+	// Corrupt, when set, damages the stored bytes of d in place behind the
+	// tier's back (for tiers whose storage can rot: flip a byte in the file,
+	// truncate it). The "CorruptionDetected" subtest then checks that
+	// reading it fails with blob.ErrMismatch (or Open misses) rather than
+	// ever returning wrong bytes with io.EOF, that the tier drops the entry
+	// (later Stat and Open miss), and that a fresh Put restores it.
+	Corrupt func(t *testing.T, tier blob.Tier, d blob.Digest)
 }
 
 // Sizes the suite uses. They are fixed so that results are comparable
@@ -98,6 +117,7 @@ func Run(t *testing.T, cfg Config) {
 		{"Info", s.testInfo},
 		{"DeleteThenMiss", s.testDelete},
 		{"Walk", s.testWalk},
+		{"CorruptionDetected", s.testCorruption},
 		// Refs
 		{"RefRoundTrip", s.testRefRoundTrip},
 		{"RefOverwrite", s.testRefOverwrite},
@@ -120,6 +140,9 @@ func Run(t *testing.T, cfg Config) {
 type suite struct {
 	cfg Config
 }
+
+// noBlobDelete reports whether Delete is expected to be unsupported.
+func (s *suite) noBlobDelete() bool { return s.cfg.CannotDelete || s.cfg.CannotDeleteBlobs }
 
 // fits reports whether a blob of size bytes is within the tier's limit.
 func (s *suite) fits(size int64) bool {
