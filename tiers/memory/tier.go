@@ -33,8 +33,10 @@ type Config struct {
 	// MaxBytes is the byte budget for blob content (default 256 MiB). When a
 	// Put would exceed it, least recently used blobs are evicted.
 	MaxBytes int64
-	// MaxBlobBytes is the per-blob limit (default min(64 MiB, MaxBytes)). Put
-	// of a larger blob returns blob.ErrTooLarge without reading the stream.
+	// MaxBlobBytes is the per-blob limit (default 64 MiB; never more than
+	// MaxBytes). Put of a larger blob returns blob.ErrTooLarge without
+	// reading the stream. A Put in progress holds its buffer (at most
+	// MaxBlobBytes) outside the budget until it commits.
 	MaxBlobBytes int64
 	// MaxRefs bounds the number of refs (default 100,000); beyond it the least
 	// recently used refs are evicted.
@@ -343,7 +345,8 @@ func (t *Tier) Walk(ctx context.Context, fn func(blob.Info) error) error {
 	return nil
 }
 
-// Usage reports the blobs, bytes and refs held and the byte budget.
+// Usage reports the blobs, bytes and refs held and the byte budget. Refs
+// may include expired ones not yet pruned (GetRef and WalkRefs prune them).
 func (t *Tier) Usage(ctx context.Context) (blob.Usage, error) {
 	if err := ctx.Err(); err != nil {
 		return blob.Usage{}, fmt.Errorf("memory tier %q: usage: %w", t.name, err)

@@ -28,7 +28,9 @@ func randomReader(seed, size int64) io.Reader {
 // deterministically from seed, and their digest. It never holds the content
 // in memory: the digest is computed by streaming it once (and remembered for
 // later calls with the same seed and size). Each call returns a new reader
-// positioned at the start. It panics if size is negative.
+// positioned at the start. Blobs of one seed and different sizes share a
+// prefix; use distinct seeds for distinct content. It panics if size is
+// negative.
 func RandomBlob(seed, size int64) (io.Reader, blob.Digest) {
 	if size < 0 {
 		panic(fmt.Sprintf("tiertest.RandomBlob: negative size %d", size))
