@@ -466,6 +466,9 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 		leaderIdx = len(sinks)
 		sinks = append(sinks, ls)
 		if !f.handOff(leadResult{rc: ls, info: info, interrupt: func() { ls.Close() }}) {
+			// The leader left (and dropped its reference) meanwhile;
+			// nobody else has this sink.
+			ls.onGone = nil
 			ls.Close()
 		}
 	}

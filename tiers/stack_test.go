@@ -753,3 +753,58 @@ func TestStackSourceMissIsNotSharedAnswer(t *testing.T) {
 		t.Errorf("caller of source a = %v, want its blob", err)
 	}
 }
+
+// Many callers reading, abandoning and cancelling reads of one blob while
+// the top tier is emptied now and then: every complete read is correct,
+// the top tier only ever holds the right bytes, and nothing leaks.
+func TestStackConcurrentChaos(t *testing.T) {
+	s, top, bottom := twoTiers(t, nil)
+	want, _ := tiertest.RandomBytes(9, 700<<10)
+	d := put(t, bottom.Tier, want)
+	before := runtime.NumGoroutine()
+
+	const n = 48
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			rc, _, err := s.Open(ctx, d)
+			if err != nil {
+				t.Errorf("caller %d: Open = %v", i, err)
+				return
+			}
+			defer rc.Close()
+			switch i % 4 {
+			case 0, 1: // read it all
+				got, err := io.ReadAll(rc)
+				if err != nil || !bytes.Equal(got, want) {
+					t.Errorf("caller %d: %d bytes, %v", i, len(got), err)
+				}
+			case 2: // stop early
+				io.ReadFull(rc, make([]byte, 10))
+			case 3: // cancel mid-read
+				io.ReadFull(rc, make([]byte, 300<<10))
+				cancel()
+				if _, err := io.ReadAll(rc); err == nil {
+					// The last bytes may have been consumed already.
+					break
+				} else if !errors.Is(err, context.Canceled) {
+					t.Errorf("caller %d: read after cancel = %v", i, err)
+				}
+			}
+			if i%8 == 0 {
+				top.Delete(context.Background(), d)
+			}
+		})
+	}
+	wg.Wait()
+	waitGoroutines(t, before)
+	waitFor(t, "bottom readers to close", func() bool { return bottom.openReaders.Load() == 0 })
+	if has(t, top, d) {
+		got, _, err := readAll(context.Background(), top, d)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("top holds wrong content: %d bytes, %v", len(got), err)
+		}
+	}
+}
