@@ -3,7 +3,6 @@ package manifest
 import (
 	"fmt"
 	"mime"
-	"regexp"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -102,15 +101,32 @@ func IsSchema1(mt types.MediaType) bool {
 	return mt == types.DockerManifestSchema1 || mt == types.DockerManifestSchema1Signed
 }
 
-// mediaTypeRE is the OCI image-spec's grammar for media types (RFC 6838).
-var mediaTypeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$`)
-
-// validMediaType checks the RFC 6838 syntax the OCI spec requires.
+// validMediaType checks the RFC 6838 syntax the OCI image-spec requires:
+// ^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$
+// (hand-written: it runs for every descriptor).
 func validMediaType(mt string) error {
-	if !mediaTypeRE.MatchString(mt) {
+	typ, sub, ok := strings.Cut(mt, "/")
+	if !ok || !restrictedName(typ) || !restrictedName(sub) {
 		return fmt.Errorf("malformed media type %q", truncate(mt, 200))
 	}
 	return nil
+}
+
+// restrictedName reports whether s is an RFC 6838 restricted-name.
+func restrictedName(s string) bool {
+	if len(s) == 0 || len(s) > 127 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case i > 0 && strings.IndexByte("!#$&^_.+-", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // genericContentTypes say nothing about which document a body is; registries
