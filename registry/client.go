@@ -421,6 +421,23 @@ func (c *Client) getManifest(ctx context.Context, ep endpoint, ref Reference) ([
 	return b, Descriptor{Digest: got, Size: int64(len(b)), MediaType: mediaType(resp.Header)}, nil
 }
 
+// Head resolves ref like Resolve but at the origin registry only, with the
+// caller's credentials, never through a mirror. A success is therefore
+// also a proof of access (as CheckAccess), and the fetcher can refresh a
+// tag and its access proof with one request. Errors are those of
+// CheckAccess.
+func (c *Client) Head(ctx context.Context, ref Reference, auth authn.Authenticator) (Descriptor, error) {
+	if err := checkRef(ref); err != nil {
+		return Descriptor{}, err
+	}
+	ep := endpoint{reg: ref.repo.repo.Registry, auth: auth}
+	d, err := c.head(ctx, ep, ref)
+	if errors.Is(err, errNeedGet) {
+		_, d, err = c.getManifest(ctx, ep, ref)
+	}
+	return d, err
+}
+
 // CheckAccess proves that auth may pull ref's repository at the origin
 // registry (never a mirror) with one manifest HEAD. It returns nil on
 // success, an error wrapping ErrDenied when the registry refuses the

@@ -181,3 +181,19 @@ func TestMirrorsNeverSeeCallerCredentials(t *testing.T) {
 		t.Fatalf("CheckAccess origin HEADs %d, want 1", m.origin.Count("HEAD", "manifest"))
 	}
 }
+
+func TestHeadAsksOriginOnly(t *testing.T) {
+	m := newMirrorRig(t)
+	r := m.client(t, 0)
+	desc, err := r.c.Head(context.Background(), m.one.ref, nil)
+	if err != nil || desc.Digest != m.one.manifest {
+		t.Fatalf("Head: %v %v", desc, err)
+	}
+	if m.origin.Count("HEAD", "manifest") != 1 || m.mirror.Count("HEAD", "manifest") != 0 {
+		t.Fatalf("origin HEADs %d mirror HEADs %d, want 1 and 0", m.origin.Count("HEAD", "manifest"), m.mirror.Count("HEAD", "manifest"))
+	}
+	m.origin.Inject(registrytest.Fault{Method: "HEAD", Kind: "manifest", Status: http.StatusForbidden})
+	if _, err := r.c.Head(context.Background(), m.one.ref, nil); !errors.Is(err, registry.ErrDenied) {
+		t.Fatalf("Head on 403: %v, want ErrDenied", err)
+	}
+}

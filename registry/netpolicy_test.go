@@ -132,3 +132,31 @@ func TestParseContentRange(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseContentRange(f *testing.F) {
+	for _, s := range []string{"bytes 0-1/2", "bytes 5-9/*", "bytes 1-0/3", "bytes -/", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		start, end, size, err := parseContentRange(s)
+		if err != nil {
+			return
+		}
+		if start < 0 || end < start || (size != -1 && size <= end) {
+			t.Fatalf("parseContentRange(%q) = %d %d %d", s, start, end, size)
+		}
+	})
+}
+
+func FuzzParseRetryAfter(f *testing.F) {
+	for _, s := range []string{"5", "Fri, 02 Jan 2026 03:05:35 GMT", "-1", "x", "99999999999999999999"} {
+		f.Add(s)
+	}
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, s string) {
+		d, ok := parseRetryAfter(s, now)
+		if d < 0 || (!ok && d != 0) {
+			t.Fatalf("parseRetryAfter(%q) = %v %v", s, d, ok)
+		}
+	})
+}
