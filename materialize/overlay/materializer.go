@@ -11,7 +11,8 @@
 //	layers/<hex>   the extracted layer, named by the hex of its digest
 //	l/<id>         short symlink -> ../layers/<hex>, so that mount options
 //	               for images with hundreds of layers stay under a page
-//	l/_            an empty directory (padding for one-layer images)
+//	l/_, l/__      empty directories (padding: overlayfs needs two lower
+//	               layers when there is no upper one)
 //	meta/<hex>     "<id> <bytes>" for the cache index
 //	tmp/           extractions in progress (temp dir, then rename)
 //
@@ -159,7 +160,7 @@ func New(cfg Config) (*Materializer, error) {
 	for _, d := range []struct {
 		p    string
 		mode os.FileMode
-	}{{root, 0o711}, {m.path("layers"), 0o711}, {m.mountDir, 0o711}, {m.path("l", "_"), 0o755}, {m.path("meta"), 0o700}, {m.path("tmp"), 0o700}} {
+	}{{root, 0o711}, {m.path("layers"), 0o711}, {m.mountDir, 0o711}, {m.path("l", "_"), 0o755}, {m.path("l", "__"), 0o755}, {m.path("meta"), 0o700}, {m.path("tmp"), 0o700}} {
 		if err := os.MkdirAll(d.p, d.mode); err != nil {
 			return nil, fmt.Errorf("overlay: %w", err)
 		}
@@ -259,7 +260,7 @@ func (m *Materializer) load() error {
 		return err
 	}
 	for _, de := range links {
-		if de.Name() == "_" {
+		if de.Name() == "_" || de.Name() == "__" {
 			continue
 		}
 		if _, ok := m.ids[de.Name()]; !ok {
@@ -325,8 +326,8 @@ func (m *Materializer) allocID(h string) (string, error) {
 			}
 			return id, nil
 		default:
-			if _, isLink := err.(*os.PathError); isLink && errors.Is(err, unix.EINVAL) {
-				continue // not a symlink
+			if errors.Is(err, unix.EINVAL) {
+				continue // taken by something that is not a symlink
 			}
 			return "", err
 		}
@@ -352,8 +353,9 @@ func (m *Materializer) writeMeta(e *layerEntry) error {
 type Result struct {
 	// LowerDirs are the absolute paths of the layer directories in
 	// overlayfs lowerdir order: the TOPMOST layer (the manifest's last)
-	// FIRST, the base layer last. A one-layer image gets an empty directory
-	// appended, because overlayfs needs two lower layers without an upper.
+	// FIRST, the base layer last. An image of fewer than two layers gets
+	// empty directories appended, because overlayfs needs two lower layers
+	// without an upper one.
 	// A layer that appears more than once in the image is listed once, at
 	// its topmost position (the lower copy adds nothing the upper does not).
 	LowerDirs []string
@@ -443,9 +445,9 @@ func (m *Materializer) Materialize(ctx context.Context, img materialize.Image) (
 		ids = append(ids, e.id)
 		res.LowerDirs = append(res.LowerDirs, m.path("layers", e.hex))
 	}
-	for len(ids) < 2 {
-		ids = append(ids, "_")
-		res.LowerDirs = append(res.LowerDirs, m.path("l", "_"))
+	for _, pad := range []string{"_", "__"}[:max(0, 2-len(ids))] {
+		ids = append(ids, pad)
+		res.LowerDirs = append(res.LowerDirs, m.path("l", pad))
 	}
 	res.MountOptions = "lowerdir=" + strings.Join(ids, ":")
 	if m.cfg.UserXattr {

@@ -382,8 +382,8 @@ func TestEvictionRespectsLeases(t *testing.T) {
 			t.Errorf("%s not empty after cleanup: %d entries", dir, len(es))
 		}
 	}
-	if es, _ := os.ReadDir(m.mountDir); len(es) != 1 {
-		t.Errorf("l/ holds %d entries after cleanup, want only the padding dir", len(es))
+	if es, _ := os.ReadDir(m.mountDir); len(es) != 2 {
+		t.Errorf("l/ holds %d entries after cleanup, want only the padding dirs", len(es))
 	}
 }
 
@@ -472,6 +472,7 @@ func TestRepeatedLayerAndSingleLayer(t *testing.T) {
 	}{
 		{"a layer repeated above a layer that deleted its files", [][]byte{shared, middle, shared}, 2},
 		{"a single layer (padded with an empty lower dir)", [][]byte{shared}, 2},
+		{"no layers at all", nil, 2},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			img := tartest.Image(t, tc.layers...)
