@@ -456,6 +456,25 @@ func (s *suite) testCancelledContext(t *testing.T) {
 		t.Errorf("Open and read with a cancelled context = %v, want context.Canceled", err)
 	}
 	expectContent(t, tier, stored, []byte("stored before cancelling"))
+
+	// Refs and listings honour ctx too; a cancelled PutRef stores nothing.
+	k := blob.RefKey{Namespace: blob.NamespaceTag, Scope: "s", Name: "cancelled"}
+	if err := tier.PutRef(cctx, k, blob.Ref{Digest: stored, Size: 24}); !errors.Is(err, context.Canceled) {
+		t.Errorf("PutRef with a cancelled context = %v, want context.Canceled", err)
+	}
+	expectNoRef(t, tier, k, "after PutRef with a cancelled context")
+	putRef(t, tier, k, blob.Ref{Digest: stored, Size: 24})
+	if _, err := tier.GetRef(cctx, k); !errors.Is(err, context.Canceled) {
+		t.Errorf("GetRef with a cancelled context = %v, want context.Canceled", err)
+	}
+	if !s.cfg.CannotList {
+		if err := tier.Walk(cctx, func(blob.Info) error { return nil }); !errors.Is(err, context.Canceled) {
+			t.Errorf("Walk with a cancelled context = %v, want context.Canceled", err)
+		}
+		if err := tier.WalkRefs(cctx, "", func(blob.RefKey, blob.Ref) error { return nil }); !errors.Is(err, context.Canceled) {
+			t.Errorf("WalkRefs with a cancelled context = %v, want context.Canceled", err)
+		}
+	}
 }
 
 func (s *suite) testOpenCancelMidStream(t *testing.T) {
