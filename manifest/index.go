@@ -78,7 +78,7 @@ func (ix *Index) Platforms() []Platform {
 // Select returns the image manifest for want. It picks the first entry, in
 // index order, whose platform Matches want; failing that, the first entry
 // with a compatible lower variant, best first (arm v8 > v7 > v6 > v5, amd64
-// v4 > v3 > v2 > v1), as containerd does. It only considers the entries
+// v4 > v3 > v2 > v1, arm64 v9 > v8), as containerd does. It only considers the entries
 // Platforms lists: attestation manifests (unknown/unknown) are never
 // selected. No match is an error wrapping ErrNoMatchingPlatform that lists
 // the platforms the index offers.

@@ -200,6 +200,7 @@ func fallbackVariants(want Platform) []string {
 	order := map[string][]string{
 		"arm":   {"v8", "v7", "v6", "v5"},
 		"amd64": {"v4", "v3", "v2", ""},
+		"arm64": {"v9", "v8"},
 	}[want.Architecture]
 	i := slices.Index(order, want.Variant)
 	if i < 0 {

@@ -140,6 +140,7 @@ func TestSelect(t *testing.T) {
 		{"hub arm/v7", hub, mustPlatform(t, "linux/arm/v7"), 2, ""},
 		{"hub arm/v6 falls back to v5", hub, mustPlatform(t, "linux/arm/v6"), 1, ""},
 		{"hub arm/v8 prefers v7 over v5", hub, mustPlatform(t, "linux/arm/v8"), 2, ""},
+		{"hub arm64/v9 falls back to v8", hub, mustPlatform(t, "linux/arm64/v9"), 3, ""},
 		{"hub s390x", hub, mustPlatform(t, "linux/s390x"), 6, ""},
 		{"hub windows ltsc2022 by os.version", hub, mustPlatform(t, "windows/amd64:10.0.20348.1000"), 7, ""},
 		{"hub windows 1809 by os.version", hub, mustPlatform(t, "windows/amd64:10.0.17763.1"), 8, ""},
