@@ -27,6 +27,7 @@ type blobReader struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	ep     endpoint
+	next   []endpoint // where to resume if ep is a mirror that cannot
 	repo   Repository
 	d      blob.Digest
 	total  int64 // expected length, -1 if unknown
@@ -57,13 +58,25 @@ func (b *blobReader) Read(p []byte) (int, error) {
 		if b.ctx.Err() != nil || b.resumes >= b.c.cfg.MaxResumes {
 			return n, fmt.Errorf("GET blob %s %s/%s: %w: broken after %d bytes (%d resumes): %w", b.d, b.ep.host(), b.repo.Name(), ErrUnreachable, b.off, b.resumes, err)
 		}
-		if rerr := b.resume(); rerr != nil {
+		if rerr := b.resumeAny(); rerr != nil {
 			return n, fmt.Errorf("resuming blob %s after %d bytes (broken by %v): %w", b.d, b.off, err, rerr)
 		}
 		if n > 0 {
 			return n, nil
 		}
 	}
+}
+
+// resumeAny resumes at the current endpoint and, when that is a mirror
+// that fails, at the following endpoints in turn.
+func (b *blobReader) resumeAny() error {
+	err := b.resume()
+	for err != nil && b.ep.mirror && len(b.next) > 0 && b.ctx.Err() == nil && b.resumes < b.c.cfg.MaxResumes {
+		b.c.fallback(b.repo, b.ep, err, false)
+		b.ep, b.next = b.next[0], b.next[1:]
+		err = b.resume()
+	}
+	return err
 }
 
 func (b *blobReader) resume() error {

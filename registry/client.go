@@ -458,7 +458,8 @@ func (c *Client) CheckAccess(ctx context.Context, ref Reference, auth authn.Auth
 // mirrors, then the origin. The returned stream is verified: it returns
 // io.EOF only after exactly size bytes hashing to d have been read, and
 // otherwise a *blob.MismatchError (wrapped with the host). A download that
-// breaks is resumed with a Range request against the same endpoint (up to
+// breaks is resumed with a Range request against the same endpoint, or, if
+// a mirror cannot resume, against the next mirror or the origin (up to
 // Config.MaxResumes times); the whole stream, across resumes, is verified.
 // A mirror that serves bad bytes is remembered and skipped for that digest
 // afterwards, so the caller's retry reaches the next mirror or the origin.
@@ -475,12 +476,13 @@ func (c *Client) Blob(ctx context.Context, repo Repository, d blob.Digest, size 
 	if c.cfg.MaxBlobSize > 0 && size > c.cfg.MaxBlobSize {
 		return nil, fmt.Errorf("blob %s in %s: %w: %d bytes (cap %d)", d, repo, ErrTooLarge, size, c.cfg.MaxBlobSize)
 	}
-	for _, ep := range c.endpoints(repo, auth) {
+	eps := c.endpoints(repo, auth)
+	for i, ep := range eps {
 		if ep.mirror && c.isBad(ep, d) {
 			c.m.fallbacks.WithLabelValues(repo.Registry(), ep.host(), "bad_content").Inc()
 			continue
 		}
-		rc, timedOut, err := c.openBlob(ctx, ep, repo, d, size)
+		rc, timedOut, err := c.openBlob(ctx, ep, eps[i+1:], repo, d, size)
 		if err == nil {
 			return rc, nil
 		}
@@ -492,7 +494,7 @@ func (c *Client) Blob(ctx context.Context, repo Repository, d blob.Digest, size 
 	panic("unreachable: the origin is always the last endpoint")
 }
 
-func (c *Client) openBlob(ctx context.Context, ep endpoint, repo Repository, d blob.Digest, size int64) (io.ReadCloser, bool, error) {
+func (c *Client) openBlob(ctx context.Context, ep endpoint, next []endpoint, repo Repository, d blob.Digest, size int64) (io.ReadCloser, bool, error) {
 	host, rname := ep.host(), repo.Name()
 	actx, cancel := context.WithCancel(ctx)
 	var timer *time.Timer
@@ -529,7 +531,7 @@ func (c *Client) openBlob(ctx context.Context, ep endpoint, repo Repository, d b
 	if c.cfg.MaxBlobSize > 0 && total > c.cfg.MaxBlobSize {
 		return fail(fmt.Errorf("GET blob %s %s/%s: %w: %d bytes (cap %d)", d, host, rname, ErrTooLarge, total, c.cfg.MaxBlobSize))
 	}
-	br := &blobReader{c: c, ctx: actx, cancel: cancel, ep: ep, repo: repo, d: d, total: total, limit: c.cfg.MaxBlobSize, body: resp.Body}
+	br := &blobReader{c: c, ctx: actx, cancel: cancel, ep: ep, next: next, repo: repo, d: d, total: total, limit: c.cfg.MaxBlobSize, body: resp.Body}
 	var onMismatch func(error)
 	if ep.mirror {
 		onMismatch = func(error) { c.markBad(ep, d) }

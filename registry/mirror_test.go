@@ -197,3 +197,20 @@ func TestHeadAsksOriginOnly(t *testing.T) {
 		t.Fatalf("Head on 403: %v, want ErrDenied", err)
 	}
 }
+
+func TestMirrorBrokenMidBlobResumesAtOrigin(t *testing.T) {
+	m := newMirrorRig(t)
+	m.mirror.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Times: 1, TruncateAfter: 1000})
+	m.mirror.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Ranged: true, Status: http.StatusNotFound})
+	r := m.client(t, 0)
+	got, err := readBlob(t, r.c, m.one.ref, m.one.layerD, int64(len(m.one.layer)))
+	if err != nil || !bytes.Equal(got, m.one.layer) {
+		t.Fatalf("read: %v", err)
+	}
+	if rg := m.origin.Ranged(); len(rg) != 1 || rg[0] != "bytes=1000-4999" {
+		t.Fatalf("origin ranged requests %q, want [bytes=1000-4999]", rg)
+	}
+	if m.mirror.Count("GET", "blob") != 2 {
+		t.Fatalf("mirror blob GETs %d, want 2", m.mirror.Count("GET", "blob"))
+	}
+}
