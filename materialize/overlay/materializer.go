@@ -408,6 +408,9 @@ func (m *Materializer) release(es []*layerEntry) {
 // leaves the extraction running for the others; it stops when nobody waits
 // for it any more. On error nothing is leased and no partial layer is left.
 func (m *Materializer) Materialize(ctx context.Context, img materialize.Image) (*Result, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("overlay: image %s: %w", img.Digest(), err)
+	}
 	ls := img.Layers()
 	if len(ls) > MaxLayers {
 		return nil, fmt.Errorf("overlay: image %s: %w: %d layers (at most %d)", img.Digest(), ErrTooManyLayers, len(ls), MaxLayers)

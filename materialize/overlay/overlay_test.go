@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -395,6 +396,7 @@ func TestMaterializeErrors(t *testing.T) {
 		types   []string
 		cfg     Config
 		digest  blob.Digest
+		lie     bool // Open verifies against digest, which the bytes do not match
 		wantErr error
 	}{
 		{desc: "unknown media type", layers: [][]byte{good}, types: []string{"application/octet-stream"}, wantErr: layerio.ErrUnknownMediaType},
@@ -403,6 +405,7 @@ func TestMaterializeErrors(t *testing.T) {
 		{desc: "too many bytes", layers: [][]byte{tartest.New().File("a", make([]byte, 100_000)).Gzip()}, cfg: Config{MaxLayerBytes: 50_000}, wantErr: ErrLimitExceeded},
 		{desc: "truncated gzip", layers: [][]byte{good[:len(good)-5]}, wantErr: io.ErrUnexpectedEOF},
 		{desc: "gzip labelled zstd", layers: [][]byte{good}, types: []string{layerio.OCILayerZstd}},
+		{desc: "layer bytes that do not match the digest (checked at the end of the blob)", layers: [][]byte{good}, digest: blob.FromBytes([]byte("other")), lie: true, wantErr: blob.ErrMismatch},
 		{desc: "layer digest that is a path", layers: [][]byte{good}, digest: "sha256:../../../../etc", wantErr: blob.ErrInvalidDigest},
 	}
 	for _, tc := range tests {
@@ -414,7 +417,9 @@ func TestMaterializeErrors(t *testing.T) {
 					mt = tc.types[i]
 				}
 				l := tartest.RawLayer(b, mt)
-				if tc.digest != "" {
+				if tc.lie {
+					l = lyingLayer{b: b, d: tc.digest, mt: mt}
+				} else if tc.digest != "" {
 					l = digestLayer{l, tc.digest}
 				}
 				ls = append(ls, l)
@@ -530,5 +535,93 @@ func TestMountWritable(t *testing.T) {
 	}
 	if wd, _ := os.Getwd(); wd == res.MountDir {
 		t.Fatal("Mount changed the process's working directory")
+	}
+}
+
+// lyingLayer claims digest d for bytes b and verifies against d.
+type lyingLayer struct {
+	b  []byte
+	d  blob.Digest
+	mt string
+}
+
+func (l lyingLayer) Digest() blob.Digest { return l.d }
+func (l lyingLayer) MediaType() string   { return l.mt }
+func (l lyingLayer) Size() int64         { return int64(len(l.b)) }
+func (l lyingLayer) Open(context.Context) (io.ReadCloser, error) {
+	return blob.NewVerifier(io.NopCloser(bytes.NewReader(l.b)), l.d, int64(len(l.b)), nil), nil
+}
+
+func TestReopenReconciles(t *testing.T) {
+	root := t.TempDir()
+	img := tartest.FromV1(t, tartest.Image(t, tartest.New().File("f", []byte("12345")).Gzip(), tartest.New().File("g", []byte("1")).Gzip()))
+	m := newMaterializer(t, Config{Root: root})
+	res, err := m.Materialize(context.Background(), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Lease.Release()
+	h0 := img.Layers()[0].Digest().Encoded()
+	// Simulate a crash: a half-extracted temp dir, a lost meta file, a
+	// stale short link and a meta file without its layer.
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(root, "tmp", "abc-123", "half"), 0o755))
+	must(os.Remove(filepath.Join(root, "meta", h0)))
+	must(os.Symlink("../layers/nowhere", filepath.Join(root, "l", "zzzz")))
+	must(os.WriteFile(filepath.Join(root, "meta", strings.Repeat("0", 64)), []byte("aaaa 1\n"), 0o600))
+
+	m2 := newMaterializer(t, Config{Root: root})
+	if !m2.IsMaterialized(context.Background(), img) {
+		t.Fatal("layers lost on reopen")
+	}
+	if u := m2.Usage(); u.Layers != 2 || u.Bytes != 6 {
+		t.Fatalf("usage after reopen %+v, want 2 layers of 6 bytes", u)
+	}
+	for _, p := range []string{"tmp/abc-123", "l/zzzz", "meta/" + strings.Repeat("0", 64)} {
+		if _, err := os.Lstat(filepath.Join(root, p)); !os.IsNotExist(err) {
+			t.Errorf("%s survived reopening: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "meta", h0)); err != nil {
+		t.Errorf("meta not rewritten: %v", err)
+	}
+	res, err = m2.Materialize(context.Background(), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Lease.Release()
+	if extractions(m2) != 0 {
+		t.Fatal("reopened cache extracted again")
+	}
+	for _, d := range res.LowerDirs {
+		if _, err := os.Stat(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestDurableAndCancelled(t *testing.T) {
+	img := tartest.FromV1(t, tartest.Image(t, tartest.New().File("f", []byte("x")).Gzip()))
+	m := newMaterializer(t, Config{Durable: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := m.Materialize(ctx, img); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: %v", err)
+	}
+	if m.IsMaterialized(context.Background(), img) {
+		t.Fatal("materialized under a cancelled context")
+	}
+	res, err := m.Materialize(context.Background(), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Lease.Release()
+	if b, err := os.ReadFile(filepath.Join(res.LowerDirs[0], "f")); err != nil || string(b) != "x" {
+		t.Fatalf("f = %q, %v", b, err)
 	}
 }
