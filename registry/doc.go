@@ -46,13 +46,17 @@
 // transport error, timeout or bad content moves on to the next and counts
 // as a fallback; content that fails verification is never returned as
 // valid. The caller's authenticator is for the origin only: mirrors are
-// accessed anonymously unless Mirror.Auth is set. CheckAccess, the access
-// proof, always asks the origin with the caller's credentials.
+// accessed anonymously unless Mirror.Auth is set. A tag resolved through a
+// mirror is as fresh as the mirror. Head and CheckAccess always ask the
+// origin with the caller's credentials; their success is an access proof.
 //
 // # Retries and resumes
 //
 // Idempotent requests are retried on 429, 5xx (except 501) and connection
 // resets, with exponential backoff and full jitter, honouring Retry-After in
 // seconds or as an HTTP-date, up to Config.MaxAttempts. A blob download that
-// breaks part way is resumed with a Range request for the remainder.
+// breaks part way is resumed with a Range request for the remainder
+// ("bytes=N-END" when the size is known, which every registry accepts,
+// else "bytes=N-"); a 206 must start at N, a 200 is accepted by skipping N
+// bytes. A mirror that cannot resume hands over to the next endpoint.
 package registry
