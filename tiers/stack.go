@@ -64,7 +64,9 @@ type StackConfig struct {
 // own context and is cancelled only when nobody is left. If the flight fails
 // for any reason other than a miss, its waiters retry instead of sharing the
 // failure. An upper tier that declines a size (blob.ErrTooLarge) is not
-// offered that size or larger again.
+// offered that size or larger again. Blobs of at most 64 KiB are not
+// streamed through a tee: the flight reads them whole (verified), puts them
+// into the upper tiers and hands the leader the bytes.
 //
 // Put writes to every tier at once from one pass over the source (each tier
 // verifies and commits on its own); Delete, PutRef and DeleteRef go to every
