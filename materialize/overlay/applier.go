@@ -59,6 +59,9 @@ type applier struct {
 	// first.
 	cacheRel string
 	cacheFd  int
+	// What a file created in the cached directory is owned by.
+	createUID, createGID int
+	euid, egid           int
 }
 
 // applyLayer extracts the tar stream r into the existing, empty directory
@@ -72,7 +75,8 @@ func applyLayer(ctx context.Context, rootPath string, r io.Reader, cfg applyConf
 	if err != nil {
 		return applyStats{}, &os.PathError{Op: "open", Path: rootPath, Err: err}
 	}
-	a := &applier{cfg: cfg, root: fd, rootPath: rootPath, buf: make([]byte, 256<<10), dirTimes: map[string]unix.Timespec{}, cacheFd: -1}
+	a := &applier{cfg: cfg, root: fd, rootPath: rootPath, buf: make([]byte, 256<<10), dirTimes: map[string]unix.Timespec{}, cacheFd: -1,
+		euid: os.Geteuid(), egid: os.Getegid()}
 	defer a.close()
 	tr := tar.NewReader(r)
 	for {
@@ -143,6 +147,13 @@ func (a *applier) parent(rel string) (int, error) {
 	}
 	a.dropCache()
 	a.cacheRel, a.cacheFd = rel, fd
+	a.createUID, a.createGID = a.euid, a.egid
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		a.createUID = -1 // unknown: always chown
+	} else if st.Mode&unix.S_ISGID != 0 {
+		a.createGID = int(st.Gid)
+	}
 	return fd, nil
 }
 
@@ -344,6 +355,7 @@ func (a *applier) dir(pfd int, rel, base string, h *tar.Header) error {
 }
 
 func (a *applier) rootDir(h *tar.Header) error {
+	a.dropCache() // the root's owner and setgid bit may change
 	if err := a.owner(func(uid, gid int) error { return unix.Fchown(a.root, uid, gid) }, h); err != nil {
 		return err
 	}
@@ -373,7 +385,9 @@ func (a *applier) file(pfd int, base string, h *tar.Header, tr io.Reader) error 
 	}
 	n, err := a.copyTo(fd, tr)
 	a.stats.Bytes += n
-	if err == nil {
+	if err == nil && (h.Uid != a.createUID || h.Gid != a.createGID) {
+		// pfd is the cached parent: a new file there is already owned by
+		// createUID:createGID, and chown is needed only to change that.
 		err = a.owner(func(uid, gid int) error { return unix.Fchown(fd, uid, gid) }, h)
 	}
 	if err == nil {

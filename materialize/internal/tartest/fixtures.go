@@ -82,6 +82,8 @@ func Fixtures() []Fixture {
 		Symlink("lib", "usr/lib").
 		Dir("tmp", Mode(0o1777)).
 		Dir("srv", Mode(0o2775), Owner(1000, 1000)).
+		File("srv/root-owned", []byte("in a setgid dir"), Owner(0, 0)).
+		File("srv/inherits", []byte("gid as the dir"), Owner(0, 1000)).
 		Dir("home", Mode(0o755)).
 		Dir("home/user", Mode(0o750), Owner(1000, 1001)).
 		File("home/user/.profile", []byte("export PS1\n"), Owner(1000, 1001), Mode(0o600)).
