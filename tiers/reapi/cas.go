@@ -26,6 +26,9 @@ func (t *Tier) Stat(ctx context.Context, d blob.Digest) (blob.Info, error) {
 	if err := t.check(ctx, d); err != nil {
 		return blob.Info{}, err
 	}
+	if t.isCorrupt(d) {
+		return blob.Info{}, t.corruptMiss("stat", d)
+	}
 	size, err := t.sizeOf(ctx, d)
 	if err != nil {
 		return blob.Info{}, err
@@ -116,13 +119,17 @@ func (t *Tier) sizeOf(ctx context.Context, d blob.Digest) (int64, error) {
 // Open streams d from the server with ByteStream Read (zstd compressed-blobs
 // when enabled), decompressing as it goes and verifying digest and size:
 // the reader fails at EOF with a *blob.MismatchError on corruption, after
-// which the tier forgets what it cached about d (REAPI has no delete). The
+// which the tier reports d missing until a Put re-uploads it (REAPI cannot
+// delete the bad copy). The
 // first message is awaited before Open returns, so a miss is reported by
 // Open as blob.ErrNotFound; a stream that breaks later fails its Read with
 // blob.ErrUnavailable. Nothing is buffered beyond one message.
 func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Info, error) {
 	if err := t.check(ctx, d); err != nil {
 		return nil, blob.Info{}, err
+	}
+	if t.isCorrupt(d) {
+		return nil, blob.Info{}, t.corruptMiss("open", d)
 	}
 	size, err := t.sizeOf(ctx, d)
 	if err != nil {
@@ -143,14 +150,14 @@ func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Inf
 	var src io.Reader = sr
 	var dec *zstdReader
 	if caps.zstdStream {
-		dec, err = newZstdReader(sr, t.cfg.Name, d, func(error) { t.forget(d) })
+		dec, err = newZstdReader(sr, t.cfg.Name, d, func(error) { t.markCorrupt(d) })
 		if err != nil {
 			sr.Close()
 			return nil, blob.Info{}, err
 		}
 		src = dec
 	}
-	v := blob.NewVerifier(src, d, size, func(error) { t.forget(d) })
+	v := blob.NewVerifier(src, d, size, func(error) { t.markCorrupt(d) })
 	// A corrupt zstd stream surfaces through the verifier as the decoder's
 	// ErrMismatch error.
 	return &blobReader{v: v, sr: sr, dec: dec, onVerified: func() { t.markPresent(d) }}, t.info(d, size), nil
@@ -202,8 +209,9 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 	si, known := t.sizes.get(d.Encoded())
 	known = known && si.size == size
 	rd := toREAPI(d, size)
+	repair := t.isCorrupt(d) // upload even though the server has (bad) bytes
 	present := known && t.knownPresent(d)
-	if !present {
+	if !present && !repair {
 		missing, err := t.findMissing(ctx, rd)
 		if err != nil {
 			return t.convert(ctx, "put", string(d), err)
@@ -235,6 +243,7 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 		if err != nil {
 			return err
 		}
+		t.corrupt.remove(d.Encoded())
 	}
 	t.markPresent(d)
 	t.learnSize(d, size, false)

@@ -1,8 +1,10 @@
 package reapi
 
 import (
+	"bytes"
 	"context"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
+	bspb "google.golang.org/genproto/googleapis/bytestream"
 )
 
 // fakeServer is the SDK's fake REAPI server (CAS, ByteStream, ActionCache,
@@ -34,6 +37,83 @@ type fakeServer struct {
 	mu   sync.Mutex
 	addr string
 	srv  *grpc.Server
+	// rot holds hashes whose stored bytes have "rotted": reads of them
+	// have a byte flipped, until the blob is uploaded again.
+	rot sync.Map
+}
+
+// rotBlob damages the stored bytes of hash behind the tier's back, as a
+// failing disk would: every read of it is corrupt until it is re-uploaded.
+func (f *fakeServer) rotBlob(hash string) { f.rot.Store(hash, true) }
+
+// resourceHash returns the hash in a ByteStream resource name.
+func resourceHash(name string) string {
+	parts := strings.Split(name, "/")
+	for i, p := range parts {
+		if (p == "blobs" || p == "zstd") && i+1 < len(parts) {
+			return parts[i+1]
+		}
+	}
+	return ""
+}
+
+// rotInterceptors corrupt reads of rotted blobs and heal them on upload.
+func (f *fakeServer) rotInterceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+	unary := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if r, ok := req.(*repb.BatchUpdateBlobsRequest); ok {
+			for _, b := range r.GetRequests() {
+				f.rot.Delete(b.GetDigest().GetHash())
+			}
+		}
+		return h(ctx, req)
+	}
+	stream := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		switch info.FullMethod {
+		case "/google.bytestream.ByteStream/Read":
+			return h(srv, &rotStream{ServerStream: ss, f: f})
+		case "/google.bytestream.ByteStream/Write":
+			return h(srv, &healStream{ServerStream: ss, f: f})
+		}
+		return h(srv, ss)
+	}
+	return unary, stream
+}
+
+type rotStream struct {
+	grpc.ServerStream
+	f       *fakeServer
+	rotten  bool
+	flipped bool
+}
+
+func (s *rotStream) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	if r, ok := m.(*bspb.ReadRequest); ok && err == nil {
+		_, s.rotten = s.f.rot.Load(resourceHash(r.GetResourceName()))
+	}
+	return err
+}
+
+func (s *rotStream) SendMsg(m any) error {
+	if r, ok := m.(*bspb.ReadResponse); ok && s.rotten && !s.flipped && len(r.Data) > 0 {
+		r.Data = bytes.Clone(r.Data)
+		r.Data[len(r.Data)/2] ^= 0x01
+		s.flipped = true
+	}
+	return s.ServerStream.SendMsg(m)
+}
+
+type healStream struct {
+	grpc.ServerStream
+	f *fakeServer
+}
+
+func (s *healStream) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	if r, ok := m.(*bspb.WriteRequest); ok && err == nil && r.GetResourceName() != "" {
+		s.f.rot.Delete(resourceHash(r.GetResourceName()))
+	}
+	return err
 }
 
 type fakeOptions struct {
@@ -84,8 +164,10 @@ func (f *fakeServer) start() {
 		f.t.Fatalf("listen %s: %v", f.addr, err)
 	}
 	f.addr = lis.Addr().String()
+	rotU, rotS := f.rotInterceptors()
 	var sopts []grpc.ServerOption
-	sopts = append(sopts, grpc.ChainUnaryInterceptor(f.opts.unary...), grpc.ChainStreamInterceptor(f.opts.stream...))
+	sopts = append(sopts, grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{rotU}, f.opts.unary...)...),
+		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{rotS}, f.opts.stream...)...))
 	if f.opts.creds != nil {
 		sopts = append(sopts, grpc.Creds(f.opts.creds))
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -158,16 +159,63 @@ func TestCorruptServer(t *testing.T) {
 			if errors.Is(err, blob.ErrUnavailable) {
 				t.Fatalf("corruption also reported as unavailable: %v", err)
 			}
-			if _, ok := tier.sizes.get(d.Encoded()); ok {
-				t.Error("size still cached after a mismatch")
-			}
 			if tier.knownPresent(d) {
 				t.Error("blob still cached as present after a mismatch")
 			}
-			// The server heals: a good read works again (via the size index).
+			// REAPI cannot delete the bad copy: the tier reports it missing
+			// (even though the server still has it) until a Put repairs it.
 			enabled.Store(false)
+			if _, err := tier.Stat(context.Background(), d); !errors.Is(err, blob.ErrNotFound) {
+				t.Fatalf("Stat after a mismatch = %v, want ErrNotFound", err)
+			}
+			if _, _, err := tier.Open(context.Background(), d); !errors.Is(err, blob.ErrNotFound) {
+				t.Fatalf("Open after a mismatch = %v, want ErrNotFound", err)
+			}
+			rd := digest.Digest{Hash: d.Encoded(), Size: int64(len(data))}
+			writes := f.CAS.BlobWrites(rd)
+			put(t, tier, data)
+			if f.CAS.BlobWrites(rd) != writes+1 {
+				t.Fatal("Put after a mismatch did not upload the blob again")
+			}
 			if got := readAll(t, tier, d); !bytes.Equal(got, data) {
-				t.Fatal("read after healing differs")
+				t.Fatal("read after repair differs")
+			}
+		})
+	}
+}
+
+// TestRottedBlobRepaired: the server's copy rots; the tier detects it,
+// misses, and a Put uploads a good copy over it.
+func TestRottedBlobRepaired(t *testing.T) {
+	for _, v := range variants {
+		t.Run(v.desc, func(t *testing.T) {
+			f := startFake(t, v.o)
+			tier := newTier(t, f, v.mod)
+			data := randomBytes(77, 3<<20)
+			d := put(t, tier, data)
+			f.rotBlob(d.Encoded())
+			rc, _, err := tier.Open(context.Background(), d)
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			_, err = io.ReadAll(rc)
+			rc.Close()
+			if !errors.Is(err, blob.ErrMismatch) {
+				t.Fatalf("read of a rotted blob = %v, want ErrMismatch", err)
+			}
+			other := newTier(t, f, v.mod) // another executor sees it rotted too
+			if rc, _, err := other.Open(context.Background(), d); err == nil {
+				_, err = io.ReadAll(rc)
+				rc.Close()
+				if !errors.Is(err, blob.ErrMismatch) {
+					t.Fatalf("other executor read = %v, want ErrMismatch", err)
+				}
+			}
+			put(t, tier, data)
+			for _, tr := range []*Tier{tier, newTier(t, f, v.mod)} {
+				if got := readAll(t, tr, d); !bytes.Equal(got, data) {
+					t.Fatal("read after repair differs")
+				}
 			}
 		})
 	}
@@ -344,12 +392,13 @@ func TestRetries(t *testing.T) {
 func TestHeaders(t *testing.T) {
 	const secret = "s3cr3t-api-key-value"
 	var mu sync.Mutex
+	valid := secret
 	seen := map[string]bool{}
 	check := func(ctx context.Context, method string) error {
 		md, _ := metadata.FromIncomingContext(ctx)
 		mu.Lock()
 		defer mu.Unlock()
-		if v := md.Get("x-api-key"); len(v) == 1 && v[0] == secret {
+		if v := md.Get("x-api-key"); len(v) == 1 && v[0] == valid {
 			seen[method] = true
 			return nil
 		}
@@ -383,6 +432,7 @@ func TestHeaders(t *testing.T) {
 	}
 	for _, m := range []string{findMissing, bsRead, "/google.bytestream.ByteStream/Write",
 		"/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchUpdateBlobs",
+		"/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchReadBlobs",
 		"/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult",
 		"/build.bazel.remote.execution.v2.ActionCache/GetActionResult",
 		"/build.bazel.remote.execution.v2.Capabilities/GetCapabilities"} {
@@ -391,14 +441,22 @@ func TestHeaders(t *testing.T) {
 		}
 	}
 
-	// Without the key: unavailable (not a miss), and the error names no secret.
-	bad := newTier(t, f, func(c *Config) { c.Headers = map[string]string{"x-api-key": secret + "-wrong"} })
-	_, err := bad.Stat(ctx, d)
-	if !errors.Is(err, blob.ErrUnavailable) {
-		t.Fatalf("Stat with a wrong key = %v, want ErrUnavailable", err)
+	// A wrong key is a configuration error at New.
+	_, newErr := New(ctx, Config{Endpoint: f.endpoint(), Instance: "instance", Headers: map[string]string{"x-api-key": secret + "-wrong"}})
+	if newErr == nil || !strings.Contains(newErr.Error(), "Unauthenticated") {
+		t.Fatalf("New with a wrong key = %v, want the server's Unauthenticated", newErr)
+	}
+	// A key revoked while running: unavailable, not a miss.
+	mu.Lock()
+	valid = "rotated"
+	mu.Unlock()
+	tier.exists.remove(d.Encoded())
+	_, err := tier.Stat(ctx, d)
+	if !errors.Is(err, blob.ErrUnavailable) || errors.Is(err, blob.ErrNotFound) {
+		t.Fatalf("Stat with a revoked key = %v, want ErrUnavailable", err)
 	}
 	cfg := Config{Endpoint: "grpc://h:1", Headers: map[string]string{"x-api-key": secret}}
-	for _, s := range []string{err.Error(), cfg.String(), strings.ReplaceAll(goString(cfg), "\n", "")} {
+	for _, s := range []string{err.Error(), newErr.Error(), goString(cfg)} {
 		if strings.Contains(s, "s3cr3t") {
 			t.Errorf("secret leaked: %s", s)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -13,9 +14,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/client"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -58,9 +61,11 @@ type Tier struct {
 	caps   *serverCaps // nil until fetched
 
 	// sizes maps a blob's sha256 hex to what the tier knows of it;
-	// exists holds blobs recently seen present (hex -> expiry).
-	sizes  *lru[string, sizeInfo]
-	exists *lru[string, time.Time]
+	// exists holds blobs recently seen present (hex -> expiry); corrupt
+	// holds blobs the server served corrupt, until a Put re-uploads them.
+	sizes   *lru[string, sizeInfo]
+	exists  *lru[string, time.Time]
+	corrupt *lru[string, struct{}]
 }
 
 // sizeInfo is what the tier knows of a blob's size.
@@ -79,10 +84,13 @@ type serverCaps struct {
 	compressors []repb.Compressor_Value
 }
 
-// New returns a tier for cfg. It dials lazily: New fails on bad
-// configuration, or when the server answers Capabilities with something the
-// tier cannot use (no sha256), but not when the server is unreachable: the
-// tier then reports blob.ErrUnavailable until the server is back.
+// New returns a tier for cfg. New fails on bad configuration, and when the
+// server answers Capabilities with a refusal (unknown instance, rejected
+// credentials: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED,
+// UNAUTHENTICATED, UNIMPLEMENTED, FAILED_PRECONDITION) or with
+// capabilities the tier cannot use (no sha256). It does not fail when the
+// server is unreachable: the tier then reports blob.ErrUnavailable until
+// the server is back, and fetches the capabilities then.
 func New(ctx context.Context, cfg Config) (*Tier, error) {
 	cfg, ep, err := cfg.withDefaults()
 	if err != nil {
@@ -130,14 +138,39 @@ func New(ctx context.Context, cfg Config) (*Tier, error) {
 		breaker: newBreaker(cfg.Breaker, cfg.Now),
 		sizes:   newLRU[string, sizeInfo](cfg.CacheEntries),
 		exists:  newLRU[string, time.Time](cfg.CacheEntries),
+		corrupt: newLRU[string, struct{}](cfg.CacheEntries),
 	}
-	// Learn the capabilities now if the server is there; an incompatible
-	// server is a configuration error, an absent one is not.
-	if _, err := t.capabilities(ctx); err != nil && !blob.IsMiss(err) && ctx.Err() == nil {
-		conn.Close()
-		return nil, err
+	// Learn the capabilities now if the server is there. A server that
+	// refuses the instance or the credentials, or cannot serve sha256, is
+	// a configuration error; an unreachable one is not.
+	if _, err := t.capabilities(ctx); err != nil && ctx.Err() == nil {
+		var ce *capsError
+		if errors.As(err, &ce) && ce.definitive() {
+			conn.Close()
+			return nil, err
+		}
 	}
 	return t, nil
+}
+
+// capsError is a failed Capabilities call or an unusable answer.
+type capsError struct {
+	code codes.Code // codes.OK for an unusable answer
+	err  error
+}
+
+func (e *capsError) Error() string { return e.err.Error() }
+func (e *capsError) Unwrap() error { return e.err }
+
+// definitive reports whether the failure is the configuration's, not the
+// network's: retrying later will not help.
+func (e *capsError) definitive() bool {
+	switch e.code {
+	case codes.OK, codes.InvalidArgument, codes.NotFound, codes.Unimplemented,
+		codes.PermissionDenied, codes.Unauthenticated, codes.FailedPrecondition:
+		return true
+	}
+	return false
 }
 
 func withHeaders(ctx context.Context, md metadata.MD) context.Context {
@@ -185,11 +218,15 @@ func (t *Tier) capabilities(ctx context.Context) (*serverCaps, error) {
 		return err
 	})
 	if err != nil {
-		return nil, t.convert(ctx, "capabilities", t.cfg.Endpoint, err)
+		code := status.Code(err)
+		if code == codes.OK {
+			code = codes.Unavailable // not a server answer (breaker, closed)
+		}
+		return nil, &capsError{code: code, err: t.convert(ctx, "capabilities of", t.cfg.Endpoint, err)}
 	}
 	caps, err := t.parseCaps(resp)
 	if err != nil {
-		return nil, fmt.Errorf("reapi %q: server %s: %w", t.cfg.Name, t.cfg.Endpoint, err)
+		return nil, &capsError{code: codes.OK, err: fmt.Errorf("reapi %q: server %s: %w: %v", t.cfg.Name, t.cfg.Endpoint, blob.ErrUnavailable, err)}
 	}
 	t.caps = caps
 	return caps, nil
@@ -272,10 +309,29 @@ func (t *Tier) Close() error {
 	return t.conn.Close()
 }
 
-// forget drops what the tier cached about d (after a mismatch or a miss).
+// forget drops what the tier cached about d (after a miss).
 func (t *Tier) forget(d blob.Digest) {
 	t.exists.remove(d.Encoded())
 	t.sizes.remove(d.Encoded())
+}
+
+// markCorrupt records that the server served bytes that are not d. REAPI
+// cannot delete them, so the tier reports d missing until a Put re-uploads
+// it (a stack writes back what it fetched elsewhere, which repairs the
+// server's copy where the server accepts the overwrite).
+func (t *Tier) markCorrupt(d blob.Digest) {
+	t.forget(d)
+	t.corrupt.put(d.Encoded(), struct{}{})
+}
+
+// isCorrupt reports whether d was served corrupt and not re-uploaded since.
+func (t *Tier) isCorrupt(d blob.Digest) bool {
+	_, bad := t.corrupt.get(d.Encoded())
+	return bad
+}
+
+func (t *Tier) corruptMiss(op string, d blob.Digest) error {
+	return fmt.Errorf("reapi %q: %s %s: %w (the server served corrupt bytes for it; a Put re-uploads it)", t.cfg.Name, op, d, blob.ErrNotFound)
 }
 
 // learnSize records d's size; indexed marks the size index entry as known

@@ -17,50 +17,44 @@ import (
 	"github.com/strata-oci/strata/tiers/tiertest"
 )
 
-// suiteTier adapts the tier to tiertest's CannotDelete, which couples blob
-// and ref deletion: REAPI cannot delete blobs, but this tier deletes refs
-// with tombstones (tested in TestRefs). Only DeleteRef is masked; every
-// other method is the real one.
-type suiteTier struct{ *Tier }
-
-func (s suiteTier) DeleteRef(ctx context.Context, k blob.RefKey) error {
-	if err := k.Validate(); err != nil {
-		return err
-	}
-	return fmt.Errorf("suite adapter: %w", blob.ErrUnsupported)
-}
-
-func TestConformance(t *testing.T) {
+// conformance runs tiertest against a fresh fake per subtest. The Corrupt
+// hook rots the blob's bytes on the server (see fakeServer.rotBlob).
+func conformance(t *testing.T, o fakeOptions) {
+	var servers sync.Map // blob.Tier -> *fakeServer
 	tiertest.Run(t, tiertest.Config{
 		New: func(t *testing.T) blob.Tier {
-			return suiteTier{newTier(t, startFake(t, fakeOptions{}), nil)}
+			f := startFake(t, o)
+			tier := newTier(t, f, nil)
+			servers.Store(blob.Tier(tier), f)
+			return tier
 		},
-		CannotList:   true,
-		CannotDelete: true,
+		CannotList:        true,
+		CannotDeleteBlobs: true,
+		Corrupt: func(t *testing.T, tier blob.Tier, d blob.Digest) {
+			f, ok := servers.Load(tier)
+			if !ok {
+				t.Fatal("Corrupt: unknown tier")
+			}
+			f.(*fakeServer).rotBlob(d.Encoded())
+		},
+		// The server persists: a new tier (a restarted executor, with
+		// empty caches) over the same server sees the same blobs and refs.
+		Reopen: func(t *testing.T, old blob.Tier) blob.Tier {
+			f, ok := servers.Load(old)
+			if !ok {
+				t.Fatal("Reopen: unknown tier")
+			}
+			old.Close()
+			tier := newTier(t, f.(*fakeServer), nil)
+			servers.Store(blob.Tier(tier), f)
+			return tier
+		},
 	})
 }
 
-func TestConformanceZstd(t *testing.T) {
-	tiertest.Run(t, tiertest.Config{
-		New: func(t *testing.T) blob.Tier {
-			return suiteTier{newTier(t, startFake(t, fakeOptions{zstd: true}), nil)}
-		},
-		CannotList:   true,
-		CannotDelete: true,
-	})
-}
+func TestConformance(t *testing.T) { conformance(t, fakeOptions{}) }
 
-// TestConformanceStrictBatch runs the suite against a server whose batch
-// limit is small, so most blobs take the ByteStream path.
-func TestConformanceStrictBatch(t *testing.T) {
-	tiertest.Run(t, tiertest.Config{
-		New: func(t *testing.T) blob.Tier {
-			return suiteTier{newTier(t, startFake(t, fakeOptions{maxBatch: 16 << 10}), nil)}
-		},
-		CannotList:   true,
-		CannotDelete: true,
-	})
-}
+func TestConformanceZstd(t *testing.T) { conformance(t, fakeOptions{zstd: true}) }
 
 // variants are the server set-ups the contract tests run against.
 var variants = []struct {
