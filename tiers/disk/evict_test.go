@@ -1,0 +1,151 @@
+package disk
+
+import (
+	"context"
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/strata-oci/strata/blob"
+)
+
+func TestBackgroundEvictionIsLRU(t *testing.T) {
+	ctx := context.Background()
+	clock := &testClock{}
+	const n, size = 10, 100_000
+	tr := openTier(t, Config{Budget: n * size, HighWatermark: 0.95, LowWatermark: 0.85, Now: clock.Now})
+	var ds []blob.Digest
+	var data [][]byte
+	for i := 0; i < n-1; i++ { // 900 KB: under the high watermark
+		b := randomBytes(uint64(60+i), size)
+		ds = append(ds, put(t, tr, b))
+		data = append(data, b)
+	}
+	if _, err := readAll(tr, ds[0]); err != nil { // 0 is now the most recent
+		t.Fatal(err)
+	}
+	// A reader of 1, the least recently used, open across its eviction.
+	rc, _, err := tr.Open(ctx, ds[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	for i := 2; i < n-1; i++ {
+		if _, err := readAll(tr, ds[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := readAll(tr, ds[0]); err != nil {
+		t.Fatal(err)
+	}
+	// Access order now, oldest first: 1, 2..8, 0. Putting a tenth blob
+	// passes 950 KB; eviction goes down to 850 KB: 1 and 2 go.
+	last := randomBytes(70, size)
+	ds = append(ds, put(t, tr, last))
+	data = append(data, last)
+	waitFor(t, "usage to drop to the low watermark", func() bool { return usage(t, tr).Bytes <= 850_000 })
+
+	if u := usage(t, tr); u.Blobs != n-2 || u.Bytes != (n-2)*size || u.Budget != n*size {
+		t.Fatalf("usage %+v, want %d blobs of %d bytes", u, n-2, size)
+	}
+	for i, d := range ds {
+		if i == 1 || i == 2 {
+			requireMiss(t, tr, d)
+			continue
+		}
+		mustRead(t, tr, d, data[i])
+	}
+	// The reader opened before the eviction reads the whole blob.
+	if got, err := io.ReadAll(rc); err != nil || len(got) != size {
+		t.Fatalf("reader of an evicted blob: %d bytes, %v", len(got), err)
+	}
+}
+
+func TestEvictTo(t *testing.T) {
+	ctx := context.Background()
+	clock := &testClock{}
+	tr := openTier(t, Config{Now: clock.Now})
+	var ds []blob.Digest
+	for i := 0; i < 5; i++ {
+		ds = append(ds, put(t, tr, randomBytes(uint64(80+i), 1000)))
+	}
+	tests := []struct {
+		desc          string
+		target        int64
+		wantN         int
+		wantFreed     int64
+		wantRemaining int
+	}{
+		{"already under target", 10_000, 0, 0, 5},
+		{"exactly at target", 5000, 0, 0, 5},
+		{"down to two", 2500, 3, 3000, 2},
+		{"down to zero", 0, 2, 2000, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			n, freed, err := tr.EvictTo(ctx, tt.target)
+			if err != nil || n != tt.wantN || freed != tt.wantFreed {
+				t.Fatalf("EvictTo(%d) = %d, %d, %v; want %d, %d", tt.target, n, freed, err, tt.wantN, tt.wantFreed)
+			}
+			if u := usage(t, tr); u.Blobs != int64(tt.wantRemaining) {
+				t.Fatalf("usage %+v", u)
+			}
+			// The survivors are the newest.
+			for i, d := range ds {
+				_, err := tr.Stat(ctx, d)
+				if (i >= len(ds)-tt.wantRemaining) != (err == nil) {
+					t.Fatalf("blob %d: Stat = %v", i, err)
+				}
+			}
+		})
+	}
+}
+
+func TestEvictOlderThan(t *testing.T) {
+	ctx := context.Background()
+	clock := &testClock{}
+	tr := openTier(t, Config{Now: clock.Now})
+	a := put(t, tr, []byte("a"))
+	b := put(t, tr, []byte("bb"))
+	c := put(t, tr, []byte("ccc"))
+	if _, err := readAll(tr, a); err != nil { // a is now newer than c
+		t.Fatal(err)
+	}
+	ci, err := tr.Stat(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, freed, err := tr.EvictOlderThan(ctx, ci.LastAccess)
+	if err != nil || n != 1 || freed != 2 {
+		t.Fatalf("EvictOlderThan = %d, %d, %v; want 1 blob (b), 2 bytes", n, freed, err)
+	}
+	requireMiss(t, tr, b)
+	for _, d := range []blob.Digest{a, c} {
+		if _, err := tr.Stat(ctx, d); err != nil {
+			t.Fatalf("Stat(%s) = %v", d, err)
+		}
+	}
+	if n, _, err := tr.EvictOlderThan(ctx, clock.Now().Add(time.Hour)); err != nil || n != 2 {
+		t.Fatalf("EvictOlderThan(future) = %d, %v; want 2", n, err)
+	}
+	ctx2, cancel := context.WithCancel(ctx)
+	cancel()
+	put(t, tr, []byte("d"))
+	if _, _, err := tr.EvictTo(ctx2, 0); !errors.Is(err, context.Canceled) {
+		t.Fatalf("EvictTo with a cancelled context = %v", err)
+	}
+}
+
+// waitFor polls cond until it holds; the deadline only guards against a
+// hang and is far above the expected time.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,620 @@
+package disk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/strata-oci/strata/blob"
+)
+
+// Tier is a blob.Tier on a local directory. It is safe for concurrent use.
+// Reads take no lock shared with other blobs: a read of one blob never waits
+// for a Put, Delete or eviction of another. Close releases the root.
+type Tier struct {
+	cfg     Config
+	root    string
+	blobDir string // root/blobs/sha256
+	tmpDir  string
+	db      *badger.DB
+	lock    *rootLock
+
+	// stripes serialize mutations (commit, delete, evict, drop) of one
+	// digest's file and row; reads never take them.
+	stripes [256]sync.Mutex
+	fanOK   [256]atomic.Bool // fan-out directory known to exist
+	// flushMu orders access flushes against row deletions, so a flush
+	// never resurrects the row of a blob deleted meanwhile.
+	flushMu sync.Mutex
+	// pending holds last-access updates not yet written to the index.
+	pendMu  sync.Mutex
+	pending map[string]row
+
+	blobs, bytes atomic.Int64
+	recon        ReconcileStats
+
+	// life guards the index against use after Close: index operations
+	// hold it for reading, Close for writing.
+	life    sync.RWMutex
+	closed  bool
+	closing atomic.Bool
+
+	evictMu sync.Mutex // one eviction pass at a time
+	evictCh chan struct{}
+	flushCh chan struct{}
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+var _ blob.Tier = (*Tier)(nil)
+
+// Open opens or creates the tier at cfg.Root, locks it (see ErrLocked),
+// reconciles the index with the files (see ReconcileStats) and starts the
+// background flusher and evictor.
+func Open(cfg Config) (*Tier, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	root, err := filepath.Abs(cfg.Root)
+	if err != nil {
+		return nil, fmt.Errorf("disk: root %q: %w", cfg.Root, err)
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("disk: create root: %w", err)
+	}
+	lk, err := lockRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	t := &Tier{
+		cfg:     cfg,
+		root:    root,
+		blobDir: filepath.Join(root, "blobs", "sha256"),
+		tmpDir:  filepath.Join(root, "tmp"),
+		lock:    lk,
+		pending: make(map[string]row),
+		evictCh: make(chan struct{}, 1),
+		flushCh: make(chan struct{}, 1),
+	}
+	fail := func(err error) (*Tier, error) {
+		if t.db != nil {
+			t.db.Close()
+		}
+		lk.unlock()
+		return nil, err
+	}
+	if err := t.makeDirs(); err != nil {
+		return fail(err)
+	}
+	t.db, err = badger.Open(badgerOptions(filepath.Join(root, "index"), cfg.Logger))
+	if err != nil {
+		return fail(fmt.Errorf("disk: open index in %s: %w", root, err))
+	}
+	if t.recon, err = t.reconcile(); err != nil {
+		return fail(fmt.Errorf("disk: reconcile %s: %w", root, err))
+	}
+	if t.recon != (ReconcileStats{}) {
+		cfg.Logger.Info("disk tier reconciled", "root", root, "tier", cfg.Name,
+			"tempRemoved", t.recon.TempRemoved, "rowsForgotten", t.recon.RowsForgotten,
+			"orphansAdopted", t.recon.OrphansAdopted, "orphansRemoved", t.recon.OrphansRemoved)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	t.stop = stop
+	t.wg.Add(2)
+	go t.flusher(ctx)
+	go t.evictor(ctx)
+	t.maybeEvict()
+	return t, nil
+}
+
+// makeDirs creates the layout. The 256 fan-out directories are made on
+// first use (see fanOut): creating them all up front costs a good part of a
+// second on a busy disk.
+func (t *Tier) makeDirs() error {
+	for _, d := range []string{t.blobDir, t.tmpDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("disk: create %s: %w", d, err)
+		}
+	}
+	return nil
+}
+
+// fanOut makes sure the fan-out directory of hex exists, durably. The
+// caller holds hex's stripe, which covers exactly that directory.
+func (t *Tier) fanOut(hex string) error {
+	i := stripeIndex(hex)
+	if t.fanOK[i].Load() {
+		return nil
+	}
+	err := os.Mkdir(filepath.Join(t.blobDir, hex[:2]), 0o700)
+	if err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	if err == nil {
+		if err := syncDir(t.blobDir); err != nil {
+			return err
+		}
+	}
+	t.fanOK[i].Store(true)
+	return nil
+}
+
+// Name implements blob.Tier.
+func (t *Tier) Name() string { return t.cfg.Name }
+
+// Root returns the tier's root directory (absolute).
+func (t *Tier) Root() string { return t.root }
+
+// Reconciled reports what Open repaired in the index and files.
+func (t *Tier) Reconciled() ReconcileStats { return t.recon }
+
+// Close flushes buffered access times, stops background work, closes the
+// index and releases the root lock. Readers already handed out keep working
+// (their files stay open) but no longer refresh access times. Calls after
+// Close fail with an error wrapping blob.ErrUnavailable.
+func (t *Tier) Close() error {
+	if !t.closing.CompareAndSwap(false, true) {
+		return t.errClosed()
+	}
+	t.stop()
+	t.wg.Wait()
+	t.evictMu.Lock() // an EvictTo called by a user finishes first
+	defer t.evictMu.Unlock()
+	ferr := t.flush()
+	t.life.Lock()
+	t.closed = true
+	err := t.db.Close()
+	t.life.Unlock()
+	if lerr := t.lock.unlock(); err == nil {
+		err = lerr
+	}
+	if err == nil && ferr != nil {
+		err = ferr
+	}
+	if err != nil {
+		return fmt.Errorf("disk %q: close: %w", t.cfg.Name, err)
+	}
+	return nil
+}
+
+func (t *Tier) errClosed() error {
+	return fmt.Errorf("%w: disk tier %q is closed", blob.ErrUnavailable, t.cfg.Name)
+}
+
+// withDB runs fn while the index is guaranteed open.
+func (t *Tier) withDB(fn func(db *badger.DB) error) error {
+	t.life.RLock()
+	defer t.life.RUnlock()
+	if t.closed {
+		return t.errClosed()
+	}
+	return fn(t.db)
+}
+
+func (t *Tier) view(fn func(txn *badger.Txn) error) error {
+	return t.withDB(func(db *badger.DB) error { return db.View(fn) })
+}
+
+func (t *Tier) update(fn func(txn *badger.Txn) error) error {
+	return t.withDB(func(db *badger.DB) error { return db.Update(fn) })
+}
+
+// check validates d and returns its hex part.
+func (t *Tier) check(d blob.Digest) (string, error) {
+	if err := blob.ValidateDigest(d); err != nil {
+		return "", fmt.Errorf("disk %q: %w", t.cfg.Name, err)
+	}
+	return d.Encoded(), nil
+}
+
+func (t *Tier) path(hex string) string { return filepath.Join(t.blobDir, hex[:2], hex) }
+
+// stripe returns the lock for mutations of hex: one per fan-out directory.
+func (t *Tier) stripe(hex string) *sync.Mutex { return &t.stripes[stripeIndex(hex)] }
+
+func stripeIndex(hex string) int { return fromHex(hex[0])<<4 | fromHex(hex[1]) }
+
+func fromHex(c byte) int {
+	if c <= '9' {
+		return int(c - '0')
+	}
+	return int(c-'a') + 10
+}
+
+func (t *Tier) notFound(d blob.Digest) error {
+	return fmt.Errorf("disk %q: %s: %w", t.cfg.Name, d, blob.ErrNotFound)
+}
+
+// lookup returns d's row with any buffered access time applied.
+func (t *Tier) lookup(hex string) (r row, found bool, err error) {
+	err = t.view(func(txn *badger.Txn) error {
+		r, found, err = getRow(txn, hex)
+		return err
+	})
+	if err != nil || !found {
+		return r, found, err
+	}
+	t.pendMu.Lock()
+	if p, ok := t.pending[hex]; ok && p.atime > r.atime {
+		r.atime = p.atime
+	}
+	t.pendMu.Unlock()
+	return r, true, nil
+}
+
+func (t *Tier) info(d blob.Digest, r row) blob.Info {
+	return blob.Info{Digest: d, Size: r.size, LastAccess: unixNano(r.atime), Tier: t.cfg.Name}
+}
+
+// Stat implements blob.CAS from the index alone; it does not count as an
+// access for eviction.
+func (t *Tier) Stat(ctx context.Context, d blob.Digest) (blob.Info, error) {
+	hex, err := t.check(d)
+	if err != nil {
+		return blob.Info{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return blob.Info{}, fmt.Errorf("disk %q: stat %s: %w", t.cfg.Name, d, err)
+	}
+	r, found, err := t.lookup(hex)
+	if err != nil {
+		return blob.Info{}, fmt.Errorf("disk %q: stat %s: %w", t.cfg.Name, d, err)
+	}
+	if !found {
+		return blob.Info{}, t.notFound(d)
+	}
+	return t.info(d, r), nil
+}
+
+// Open implements blob.CAS. The reader verifies the file as it streams and
+// fails at EOF with an error wrapping blob.ErrMismatch if the file rotted;
+// the tier then drops the entry. Cancelling ctx fails later Reads. The
+// reader must be closed; it is not safe for concurrent Reads.
+func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Info, error) {
+	hex, err := t.check(d)
+	if err != nil {
+		return nil, blob.Info{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, blob.Info{}, fmt.Errorf("disk %q: open %s: %w", t.cfg.Name, d, err)
+	}
+	r, found, err := t.lookup(hex)
+	if err != nil {
+		return nil, blob.Info{}, fmt.Errorf("disk %q: open %s: %w", t.cfg.Name, d, err)
+	}
+	if !found {
+		return nil, blob.Info{}, t.notFound(d)
+	}
+	f, err := os.Open(t.path(hex))
+	if errors.Is(err, fs.ErrNotExist) {
+		// The file went missing behind our back: forget the row.
+		t.dropIf(hex, func() bool {
+			_, err := os.Lstat(t.path(hex))
+			return errors.Is(err, fs.ErrNotExist)
+		})
+		return nil, blob.Info{}, t.notFound(d)
+	}
+	if err != nil {
+		return nil, blob.Info{}, fmt.Errorf("disk %q: open %s: %w", t.cfg.Name, d, err)
+	}
+	r.atime = t.now()
+	t.touch(hex, r)
+	return newReader(ctx, t, d, f, r.size), t.info(d, r), nil
+}
+
+// dropIf removes hex's file and row if cond (evaluated under the digest's
+// lock) holds.
+func (t *Tier) dropIf(hex string, cond func() bool) {
+	mu := t.stripe(hex)
+	mu.Lock()
+	defer mu.Unlock()
+	if cond() {
+		if _, _, err := t.removeLocked(hex); err != nil {
+			t.cfg.Logger.Warn("disk tier: drop entry", "tier", t.cfg.Name, "digest", "sha256:"+hex, "err", err)
+		}
+	}
+}
+
+// dropCorrupt is called by a reader that found f's content wrong. It drops
+// the entry unless the file at the path is no longer f (a good copy was
+// stored meanwhile).
+func (t *Tier) dropCorrupt(hex string, f *os.File, err error) {
+	t.cfg.Logger.Warn("disk tier: corrupt blob dropped", "tier", t.cfg.Name, "digest", "sha256:"+hex, "err", err)
+	t.dropIf(hex, func() bool {
+		fi, err1 := f.Stat()
+		pi, err2 := os.Lstat(t.path(hex))
+		return err1 == nil && err2 == nil && os.SameFile(fi, pi)
+	})
+}
+
+// removeLocked deletes hex's file and row; the caller holds its stripe.
+// existed reports whether either was there; size is the row's size.
+func (t *Tier) removeLocked(hex string) (existed bool, size int64, err error) {
+	t.flushMu.Lock()
+	defer t.flushMu.Unlock()
+	ferr := os.Remove(t.path(hex))
+	fileExisted := ferr == nil
+	if errors.Is(ferr, fs.ErrNotExist) {
+		ferr = nil
+	}
+	rowExisted := false
+	err = t.update(func(txn *badger.Txn) error {
+		r, found, err := getRow(txn, hex)
+		if err != nil || !found {
+			return err
+		}
+		rowExisted, size = true, r.size
+		return txn.Delete(blobKey(hex))
+	})
+	if err == nil && rowExisted {
+		t.blobs.Add(-1)
+		t.bytes.Add(-size)
+	}
+	t.pendMu.Lock()
+	delete(t.pending, hex)
+	t.pendMu.Unlock()
+	if err == nil {
+		err = ferr
+	}
+	return fileExisted || rowExisted, size, err
+}
+
+// Put implements blob.CAS: temp file, hash while writing (leaving holes for
+// zero blocks), fsync, verify, rename, fsync the directory, index row.
+// A blob already present is not read again. On any failure nothing is
+// visible and the temp file is gone. Errors wrap blob.ErrMismatch,
+// blob.ErrTooLarge, the context's error, or the I/O error (ENOSPC stays
+// testable with errors.Is).
+func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) error {
+	hex, err := t.check(d)
+	if err != nil {
+		return err
+	}
+	if size < 0 {
+		return fmt.Errorf("disk %q: put %s: %w: negative size %d", t.cfg.Name, d, blob.ErrInvalidDigest, size)
+	}
+	if t.cfg.MaxBlobSize > 0 && size > t.cfg.MaxBlobSize {
+		return fmt.Errorf("disk %q: put %s: %w: %d bytes exceeds %d", t.cfg.Name, d, blob.ErrTooLarge, size, t.cfg.MaxBlobSize)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("disk %q: put %s: %w", t.cfg.Name, d, err)
+	}
+	if cur, found, err := t.lookup(hex); err != nil {
+		return fmt.Errorf("disk %q: put %s: %w", t.cfg.Name, d, err)
+	} else if found && cur.size == size {
+		if fi, err := os.Lstat(t.path(hex)); err == nil && fi.Mode().IsRegular() && fi.Size() == size {
+			t.touch(hex, row{size: size, atime: t.now()})
+			return nil
+		}
+		// The row outlived its file: store it again.
+	}
+	if err := t.writeAndCommit(ctx, d, hex, size, r); err != nil {
+		return fmt.Errorf("disk %q: put %s: %w", t.cfg.Name, d, err)
+	}
+	t.maybeEvict()
+	return nil
+}
+
+func (t *Tier) writeAndCommit(ctx context.Context, d blob.Digest, hex string, size int64, r io.Reader) (err error) {
+	f, err := os.CreateTemp(t.tmpDir, hex[:16]+"-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+	w := &sparseWriter{f: f}
+	if _, err := blob.Copy(w, ctxReader{ctx.Err, r}, d, size); err != nil {
+		return err
+	}
+	if err := w.finish(); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	cerr := f.Close()
+	f = nil
+	if cerr != nil {
+		return cerr
+	}
+	return t.commit(hex, tmp, size)
+}
+
+// commit moves a verified temp file into place and records its row.
+func (t *Tier) commit(hex, tmp string, size int64) error {
+	mu := t.stripe(hex)
+	mu.Lock()
+	defer mu.Unlock()
+	var cur row
+	var found bool
+	err := t.view(func(txn *badger.Txn) (err error) {
+		cur, found, err = getRow(txn, hex)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	final := t.path(hex)
+	if found && cur.size == size {
+		if fi, err := os.Lstat(final); err == nil && fi.Mode().IsRegular() && fi.Size() == size {
+			// A concurrent Put won; ours is a duplicate.
+			os.Remove(tmp)
+			t.touch(hex, row{size: size, atime: t.now()})
+			return nil
+		}
+	}
+	if err := t.fanOut(hex); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return err
+	}
+	if err := syncDir(filepath.Dir(final)); err != nil {
+		return err
+	}
+	nr := row{size: size, atime: t.now()}
+	err = t.update(func(txn *badger.Txn) error {
+		var err error
+		cur, found, err = getRow(txn, hex)
+		if err != nil {
+			return err
+		}
+		return txn.Set(blobKey(hex), encodeRow(nr))
+	})
+	if err != nil {
+		// The file is in place without a row: invisible, and adopted or
+		// overwritten later.
+		return err
+	}
+	if found {
+		t.bytes.Add(size - cur.size)
+	} else {
+		t.blobs.Add(1)
+		t.bytes.Add(size)
+	}
+	return nil
+}
+
+// Delete implements blob.CAS.
+func (t *Tier) Delete(ctx context.Context, d blob.Digest) error {
+	hex, err := t.check(d)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("disk %q: delete %s: %w", t.cfg.Name, d, err)
+	}
+	mu := t.stripe(hex)
+	mu.Lock()
+	existed, _, err := t.removeLocked(hex)
+	mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("disk %q: delete %s: %w", t.cfg.Name, d, err)
+	}
+	if !existed {
+		return t.notFound(d)
+	}
+	return nil
+}
+
+// Walk implements blob.CAS. It lists the index in batches and calls fn
+// outside any index transaction, so fn may call other methods of t.
+func (t *Tier) Walk(ctx context.Context, fn func(blob.Info) error) error {
+	return t.scanRows(ctx, func(hex string, r row) error {
+		return fn(t.info(blob.Digest("sha256:"+hex), r))
+	})
+}
+
+// scanRows calls fn for every blob row, with buffered access times applied,
+// in batches so no transaction is held while fn runs.
+func (t *Tier) scanRows(ctx context.Context, fn func(hex string, r row) error) error {
+	type kv struct {
+		hex string
+		r   row
+	}
+	const batch = 512
+	seek := []byte(blobPrefix)
+	prefix := []byte(blobPrefix)
+	for {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("disk %q: walk: %w", t.cfg.Name, err)
+		}
+		var got []kv
+		err := t.view(func(txn *badger.Txn) error {
+			opts := badger.DefaultIteratorOptions
+			opts.Prefix = prefix
+			opts.PrefetchSize = batch
+			it := txn.NewIterator(opts)
+			defer it.Close()
+			for it.Seek(seek); it.ValidForPrefix(prefix) && len(got) < batch; it.Next() {
+				item := it.Item()
+				key := item.Key()
+				if len(seek) > len(prefix) && string(key) == string(seek) {
+					continue // the last key of the previous batch
+				}
+				var r row
+				if err := item.Value(func(v []byte) (err error) { r, err = decodeRow(v); return err }); err != nil {
+					return fmt.Errorf("%s: %w", key, err)
+				}
+				got = append(got, kv{string(key[len(prefix):]), r})
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("disk %q: walk: %w", t.cfg.Name, err)
+		}
+		if len(got) == 0 {
+			return nil
+		}
+		t.pendMu.Lock()
+		for i := range got {
+			if p, ok := t.pending[got[i].hex]; ok && p.atime > got[i].r.atime {
+				got[i].r.atime = p.atime
+			}
+		}
+		t.pendMu.Unlock()
+		for _, e := range got {
+			if err := fn(e.hex, e.r); err != nil {
+				return err
+			}
+		}
+		seek = blobKey(got[len(got)-1].hex)
+	}
+}
+
+// Usage implements blob.Tier. Bytes counts logical blob sizes (a sparse
+// file counts its full size).
+func (t *Tier) Usage(ctx context.Context) (blob.Usage, error) {
+	n, err := t.countRefs(ctx)
+	if err != nil {
+		return blob.Usage{}, err
+	}
+	return blob.Usage{Blobs: t.blobs.Load(), Bytes: t.bytes.Load(), Refs: n, Budget: t.cfg.Budget}, nil
+}
+
+// ctxReader fails reads once a context is done (err is its Err method),
+// so a Put stops between chunks.
+type ctxReader struct {
+	err func() error
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// syncDir fsyncs a directory so a rename or create in it is durable.
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if errors.Is(err, syscall.EINVAL) { // filesystems that cannot sync directories
+		err = nil
+	}
+	return err
+}
