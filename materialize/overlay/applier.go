@@ -261,6 +261,9 @@ func readlinkat(dirfd int, name string) (string, error) {
 }
 
 func (a *applier) entry(h *tar.Header, tr io.Reader) error {
+	if h.Typeflag == tar.TypeXGlobalHeader {
+		return nil // PAX global headers carry no file (containerd ignores them too)
+	}
 	rel := cleanRel(h.Name)
 	if strings.IndexByte(rel, 0) >= 0 {
 		return fmt.Errorf("%w: NUL byte in name", ErrInvalidLayer)

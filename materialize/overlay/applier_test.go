@@ -315,6 +315,18 @@ func TestApplyBreakout(t *testing.T) {
 			wantErr: ErrInvalidLayer,
 		},
 		{
+			desc: "a PAX global header is ignored",
+			build: func(s *sandbox) *tartest.Builder {
+				return tartest.New().Header(tar.Header{Typeflag: tar.TypeXGlobalHeader, Name: "pax_global_header",
+					PAXRecords: map[string]string{"comment": "x"}}, nil).File("f", []byte("x"))
+			},
+			check: func(t *testing.T, s *sandbox) {
+				if es, _ := os.ReadDir(s.layer); len(es) != 1 {
+					t.Errorf("layer holds %d entries, want only f", len(es))
+				}
+			},
+		},
+		{
 			desc:    "a path through a regular file",
 			build:   func(s *sandbox) *tartest.Builder { return tartest.New().File("f", nil).File("f/x", nil) },
 			wantErr: ErrInvalidLayer,

@@ -196,8 +196,13 @@ func overlayInternal(name string) bool {
 // Known limits of the reference (avoid them in fixtures that compare):
 // mutate.Extract keeps the first of duplicate entries in one layer (an
 // applier keeps the last), drops relative symlinks whose target climbs above
-// the root, and merges a lower directory's children through a file that an
-// intermediate layer put in its place.
+// the root, merges a lower directory's children through a file that an
+// intermediate layer put in its place, hides entries that a layer adds under
+// a name it also whites out, and takes a directory's metadata from the
+// topmost layer that has a header for it (overlay layers extracted one by
+// one show the topmost layer holding the directory at all, header or
+// implicit parent); and it does not follow symlinks in entry paths
+// ("lib/x" under a symlink "lib").
 func Expected(img v1.Image) (Tree, error) {
 	layers, err := img.Layers()
 	if err != nil {
