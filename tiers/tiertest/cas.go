@@ -774,3 +774,80 @@ func (s *suite) testCorruption(t *testing.T) {
 	PutBytes(t, ctx, tier, b)
 	expectContent(t, tier, d, b)
 }
+
+// testConcurrentMixed runs Puts, reads, refs, deletes and listings of many
+// blobs from many goroutines at once (meant to be run under -race too), then
+// checks that everything that should be there is, with the right content.
+func (s *suite) testConcurrentMixed(t *testing.T) {
+	tier := s.cfg.New(t)
+	ctx := context.Background()
+	const workers, perWorker = 16, 8
+	type item struct {
+		b []byte
+		d blob.Digest
+	}
+	items := make([][]item, workers)
+	for w := range workers {
+		for i := range perWorker {
+			b, d := RandomBytes(int64(2000+w*perWorker+i), int(s.clamp(int64(500*(i+1)))))
+			items[w] = append(items[w], item{b, d})
+		}
+	}
+	refKey := func(w, i int) blob.RefKey {
+		return blob.RefKey{Namespace: "mixed", Scope: fmt.Sprint("worker-", w), Name: fmt.Sprint(i)}
+	}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i, it := range items[w] {
+				if err := tier.Put(ctx, it.d, int64(len(it.b)), bytes.NewReader(it.b)); err != nil {
+					t.Errorf("worker %d: Put = %v", w, err)
+					return
+				}
+				if err := tier.PutRef(ctx, refKey(w, i), blob.Ref{Digest: it.d, Size: int64(len(it.b))}); err != nil {
+					t.Errorf("worker %d: PutRef = %v", w, err)
+				}
+				// Read a neighbour's blob: absent or exactly right.
+				other := items[(w+1)%workers][i]
+				if rc, _, err := tier.Open(ctx, other.d); err == nil {
+					got, err := io.ReadAll(rc)
+					rc.Close()
+					if err != nil || !bytes.Equal(got, other.b) {
+						t.Errorf("worker %d: neighbour's blob read %d bytes, %v", w, len(got), err)
+					}
+				} else if !errors.Is(err, blob.ErrNotFound) {
+					t.Errorf("worker %d: Open of neighbour's blob = %v", w, err)
+				}
+				if _, err := tier.GetRef(ctx, refKey((w+1)%workers, i)); err != nil && !errors.Is(err, blob.ErrNotFound) {
+					t.Errorf("worker %d: GetRef of neighbour's ref = %v", w, err)
+				}
+				if !s.cfg.CannotList && i%4 == 0 {
+					if err := tier.Walk(ctx, func(blob.Info) error { return nil }); err != nil {
+						t.Errorf("worker %d: Walk = %v", w, err)
+					}
+					if err := tier.WalkRefs(ctx, "mixed", func(blob.RefKey, blob.Ref) error { return nil }); err != nil {
+						t.Errorf("worker %d: WalkRefs = %v", w, err)
+					}
+				}
+			}
+			// Each worker deletes its last blob again.
+			if !s.noBlobDelete() {
+				last := items[w][perWorker-1]
+				if err := tier.Delete(ctx, last.d); err != nil {
+					t.Errorf("worker %d: Delete = %v", w, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for w := range workers {
+		for i, it := range items[w] {
+			if i == perWorker-1 && !s.noBlobDelete() {
+				expectMiss(t, tier, it.d, "blob deleted by its worker")
+				continue
+			}
+			expectContent(t, tier, it.d, it.b)
+			expectRef(t, tier, refKey(w, i), blob.Ref{Digest: it.d, Size: int64(len(it.b))})
+		}
+	}
+}

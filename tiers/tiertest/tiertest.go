@@ -110,6 +110,7 @@ func Run(t *testing.T, cfg Config) {
 		{"PutNegativeSize", s.testPutNegativeSize},
 		{"IdempotentPut", s.testIdempotentPut},
 		{"Concurrent64PutAndRead", s.testConcurrent},
+		{"ConcurrentMixed", s.testConcurrentMixed},
 		{"CancelledContext", s.testCancelledContext},
 		{"OpenCancelMidStream", s.testOpenCancelMidStream},
 		{"PutCancelMidStream", s.testPutCancelMidStream},
