@@ -44,6 +44,7 @@ func New(cfg Config) (*Fetcher, error) {
 		return nil, fmt.Errorf("fetcher: metrics: %w", err)
 	}
 	f := &Fetcher{cfg: cfg, now: cfg.Now, platform: cfg.Platform, m: m}
+	f.fetches.onJoin = m.collapsed.Inc
 	if f.now == nil {
 		f.now = time.Now
 	}
@@ -93,9 +94,6 @@ func (f *Fetcher) fetchImage(ctx context.Context, ref string, cred credential.Cr
 		img, joined, err := f.fetches.do(ctx, key, func(ctx context.Context) (*Image, error) {
 			return f.fetch(ctx, r, cred, id)
 		})
-		if joined {
-			f.m.collapsed.Inc()
-		}
 		if err == nil || !joined || ctx.Err() != nil || definite(err) || attempt >= maxCollapsedRetries {
 			return img, err
 		}
@@ -110,7 +108,8 @@ func definite(err error) bool {
 	return errors.Is(err, registry.ErrDenied) || errors.Is(err, blob.ErrNotFound) ||
 		errors.Is(err, registry.ErrInvalidReference) || errors.Is(err, manifest.ErrNoMatchingPlatform) ||
 		errors.Is(err, manifest.ErrInvalid) || errors.Is(err, manifest.ErrUnknownMediaType) ||
-		errors.Is(err, blob.ErrInvalidDigest)
+		errors.Is(err, manifest.ErrSchema1) || errors.Is(err, manifest.ErrMediaTypeMismatch) ||
+		errors.Is(err, manifest.ErrConfigMismatch) || errors.Is(err, blob.ErrInvalidDigest)
 }
 
 // credential resolves the request's credential and its identity.
@@ -200,8 +199,8 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 type access struct {
 	target    registry.Descriptor // the manifest or index the reference names
 	fromCache bool                // no network request was made
-	proved    bool                // a new proof was made at the registry
-	resolved  bool                // target came from the registry
+	proved    bool                // a new proof was made at the origin
+	resolved  bool                // target came from the registry (origin or mirror)
 }
 
 // authorize decides whether the caller may have what r names and resolves
@@ -226,22 +225,17 @@ func (f *Fetcher) authorize(ctx context.Context, st *tiers.Stack, r registry.Ref
 	}
 
 	auth := cred.Authenticator()
-	var acc access
 	if !proven {
 		// The proof: one manifest HEAD at the origin with the caller's
-		// credentials (never a mirror).
-		if err := f.cfg.Registry.CheckAccess(ctx, r, auth); err != nil {
+		// credentials (never a mirror), which also resolves a tag.
+		desc, err := f.cfg.Registry.Head(ctx, r, auth)
+		if err != nil {
 			return access{}, f.refused(ctx, st, r, id, err)
 		}
 		f.m.proofs.WithLabelValues("made").Inc()
-		acc.proved = true
-		if cached != nil {
-			acc.target = descOf(*cached)
-			return acc, nil
-		}
-	} else {
-		f.m.proofs.WithLabelValues("hit").Inc()
+		return access{target: desc, proved: true, resolved: true}, nil
 	}
+	f.m.proofs.WithLabelValues("hit").Inc()
 	desc, err := f.cfg.Registry.Resolve(ctx, r, auth)
 	if err != nil {
 		if errors.Is(err, registry.ErrUnreachable) {
@@ -249,8 +243,7 @@ func (f *Fetcher) authorize(ctx context.Context, st *tiers.Stack, r registry.Ref
 		}
 		return access{}, f.refused(ctx, st, r, id, err)
 	}
-	acc.target, acc.resolved = desc, true
-	return acc, nil
+	return access{target: desc, resolved: true}, nil
 }
 
 // refused handles a registry's negative answer: a denial revokes the
@@ -293,7 +286,7 @@ func (f *Fetcher) record(ctx context.Context, st *tiers.Stack, r registry.Refere
 		p.Expires = now.Add(f.cfg.ProofTTL)
 		f.putRef(ctx, st, proofKey(r.Repo(), id), p)
 	}
-	if acc.resolved || acc.proved {
+	if acc.resolved {
 		f.putRef(ctx, st, memberKey(r.Repo(), t.Digest), ref)
 	}
 	if acc.resolved && r.Digest() == "" && f.cfg.TagTTL > 0 {

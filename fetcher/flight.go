@@ -13,6 +13,9 @@ import (
 type group[T any] struct {
 	mu sync.Mutex
 	m  map[string]*call[T]
+	// onJoin, if set, is called (under the group's lock) whenever a caller
+	// joins work in progress.
+	onJoin func()
 }
 
 type call[T any] struct {
@@ -31,6 +34,9 @@ func (g *group[T]) do(ctx context.Context, key string, fn func(context.Context) 
 		g.m = make(map[string]*call[T])
 	}
 	c, joined := g.m[key]
+	if joined && g.onJoin != nil {
+		g.onJoin()
+	}
 	if !joined {
 		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		c = &call[T]{done: make(chan struct{}), cancel: cancel}
