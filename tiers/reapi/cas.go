@@ -235,7 +235,7 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 		if err != nil {
 			return err
 		}
-		if size+batchOverhead+int64(len(t.cfg.Instance)) <= caps.batchLimit {
+		if size+batchOverhead+int64(len(t.cfg.Instance)) <= min(caps.batchLimit, maxBatchBlob) {
 			err = t.putSmall(ctx, caps, d, size, r)
 		} else {
 			err = t.putStream(ctx, caps, d, size, blob.NewVerifier(r, d, size, nil))

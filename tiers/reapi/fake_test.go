@@ -270,7 +270,10 @@ func (s *strictAC) GetActionResult(ctx context.Context, req *repb.GetActionResul
 // config. The tier is closed at cleanup.
 func newTier(t testing.TB, f *fakeServer, mod func(*Config)) *Tier {
 	t.Helper()
-	cfg := Config{Endpoint: f.endpoint(), Instance: "instance", Name: "reapi-test",
+	// A generous CallTimeout: the fake compresses a whole blob before its
+	// first message, which can take long on a loaded machine. Tests of
+	// timeouts set their own.
+	cfg := Config{Endpoint: f.endpoint(), Instance: "instance", Name: "reapi-test", CallTimeout: time.Minute,
 		Retries: RetryConfig{BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond}}
 	if mod != nil {
 		mod(&cfg)

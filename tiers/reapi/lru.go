@@ -63,9 +63,3 @@ func (c *lru[K, V]) remove(k K) {
 		delete(c.items, k)
 	}
 }
-
-func (c *lru[K, V]) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.order.Len()
-}

@@ -40,6 +40,9 @@ const (
 	chunkSize = 1 << 20
 	// maxRecvMsg bounds one message received from the server.
 	maxRecvMsg = 16 << 20
+	// maxBatchBlob bounds the blobs Put buffers in memory for a batch
+	// upload, whatever batch size the server allows; larger ones stream.
+	maxBatchBlob = client.DefaultMaxBatchSize
 )
 
 // Tier is a blob.Tier over a Remote Execution API v2 server's CAS and
@@ -77,11 +80,10 @@ type sizeInfo struct {
 
 // serverCaps is what the tier uses of the server's Capabilities.
 type serverCaps struct {
-	batchLimit  int64 // max bytes of one batch request
-	zstdStream  bool  // ByteStream uses compressed-blobs/zstd
-	zstdBatch   bool  // BatchUpdateBlobs sends ZSTD
-	acWritable  bool  // UpdateActionResult is allowed
-	compressors []repb.Compressor_Value
+	batchLimit int64 // max bytes of one batch request
+	zstdStream bool  // ByteStream uses compressed-blobs/zstd
+	zstdBatch  bool  // BatchUpdateBlobs sends ZSTD
+	acWritable bool  // UpdateActionResult is allowed
 }
 
 // New returns a tier for cfg. New fails on bad configuration, and when the
@@ -240,7 +242,7 @@ func (t *Tier) parseCaps(resp *repb.ServerCapabilities) (*serverCaps, error) {
 	if fns := cc.GetDigestFunctions(); len(fns) > 0 && !slices.Contains(fns, repb.DigestFunction_SHA256) {
 		return nil, fmt.Errorf("server does not offer sha256 digests (offers %v)", fns)
 	}
-	c := &serverCaps{batchLimit: client.DefaultMaxBatchSize, compressors: cc.GetSupportedCompressors()}
+	c := &serverCaps{batchLimit: client.DefaultMaxBatchSize}
 	if m := cc.GetMaxBatchTotalSizeBytes(); m > 0 {
 		c.batchLimit = m
 	}
