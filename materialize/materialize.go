@@ -9,6 +9,7 @@ import (
 	"io"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/fetcher"
 )
 
 // Layer is one layer of an image as a materializer consumes it.
@@ -31,4 +32,22 @@ type Image interface {
 	Digest() blob.Digest
 	// Layers returns the layers bottom-first (the manifest's order).
 	Layers() []Layer
+}
+
+// Fetched adapts an image from the fetcher to what the materializers
+// consume. Its layers read through the fetcher (tiers, then the registry),
+// verified, with the fetching caller's authorization.
+func Fetched(img *fetcher.Image) Image { return fetchedImage{img} }
+
+type fetchedImage struct{ img *fetcher.Image }
+
+func (f fetchedImage) Digest() blob.Digest { return f.img.Digest }
+
+func (f fetchedImage) Layers() []Layer {
+	ls := f.img.Layers()
+	out := make([]Layer, len(ls))
+	for i, l := range ls {
+		out[i] = l
+	}
+	return out
 }
