@@ -420,3 +420,17 @@ func TestConcurrentPutsStoreOnce(t *testing.T) {
 		t.Errorf("Usage = %+v, want 1 blob of %d bytes", u, len(b))
 	}
 }
+
+func TestPutNilReader(t *testing.T) {
+	ctx := context.Background()
+	tier := newTier(t, memory.Config{})
+	for _, size := range []int64{0, 5} {
+		d := blob.FromBytes(make([]byte, size))
+		if err := tier.Put(ctx, d, size, nil); err == nil || !strings.Contains(err.Error(), "nil reader") {
+			t.Errorf("Put(size %d, nil reader) = %v, want a nil reader error", size, err)
+		}
+		if _, err := tier.Stat(ctx, d); !errors.Is(err, blob.ErrNotFound) {
+			t.Errorf("Stat after Put with a nil reader = %v", err)
+		}
+	}
+}

@@ -226,6 +226,9 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 	}
 	t.mu.Unlock()
 
+	if r == nil {
+		return fmt.Errorf("memory tier %q: put %s: nil reader", t.name, d)
+	}
 	data, err := readVerified(ctx, d, size, r)
 	if err != nil {
 		return fmt.Errorf("memory tier %q: put %s: %w", t.name, d, err)
