@@ -20,8 +20,10 @@ type Config struct {
 	// recently used blobs until usage is at most LowWatermark*Budget.
 	// Defaults 0.95 and 0.85.
 	HighWatermark, LowWatermark float64
-	// MaxBlobSize makes Put decline larger blobs with blob.ErrTooLarge;
-	// 0 means Budget (no limit when Budget is 0).
+	// MaxBlobSize makes Put decline larger blobs with blob.ErrTooLarge.
+	// 0 means LowWatermark*Budget, the most that eviction leaves in place
+	// (no limit when Budget is 0): a bigger blob would be evicted as soon
+	// as it was stored.
 	MaxBlobSize int64
 	// FlushInterval is how often buffered last-access updates are written
 	// to the index; default 1s. They are also written when FlushThreshold
@@ -58,7 +60,7 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("disk: negative MaxBlobSize %d", c.MaxBlobSize)
 	}
 	if c.MaxBlobSize == 0 {
-		c.MaxBlobSize = c.Budget
+		c.MaxBlobSize = int64(c.LowWatermark * float64(c.Budget))
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = time.Second

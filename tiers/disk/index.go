@@ -1,10 +1,12 @@
 package disk
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -158,12 +160,16 @@ func badgerOptions(dir string, log *slog.Logger) badger.Options {
 // badgerLogger routes Badger's log lines to slog (info and debug at debug).
 type badgerLogger struct{ l *slog.Logger }
 
-func (b badgerLogger) Errorf(f string, a ...any) { b.l.Error("badger: " + fmt.Sprintf(f, a...)) }
-func (b badgerLogger) Warningf(f string, a ...any) {
-	b.l.Warn("badger: " + fmt.Sprintf(f, a...))
+func (b badgerLogger) log(level slog.Level, f string, a []any) {
+	if b.l.Enabled(context.Background(), level) {
+		b.l.Log(context.Background(), level, "badger: "+strings.TrimSpace(fmt.Sprintf(f, a...)))
+	}
 }
-func (b badgerLogger) Infof(f string, a ...any)  { b.l.Debug("badger: " + fmt.Sprintf(f, a...)) }
-func (b badgerLogger) Debugf(f string, a ...any) { b.l.Debug("badger: " + fmt.Sprintf(f, a...)) }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.log(slog.LevelError, f, a) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.log(slog.LevelWarn, f, a) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.log(slog.LevelDebug, f, a) }
+func (b badgerLogger) Debugf(f string, a ...any)   { b.log(slog.LevelDebug, f, a) }
 
 // writeBatchDB adds rows through one WriteBatch (tests and benchmarks that
 // seed an index use it).

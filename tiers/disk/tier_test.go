@@ -128,11 +128,26 @@ func TestPutRejectsBadContent(t *testing.T) {
 }
 
 func TestPutTooLarge(t *testing.T) {
-	tr := openTier(t, Config{Budget: 1000})
-	data := randomBytes(5, 1001)
-	err := tr.Put(context.Background(), blob.FromBytes(data), 1001, bytes.NewReader(data))
-	if !errors.Is(err, blob.ErrTooLarge) {
-		t.Fatalf("Put = %v, want ErrTooLarge", err)
+	tests := []struct {
+		desc string
+		cfg  Config
+		max  int
+	}{
+		{"default limit: the low watermark of the budget", Config{Budget: 1000}, 850},
+		{"explicit limit", Config{Budget: 1000, MaxBlobSize: 990}, 990},
+		{"limit without a budget", Config{MaxBlobSize: 100}, 100},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			tr := openTier(t, tt.cfg)
+			big := randomBytes(5, tt.max+1)
+			cr := &countingReader{r: bytes.NewReader(big)}
+			err := tr.Put(context.Background(), blob.FromBytes(big), int64(len(big)), cr)
+			if !errors.Is(err, blob.ErrTooLarge) || cr.n != 0 {
+				t.Fatalf("Put of %d bytes = %v after reading %d bytes; want ErrTooLarge, nothing read", len(big), err, cr.n)
+			}
+			put(t, tr, big[:tt.max])
+		})
 	}
 }
 
