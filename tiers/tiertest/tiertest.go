@@ -8,10 +8,13 @@
 //
 // The suite checks misses, malformed input, empty, tiny and 64 MiB blobs
 // (streamed, never held twice), rejection of wrong digests and sizes with
-// nothing stored, idempotent and concurrent Puts, context cancellation in the
-// middle of reads and writes, Info fields, refs (round trip, overwrite,
-// scoping, expiry, validation, listing), Delete, Walk, Usage, Close and,
-// when the tier persists, a close/reopen cycle.
+// nothing stored, idempotent and concurrent Puts (64 goroutines on one
+// digest, 16 on many blobs and refs), context cancellation before calls and
+// in the middle of reads and writes, Info fields, refs (round trip,
+// overwrite, scoping, expiry, validation, listing), Delete, Walk, Usage,
+// Close and, where the tier supports it, per-blob limits (MaxBlobSize),
+// detection of rotten storage (Corrupt) and a close/reopen cycle (Reopen).
+// Subtests are named after the rule they hold, so a failure names it.
 //
 // Errors are checked with errors.Is: a miss must wrap blob.ErrNotFound (and
 // name the digest), bad input blob.ErrInvalidDigest or blob.ErrInvalidRef, a
