@@ -43,28 +43,34 @@ func (c *clock) Advance(d time.Duration) {
 // env is a fetcher over a counted in-process registry whose "private/"
 // repositories require basic auth as alice, and which can be taken down.
 type env struct {
-	host    string
-	counter *registrytest.Counter
-	down    atomic.Bool
-	clock   *clock
-	reg     *prometheus.Registry
-	top     *memory.Tier
-	bottom  *memory.Tier
-	stack   *tiers.Stack
-	client  *registry.Client
-	f       *fetcher.Fetcher
+	host     string
+	pushAuth authn.Authenticator
+	counter  *registrytest.Counter
+	down     atomic.Bool
+	clock    *clock
+	reg      *prometheus.Registry
+	top      *memory.Tier
+	bottom   *memory.Tier
+	stack    *tiers.Stack
+	client   *registry.Client
+	f        *fetcher.Fetcher
 }
 
 type envOpts struct {
 	tagTTL, proofTTL time.Duration
-	bottom           blob.Tier // default: a second memory tier
-	host             string    // use this registry instead of a new in-process one
+	bottom           blob.Tier             // default: a second memory tier
+	host             string                // use this registry instead of a new in-process one
+	counter          *registrytest.Counter // what counts requests to host
+	pushAuth         authn.Authenticator   // credentials for pushing to host
 }
 
-func newEnv(t *testing.T, o envOpts) *env {
+func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	e := &env{counter: &registrytest.Counter{}, clock: &clock{now: time.Now()}, reg: prometheus.NewRegistry()}
-	e.host = o.host
+	e.host, e.pushAuth = o.host, o.pushAuth
+	if o.counter != nil {
+		e.counter = o.counter
+	}
 	if e.host == "" {
 		e.host = registrytest.InProcess(t, e.counter.Wrap, basicAuthFor("/v2/private/"), e.downSwitch)
 	}
@@ -136,11 +142,14 @@ func aliceAuth() authn.Authenticator {
 }
 
 // push pushes img as repoTag and returns its manifest digest.
-func (e *env) push(t *testing.T, repoTag string, img v1.Image) blob.Digest {
+func (e *env) push(t testing.TB, repoTag string, img v1.Image) blob.Digest {
 	t.Helper()
 	var auth authn.Authenticator = authn.Anonymous
 	if strings.HasPrefix(repoTag, "private/") {
 		auth = aliceAuth()
+	}
+	if e.pushAuth != nil {
+		auth = e.pushAuth
 	}
 	h := registrytest.Push(t, e.host, repoTag, img, auth)
 	e.counter.Reset()
