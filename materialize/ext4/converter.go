@@ -1,6 +1,7 @@
 package ext4
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -485,7 +486,12 @@ func (c *Converter) build(ctx context.Context, img materialize.Image, f *os.File
 	pr, pw := io.Pipe()
 	flatErr := make(chan error, 1)
 	go func() {
-		_, err := Flatten(ctx, openers, pw, c.tmpDir)
+		// Hand the writer large chunks: fewer goroutine switches per byte.
+		bw := bufio.NewWriterSize(pw, 1<<20)
+		_, err := Flatten(ctx, openers, bw, c.tmpDir)
+		if err == nil {
+			err = bw.Flush()
+		}
 		pw.CloseWithError(err)
 		flatErr <- err
 	}()

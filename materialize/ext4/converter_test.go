@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 	"github.com/strata-oci/strata/tiers/memory"
@@ -394,5 +397,38 @@ func TestNewValidatesConfig(t *testing.T) {
 	c := newConverter(t, memory.New(memory.Config{}))
 	if _, err := c.Materialize(context.Background(), sampleImage(), &Options{FreeInodes: -1}); err == nil {
 		t.Error("negative FreeInodes accepted")
+	}
+}
+
+func TestMetricsCountOutcomes(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	store := bigStore()
+	c, err := New(Config{Store: store, WorkDir: t.TempDir(), Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	img := sampleImage()
+	for range 2 {
+		if _, err := c.Materialize(ctx, img, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad := imageOf([]byte("not a tar archive at all, and long enough to be read as a header? no"))
+	if _, err := c.Materialize(ctx, bad, nil); err == nil {
+		t.Fatal("bad image converted")
+	}
+	for outcome, want := range map[string]float64{"converted": 1, "local": 1, "failed": 1, "downloaded": 0} {
+		if got := testutil.ToFloat64(c.mOutcome.WithLabelValues(outcome)); got != want {
+			t.Errorf("outcome %s = %v, want %v", outcome, got, want)
+		}
+	}
+	if n, err := testutil.GatherAndCount(reg, "strata_ext4_materialize_total", "strata_ext4_converted_bytes_total"); err != nil || n == 0 {
+		t.Errorf("registered metrics: %d, %v", n, err)
+	}
+	// A second converter on the same registry is refused, not silently
+	// unregistered.
+	if _, err := New(Config{Store: store, WorkDir: t.TempDir(), Registerer: reg}); err == nil {
+		t.Error("duplicate registration accepted")
 	}
 }

@@ -54,7 +54,9 @@ type FlattenStats struct {
 //     an upper layer shadowed becomes a regular file with the target's
 //     content and metadata (further links to the same target link to it);
 //   - PAX global headers and tar types other than regular file, directory,
-//     symlink, hard link, character/block device and FIFO are dropped.
+//     symlink, hard link, character/block device and FIFO are dropped;
+//     sparse entries (GNU or PAX) fail with ErrInvalidLayer, since reading
+//     them would expand holes into zeros without bound.
 //
 // Names are cleaned and made relative; a name or hard-link target that
 // escapes the root ("..") fails with ErrInvalidLayer. Symlink targets are
@@ -68,18 +70,16 @@ type FlattenStats struct {
 // Flatten does not close w. On error, w holds a partial stream.
 func Flatten(ctx context.Context, layers []TarOpener, w io.Writer, spoolDir string) (FlattenStats, error) {
 	f := &flattener{
-		tw:    tar.NewWriter(w),
-		paths: make(map[string]*pathState),
-	}
-	spool, err := os.CreateTemp(spoolDir, "flatten-spool-*")
-	if err != nil {
-		return f.stats, fmt.Errorf("ext4: flatten: spool file: %w", err)
+		tw:       tar.NewWriter(w),
+		paths:    make(map[string]*pathState),
+		spoolDir: spoolDir,
 	}
 	defer func() {
-		spool.Close()
-		os.Remove(spool.Name())
+		if f.spool != nil {
+			f.spool.Close()
+			os.Remove(f.spool.Name())
+		}
 	}()
-	f.spool = spool
 
 	for i := len(layers) - 1; i >= 0; i-- {
 		if err := ctx.Err(); err != nil {
@@ -119,9 +119,10 @@ type layerLink struct {
 }
 
 type flattener struct {
-	tw    *tar.Writer
-	paths map[string]*pathState
-	spool *os.File
+	tw       *tar.Writer
+	paths    map[string]*pathState
+	spoolDir string
+	spool    *os.File // created when first needed
 	stats FlattenStats
 	buf   []byte
 }
@@ -132,8 +133,10 @@ func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) error {
 		return fmt.Errorf("ext4: flatten: open layer %d: %w", idx, err)
 	}
 	defer rc.Close()
-	if _, err := f.spool.Seek(0, io.SeekStart); err != nil {
-		return err
+	if f.spool != nil {
+		if _, err := f.spool.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
 	}
 	var spoolEnd int64
 	links := make(map[string]*layerLink)
@@ -154,6 +157,12 @@ func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) error {
 		name, ok := cleanName(hdr.Name)
 		if !ok {
 			return fmt.Errorf("ext4: flatten: layer %d: %w: path %q escapes the root", idx, ErrInvalidLayer, hdr.Name)
+		}
+		if isSparse(hdr) {
+			// archive/tar expands sparse entries to their full logical size:
+			// a few bytes of layer could demand gigabytes of zeros. OCI
+			// layer writers never produce them.
+			return fmt.Errorf("ext4: flatten: layer %d: %w: %q is a sparse tar entry (not supported)", idx, ErrInvalidLayer, hdr.Name)
 		}
 		switch hdr.Typeflag {
 		case tar.TypeReg, tar.TypeDir, tar.TypeSymlink, tar.TypeLink, tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
@@ -225,6 +234,13 @@ func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) error {
 			if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
 				f.stats.ShadowedBytes += hdr.Size
 				// Spool: a later hard link in this layer may need the content.
+				if f.spool == nil {
+					sp, err := os.CreateTemp(f.spoolDir, "flatten-spool-*")
+					if err != nil {
+						return fmt.Errorf("ext4: flatten: spool file: %w", err)
+					}
+					f.spool = sp
+				}
 				n, err := io.CopyBuffer(f.spool, io.LimitReader(tr, hdr.Size), f.copyBuf())
 				if err != nil {
 					return layerErr(idx, name, err)
@@ -429,6 +445,19 @@ func outHeader(h *tar.Header, name string) *tar.Header {
 		}
 	}
 	return out
+}
+
+// isSparse reports whether hdr is a GNU or PAX sparse file.
+func isSparse(hdr *tar.Header) bool {
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
 }
 
 // cleanName makes a tar name relative and clean; ok is false when it
