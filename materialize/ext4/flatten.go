@@ -123,8 +123,8 @@ type flattener struct {
 	paths    map[string]*pathState
 	spoolDir string
 	spool    *os.File // created when first needed
-	stats FlattenStats
-	buf   []byte
+	stats    FlattenStats
+	buf      []byte
 }
 
 func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) error {

@@ -5,8 +5,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"sort"
 	"strconv"
 	"strings"
@@ -177,7 +177,7 @@ func TestFlattenCases(t *testing.T) {
 			wantErr: ErrInvalidLayer,
 		},
 		{
-			desc: "a PAX sparse entry is refused",
+			desc:    "a PAX sparse entry is refused",
 			layers:  [][]byte{paxSparseBomb()},
 			wantErr: ErrInvalidLayer,
 		},
