@@ -22,5 +22,28 @@
 // dropped, so the caller can treat the error as a miss and refetch.
 //
 // Only one Tier may hold a root at a time, in this process or any other:
-// a second Open fails with an error wrapping ErrLocked.
+// a second Open fails with an error wrapping ErrLocked. Tools that must work
+// on a root a live process holds (blobctl) go through that process.
+//
+// # Index writes
+//
+// A Put records its row at commit. Last-access updates from reads are kept
+// in memory and written in one Badger WriteBatch every FlushInterval, when
+// FlushThreshold of them are pending, and on Close; Badger writes are not
+// synced, because the files are the truth and Open repairs the index from
+// them (a killed process loses nothing: Badger's log is mmapped).
+//
+// # Eviction
+//
+// With a Budget, a background pass removes the least recently used blobs
+// (by last Put or Open; Stat does not count) once usage passes the high
+// watermark, down to the low one. EvictTo and EvictOlderThan do the same on
+// demand, and Verify re-hashes everything. Eviction locks one blob at a
+// time and never a reader: a blob being read while it is evicted reads to
+// the end from its open file.
+//
+// # Sparse blobs
+//
+// Put leaves holes for aligned all-zero 64 KiB blocks, so a mostly-empty
+// ext4 image occupies little more than its data. Reads see the zeros.
 package disk

@@ -149,3 +149,42 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestReadsTakeNoMutationLocks holds every lock that commits, deletes and
+// eviction take, and reads anyway: an eviction (or a slow Put) can never
+// stall a reader.
+func TestReadsTakeNoMutationLocks(t *testing.T) {
+	tr := openTier(t, Config{})
+	data := randomBytes(95, 200_000)
+	d := put(t, tr, data)
+	tr.evictMu.Lock()
+	tr.flushMu.Lock()
+	for i := range tr.stripes {
+		tr.stripes[i].Lock()
+	}
+	done := make(chan error, 1)
+	go func() {
+		if _, err := tr.Stat(context.Background(), d); err != nil {
+			done <- err
+			return
+		}
+		got, err := readAll(tr, d)
+		if err == nil && len(got) != len(data) {
+			err = errors.New("short read")
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a read blocked on a mutation lock")
+	}
+	for i := range tr.stripes {
+		tr.stripes[i].Unlock()
+	}
+	tr.flushMu.Unlock()
+	tr.evictMu.Unlock()
+}

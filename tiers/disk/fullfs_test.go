@@ -18,6 +18,8 @@ import (
 // TestFullFilesystem puts the root on an 8 MiB tmpfs and fills it.
 func TestFullFilesystem(t *testing.T) {
 	requireRoot(t, "a full filesystem (needs mount -t tmpfs)")
+	requireBinary(t, "mount")
+	requireBinary(t, "umount")
 	mnt := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "strata-disk-test", mnt).CombinedOutput(); err != nil {
 		t.Fatalf("mount tmpfs: %v: %s", err, out)

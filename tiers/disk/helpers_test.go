@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -111,6 +112,18 @@ func requireRoot(t *testing.T, what string) {
 		t.Fatalf("not root under CI=true: cannot test %s", what)
 	}
 	t.Skipf("not root: %s not tested", what)
+}
+
+// requireBinary is requireRoot for a program the test runs.
+func requireBinary(t *testing.T, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s not found under CI=true", name)
+	}
+	t.Skipf("%s not found: test not run", name)
 }
 
 func usage(t testing.TB, tr *Tier) blob.Usage {
