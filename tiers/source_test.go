@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"sync"
 	"testing"
 
@@ -109,4 +111,38 @@ func TestWithSourceIsReadOnly(t *testing.T) {
 	if !has(t, src.Tier, d) {
 		t.Error("Delete through the view removed the blob from the source")
 	}
+}
+
+// When no tier holds a blob, the source's answer is the view's: a source
+// that is unavailable or refuses the caller is not reported as a miss.
+func TestWithSourceErrorIsTheAnswer(t *testing.T) {
+	ctx := context.Background()
+	s := tiers.NewStack(tiers.StackConfig{Tiers: []tiers.Entry{{Tier: newMem(t, "top", 0)}, {Tier: newMem(t, "bottom", 0)}}})
+	d := blob.FromBytes([]byte("nowhere"))
+	for _, tc := range []struct {
+		desc string
+		err  error
+	}{
+		{"unavailable origin", fmt.Errorf("registry down: %w", blob.ErrUnavailable)},
+		{"refusing origin", errBoom},
+		{"missing at the origin", fmt.Errorf("registry: %w", blob.ErrNotFound)},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			src := failingSource{Tier: newMem(t, "registry", 0), err: tc.err}
+			_, _, err := s.WithSource(src).Open(ctx, d)
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("Open = %v, want the source's error %v", err, tc.err)
+			}
+		})
+	}
+}
+
+// failingSource is a real tier whose Open fails with err.
+type failingSource struct {
+	blob.Tier
+	err error
+}
+
+func (f failingSource) Open(context.Context, blob.Digest) (io.ReadCloser, blob.Info, error) {
+	return nil, blob.Info{}, f.err
 }

@@ -202,11 +202,18 @@ type misses struct {
 	notFound bool     // some tier answered with a miss
 	skipped  []string // tiers skipped for other errors
 	firstErr error    // the first error that was neither a miss nor unavailability
+	origin   error    // the error of a view's source (see WithSource)
 }
 
 // note records tier e's error; it reports false if the read must stop
 // (ctx ended, or the caller's input is invalid) and the error be returned.
 func (m *misses) note(ctx context.Context, e *stackEntry, err error) bool {
+	if e.idx < 0 {
+		// A source is the origin: whatever it answered (a miss, a denial,
+		// unreachable) is the view's answer, not hidden behind the tiers'
+		// misses.
+		m.origin = err
+	}
 	switch {
 	case ctx.Err() != nil:
 		return false
@@ -229,15 +236,17 @@ func (m *misses) note(ctx context.Context, e *stackEntry, err error) bool {
 // answered, or was unavailable (which retrying at once will not cure).
 func (m *misses) clean() bool { return m.firstErr == nil }
 
-// err is the stack's answer after a read found nothing: a miss if any tier
-// said so (or there is no tier), else the first real error, else
-// unavailability.
+// err is the stack's answer after a read found nothing: the source's error
+// in a view with a source, else a miss if any tier said so (or there is no
+// tier), else the first real error, else unavailability.
 func (m *misses) err(stack, op, what string) error {
 	sk := ""
 	if len(m.skipped) > 0 {
 		sk = " (skipped " + strings.Join(m.skipped, ", ") + ")"
 	}
 	switch {
+	case m.origin != nil:
+		return fmt.Errorf("stack %q: %s %s: %w", stack, op, what, m.origin)
 	case m.notFound || (m.firstErr == nil && len(m.skipped) == 0):
 		return fmt.Errorf("stack %q: %s %s: %w%s", stack, op, what, blob.ErrNotFound, sk)
 	case m.firstErr != nil:
