@@ -198,3 +198,18 @@ func Example_budget() {
 	fmt.Println(errors.Is(err, blob.ErrTooLarge))
 	// Output: true
 }
+
+// BenchmarkBaselineSHA256 is sha256 over an in-memory slice of each size:
+// the floor for a verified Put and for a caller hashing what it reads.
+func BenchmarkBaselineSHA256(b *testing.B) {
+	for _, s := range benchSizes {
+		b.Run(s.name, func(b *testing.B) {
+			content, _ := tiertest.RandomBytes(1, s.size)
+			b.SetBytes(int64(s.size))
+			b.ReportAllocs()
+			for b.Loop() {
+				sha256.Sum256(content)
+			}
+		})
+	}
+}
