@@ -1,6 +1,7 @@
 package ext4
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -291,6 +292,25 @@ func TestFailedConversionLeavesNothing(t *testing.T) {
 			check: func(err error) bool { return errors.Is(err, errInjected) },
 		},
 		{
+			desc: "a layer fails between entries",
+			img: func() *testImage {
+				raw := tartest.New().File("a", []byte("a")).File("b", []byte("b")).Tar()
+				img := sampleImage()
+				img.layers = append(img.layers, &rawLayer{data: raw, failAfter: 1024})
+				return img
+			},
+			check: func(err error) bool { return errors.Is(err, errInjected) && !errors.Is(err, ErrInvalidLayer) },
+		},
+		{
+			desc: "a layer blob does not match its digest",
+			img: func() *testImage {
+				img := sampleImage()
+				img.layers = append(img.layers, &corruptLayer{rawLayer{data: tartest.New().File("a", []byte("a")).Tar()}})
+				return img
+			},
+			check: func(err error) bool { return errors.Is(err, blob.ErrMismatch) },
+		},
+		{
 			desc: "a layer is not a tar",
 			img: func() *testImage {
 				img := sampleImage()
@@ -431,4 +451,13 @@ func TestMetricsCountOutcomes(t *testing.T) {
 	if _, err := New(Config{Store: store, WorkDir: t.TempDir(), Registerer: reg}); err == nil {
 		t.Error("duplicate registration accepted")
 	}
+}
+
+// corruptLayer serves bytes that differ from its digest.
+type corruptLayer struct{ rawLayer }
+
+func (l *corruptLayer) Open(ctx context.Context) (io.ReadCloser, error) {
+	bad := bytes.Clone(l.data)
+	bad[len(bad)-1] ^= 1
+	return blob.NewVerifier(bytes.NewReader(bad), l.Digest(), l.Size(), nil), nil
 }

@@ -10,6 +10,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/strata-oci/strata/blob"
 )
 
 // ErrInvalidLayer is wrapped by every error about a layer's tar content that
@@ -149,7 +151,17 @@ func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) error {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("ext4: flatten: layer %d: %w: reading tar: %v", idx, ErrInvalidLayer, err)
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, tar.ErrHeader) {
+				// Corrupt bytes often break the tar before the verifying
+				// reader reaches EOF: read on to report a mismatch as one.
+				if _, derr := io.Copy(io.Discard, rc); errors.Is(derr, blob.ErrMismatch) {
+					return fmt.Errorf("ext4: flatten: layer %d: %w", idx, derr)
+				}
+				return fmt.Errorf("ext4: flatten: layer %d: %w: reading tar: %v", idx, ErrInvalidLayer, err)
+			}
+			// The layer reader's own error (a digest mismatch, a limit, a
+			// cancelled context, I/O) stays testable with errors.Is.
+			return fmt.Errorf("ext4: flatten: layer %d: %w", idx, err)
 		}
 		if err := ctx.Err(); err != nil {
 			return err
