@@ -32,6 +32,7 @@ import (
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/tiers"
+	"github.com/strata-oci/strata/tiers/disk"
 	"github.com/strata-oci/strata/tiers/memory"
 )
 
@@ -130,10 +131,42 @@ func backends(cfg config) []func() (backend, error) {
 	mem := func(name string) *memory.Tier {
 		return memory.New(memory.Config{Name: name, MaxBytes: 512 << 20, MaxBlobBytes: 64 << 20})
 	}
+	n := 0
+	openDisk := func() (*disk.Tier, error) {
+		n++
+		return disk.Open(disk.Config{Root: filepath.Join(cfg.dir, fmt.Sprintf("disk-%d", n)), Name: "disk"})
+	}
 	return []func() (backend, error){
 		func() (backend, error) {
 			t := mem("memory")
 			return backend{name: "memory", tier: t, close: t.Close}, nil
+		},
+		func() (backend, error) {
+			t, err := openDisk()
+			if err != nil {
+				return backend{}, err
+			}
+			return backend{name: "disk", tier: t, close: t.Close}, nil
+		},
+		func() (backend, error) {
+			dk, err := openDisk()
+			if err != nil {
+				return backend{}, err
+			}
+			s := tiers.NewStack(tiers.StackConfig{Name: "stack", Tiers: []tiers.Entry{{Tier: mem("memory")}, {Tier: dk}}})
+			return backend{name: "stack(memory+disk)", tier: s, close: s.Close}, nil
+		},
+		func() (backend, error) {
+			// A memory tier that declines every blob: reads stream from
+			// disk through the stack, so this row is the stack's cost over
+			// the disk tier's.
+			dk, err := openDisk()
+			if err != nil {
+				return backend{}, err
+			}
+			tiny := memory.New(memory.Config{Name: "memory", MaxBlobBytes: 1})
+			s := tiers.NewStack(tiers.StackConfig{Name: "stack", Tiers: []tiers.Entry{{Tier: tiny}, {Tier: dk}}})
+			return backend{name: "stack(memory+disk)/from-disk", tier: s, close: s.Close}, nil
 		},
 		func() (backend, error) {
 			s := tiers.NewStack(tiers.StackConfig{Name: "stack", Tiers: []tiers.Entry{{Tier: mem("top")}, {Tier: mem("bottom")}}})
