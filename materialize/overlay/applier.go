@@ -29,6 +29,8 @@ type applyConfig struct {
 	maxEntries  int64 // <= 0: unlimited
 	maxBytes    int64 // bytes of file content (sparse holes included); <= 0: unlimited
 	privileged  bool  // running with CAP_CHOWN/CAP_MKNOD etc. (euid 0)
+	umask       int   // the process umask, when umaskKnown
+	umaskKnown  bool  // without it every file gets a chmod
 }
 
 // applyStats counts what one layer's extraction created.
@@ -378,9 +380,16 @@ func (a *applier) file(pfd int, base string, h *tar.Header, tr io.Reader) error 
 	if a.cfg.maxBytes > 0 && (h.Size < 0 || h.Size > a.cfg.maxBytes-a.stats.Bytes) {
 		return fmt.Errorf("%w: file content over %d bytes", ErrLimitExceeded, a.cfg.maxBytes)
 	}
+	// Create with the final permissions when the umask leaves them intact
+	// (then no chmod is needed); otherwise 0600 and chmod below.
+	perm := uint32(h.Mode) & 0o7777
+	createPerm, chmod := uint32(0o600), true
+	if a.cfg.umaskKnown && perm&0o7000 == 0 && perm&uint32(a.cfg.umask) == 0 {
+		createPerm, chmod = perm, false
+	}
 	var fd int
 	err := a.create(pfd, base, func() (err error) {
-		fd, err = unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		fd, err = unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, createPerm)
 		return err
 	})
 	if err != nil {
@@ -397,8 +406,8 @@ func (a *applier) file(pfd int, base string, h *tar.Header, tr io.Reader) error 
 		// After chown, which clears security.capability and setuid bits.
 		err = a.xattrs(h, func(k string, v []byte) error { return unix.Fsetxattr(fd, k, v, 0) })
 	}
-	if err == nil {
-		if cerr := unix.Fchmod(fd, uint32(h.Mode)&0o7777); cerr != nil {
+	if err == nil && chmod {
+		if cerr := unix.Fchmod(fd, perm); cerr != nil {
 			err = &os.PathError{Op: "chmod", Path: base, Err: cerr}
 		}
 	}
@@ -646,6 +655,22 @@ func removeAllAt(dirfd int, name string) error {
 		return &os.PathError{Op: "rmdir", Path: name, Err: err}
 	}
 	return nil
+}
+
+// processUmask reads the umask from /proc/self/status (Linux 4.7 and
+// later) without changing it.
+func processUmask() (int, bool) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			u, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
+			return int(u), err == nil
+		}
+	}
+	return 0, false
 }
 
 func timespec(t time.Time) unix.Timespec {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -479,4 +480,35 @@ func FuzzApply(f *testing.F) {
 		applyBytes(context.Background(), s.layer, data, applyConfig{privileged: privileged, maxBytes: 1 << 20, maxEntries: 1000})
 		s.check(t)
 	})
+}
+
+// TestApplyModesUnderUmask checks exact modes whatever the process umask
+// (files are created with their final mode only when the umask spares it).
+func TestApplyModesUnderUmask(t *testing.T) {
+	for _, umask := range []int{0o022, 0o077, 0o000} {
+		t.Run(strconv.FormatInt(int64(umask), 8), func(t *testing.T) {
+			old := syscall.Umask(umask)
+			defer syscall.Umask(old)
+			got, known := processUmask()
+			if !known || got != umask {
+				t.Fatalf("processUmask = %o, %v; want %o", got, known, umask)
+			}
+			s := newSandbox(t)
+			tb := tartest.New().File("a", nil, tartest.Mode(0o644)).File("b", nil, tartest.Mode(0o666)).
+				File("c", nil, tartest.Mode(0o4755)).File("d", nil, tartest.Mode(0o000)).Dir("e", tartest.Mode(0o777)).
+				FIFO("f", tartest.Mode(0o666)).Tar()
+			if _, err := applyBytes(context.Background(), s.layer, tb, applyConfig{umask: got, umaskKnown: true, privileged: os.Geteuid() == 0}); err != nil {
+				t.Fatal(err)
+			}
+			tree, err := tartest.Snapshot(s.layer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, want := range map[string]uint32{"a": 0o644, "b": 0o666, "c": 0o4755, "d": 0, "e": 0o777, "f": 0o666} {
+				if tree[name].Mode != want {
+					t.Errorf("%s: mode %04o, want %04o", name, tree[name].Mode, want)
+				}
+			}
+		})
+	}
 }

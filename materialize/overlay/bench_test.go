@@ -93,7 +93,8 @@ func BenchmarkMaterialize(b *testing.B) {
 		for i := 0; i < b.N; i++ {
 			b.StopTimer()
 			root := b.TempDir()
-			m, err := New(Config{Root: root})
+			par, _ := strconv.Atoi(os.Getenv("STRATA_BENCH_PARALLELISM"))
+			m, err := New(Config{Root: root, Parallelism: par})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -575,7 +575,9 @@ func (m *Materializer) extractInto(ctx context.Context, l materialize.Layer, dir
 	if maxBytes == 0 {
 		maxBytes = layerio.DefaultMaxBytes
 	}
-	stats, err := applyLayer(ctx, dir, rc, applyConfig{opaqueXattr: opaque, maxEntries: m.cfg.MaxEntries, maxBytes: maxBytes, privileged: m.privileged})
+	umask, umaskKnown := processUmask()
+	stats, err := applyLayer(ctx, dir, rc, applyConfig{opaqueXattr: opaque, maxEntries: m.cfg.MaxEntries, maxBytes: maxBytes,
+		privileged: m.privileged, umask: umask, umaskKnown: umaskKnown})
 	if err != nil {
 		return stats, err
 	}
