@@ -236,6 +236,7 @@ func (t *fileTier) Close() error { return nil }
 // (as root: owners, modes, times, devices, xattrs, hard links).
 func extractTo(r io.Reader, dir string) error {
 	tr := tar.NewReader(r)
+	buf := make([]byte, 1<<20)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -256,7 +257,7 @@ func extractTo(r io.Reader, dir string) error {
 			if err != nil {
 				return err
 			}
-			if _, err := io.Copy(f, tr); err != nil {
+			if _, err := io.CopyBuffer(f, tr, buf); err != nil {
 				f.Close()
 				return err
 			}

@@ -50,7 +50,8 @@ type Config struct {
 	Store blob.Tier
 	// WorkDir holds the images handed out (WorkDir/images), temporary files
 	// of conversions in progress and spooled content (WorkDir/tmp).
-	// Required; created if missing.
+	// Required; created if missing. New removes files older than a day
+	// from WorkDir/tmp (left by a crash). Several processes may share it.
 	WorkDir string
 	// FreeBytes and FreeInodes are the default free space an image gets
 	// beyond its content, for Materialize calls with nil Options.
@@ -154,6 +155,7 @@ func New(cfg Config) (*Converter, error) {
 			return nil, fmt.Errorf("ext4: %w", err)
 		}
 	}
+	removeStale(c.tmpDir, staleAfter)
 	c.mOutcome = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "strata_ext4_materialize_total",
 		Help: "ext4 materializations by outcome (converted, downloaded, local, failed).",
@@ -418,16 +420,21 @@ func (c *Converter) convert(ctx context.Context, img materialize.Image, dv deriv
 	if err := c.build(ctx, img, tmp, growSpec{GDTBlocks: dv.free.GDTBlocks}); err != nil {
 		return nil, fmt.Errorf("ext4: convert %s: %w", dv.digest, err)
 	}
-	if err := tmp.Sync(); err != nil {
-		return nil, fmt.Errorf("ext4: %w", err)
-	}
 	size, err := tmp.Seek(0, io.SeekEnd)
 	if err != nil {
 		return nil, fmt.Errorf("ext4: %w", err)
 	}
+	// Flush to disk (the local copy is trusted without re-hashing after a
+	// crash) while hashing from the page cache.
+	synced := make(chan error, 1)
+	go func() { synced <- tmp.Sync() }()
 	h := sha256.New()
-	if _, err := io.CopyBuffer(h, withCtx(ctx, io.NewSectionReader(tmp, 0, size)), make([]byte, 1<<20)); err != nil {
-		return nil, fmt.Errorf("ext4: hash image: %w", err)
+	_, herr := io.CopyBuffer(h, withCtx(ctx, io.NewSectionReader(tmp, 0, size)), make([]byte, 1<<20))
+	if serr := <-synced; serr != nil {
+		return nil, fmt.Errorf("ext4: sync image: %w", serr)
+	}
+	if herr != nil {
+		return nil, fmt.Errorf("ext4: hash image: %w", herr)
 	}
 	d := blob.NewDigestFromHash(h)
 	r := &Result{Size: size, Digest: d}
@@ -607,6 +614,24 @@ func (c *Converter) Cleanup(ctx context.Context, img materialize.Image, opts *Op
 		}
 	}
 	return nil
+}
+
+// staleAfter is the age past which New removes temporary files left in
+// WorkDir/tmp by a crashed process (no conversion takes that long).
+const staleAfter = 24 * time.Hour
+
+// removeStale removes entries of dir older than age; errors are ignored
+// (another process may be removing them too).
+func removeStale(dir string, age time.Duration) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > age {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
 }
 
 var errWriterStopped = errors.New("ext4 writer stopped reading")

@@ -461,3 +461,23 @@ func (l *corruptLayer) Open(ctx context.Context) (io.ReadCloser, error) {
 	bad[len(bad)-1] ^= 1
 	return blob.NewVerifier(bytes.NewReader(bad), l.Digest(), l.Size(), nil), nil
 }
+
+func TestNewRemovesStaleTemporaries(t *testing.T) {
+	dir := t.TempDir()
+	tmp := filepath.Join(dir, "tmp")
+	os.MkdirAll(tmp, 0o755)
+	old, fresh := filepath.Join(tmp, "convert-old.ext4"), filepath.Join(tmp, "convert-fresh.ext4")
+	os.WriteFile(old, []byte("x"), 0o644)
+	os.WriteFile(fresh, []byte("x"), 0o644)
+	past := time.Now().Add(-48 * time.Hour)
+	os.Chtimes(old, past, past)
+	if _, err := New(Config{Store: memory.New(memory.Config{}), WorkDir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale temporary kept: %v", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("fresh temporary removed: %v", err)
+	}
+}
