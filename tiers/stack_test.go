@@ -808,3 +808,31 @@ func TestStackConcurrentChaos(t *testing.T) {
 		}
 	}
 }
+
+// Closing the root closes its tiers and fails every view; closing a view
+// closes nothing.
+func TestStackCloseOwnership(t *testing.T) {
+	a, b := newMem(t, "a", 0), newMem(t, "b", 0)
+	s := tiers.NewStack(tiers.StackConfig{Tiers: []tiers.Entry{{Tier: a}, {Tier: b, Shared: true}}})
+	ctx := context.Background()
+	d := put(t, s, []byte("owned"))
+	v := s.Local()
+	if err := v.Close(); err != nil {
+		t.Fatalf("view Close = %v", err)
+	}
+	if _, err := a.Stat(ctx, d); err != nil {
+		t.Fatalf("a view's Close closed a tier: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	if _, err := a.Stat(ctx, d); err == nil {
+		t.Errorf("root Close left tier a open")
+	}
+	if _, err := v.Stat(ctx, d); !errors.Is(err, blob.ErrUnavailable) {
+		t.Errorf("view Stat after root Close = %v, want ErrUnavailable", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close = %v", err)
+	}
+}
