@@ -106,7 +106,7 @@ type Stats struct {
 	ConversionFailures int64 // conversions that failed
 	Downloads          int64 // images taken from the Store instead of converting
 	LocalHits          int64 // calls answered from WorkDir
-	Collapsed          int64 // calls that waited for an identical call in flight
+	Collapsed          int64 // calls whose work was shared with identical concurrent calls (leader included)
 }
 
 // Converter turns images into ext4 filesystem images stored as derived

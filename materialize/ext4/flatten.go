@@ -65,9 +65,14 @@ type FlattenStats struct {
 // kept verbatim (they resolve inside the image's root when used).
 //
 // Memory stays bounded: Flatten keeps one small record per path and no file
-// content. To convert links to shadowed targets it spools the content of
-// shadowed regular files of the layer being read to a temporary file in
-// spoolDir (removed before Flatten returns); only shadowed bytes go there.
+// content. A hard link comes after its target in the same layer, and by
+// then the target's bytes have streamed past; so that a link to a shadowed
+// target can still become a regular file, Flatten spools the content of
+// every shadowed regular file of the layer being read to one temporary file
+// in spoolDir (rewound for each layer, removed before Flatten returns).
+// Only shadowed bytes go there, usually a small part of an image; the
+// alternatives were unbounded memory or reading (and decompressing) a layer
+// twice.
 //
 // Flatten does not close w. On error, w holds a partial stream.
 func Flatten(ctx context.Context, layers []TarOpener, w io.Writer, spoolDir string) (FlattenStats, error) {
