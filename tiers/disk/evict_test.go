@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	badger "github.com/dgraph-io/badger/v4"
+
 	"github.com/strata-oci/strata/blob"
 )
 
@@ -187,4 +189,44 @@ func TestReadsTakeNoMutationLocks(t *testing.T) {
 	}
 	tr.flushMu.Unlock()
 	tr.evictMu.Unlock()
+}
+
+// TestAccessTimesFlushAtThreshold: once FlushThreshold accesses are
+// pending, the flusher writes them to the index without waiting for its
+// interval or Close.
+func TestAccessTimesFlushAtThreshold(t *testing.T) {
+	clock := &testClock{}
+	tr := openTier(t, Config{FlushThreshold: 4, FlushInterval: time.Hour, Now: clock.Now})
+	var ds []blob.Digest
+	for i := 0; i < 4; i++ {
+		ds = append(ds, put(t, tr, randomBytes(uint64(96+i), 100)))
+	}
+	want := map[string]int64{}
+	for _, d := range ds {
+		if _, err := readAll(tr, d); err != nil {
+			t.Fatal(err)
+		}
+		tr.pendMu.Lock()
+		want[d.Encoded()] = tr.pending[d.Encoded()].atime
+		tr.pendMu.Unlock()
+	}
+	stored := func() bool {
+		for hex, at := range want {
+			var r row
+			if err := tr.view(func(txn *badger.Txn) (err error) { r, _, err = getRow(txn, hex); return err }); err != nil {
+				t.Fatal(err)
+			}
+			if r.atime != at {
+				return false
+			}
+		}
+		return true
+	}
+	waitFor(t, "the flusher to write 4 access times", stored)
+	tr.pendMu.Lock()
+	n := len(tr.pending)
+	tr.pendMu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d access times still pending after the flush", n)
+	}
 }

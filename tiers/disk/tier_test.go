@@ -530,3 +530,45 @@ func TestWalk(t *testing.T) {
 		t.Fatalf("Walk stopping: %v after %d calls", err, calls)
 	}
 }
+
+// FuzzSparseWriter: whatever mix of zero and non-zero runs, and whatever
+// the write sizes, the file holds exactly the bytes written.
+func FuzzSparseWriter(f *testing.F) {
+	f.Add([]byte{0, 1, 0, 0, 2}, uint32(1000))
+	f.Add([]byte{0, 0, 0}, uint32(holeBlock))
+	f.Add([]byte{3, 0}, uint32(holeBlock+1))
+	f.Fuzz(func(t *testing.T, layout []byte, chunk uint32) {
+		if len(layout) > 64 || chunk == 0 {
+			return
+		}
+		// Each layout byte is a run: 0 -> a 64 KiB zero run, b -> b*997 bytes of b.
+		var data []byte
+		for _, b := range layout {
+			if b == 0 {
+				data = append(data, make([]byte, holeBlock)...)
+			} else {
+				data = append(data, bytes.Repeat([]byte{b}, int(b)*997)...)
+			}
+		}
+		f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		w := &sparseWriter{f: f}
+		for p := data; len(p) > 0; {
+			n := min(int(chunk), len(p))
+			if m, err := w.Write(p[:n]); err != nil || m != n {
+				t.Fatalf("Write = %d, %v", m, err)
+			}
+			p = p[n:]
+		}
+		if err := w.finish(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(f.Name())
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("file differs from the %d bytes written (%d bytes, %v)", len(data), len(got), err)
+		}
+	})
+}
