@@ -1,8 +1,10 @@
 package ext4
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -11,7 +13,10 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/materialize"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
+	"github.com/strata-oci/strata/tiers/memory"
 )
 
 // rawImage writes the tar2ext4 image of layers, before finishFS, to a file.
@@ -204,4 +209,77 @@ func TestFinishFSRefusesUnknownLayouts(t *testing.T) {
 			t.Fatal("finishFS accepted a truncated image")
 		}
 	})
+}
+
+// genLayer is an uncompressed layer generated on the fly by write, so big
+// layers need no memory.
+type genLayer struct {
+	write  func(w io.Writer) error
+	digest blob.Digest
+	size   int64
+}
+
+func newGenLayer(t *testing.T, write func(w io.Writer) error) *genLayer {
+	h := sha256.New()
+	cw := &countWriter{w: h}
+	if err := write(cw); err != nil {
+		t.Fatal(err)
+	}
+	return &genLayer{write: write, digest: blob.NewDigestFromHash(h), size: cw.n}
+}
+
+func (l *genLayer) Digest() blob.Digest { return l.digest }
+func (l *genLayer) MediaType() string   { return "application/vnd.oci.image.layer.v1.tar" }
+func (l *genLayer) Size() int64         { return l.size }
+func (l *genLayer) Open(ctx context.Context) (io.ReadCloser, error) {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(l.write(pw)) }()
+	return blob.NewVerifier(pr, l.digest, l.size, nil), nil
+}
+
+// TestMultiGroupImage: content beyond one block group (128 MiB) gives an
+// image with several groups, each with inode bitmap padding to set.
+func TestMultiGroupImage(t *testing.T) {
+	layer := newGenLayer(t, func(w io.Writer) error {
+		tw := tar.NewWriter(w)
+		zeros := make([]byte, 1<<20)
+		for i, n := range []int{150, 3} {
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "big" + itoa(i), Mode: 0o644, Size: int64(n) << 20}); err != nil {
+				return err
+			}
+			for range n {
+				if _, err := tw.Write(zeros); err != nil {
+					return err
+				}
+			}
+		}
+		for i := range 100 {
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "small/" + itoa(i), Mode: 0o644, Size: 1}); err != nil {
+				return err
+			}
+			tw.Write([]byte{'x'})
+		}
+		return tw.Close()
+	})
+	// A store that declines big blobs: the image stays local, not in memory.
+	c := newConverter(t, memory.New(memory.Config{MaxBlobBytes: 1 << 20}))
+	res, err := c.Materialize(context.Background(), &testImage{layers: []materialize.Layer{layer}}, &Options{FreeBytes: 10 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(res.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sb := make([]byte, 1024)
+	f.ReadAt(sb, sbOffset)
+	blocks := binary.LittleEndian.Uint32(sb[sbBlocksCount:])
+	if groups := (blocks + fsBlockSize*8 - 1) / (fsBlockSize * 8); groups < 2 {
+		t.Fatalf("image has %d group(s); the test needs several", groups)
+	}
+	e2fsck(t, res.Path)
+	if alloc := allocated(t, res.Path); alloc > 16<<20 {
+		t.Errorf("153 MiB of zero content allocate %d bytes: zero blocks not holes", alloc)
+	}
 }
