@@ -207,6 +207,15 @@ func TestConcurrentMaterializeExtractsOnce(t *testing.T) {
 	if got := extractions(m); got != 6 {
 		t.Fatalf("%v extractions for 6 layers and 16 callers", got)
 	}
+	if files, bytes := testutil.ToFloat64(m.met.extractFiles), testutil.ToFloat64(m.met.extractBytes); files != 300 || bytes != 300*4096 {
+		t.Fatalf("metrics: %v files, %v bytes; want 300 files of 4096 bytes", files, bytes)
+	}
+	if n, err := testutil.GatherAndCount(reg, "strata_overlay_extract_seconds"); err != nil || n != 1 {
+		t.Fatalf("extract_seconds not registered: %d, %v", n, err)
+	}
+	if got := testutil.ToFloat64(m.met.cachedLayers); got != 6 {
+		t.Fatalf("cached_layers = %v", got)
+	}
 	hits := testutil.ToFloat64(m.met.layerHits)
 	collapsed := testutil.ToFloat64(m.met.collapsed)
 	if hits+collapsed != 15*6 {
