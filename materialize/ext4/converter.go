@@ -338,10 +338,11 @@ func (c *Converter) produce(ctx context.Context, img materialize.Image, dv deriv
 			c.mDuration.WithLabelValues("downloaded").Observe(time.Since(start).Seconds())
 			return r, nil
 		}
-		if !blob.IsMiss(derr) {
+		if !blob.IsMiss(derr) && !errors.Is(derr, errLayout) {
 			return nil, derr
 		}
-		// The ref outlived its blob, or the blob was corrupt: convert again.
+		// The ref outlived its blob, the blob was corrupt, or it is not an
+		// image this version can finish: convert again (and replace the ref).
 	case blob.IsMiss(err):
 	default:
 		return nil, fmt.Errorf("ext4: get derivation ref for %s from %s: %w", dv.digest, c.cfg.Store.Name(), err)
@@ -391,6 +392,9 @@ func (c *Converter) download(ctx context.Context, dv derivation, ref blob.Ref) (
 		return nil, fmt.Errorf("ext4: %w", err)
 	}
 	r := &Result{Digest: ref.Digest, FromCache: true}
+	if err := tmp.Sync(); err != nil { // trusted without re-hashing after a crash
+		return nil, fmt.Errorf("ext4: sync image: %w", err)
+	}
 	if r.Size, err = c.grow(tmp, dv); err != nil {
 		return nil, err
 	}

@@ -481,3 +481,36 @@ func TestNewRemovesStaleTemporaries(t *testing.T) {
 		t.Errorf("fresh temporary removed: %v", err)
 	}
 }
+
+// A ref that points at a blob which is not an ext4 image (a foreign or
+// damaged entry in a shared cache) leads to a conversion that replaces it.
+func TestRefToForeignBlobConvertsAgain(t *testing.T) {
+	store := bigStore()
+	c := newConverter(t, store)
+	ctx := context.Background()
+	img := sampleImage()
+	junk := bytes.Repeat([]byte("not an ext4 image "), 1000)
+	d := blob.FromBytes(junk)
+	if err := store.Put(ctx, d, int64(len(junk)), bytes.NewReader(junk)); err != nil {
+		t.Fatal(err)
+	}
+	dv, err := c.derive(img, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.PutRef(ctx, dv.key, blob.Ref{Digest: d, Size: int64(len(junk)), MediaType: MediaType}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Materialize(ctx, img, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Digest == d || c.Stats().Conversions != 1 {
+		t.Fatalf("result %+v, stats %+v", res, c.Stats())
+	}
+	ref, err := store.GetRef(ctx, dv.key)
+	if err != nil || ref.Digest != res.Digest {
+		t.Fatalf("ref after conversion: %+v, %v", ref, err)
+	}
+	e2fsck(t, res.Path)
+}
