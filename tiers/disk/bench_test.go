@@ -31,14 +31,18 @@ func benchTier(b *testing.B, size int) (*Tier, blob.Digest) {
 }
 
 func BenchmarkStat(b *testing.B) {
-	tr, d := benchTier(b, 1<<10)
-	ctx := context.Background()
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		if _, err := tr.Stat(ctx, d); err != nil {
-			b.Fatal(err)
-		}
+	for _, s := range benchSizes {
+		b.Run(s.name, func(b *testing.B) {
+			tr, d := benchTier(b, s.size)
+			ctx := context.Background()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := tr.Stat(ctx, d); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
