@@ -4,12 +4,19 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -80,6 +87,8 @@ func getBenchImage(b *testing.B) benchImage {
 
 // BenchmarkMaterialize compares, on one image and in one run:
 //   - extract: layer blobs in memory, no layer dirs (a fresh root each time);
+//   - extract-from-registry: the same, the blobs streamed from an in-process
+//     registry over loopback HTTP;
 //   - dirs-present: every layer already extracted (the hot path);
 //   - peer-ggcr-flatten-tar-x: go-containerregistry's mutate.Extract
 //     flattening piped into `tar -x`;
@@ -109,6 +118,46 @@ func BenchmarkMaterialize(b *testing.B) {
 			b.StartTimer()
 		}
 		b.ReportMetric(float64(bi.files)*float64(b.N)/b.Elapsed().Seconds(), "files/s")
+	})
+	b.Run("extract-from-registry", func(b *testing.B) {
+		// Cold: layers stream from go-containerregistry's in-process registry
+		// over loopback HTTP, verified as they are read.
+		srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+		defer srv.Close()
+		ref, err := name.ParseReference(strings.TrimPrefix(srv.URL, "http://") + "/bench/img:latest")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := remote.Write(ref, bi.img); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		b.SetBytes(bi.bytes)
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			root := b.TempDir()
+			m, err := New(Config{Root: root})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			rimg, err := remote.Image(ref)
+			if err != nil {
+				b.Fatal(err)
+			}
+			mimg, err := tartest.Adapt(rimg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			res, err := m.Materialize(ctx, mimg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			res.Lease.Release()
+			os.RemoveAll(root)
+			b.StartTimer()
+		}
 	})
 	b.Run("dirs-present", func(b *testing.B) {
 		m, err := New(Config{Root: b.TempDir()})
