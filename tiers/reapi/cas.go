@@ -120,10 +120,10 @@ func (t *Tier) sizeOf(ctx context.Context, d blob.Digest) (int64, error) {
 // when enabled), decompressing as it goes and verifying digest and size:
 // the reader fails at EOF with a *blob.MismatchError on corruption, after
 // which the tier reports d missing until a Put re-uploads it (REAPI cannot
-// delete the bad copy). The
-// first message is awaited before Open returns, so a miss is reported by
-// Open as blob.ErrNotFound; a stream that breaks later fails its Read with
-// blob.ErrUnavailable. Nothing is buffered beyond one message.
+// delete the bad copy). The first message is awaited before Open returns,
+// so a miss is reported by Open as blob.ErrNotFound; a stream that breaks
+// later fails its Read with blob.ErrUnavailable. Nothing is buffered beyond
+// one message. The caller must Close the reader.
 func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Info, error) {
 	if err := t.check(ctx, d); err != nil {
 		return nil, blob.Info{}, err

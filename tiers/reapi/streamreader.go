@@ -76,6 +76,15 @@ func (r *streamReader) Read(p []byte) (int, error) {
 	if r.closed {
 		return 0, errReaderClosed
 	}
+	if r.err == nil {
+		if err := r.ctx.Err(); err != nil {
+			// gRPC may still hold received messages; a cancelled caller
+			// gets no more of them.
+			r.err = r.t.convert(r.ctx, "read", r.subject, err)
+			r.buf = nil
+			return 0, r.err
+		}
+	}
 	for len(r.buf) == 0 {
 		if r.err != nil {
 			return 0, r.err
