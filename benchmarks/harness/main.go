@@ -1,0 +1,467 @@
+// Command harness is Strata's benchmark harness: tier latency, and the
+// whole pipeline (fetch, overlay and ext4 materialization, concurrent
+// dedup) on reproducible synthetic images, side by side with peers
+// (go-containerregistry's pull and export, tar -x, mke2fs -d) in the same
+// run, interleaved. See docs/benchmarks.md.
+//
+//	go run ./benchmarks/harness -size smoke              # CI-sized, well under 2 minutes
+//	go run ./benchmarks/harness -size full -out bench-out # under 10 minutes on 2 cores
+//	go run ./benchmarks/harness -size full -compare bench-out/results.json -update-doc
+//
+// It writes results.json, results.md and SVG charts into -out and prints
+// the Markdown. Each measurement runs in a child process (this binary
+// re-executed with a hidden first argument), so every scenario's peak RSS is
+// its own and no scenario warms another's caches.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/strata-oci/strata/benchmarks/internal/pipeline"
+	"github.com/strata-oci/strata/benchmarks/internal/regserver"
+	"github.com/strata-oci/strata/benchmarks/internal/report"
+	"github.com/strata-oci/strata/benchmarks/internal/synth"
+	"github.com/strata-oci/strata/benchmarks/internal/tierlat"
+)
+
+// childArg, as the first argument, makes the binary run one measurement
+// described by the JSON second argument and print its result as JSON.
+const childArg = "-harness-child"
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == childArg {
+		os.Exit(childMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// childSpec is what a child process measures.
+type childSpec struct {
+	Kind    string         `json:"kind"` // "tiers" or "pipeline"
+	Backend string         `json:"backend,omitempty"`
+	Tiers   tierlat.Config `json:"tiers"`
+	Job     pipeline.Job   `json:"job"`
+}
+
+type childResult struct {
+	Tiers   []tierlat.Result  `json:"tiers,omitempty"`
+	Outcome *pipeline.Outcome `json:"outcome,omitempty"`
+	// HWMKiB is the child's own peak RSS (VmHWM of its address space,
+	// which starts at exec, so the parent's memory is not counted).
+	HWMKiB int64 `json:"hwm_kib"`
+	// ToolsMaxRSSKiB is the largest peak RSS among the processes the child
+	// ran (tar, mke2fs, crane): getrusage(RUSAGE_CHILDREN).
+	ToolsMaxRSSKiB int64 `json:"tools_max_rss_kib"`
+}
+
+func childMain(args []string, stdout, stderr io.Writer) int {
+	if len(args) != 1 {
+		fmt.Fprintln(stderr, "harness child: want one JSON argument")
+		return 2
+	}
+	var spec childSpec
+	if err := json.Unmarshal([]byte(args[0]), &spec); err != nil {
+		fmt.Fprintln(stderr, "harness child:", err)
+		return 2
+	}
+	ctx := context.Background()
+	var res childResult
+	var err error
+	switch spec.Kind {
+	case "tiers":
+		res.Tiers, err = tierlat.Run(ctx, spec.Backend, spec.Tiers)
+	case "pipeline":
+		res.Outcome, err = pipeline.Run(ctx, spec.Job)
+	default:
+		err = fmt.Errorf("unknown child kind %q", spec.Kind)
+	}
+	if err == nil {
+		res.HWMKiB, err = vmHWM()
+	}
+	if err == nil {
+		var ru syscall.Rusage
+		if err = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru); err == nil {
+			res.ToolsMaxRSSKiB = ru.Maxrss
+		}
+	}
+	if err == nil {
+		err = json.NewEncoder(stdout).Encode(res)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "harness child:", err)
+		return 1
+	}
+	return 0
+}
+
+// plan is what one -size runs.
+type plan struct {
+	images      []imagePlan
+	tiers       tierlat.Config
+	reps        int
+	concurrency int
+	warmSamples int
+}
+
+type imagePlan struct {
+	spec      synth.Spec
+	scenarios []string
+}
+
+func makePlan(size string, seed uint64) (plan, error) {
+	all := pipeline.Scenarios
+	cold := []string{pipeline.FetchCold, pipeline.FetchColdPeer, pipeline.OverlayCold, pipeline.OverlayColdPeer, pipeline.Ext4}
+	switch size {
+	case "smoke":
+		return plan{
+			images: []imagePlan{
+				{spec: synth.Spec{Name: "bench/smoke-gzip", Seed: seed, Layers: 3, LayerBytes: 2 << 20, FilesPerLayer: 100, Compressibility: 0.5, Compression: synth.Gzip, Whiteouts: 5}, scenarios: all},
+				{spec: synth.Spec{Name: "bench/smoke-zstd", Seed: seed + 1, Layers: 2, LayerBytes: 1 << 20, FilesPerLayer: 50, Compressibility: 0.5, Compression: synth.Zstd, Whiteouts: 2}, scenarios: cold},
+			},
+			tiers:       tierlat.Config{Sizes: []int64{1 << 10, 64 << 10, 1 << 20}, Budget: 60 * time.Millisecond, Warmup: 10 * time.Millisecond, MinSamples: 5, MaxSamples: 5000},
+			reps:        1,
+			concurrency: 4,
+			warmSamples: 20,
+		}, nil
+	case "full":
+		return plan{
+			images: []imagePlan{
+				// The issue-6 image (8 gzip layers, 512 MiB uncompressed) and
+				// the issue-7 image (512 MiB, 20k files, multi-layer) in one.
+				{spec: synth.Spec{Name: "bench/big-gzip", Seed: seed, Layers: 8, LayerBytes: 64 << 20, FilesPerLayer: 2500, Compressibility: 0.5, Compression: synth.Gzip, Whiteouts: 20}, scenarios: all},
+				{spec: synth.Spec{Name: "bench/mid-zstd", Seed: seed + 1, Layers: 4, LayerBytes: 32 << 20, FilesPerLayer: 1000, Compressibility: 0.5, Compression: synth.Zstd, Whiteouts: 10}, scenarios: cold},
+			},
+			tiers:       tierlat.Config{Sizes: []int64{1 << 10, 64 << 10, 1 << 20, 64 << 20}, Budget: 500 * time.Millisecond, Warmup: 100 * time.Millisecond, MinSamples: 7, MaxSamples: 200_000},
+			reps:        3,
+			concurrency: 8,
+			warmSamples: 200,
+		}, nil
+	}
+	return plan{}, fmt.Errorf("unknown -size %q (want smoke or full)", size)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("harness", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	size := fs.String("size", "smoke", "smoke (CI, well under 2 minutes) or full (under 10 minutes on 2 cores)")
+	out := fs.String("out", "bench-out", "directory for results.json, results.md and the SVG charts")
+	seed := fs.Uint64("seed", 1, "seed of the synthetic images")
+	reps := fs.Int("reps", 0, "repetitions of each pipeline scenario (default: 1 for smoke, 3 for full)")
+	work := fs.String("work", "", "parent of the scratch directory (default: the system temp dir)")
+	compare := fs.String("compare", "", "results.json of an earlier run to compare medians with")
+	updateDoc := fs.Bool("update-doc", false, "rewrite the results section of -doc with this run")
+	doc := fs.String("doc", "docs/benchmarks.md", "the document -update-doc rewrites")
+	regBin := fs.String("registry-binary", regserver.DistributionBinary, "distribution registry binary (in-process registry when absent)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	p, err := makePlan(*size, *seed)
+	if err != nil {
+		fmt.Fprintln(stderr, "harness:", err)
+		return 2
+	}
+	if *reps > 0 {
+		p.reps = *reps
+	}
+	r, err := bench(ctx, p, *size, *seed, *work, *regBin, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "harness:", err)
+		return 1
+	}
+	if *compare != "" {
+		prev, err := report.Read(*compare)
+		if err != nil {
+			fmt.Fprintln(stderr, "harness:", err)
+			return 1
+		}
+		r.CompareWith(prev, fmt.Sprintf("the run started %s (load before %s)", prev.Started, prev.Machine.LoadBefore))
+	}
+	md, err := r.Write(*out)
+	if err != nil {
+		fmt.Fprintln(stderr, "harness:", err)
+		return 1
+	}
+	fmt.Fprint(stdout, md)
+	if *updateDoc {
+		if err := report.UpdateDoc(*doc, md); err != nil {
+			fmt.Fprintln(stderr, "harness:", err)
+			return 1
+		}
+	}
+	return 0
+}
+
+func bench(ctx context.Context, p plan, size string, seed uint64, workParent, regBin string, log io.Writer) (*report.Report, error) {
+	start := time.Now()
+	r := &report.Report{Size: size, Seed: seed, Machine: machine(), Started: start.UTC().Format(time.RFC3339), TierRSS: map[string]int64{}}
+	work, err := os.MkdirTemp(workParent, "strata-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+
+	reg, err := regserver.Start(ctx, filepath.Join(work, "registry"), regBin)
+	if err != nil {
+		return nil, err
+	}
+	defer reg.Close()
+	r.Registry = reg.Kind
+	fmt.Fprintf(log, "harness: registry %s at %s\n", reg.Kind, reg.Host)
+
+	type pushed struct {
+		plan imagePlan
+		img  report.Image
+	}
+	var images []pushed
+	for _, ip := range p.images {
+		t0 := time.Now()
+		img, err := synth.Generate(ctx, ip.spec, filepath.Join(work, "images"))
+		if err != nil {
+			return nil, err
+		}
+		ref, err := synth.Push(ctx, reg.Host, img, "v1")
+		if err != nil {
+			return nil, err
+		}
+		ri := report.Image{Name: ip.spec.Name, Ref: ref, Digest: img.Digest, Compression: ip.spec.Compression, Layers: ip.spec.Layers,
+			Files: img.Files, UncompressedBytes: img.UncompressedBytes, CompressedBytes: img.CompressedBytes, Seconds: time.Since(t0).Seconds()}
+		images = append(images, pushed{plan: ip, img: ri})
+		r.Images = append(r.Images, ri)
+		fmt.Fprintf(log, "harness: pushed %s (%d files, %s uncompressed) in %.1fs\n", ref, img.Files, report.MiB(img.UncompressedBytes), ri.Seconds)
+	}
+	// Layer files are in the registry now.
+	os.RemoveAll(filepath.Join(work, "images"))
+
+	jobN := 0
+	jobDir := func() (string, error) {
+		jobN++
+		d := filepath.Join(work, "jobs", fmt.Sprint(jobN))
+		return d, os.MkdirAll(d, 0o755)
+	}
+
+	for _, backend := range tierlat.Backends {
+		dir, err := jobDir()
+		if err != nil {
+			return nil, err
+		}
+		cfg := p.tiers
+		cfg.Dir = dir
+		var res childResult
+		rss, err := runChild(ctx, exe, childSpec{Kind: "tiers", Backend: backend, Tiers: cfg}, &res)
+		if err != nil {
+			return nil, fmt.Errorf("tiers %s: %w", backend, err)
+		}
+		os.RemoveAll(dir)
+		r.Tiers = append(r.Tiers, res.Tiers...)
+		r.TierRSS[backend] = rss
+		fmt.Fprintf(log, "harness: tiers %s done\n", backend)
+	}
+
+	type key struct{ image, scenario string }
+	agg := map[key]*report.Scenario{}
+	gets := map[key][]map[string]int{}
+	get := func(k key) *report.Scenario {
+		s := agg[k]
+		if s == nil {
+			s = &report.Scenario{Name: k.scenario, Image: k.image}
+			agg[k] = s
+		}
+		return s
+	}
+	for rep := 0; rep < p.reps; rep++ {
+		for _, im := range images {
+			for _, sc := range im.plan.scenarios {
+				if sc == pipeline.Ext4Peer && !haveBinary("mke2fs") || strings.Contains(sc, "flatten-tar") && !haveBinary("tar") {
+					continue
+				}
+				dir, err := jobDir()
+				if err != nil {
+					return nil, err
+				}
+				repo := strings.TrimPrefix(im.img.Ref, reg.Host+"/")
+				job := pipeline.Job{Scenario: sc, Registry: reg.Host, Repo: repo, UncompressedBytes: im.img.UncompressedBytes, Files: im.img.Files,
+					WorkDir: dir, Concurrency: p.concurrency, WarmSamples: p.warmSamples}
+				var res childResult
+				rss, err := runChild(ctx, exe, childSpec{Kind: "pipeline", Job: job}, &res)
+				if err != nil {
+					return nil, fmt.Errorf("%s on %s: %w", sc, im.img.Name, err)
+				}
+				if err := os.RemoveAll(dir); err != nil {
+					return nil, err
+				}
+				o := res.Outcome
+				for _, name := range slices.Sorted(maps.Keys(o.Samples)) {
+					k := key{im.img.Name, name}
+					s := get(k)
+					s.Samples = append(s.Samples, o.Samples[name]...)
+					s.PeakRSSKiB = max(s.PeakRSSKiB, rss)
+					s.Tool, s.Note = o.Tool, o.Note
+					if name == sc && len(o.BlobGets) > 0 {
+						gets[k] = append(gets[k], o.BlobGets)
+					}
+				}
+				fmt.Fprintf(log, "harness: rep %d %s %s: %s\n", rep+1, im.img.Name, sc, summarize(o))
+			}
+		}
+	}
+	byName := map[string]report.Image{}
+	for _, im := range images {
+		byName[im.img.Name] = im.img
+	}
+	for k, s := range agg {
+		sorted := slices.Sorted(slices.Values(s.Samples))
+		s.Median, s.Min, s.Max = pipeline.Median(sorted), sorted[0], sorted[len(sorted)-1]
+		if len(sorted) >= 20 {
+			s.P95 = sorted[(len(sorted)*95+99)/100-1]
+		}
+		im := byName[k.image]
+		switch {
+		case strings.HasPrefix(k.scenario, "fetch-"):
+			s.MBps = float64(im.CompressedBytes) / (s.Median / 1e9) / 1e6
+		case strings.HasPrefix(k.scenario, "overlay-cold"), k.scenario == pipeline.OverlayWarm, strings.HasPrefix(k.scenario, "ext4"):
+			s.MBps = float64(im.UncompressedBytes) / (s.Median / 1e9) / 1e6
+		}
+		var total, blobs int
+		for _, g := range gets[k] {
+			for _, n := range g {
+				s.BlobGetsMax = max(s.BlobGetsMax, n)
+				total += n
+				blobs++
+			}
+		}
+		if blobs > 0 {
+			s.BlobGetsPerBlob = float64(total) / float64(blobs)
+		}
+		r.Pipeline = append(r.Pipeline, *s)
+	}
+	order := slices.Clone(pipeline.Scenarios)
+	order = slices.Insert(order, slices.Index(order, pipeline.FetchWarm)+1, pipeline.ResolveWarm)
+	order = slices.Insert(order, slices.Index(order, pipeline.OverlayWarm)+1, pipeline.OverlayPresent)
+	report.SortScenarios(r.Pipeline, order)
+	for _, s := range r.Pipeline {
+		base, ok := pipeline.PeerOf[s.Name]
+		if !ok {
+			continue
+		}
+		if b := agg[key{s.Image, base}]; b != nil && b.Median > 0 {
+			r.Ratios = append(r.Ratios, report.Ratio{Scenario: base, Peer: s.Name, Image: s.Image, Tool: s.Tool, Ratio: s.Median / b.Median})
+		}
+	}
+	r.Machine.LoadAfter = loadavg()
+	r.Seconds = time.Since(start).Seconds()
+	return r, nil
+}
+
+func summarize(o *pipeline.Outcome) string {
+	var parts []string
+	for _, name := range slices.Sorted(maps.Keys(o.Samples)) {
+		xs := o.Samples[name]
+		parts = append(parts, fmt.Sprintf("%s %.3fs", name, pipeline.Median(xs)/1e9))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func haveBinary(name string) bool {
+	_, err := exec.LookPath(name)
+	return err == nil
+}
+
+// runChild runs spec in a child process, decodes its JSON result into res
+// and returns the child's peak RSS in KiB.
+func runChild(ctx context.Context, exe string, spec childSpec, res *childResult) (int64, error) {
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, childArg, string(b))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return 0, fmt.Errorf("child: %v: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	if err := json.Unmarshal(stdout.Bytes(), res); err != nil {
+		return 0, fmt.Errorf("child output: %w", err)
+	}
+	// Not the child's rusage from wait4: its maxrss includes this
+	// process's RSS at the fork (Linux keeps the pre-exec high-water mark).
+	if res.HWMKiB <= 0 {
+		return 0, errors.New("child reported no peak RSS")
+	}
+	return max(res.HWMKiB, res.ToolsMaxRSSKiB), nil
+}
+
+// vmHWM returns this process's peak RSS in KiB from /proc/self/status.
+func vmHWM() (int64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%d kB", &kb); err != nil {
+				return 0, fmt.Errorf("VmHWM %q: %w", v, err)
+			}
+			return kb, nil
+		}
+	}
+	return 0, errors.New("no VmHWM in /proc/self/status")
+}
+
+func machine() report.Machine {
+	m := report.Machine{CPUs: runtime.NumCPU(), LoadBefore: loadavg()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		var kb int64
+		if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kb); err == nil {
+			m.MemMiB = kb >> 10
+		}
+	}
+	return m
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/xml"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/strata-oci/strata/benchmarks/internal/pipeline"
+	"github.com/strata-oci/strata/benchmarks/internal/report"
+)
+
+// TestMain lets the test binary serve as the harness's child process.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == childArg {
+		os.Exit(childMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// requireRoot skips without root (overlay whiteouts are 0:0 character
+// devices, which only root can make), but fails under CI=true.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("the smoke harness needs root (overlay whiteouts) and CI runs as root")
+	}
+	t.Skip("not root: the smoke harness (overlay materialization with whiteouts) was not run")
+}
+
+// TestSmokeHarness runs the whole smoke harness end to end and checks that
+// its outputs exist and parse: the JSON decodes with every scenario
+// measured, each SVG is well-formed XML with an svg root, the Markdown holds
+// the tables, and -update-doc rewrites only the marked section. No timing is
+// asserted.
+func TestSmokeHarness(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the smoke harness takes about 10 s")
+	}
+	requireRoot(t)
+	out := filepath.Join(t.TempDir(), "out")
+	doc := filepath.Join(t.TempDir(), "benchmarks.md")
+	const before, after = "# Doc\n\nintro\n\n", "\n\nafter the results\n"
+	if err := os.WriteFile(doc, []byte(before+report.BeginMarker+"\nold results\n"+report.EndMarker+after), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	args := []string{"-size", "smoke", "-out", out, "-work", t.TempDir(), "-update-doc", "-doc", doc}
+	if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
+		t.Fatalf("harness exited %d:\n%s", code, stderr.String())
+	}
+
+	r, err := report.Read(filepath.Join(out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Registry == "" || r.Machine.CPUs < 1 || len(r.Images) != 2 {
+		t.Errorf("report header: registry %q, %d CPUs, %d images", r.Registry, r.Machine.CPUs, len(r.Images))
+	}
+	got := map[string]report.Scenario{}
+	for _, s := range r.Pipeline {
+		got[s.Image+" "+s.Name] = s
+		if len(s.Samples) == 0 || s.Median <= 0 || s.PeakRSSKiB <= 0 {
+			t.Errorf("%s %s: %d samples, median %v, peak RSS %d KiB", s.Image, s.Name, len(s.Samples), s.Median, s.PeakRSSKiB)
+		}
+	}
+	want := append([]string{pipeline.ResolveWarm, pipeline.OverlayPresent}, pipeline.Scenarios...)
+	for _, name := range want {
+		if _, ok := got["bench/smoke-gzip "+name]; !ok {
+			t.Errorf("scenario %s missing on bench/smoke-gzip", name)
+		}
+	}
+	// Every image blob is downloaded once per cold fetch, and once in all
+	// by the executors of the dedup scenario.
+	for _, name := range []string{pipeline.FetchCold, pipeline.Dedup} {
+		if s := got["bench/smoke-gzip "+name]; s.BlobGetsMax != 1 {
+			t.Errorf("%s: a blob was downloaded %d times, want 1", name, s.BlobGetsMax)
+		}
+	}
+	if len(r.Ratios) == 0 {
+		t.Error("no peer ratios")
+	}
+	ops := map[string]bool{}
+	for _, tr := range r.Tiers {
+		ops[tr.Backend+" "+tr.Op] = true
+		if tr.Samples < 5 || tr.P50 <= 0 || tr.P99 < tr.P50 {
+			t.Errorf("tier row %+v", tr)
+		}
+	}
+	for _, k := range []string{"memory stat", "memory open+read", "memory put", "disk stat", "disk put", "stack open+read", "file+sha256 open+read"} {
+		if !ops[k] {
+			t.Errorf("tier measurement %q missing", k)
+		}
+	}
+
+	svgs, _ := filepath.Glob(filepath.Join(out, "*.svg"))
+	if len(svgs) < 2 {
+		t.Fatalf("SVG charts: %v", svgs)
+	}
+	for _, p := range svgs {
+		if err := wellFormedSVG(p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+
+	md, err := os.ReadFile(filepath.Join(out, "results.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"| image | scenario | reps | median |", "|---|---|---:|", "| backend | op | size |", "| bench/smoke-gzip | overlay-cold |"} {
+		if !bytes.Contains(md, []byte(s)) {
+			t.Errorf("results.md lacks %q", s)
+		}
+	}
+	if stdout.String() != string(md) {
+		t.Error("stdout is not the Markdown report")
+	}
+	d, err := os.ReadFile(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := string(d)
+	if !strings.HasPrefix(ds, before+report.BeginMarker+"\n") || !strings.HasSuffix(ds, report.EndMarker+after) ||
+		strings.Contains(ds, "old results") || !strings.Contains(ds, "| bench/smoke-gzip | overlay-cold |") {
+		t.Errorf("-update-doc result:\n%s", ds)
+	}
+}
+
+func wellFormedSVG(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	dec := xml.NewDecoder(f)
+	root := ""
+	elems := 0
+	for {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if se, ok := tok.(xml.StartElement); ok {
+			if root == "" {
+				root = se.Name.Local
+			}
+			elems++
+		}
+	}
+	if root != "svg" || elems < 3 {
+		return errors.New("not an SVG chart: root " + root)
+	}
+	return nil
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		desc string
+		args []string
+	}{
+		{"unknown size", []string{"-size", "huge"}},
+		{"unknown flag", []string{"-nope"}},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := run(context.Background(), tc.args, &stdout, &stderr); code != 2 {
+				t.Errorf("exit %d, want 2 (stderr %q)", code, stderr.String())
+			}
+		})
+	}
+}

@@ -1,0 +1,554 @@
+// Package pipeline runs one repetition of one pipeline scenario (fetch,
+// overlay and ext4 materialization, concurrent dedup) or of a peer tool on
+// the same image. The harness runs each Job in a child process of its own so
+// that peak RSS is per scenario and no cache survives between jobs except
+// the ones a scenario builds itself, untimed.
+//
+// Every job reaches the registry through a counting reverse proxy it starts
+// on 127.0.0.1, so registry requests per blob can be reported; the peers go
+// through the same proxy.
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/crane"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/strata-oci/strata/benchmarks/internal/countproxy"
+	"github.com/strata-oci/strata/fetcher"
+	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/materialize/ext4"
+	"github.com/strata-oci/strata/materialize/overlay"
+	"github.com/strata-oci/strata/registry"
+	"github.com/strata-oci/strata/registry/credential"
+	"github.com/strata-oci/strata/tiers"
+	"github.com/strata-oci/strata/tiers/disk"
+	"github.com/strata-oci/strata/tiers/memory"
+)
+
+// Scenario names. A peer's name is "<scenario>/peer-<tool>".
+const (
+	FetchCold       = "fetch-cold"
+	FetchColdPeer   = "fetch-cold/peer-crane"
+	FetchWarm       = "fetch-warm"
+	ResolveWarm     = "resolve-warm" // reported by FetchWarm jobs
+	OverlayCold     = "overlay-cold"
+	OverlayColdPeer = "overlay-cold/peer-flatten-tar"
+	OverlayWarm     = "overlay-warm"
+	OverlayPresent  = "overlay-present" // reported by OverlayWarm jobs
+	Ext4            = "ext4"
+	Ext4Peer        = "ext4/peer-mke2fs"
+	Dedup           = "dedup"
+)
+
+// Scenarios lists every scenario in the order the harness interleaves them:
+// each Strata scenario next to its peer.
+var Scenarios = []string{FetchCold, FetchColdPeer, FetchWarm, OverlayCold, OverlayColdPeer, OverlayWarm, Ext4, Ext4Peer, Dedup}
+
+// PeerOf maps a peer scenario to the Strata scenario it is compared with.
+var PeerOf = map[string]string{FetchColdPeer: FetchCold, OverlayColdPeer: OverlayCold, Ext4Peer: Ext4}
+
+// Job is one repetition of one scenario on one image.
+type Job struct {
+	Scenario string `json:"scenario"`
+	// Registry is the registry's "127.0.0.1:port"; Repo is "name:tag".
+	Registry string `json:"registry"`
+	Repo     string `json:"repo"`
+	// UncompressedBytes and Files describe the image (for mke2fs sizing).
+	UncompressedBytes int64 `json:"uncompressed_bytes"`
+	Files             int   `json:"files"`
+	// WorkDir is an empty directory the job may fill; the caller removes it.
+	WorkDir string `json:"work_dir"`
+	// Concurrency is the number of executors of the dedup scenario.
+	Concurrency int `json:"concurrency"`
+	// WarmSamples bounds the samples of the sub-millisecond scenarios
+	// (resolve-warm, overlay-present).
+	WarmSamples int `json:"warm_samples"`
+}
+
+// Outcome is what a job measured.
+type Outcome struct {
+	// Samples are durations in nanoseconds per scenario name: the job's
+	// own scenario and the extra ones it measures on the side.
+	Samples map[string][]float64 `json:"samples_ns"`
+	// BlobGets counts registry GETs per blob digest during the timed part.
+	BlobGets map[string]int `json:"blob_gets,omitempty"`
+	// Tool says what implemented a peer ("crane binary", "ggcr library").
+	Tool string `json:"tool,omitempty"`
+	// Note is a free-form remark (counts, sizes).
+	Note string `json:"note,omitempty"`
+}
+
+// Run runs job.
+func Run(ctx context.Context, job Job) (*Outcome, error) {
+	px, err := countproxy.Start(job.Registry)
+	if err != nil {
+		return nil, err
+	}
+	defer px.Close()
+	e := &env{job: job, px: px, ref: px.Host + "/" + job.Repo, out: &Outcome{Samples: map[string][]float64{}}}
+	switch job.Scenario {
+	case FetchCold:
+		err = e.fetchCold(ctx)
+	case FetchColdPeer:
+		err = e.cranePull(ctx)
+	case FetchWarm:
+		err = e.fetchWarm(ctx)
+	case OverlayCold:
+		err = e.overlayCold(ctx)
+	case OverlayColdPeer:
+		err = e.flattenTar(ctx)
+	case OverlayWarm:
+		err = e.overlayWarm(ctx)
+	case Ext4:
+		err = e.ext4(ctx)
+	case Ext4Peer:
+		err = e.mke2fs(ctx)
+	case Dedup:
+		err = e.dedup(ctx)
+	default:
+		err = fmt.Errorf("pipeline: unknown scenario %q", job.Scenario)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: %s: %w", job.Scenario, err)
+	}
+	return e.out, nil
+}
+
+type env struct {
+	job Job
+	px  *countproxy.Proxy
+	ref string
+	out *Outcome
+}
+
+func (e *env) add(name string, d time.Duration) {
+	e.out.Samples[name] = append(e.out.Samples[name], float64(d.Nanoseconds()))
+}
+
+// executor is one Strata executor: a memory tier over a disk tier, a
+// registry client and a fetcher.
+type executor struct {
+	stack *tiers.Stack
+	f     *fetcher.Fetcher
+}
+
+func newStack(dir string) (*tiers.Stack, error) {
+	d, err := disk.Open(disk.Config{Root: dir})
+	if err != nil {
+		return nil, err
+	}
+	m := memory.New(memory.Config{Name: "memory", MaxBytes: 256 << 20, MaxBlobBytes: 16 << 20})
+	return tiers.NewStack(tiers.StackConfig{Tiers: []tiers.Entry{{Tier: m}, {Tier: d}}}), nil
+}
+
+func newFetcher(stack *tiers.Stack) (*fetcher.Fetcher, error) {
+	client, err := registry.New(registry.Config{AllowCIDRs: []string{"127.0.0.0/8"}, Proxy: registry.NoProxy})
+	if err != nil {
+		return nil, err
+	}
+	cfg := fetcher.DefaultConfig()
+	cfg.Store, cfg.Registry = stack, client
+	return fetcher.New(cfg)
+}
+
+func (e *env) executor() (*executor, error) {
+	s, err := newStack(filepath.Join(e.job.WorkDir, "tiers"))
+	if err != nil {
+		return nil, err
+	}
+	f, err := newFetcher(s)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return &executor{stack: s, f: f}, nil
+}
+
+// fetchAll fetches the image and reads every layer to the end (at most 4 at
+// once), verified, through the tiers.
+func fetchAll(ctx context.Context, f *fetcher.Fetcher, ref string) (*fetcher.Image, error) {
+	img, err := f.FetchImage(ctx, ref, credential.Anonymous)
+	if err != nil {
+		return nil, err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for _, l := range img.Layers() {
+		g.Go(func() error {
+			rc, err := l.Open(gctx)
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			n, err := io.Copy(io.Discard, rc)
+			if err == nil && n != l.Size() {
+				err = fmt.Errorf("layer %s: read %d bytes, want %d", l.Digest(), n, l.Size())
+			}
+			return err
+		})
+	}
+	return img, g.Wait()
+}
+
+func (e *env) fetchCold(ctx context.Context) error {
+	x, err := e.executor()
+	if err != nil {
+		return err
+	}
+	defer x.stack.Close()
+	t0 := time.Now()
+	if _, err := fetchAll(ctx, x.f, e.ref); err != nil {
+		return err
+	}
+	e.add(FetchCold, time.Since(t0))
+	e.out.BlobGets = e.px.BlobGets()
+	return nil
+}
+
+func (e *env) fetchWarm(ctx context.Context) error {
+	x, err := e.executor()
+	if err != nil {
+		return err
+	}
+	defer x.stack.Close()
+	if _, err := fetchAll(ctx, x.f, e.ref); err != nil {
+		return err
+	}
+	e.px.Reset()
+	t0 := time.Now()
+	if _, err := fetchAll(ctx, x.f, e.ref); err != nil {
+		return err
+	}
+	e.add(FetchWarm, time.Since(t0))
+	for i := 0; i < max(1, e.job.WarmSamples); i++ {
+		t0 := time.Now()
+		img, err := x.f.FetchImage(ctx, e.ref, credential.Anonymous)
+		if err != nil {
+			return err
+		}
+		e.add(ResolveWarm, time.Since(t0))
+		if !img.FromCache {
+			return errors.New("warm FetchImage was not answered from the cache")
+		}
+	}
+	if n := e.px.Requests(); n != 0 {
+		return fmt.Errorf("warm fetches made %d registry requests (want 0: proof valid, blobs cached)", n)
+	}
+	return nil
+}
+
+func (e *env) overlayCold(ctx context.Context) error {
+	x, err := e.executor()
+	if err != nil {
+		return err
+	}
+	defer x.stack.Close()
+	m, err := overlay.New(overlay.Config{Root: filepath.Join(e.job.WorkDir, "overlay")})
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	img, err := x.f.FetchImage(ctx, e.ref, credential.Anonymous)
+	if err != nil {
+		return err
+	}
+	res, err := m.Materialize(ctx, materialize.Fetched(img))
+	if err != nil {
+		return err
+	}
+	e.add(OverlayCold, time.Since(t0))
+	res.Lease.Release()
+	e.out.BlobGets = e.px.BlobGets()
+	return nil
+}
+
+func (e *env) overlayWarm(ctx context.Context) error {
+	x, err := e.executor()
+	if err != nil {
+		return err
+	}
+	defer x.stack.Close()
+	if _, err := fetchAll(ctx, x.f, e.ref); err != nil {
+		return err
+	}
+	m, err := overlay.New(overlay.Config{Root: filepath.Join(e.job.WorkDir, "overlay")})
+	if err != nil {
+		return err
+	}
+	e.px.Reset()
+	t0 := time.Now()
+	img, err := x.f.FetchImage(ctx, e.ref, credential.Anonymous)
+	if err != nil {
+		return err
+	}
+	mimg := materialize.Fetched(img)
+	res, err := m.Materialize(ctx, mimg)
+	if err != nil {
+		return err
+	}
+	e.add(OverlayWarm, time.Since(t0))
+	res.Lease.Release()
+	for i := 0; i < max(1, e.job.WarmSamples); i++ {
+		t0 := time.Now()
+		res, err := m.Materialize(ctx, mimg)
+		if err != nil {
+			return err
+		}
+		e.add(OverlayPresent, time.Since(t0))
+		res.Lease.Release()
+	}
+	if n := len(e.px.BlobGets()); n != 0 {
+		return fmt.Errorf("warm materialization downloaded %d blobs (want 0)", n)
+	}
+	return nil
+}
+
+func (e *env) ext4(ctx context.Context) error {
+	x, err := e.executor()
+	if err != nil {
+		return err
+	}
+	defer x.stack.Close()
+	img, err := fetchAll(ctx, x.f, e.ref)
+	if err != nil {
+		return err
+	}
+	c, err := ext4.New(ext4.Config{Store: x.stack, WorkDir: filepath.Join(e.job.WorkDir, "ext4")})
+	if err != nil {
+		return err
+	}
+	e.px.Reset()
+	t0 := time.Now()
+	res, err := c.Materialize(ctx, materialize.Fetched(img), nil)
+	if err != nil {
+		return err
+	}
+	e.add(Ext4, time.Since(t0))
+	if res.FromCache {
+		return errors.New("ext4 conversion was answered from a cache")
+	}
+	e.out.Note = fmt.Sprintf("image %d bytes", res.Size)
+	if n := len(e.px.BlobGets()); n != 0 {
+		return fmt.Errorf("conversion from cached blobs downloaded %d blobs", n)
+	}
+	return nil
+}
+
+func (e *env) dedup(ctx context.Context) error {
+	n := max(2, e.job.Concurrency)
+	s, err := newStack(filepath.Join(e.job.WorkDir, "tiers"))
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	fs := make([]*fetcher.Fetcher, n)
+	for i := range fs {
+		if fs[i], err = newFetcher(s); err != nil {
+			return err
+		}
+	}
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i, f := range fs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, errs[i] = fetchAll(ctx, f, e.ref)
+		}()
+	}
+	t0 := time.Now()
+	close(start)
+	wg.Wait()
+	e.add(Dedup, time.Since(t0))
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	e.out.BlobGets = e.px.BlobGets()
+	e.out.Note = fmt.Sprintf("%d executors sharing one tier stack", n)
+	return nil
+}
+
+// Peers.
+
+func craneBinary() string {
+	p, err := exec.LookPath("crane")
+	if err != nil {
+		return ""
+	}
+	return p
+}
+
+func (e *env) pull() (v1.Image, error) {
+	return crane.Pull(e.ref, crane.Insecure)
+}
+
+// writeLayout writes img (every blob read through) to an OCI layout at dir.
+func writeLayout(img v1.Image, dir string) error {
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		return err
+	}
+	return p.AppendImage(img)
+}
+
+func (e *env) cranePull(ctx context.Context) error {
+	dir := filepath.Join(e.job.WorkDir, "layout")
+	if bin := craneBinary(); bin != "" {
+		e.out.Tool = "crane binary: crane pull --format oci"
+		t0 := time.Now()
+		if out, err := exec.CommandContext(ctx, bin, "pull", "--insecure", "--format", "oci", e.ref, dir).CombinedOutput(); err != nil {
+			return fmt.Errorf("crane pull: %v: %s", err, out)
+		}
+		e.add(FetchColdPeer, time.Since(t0))
+	} else {
+		e.out.Tool = "ggcr library (crane binary absent): crane.Pull + layout.Write"
+		t0 := time.Now()
+		img, err := e.pull()
+		if err != nil {
+			return err
+		}
+		if err := writeLayout(img, dir); err != nil {
+			return err
+		}
+		e.add(FetchColdPeer, time.Since(t0))
+	}
+	e.out.BlobGets = e.px.BlobGets()
+	return nil
+}
+
+// tarX extracts r into dir with GNU tar.
+func tarX(ctx context.Context, r io.Reader, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, "tar", "-x", "-f", "-", "-C", dir)
+	cmd.Stdin = r
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("tar -x: %v: %s", err, out)
+	}
+	return nil
+}
+
+// exportTo pipes img's flattened filesystem (mutate.Extract) into tar -x.
+func exportTo(ctx context.Context, img v1.Image, dir string) error {
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	return tarX(ctx, rc, dir)
+}
+
+func (e *env) flattenTar(ctx context.Context) error {
+	dir := filepath.Join(e.job.WorkDir, "tree")
+	if bin := craneBinary(); bin != "" {
+		e.out.Tool = "crane binary: crane export | tar -x"
+		t0 := time.Now()
+		cmd := exec.CommandContext(ctx, bin, "export", "--insecure", e.ref, "-")
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return err
+		}
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		terr := tarX(ctx, stdout, dir)
+		if err := errors.Join(terr, cmd.Wait()); err != nil {
+			return err
+		}
+		e.add(OverlayColdPeer, time.Since(t0))
+	} else {
+		e.out.Tool = "ggcr library (crane binary absent): crane.Pull + mutate.Extract | tar -x"
+		t0 := time.Now()
+		img, err := e.pull()
+		if err != nil {
+			return err
+		}
+		if err := exportTo(ctx, img, dir); err != nil {
+			return err
+		}
+		e.add(OverlayColdPeer, time.Since(t0))
+	}
+	e.out.BlobGets = e.px.BlobGets()
+	return nil
+}
+
+// mke2fs is the classic route from cached blobs: the image is pulled into
+// an OCI layout first (untimed), then timed: flatten (mutate.Extract) into
+// tar -x, then mke2fs -d of the tree.
+func (e *env) mke2fs(ctx context.Context) error {
+	bin, err := exec.LookPath("mke2fs")
+	if err != nil {
+		return errors.New("mke2fs not installed (e2fsprogs)")
+	}
+	img, err := e.pull()
+	if err != nil {
+		return err
+	}
+	lay := filepath.Join(e.job.WorkDir, "layout")
+	if err := writeLayout(img, lay); err != nil {
+		return err
+	}
+	p, err := layout.FromPath(lay)
+	if err != nil {
+		return err
+	}
+	ii, err := p.ImageIndex()
+	if err != nil {
+		return err
+	}
+	im, err := ii.IndexManifest()
+	if err != nil || len(im.Manifests) != 1 {
+		return fmt.Errorf("layout index: %v (%d manifests)", err, len(im.Manifests))
+	}
+	cached, err := p.Image(im.Manifests[0].Digest)
+	if err != nil {
+		return err
+	}
+	e.out.Tool = "ggcr mutate.Extract | tar -x, then mke2fs -d"
+	tree := filepath.Join(e.job.WorkDir, "tree")
+	out := filepath.Join(e.job.WorkDir, "classic.ext4")
+	t0 := time.Now()
+	if err := exportTo(ctx, cached, tree); err != nil {
+		return err
+	}
+	extracted := time.Since(t0)
+	sizeK := (e.job.UncompressedBytes*13/10 + int64(e.job.Files)*4096 + 64<<20) >> 10
+	args := []string{"-q", "-F", "-t", "ext4", "-b", "4096", "-N", strconv.Itoa(e.job.Files*2 + 1000), "-d", tree, out, strconv.FormatInt(sizeK, 10) + "k"}
+	if o, err := exec.CommandContext(ctx, bin, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("mke2fs %s: %v: %s", strings.Join(args, " "), err, o)
+	}
+	total := time.Since(t0)
+	e.add(Ext4Peer, total)
+	e.out.Note = fmt.Sprintf("extract %.2fs + mke2fs %.2fs", extracted.Seconds(), (total - extracted).Seconds())
+	return nil
+}
+
+// Median returns the median of xs (0 for none).
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
