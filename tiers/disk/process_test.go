@@ -65,7 +65,7 @@ func TestHelperProcess(t *testing.T) {
 		fmt.Println("small")
 		d := bigDigest()
 		fmt.Println(d)
-		err := tr.Put(context.Background(), d, bigPutSize, &genReader{left: bigPutSize, delay: 2 * time.Millisecond})
+		err := tr.Put(context.Background(), d, bigPutSize, &genReader{left: bigPutSize, delay: 5 * time.Millisecond})
 		fmt.Println("big put finished:", err) // the parent kills us first
 		os.Exit(0)
 	}
