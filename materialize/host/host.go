@@ -71,7 +71,7 @@ type Host struct {
 // endpoint serves it at /metrics). It fails with an error wrapping ErrLocked
 // when another process holds cfg's disk root; use Dial then. Nothing is left
 // open on failure.
-func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (h *Host, err error) {
+func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("host: %w", err)
 	}
@@ -86,7 +86,7 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (h *Host, 
 	if cfg.Ext4.WorkDir == "" {
 		cfg.Ext4.WorkDir = filepath.Join(root, "ext4")
 	}
-	h = &Host{cfg: cfg}
+	h := &Host{cfg: cfg}
 	if g, ok := reg.(prometheus.Gatherer); ok {
 		h.gatherer = g
 	}

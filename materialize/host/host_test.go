@@ -1,0 +1,313 @@
+package host
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/registrytest"
+	"github.com/strata-oci/strata/registry/credential"
+)
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		desc, in string
+		want     Size
+		wantErr  bool
+	}{
+		{"plain bytes", "1048576", 1 << 20, false},
+		{"mebibytes", "256MiB", 256 << 20, false},
+		{"gibibytes lower case", "1gib", 1 << 30, false},
+		{"decimal megabytes", "10MB", 10_000_000, false},
+		{"bare K is binary", "512k", 512 << 10, false},
+		{"fraction", "1.5GiB", 3 << 29, false},
+		{"space before unit", "2 MiB", 2 << 20, false},
+		{"zero", "0", 0, false},
+		{"negative", "-1", 0, true},
+		{"empty", "", 0, true},
+		{"unit only", "MiB", 0, true},
+		{"garbage", "lots", 0, true},
+		{"overflow", "99999999999TiB", 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			got, err := ParseSize(tt.in)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Fatalf("ParseSize(%q) = %d, %v; want %d, err %v", tt.in, got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+func FuzzParseSize(f *testing.F) {
+	for _, s := range []string{"256MiB", "1GiB", "0", "1.5k", "10MB", "-3", "1e30"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := ParseSize(s)
+		if err != nil {
+			return
+		}
+		if n < 0 {
+			t.Fatalf("ParseSize(%q) = %d < 0", s, n)
+		}
+		// What String prints parses back to the same size.
+		if m, err := ParseSize(n.String()); err != nil || m != n {
+			t.Fatalf("round trip of %d via %q: %d, %v", n, n.String(), m, err)
+		}
+	})
+}
+
+func TestLoadFlatKeys(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "strata.yaml")
+	yaml := `root: ` + dir + `/root
+memory: 64MiB
+disk-budget: 2GiB
+remote: grpc://127.0.0.1:1
+remote-instance: main
+remote-header: {x-api-key: s3cret-header}
+allow-cidr: [127.0.0.0/8]
+mirror: {docker.io: [mirror.local:5000]}
+credentials:
+  ghcr.io: {username: alice, password: s3cret-pass}
+identity-key: s3cret-key-0123456789abcdef
+tag-ttl: 5m
+proof-ttl: 1h
+platform: linux/arm64
+overlay-budget: 1GiB
+ext4-free: 16MiB
+`
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path, Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Memory.Size != 64<<20 || cfg.Disk.Budget != 2<<30 || cfg.Remote.Instance != "main" ||
+		cfg.Fetch.TagTTL != Duration(5*time.Minute) || cfg.Fetch.ProofTTL != Duration(time.Hour) ||
+		cfg.Fetch.Platform != "linux/arm64" || cfg.Overlay.Budget != 1<<30 || cfg.Ext4.FreeBytes != 16<<20 ||
+		cfg.Registry.AllowCIDRs[0] != "127.0.0.0/8" || cfg.Registry.Mirrors["docker.io"][0] != "mirror.local:5000" ||
+		cfg.Registry.Credentials["ghcr.io"].Username != "alice" || cfg.Registry.IdentityKey.IsZero() {
+		t.Fatalf("loaded config differs: %s", cfg)
+	}
+	if s := cfg.String(); strings.Contains(s, "s3cret") {
+		t.Fatalf("Config.String shows a secret:\n%s", s)
+	}
+	if err := os.WriteFile(path, []byte("memroy: 1MiB\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path, Default()); err == nil || !strings.Contains(err.Error(), "memroy") {
+		t.Fatalf("unknown key: err = %v, want one naming it", err)
+	}
+}
+
+func TestDefaultRoot(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", "/x/cache")
+	if got := Default().Disk.Root; got != "/x/cache/strata" {
+		t.Fatalf("with XDG_CACHE_HOME: %s", got)
+	}
+	t.Setenv("XDG_CACHE_HOME", "")
+	t.Setenv("HOME", "/home/u")
+	if got := Default().Disk.Root; got != "/home/u/.cache/strata" {
+		t.Fatalf("with HOME: %s", got)
+	}
+}
+
+func testConfig(t *testing.T) Config {
+	cfg := Default()
+	cfg.Disk.Root = t.TempDir()
+	cfg.Registry.AllowCIDRs = []string{"127.0.0.0/8"}
+	return cfg
+}
+
+func TestIdentityKeyPersisted(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig(t)
+	h, err := Open(ctx, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := credential.Basic("r.example", "u", "p")
+	id1 := h.Credentials().Identity(c)
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(cfg.Disk.Root, IdentityKeyName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 || fi.Size() != 32 {
+		t.Fatalf("identity key: mode %v size %d, want 0600 and 32 bytes", fi.Mode().Perm(), fi.Size())
+	}
+	h, err = Open(ctx, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id2 := h.Credentials().Identity(c)
+	h.Close()
+	if id1 != id2 {
+		t.Fatalf("identity changed across opens: %s vs %s", id1, id2)
+	}
+	if public := c.Identity(credential.SecretKey{}); public == id1 {
+		t.Fatal("identity keyed with the public key, not the generated one")
+	}
+	cfg.Registry.IdentityKey = credential.NewSecretKey([]byte("fleet-wide-key-0123456789abcdef!"))
+	h, err = Open(ctx, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if h.Credentials().Identity(c) != c.Identity(cfg.Registry.IdentityKey) {
+		t.Fatal("configured identity key not used")
+	}
+}
+
+func TestAdminSocket(t *testing.T) {
+	ctx := context.Background()
+	cfg := testConfig(t)
+	sock := filepath.Join(cfg.Disk.Root, AdminSocketName)
+	// A stale socket from a crashed process.
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	reg := prometheus.NewRegistry()
+	h, err := Open(ctx, cfg, reg)
+	if err != nil {
+		t.Fatalf("open over a stale socket: %v", err)
+	}
+	fi, err := os.Lstat(sock)
+	if err != nil || fi.Mode().Type() != fs.ModeSocket || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin socket: %v, %v; want a 0600 socket", fi.Mode(), err)
+	}
+	// A second Open of the same root fails with ErrLocked; Dial works.
+	if _, err := Open(ctx, cfg, nil); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second Open: %v, want ErrLocked", err)
+	}
+	c, err := Dial(ctx, cfg.Disk.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.PID() != os.Getpid() {
+		t.Fatalf("pid %d, want %d", c.PID(), os.Getpid())
+	}
+
+	// Content put through the host is seen the same directly and remotely.
+	data := []byte("hello admin socket")
+	d := blob.FromBytes(data)
+	if err := h.Stack().Put(ctx, d, int64(len(data)), bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	direct, err := h.Blobs(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote, err := c.Blobs(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dj, _ := json.Marshal(direct)
+	rj, _ := json.Marshal(remote)
+	if !bytes.Equal(dj, rj) || len(direct) != 2 {
+		t.Fatalf("direct %s\nremote %s", dj, rj)
+	}
+	var buf bytes.Buffer
+	if _, err := c.Cat(ctx, d, &buf); err != nil || buf.String() != string(data) {
+		t.Fatalf("cat: %q, %v", buf.String(), err)
+	}
+	missing := blob.FromBytes([]byte("absent"))
+	if _, err := c.Stat(ctx, missing); !errors.Is(err, blob.ErrNotFound) {
+		t.Fatalf("remote stat of a missing blob: %v, want ErrNotFound", err)
+	}
+	if _, err := c.Evict(ctx, EvictRequest{Tier: "nope", ToSizeSet: true}); !errors.Is(err, ErrInvalidRequest) {
+		t.Fatalf("remote evict of unknown tier: %v, want ErrInvalidRequest", err)
+	}
+	recs, err := c.Evict(ctx, EvictRequest{Digest: d.String()})
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("evict: %+v, %v; want memory and disk", recs, err)
+	}
+	var m bytes.Buffer
+	if err := c.Metrics(ctx, &m); err != nil || !strings.Contains(m.String(), "strata_tier_requests_total") {
+		t.Fatalf("metrics: %v\n%s", err, m.String())
+	}
+
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(sock); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("socket left after Close: %v", err)
+	}
+	if _, err := Dial(ctx, cfg.Disk.Root); !errors.Is(err, ErrNoAdmin) {
+		t.Fatalf("Dial after Close: %v, want ErrNoAdmin", err)
+	}
+}
+
+func TestFetchThroughHost(t *testing.T) {
+	ctx := context.Background()
+	reg := registrytest.InProcess(t)
+	img := registrytest.Image(t, registrytest.RandomBytes(t, 1<<16), registrytest.RandomBytes(t, 1<<10))
+	registrytest.Push(t, reg, "app:v1", img, nil)
+	cfg := testConfig(t)
+	h, err := Open(ctx, cfg, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	fimg, err := h.Fetcher().FetchImage(ctx, reg+"/app:v1", credential.Anonymous)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range fimg.Layers() {
+		var buf bytes.Buffer
+		if _, err := h.Cat(ctx, l.Digest(), &buf); !errors.Is(err, blob.ErrNotFound) {
+			t.Fatalf("cat of a layer not read yet: %v, want ErrNotFound (layers open lazily)", err)
+		}
+		rc, err := l.Open(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(io.Discard, rc); err != nil {
+			t.Fatal(err)
+		}
+		rc.Close()
+		if n, err := h.Cat(ctx, l.Digest(), &buf); err != nil || n != l.Size() {
+			t.Fatalf("cat: %d bytes, %v; want %d", n, err, l.Size())
+		}
+	}
+	blobs, err := h.Blobs(ctx, TierDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(blobs) != 4 { // manifest, config, 2 layers
+		t.Fatalf("disk holds %d blobs, want 4: %+v", len(blobs), blobs)
+	}
+	for _, b := range blobs {
+		if b.MediaType == "" {
+			t.Errorf("blob %s has no media type", b.Digest)
+		}
+	}
+	usage, err := h.Usage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if usage[1].Tier != TierDisk || usage[1].Blobs != 4 || usage[1].Budget != int64(DefaultDiskBudget) {
+		t.Fatalf("usage: %+v", usage)
+	}
+}
