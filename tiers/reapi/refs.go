@@ -46,86 +46,95 @@ func (t *Tier) GetRef(ctx context.Context, k blob.RefKey) (blob.Ref, error) {
 	if err := k.Validate(); err != nil {
 		return blob.Ref{}, err
 	}
-	m, res, err := t.readRef(ctx, k)
+	res, meta, err := t.readRef(ctx, k)
 	if err != nil {
 		return blob.Ref{}, err
 	}
-	notFound := func(why string) error {
-		return fmt.Errorf("reapi %q: get ref %s: %w (%s)", t.cfg.Name, k, blob.ErrNotFound, why)
+	r, why := decodeRef(k, res, meta, t.cfg.Now())
+	if why != "" {
+		return blob.Ref{}, fmt.Errorf("reapi %q: get ref %s: %w (%s)", t.cfg.Name, k, blob.ErrNotFound, why)
 	}
-	if m.Deleted {
-		return blob.Ref{}, notFound("deleted")
+	t.learnSize(r.Digest, r.Size, false)
+	return r, nil
+}
+
+// decodeRef interprets k's ActionCache entry res and its strata-ref.json
+// bytes meta at time now. It returns the ref, or why the entry is not a
+// live ref of k (a tombstone, expired, another version or key, malformed).
+// Both inputs come from the server and are untrusted.
+func decodeRef(k blob.RefKey, res *repb.ActionResult, meta []byte, now time.Time) (blob.Ref, string) {
+	var m refMeta
+	if err := json.Unmarshal(meta, &m); err != nil {
+		return blob.Ref{}, metaOutput + " is not valid JSON"
+	}
+	switch {
+	case m.Version != refMetaVersion:
+		return blob.Ref{}, fmt.Sprintf("%s version %d, this reader knows %d", metaOutput, m.Version, refMetaVersion)
+	case m.key() != k:
+		return blob.Ref{}, "entry names another key"
+	case m.Deleted:
+		return blob.Ref{}, "deleted"
 	}
 	r := blob.Ref{Size: m.Size, MediaType: m.MediaType}
 	if m.Expires != nil {
 		r.Expires = *m.Expires
-		if r.Expired(t.cfg.Now()) {
-			return blob.Ref{}, notFound("expired at " + m.Expires.Format(time.RFC3339))
+		if r.Expired(now) {
+			return blob.Ref{}, "expired at " + m.Expires.Format(time.RFC3339)
 		}
 	}
 	bf := findOutput(res, blobOutput)
 	if bf == nil {
-		return blob.Ref{}, notFound("entry has no " + blobOutput + " output")
+		return blob.Ref{}, "entry has no " + blobOutput + " output"
 	}
 	d, err := fromREAPI(bf.GetDigest().GetHash(), bf.GetDigest().GetSizeBytes())
 	if err != nil || string(d) != m.Digest || bf.GetDigest().GetSizeBytes() != m.Size {
-		return blob.Ref{}, notFound("entry's blob output disagrees with its " + metaOutput)
+		return blob.Ref{}, "entry's blob output disagrees with its " + metaOutput
 	}
 	r.Digest = d
-	t.learnSize(d, r.Size, false)
-	return r, nil
+	if r.Validate() != nil {
+		return blob.Ref{}, "entry holds an invalid ref"
+	}
+	return r, ""
 }
 
-// readRef fetches k's entry and decodes its metadata.
-func (t *Tier) readRef(ctx context.Context, k blob.RefKey) (refMeta, *repb.ActionResult, error) {
+// readRef fetches k's entry and its verified strata-ref.json bytes.
+func (t *Tier) readRef(ctx context.Context, k blob.RefKey) (*repb.ActionResult, []byte, error) {
 	ka := refKeyAction(k)
 	notFound := func(why string) error {
 		return fmt.Errorf("reapi %q: get ref %s: %w (%s)", t.cfg.Name, k, blob.ErrNotFound, why)
 	}
 	res, err := t.getActionResult(ctx, ka.digest, []string{metaOutput})
 	if err != nil {
-		return refMeta{}, nil, t.convert(ctx, "get ref", k.String(), err)
+		return nil, nil, t.convert(ctx, "get ref", k.String(), err)
 	}
 	mf := findOutput(res, metaOutput)
 	if mf == nil || mf.GetDigest() == nil {
-		return refMeta{}, nil, notFound("entry has no " + metaOutput + " output")
+		return nil, nil, notFound("entry has no " + metaOutput + " output")
 	}
 	md := mf.GetDigest()
 	if md.GetSizeBytes() <= 0 || md.GetSizeBytes() > maxRefMeta {
-		return refMeta{}, nil, notFound(fmt.Sprintf("%s of %d bytes", metaOutput, md.GetSizeBytes()))
+		return nil, nil, notFound(fmt.Sprintf("%s of %d bytes", metaOutput, md.GetSizeBytes()))
 	}
 	mdd, err := fromREAPI(md.GetHash(), md.GetSizeBytes())
 	if err != nil {
-		return refMeta{}, nil, notFound(metaOutput + " digest is malformed")
+		return nil, nil, notFound(metaOutput + " digest is malformed")
 	}
-	var data []byte
 	if c := mf.GetContents(); len(c) > 0 {
 		// Inlined by the server: verify like any other bytes from it.
 		var buf bytes.Buffer
 		if _, err := blob.Copy(&buf, bytes.NewReader(c), mdd, md.GetSizeBytes()); err != nil {
-			return refMeta{}, nil, fmt.Errorf("reapi %q: get ref %s: inlined %s: %w", t.cfg.Name, k, metaOutput, err)
+			return nil, nil, fmt.Errorf("reapi %q: get ref %s: inlined %s: %w", t.cfg.Name, k, metaOutput, err)
 		}
-		data = buf.Bytes()
-	} else {
-		data, err = t.readSmall(ctx, toREAPI(mdd, md.GetSizeBytes()))
-		if status.Code(err) == codes.NotFound {
-			return refMeta{}, nil, notFound(metaOutput + " was evicted from the CAS")
-		}
-		if err != nil {
-			return refMeta{}, nil, t.convert(ctx, "get ref", k.String(), err)
-		}
+		return res, buf.Bytes(), nil
 	}
-	var m refMeta
-	if err := json.Unmarshal(data, &m); err != nil {
-		return refMeta{}, nil, notFound(metaOutput + " is not valid JSON")
+	data, err := t.readSmall(ctx, toREAPI(mdd, md.GetSizeBytes()))
+	if status.Code(err) == codes.NotFound {
+		return nil, nil, notFound(metaOutput + " was evicted from the CAS")
 	}
-	if m.Version != refMetaVersion {
-		return refMeta{}, nil, notFound(fmt.Sprintf("%s version %d, this reader knows %d", metaOutput, m.Version, refMetaVersion))
+	if err != nil {
+		return nil, nil, t.convert(ctx, "get ref", k.String(), err)
 	}
-	if m.key() != k {
-		return refMeta{}, nil, notFound("entry names another key")
-	}
-	return m, res, nil
+	return res, data, nil
 }
 
 // PutRef writes k -> r. Strict servers (bazel-remote, Buildbarn) refuse an
