@@ -87,6 +87,8 @@ func getBenchImage(b *testing.B) benchImage {
 
 // BenchmarkMaterialize compares, on one image and in one run:
 //   - extract: layer blobs in memory, no layer dirs (a fresh root each time);
+//   - extract-no-readahead: the same without overlapping decompression and
+//     file writing within a layer;
 //   - extract-from-registry: the same, the blobs streamed from an in-process
 //     registry over loopback HTTP;
 //   - dirs-present: every layer already extracted (the hot path);
@@ -96,6 +98,29 @@ func getBenchImage(b *testing.B) benchImage {
 func BenchmarkMaterialize(b *testing.B) {
 	bi := getBenchImage(b)
 	ctx := context.Background()
+	b.Run("extract-no-readahead", func(b *testing.B) {
+		readahead = false
+		defer func() { readahead = true }()
+		b.ReportAllocs()
+		b.SetBytes(bi.bytes)
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			root := b.TempDir()
+			m, err := New(Config{Root: root})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			res, err := m.Materialize(ctx, bi.mimg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			res.Lease.Release()
+			os.RemoveAll(root)
+			b.StartTimer()
+		}
+	})
 	b.Run("extract", func(b *testing.B) {
 		b.ReportAllocs()
 		b.SetBytes(bi.bytes)
