@@ -44,4 +44,17 @@
 // (writing holes for zero blocks) instead of converting. Identical
 // concurrent requests collapse into one; a failed conversion leaves nothing
 // visible.
+//
+// # Limits
+//
+//   - When one layer holds the same path twice, the first entry wins (as in
+//     go-containerregistry's mutate.Extract); a tar applier keeps the last.
+//     A single streaming pass cannot know about a later duplicate, and
+//     layer writers do not produce them.
+//   - Sparse tar entries are refused (ErrInvalidLayer); xattrs that do not
+//     fit in the inode and one extra block, names over 255 bytes and files
+//     over 128 GiB fail the conversion (limits of the ext4 writer).
+//   - The root directory also holds lost+found (0700) unless a layer
+//     supplies its own.
+//   - Free inodes come in units of the image's inodes-per-group (see above).
 package ext4
