@@ -206,3 +206,45 @@ func BenchmarkIndexWrite(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkReadVsBaseline64MiB alternates the two reads above within each
+// iteration, so load changes on a shared machine hit both alike, and
+// reports their throughputs and the ratio tier/baseline.
+func BenchmarkReadVsBaseline64MiB(b *testing.B) {
+	const size = 64 << 20
+	tr, d := benchTier(b, size)
+	p := tr.path(d.Encoded())
+	ctx := context.Background()
+	var tierTime, baseTime time.Duration
+	b.SetBytes(2 * size)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		t0 := time.Now()
+		rc, _, err := tr.Open(ctx, d)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil || n != size {
+			b.Fatalf("read %d bytes: %v", n, err)
+		}
+		t1 := time.Now()
+		data, err := os.ReadFile(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if sum := sha256.Sum256(data); fmt.Sprintf("sha256:%x", sum) != string(d) {
+			b.Fatal("digest differs")
+		}
+		t2 := time.Now()
+		tierTime += t1.Sub(t0)
+		baseTime += t2.Sub(t1)
+	}
+	b.StopTimer()
+	mbps := func(d time.Duration) float64 { return float64(b.N) * size / d.Seconds() / 1e6 }
+	b.ReportMetric(mbps(tierTime), "tier-MB/s")
+	b.ReportMetric(mbps(baseTime), "baseline-MB/s")
+	b.ReportMetric(baseTime.Seconds()/tierTime.Seconds(), "tier/baseline")
+}
