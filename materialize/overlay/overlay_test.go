@@ -634,3 +634,37 @@ func TestDurableAndCancelled(t *testing.T) {
 		t.Fatalf("f = %q, %v", b, err)
 	}
 }
+
+func TestShortIDCollision(t *testing.T) {
+	m := newMaterializer(t, Config{})
+	h1 := strings.Repeat("ab", 32)
+	h2 := strings.Repeat("ab", 31) + "cd" // same base32 prefix for many characters
+	for _, h := range []string{h1, h2} {
+		if err := os.Mkdir(filepath.Join(m.root, "layers", h), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	id1, err := m.allocID(h1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.ids[id1] = blob.Digest("sha256:" + h1)
+	id2, err := m.allocID(h2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(id1) != 4 || id2 == id1 || !strings.HasPrefix(id2, id1) {
+		t.Fatalf("ids %q and %q", id1, id2)
+	}
+	for id, h := range map[string]string{id1: h1, id2: h2} {
+		if !m.linkOK(id, h) {
+			t.Errorf("l/%s does not lead to %s", id, h)
+		}
+	}
+	// Asking again returns the same id.
+	if again, err := m.allocID(h2); err != nil || again != id2 {
+		t.Fatalf("again: %q, %v", again, err)
+	}
+}
