@@ -121,7 +121,8 @@ type RetryConfig struct {
 }
 
 // BreakerConfig configures the circuit breaker. After Failures consecutive
-// failed calls (default 5; negative disables the breaker) it opens: calls
+// failed call attempts (default 5; negative disables the breaker; a retried
+// call counts each attempt) it opens: calls
 // fail at once with blob.ErrUnavailable for CoolDown (default 10s). Then one
 // call is let through as a probe; its success closes the breaker, its
 // failure opens it for another CoolDown.
