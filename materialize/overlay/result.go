@@ -6,9 +6,51 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
+
+// Result is a materialized image.
+type Result struct {
+	// LowerDirs are the absolute paths of the layer directories in
+	// overlayfs lowerdir order: the TOPMOST layer (the manifest's last)
+	// FIRST, the base layer last. An image of fewer than two layers gets
+	// empty directories appended, because overlayfs needs two lower layers
+	// without an upper one.
+	// A layer that appears more than once in the image is listed once, at
+	// its topmost position (the lower copy adds nothing the upper does not).
+	LowerDirs []string
+	// MountOptions is "lowerdir=<id>:<id>:...[,userxattr]" with paths
+	// RELATIVE to MountDir (short symlinks to LowerDirs), in the same order;
+	// it stays under the kernel's page-size limit for any image overlayfs
+	// accepts. Mount with the working directory at MountDir (Result.Mount
+	// does), and add upperdir/workdir with absolute paths.
+	MountOptions string
+	// MountDir is the directory MountOptions' paths are relative to.
+	MountDir string
+	// Lease keeps the layer directories from eviction until released.
+	Lease *Lease
+}
+
+// Lease keeps layer directories from being evicted. Release is idempotent
+// and safe for concurrent use.
+type Lease struct {
+	m       *Materializer
+	entries []*layerEntry
+	once    sync.Once
+}
+
+// Release ends the lease; its layers may be evicted afterwards.
+func (l *Lease) Release() {
+	if l == nil {
+		return
+	}
+	l.once.Do(func() {
+		l.m.release(l.entries)
+		l.m.evict()
+	})
+}
 
 // Mount mounts the overlay of r at target (a directory), read-only unless
 // extra supplies an upperdir. extra holds further overlay options such as
