@@ -31,44 +31,46 @@ func threeLayers(t *testing.T) ([][]byte, v1.Image) {
 // 64 concurrent FetchImage calls and full layer reads of one uncached
 // image: the registry sees one manifest GET and one GET per blob.
 func TestConcurrentFetchesHitRegistryOnce(t *testing.T) {
-	e := newEnv(t, envOpts{})
-	want, img := threeLayers(t)
-	e.push(t, "app/web:v1", img)
+	registries(t, func(t *testing.T, o envOpts) {
+		e := newEnv(t, o)
+		want, img := threeLayers(t)
+		e.push(t, "app/web:v1", img)
 
-	const n = 64
-	var wg sync.WaitGroup
-	errs := make([]error, n)
-	for i := range n {
-		wg.Go(func() {
-			im, err := e.f.FetchImage(context.Background(), e.ref("app/web:v1"), credential.Anonymous)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			got, _, err := readLayers(context.Background(), im)
-			if err == nil {
-				for j := range want {
-					if !bytes.Equal(got[j], want[j]) {
-						err = errors.New("wrong layer bytes")
+		const n = 64
+		var wg sync.WaitGroup
+		errs := make([]error, n)
+		for i := range n {
+			wg.Go(func() {
+				im, err := e.f.FetchImage(context.Background(), e.ref("app/web:v1"), credential.Anonymous)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				got, _, err := readLayers(context.Background(), im)
+				if err == nil {
+					for j := range want {
+						if !bytes.Equal(got[j], want[j]) {
+							err = errors.New("wrong layer bytes")
+						}
 					}
 				}
-			}
-			errs[i] = err
-		})
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("caller %d: %v", i, err)
+				errs[i] = err
+			})
 		}
-	}
-	if got := e.counter.Count("GET", "manifest"); got != 1 {
-		t.Errorf("manifest GETs = %d, want 1", got)
-	}
-	// One GET per blob: the config and three layers.
-	if got := e.counter.Count("GET", "blob"); got != 4 {
-		t.Errorf("blob GETs = %d, want 4 (config + 3 layers)", got)
-	}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("caller %d: %v", i, err)
+			}
+		}
+		if got := e.counter.Count("GET", "manifest"); got != 1 {
+			t.Errorf("manifest GETs = %d, want 1", got)
+		}
+		// One GET per blob: the config and three layers.
+		if got := e.counter.Count("GET", "blob"); got != 4 {
+			t.Errorf("blob GETs = %d, want 4 (config + 3 layers)", got)
+		}
+	})
 }
 
 // A private image fetched by alice is refused to callers without her
@@ -160,41 +162,43 @@ func TestProofDoesNotCrossRepositories(t *testing.T) {
 // With the registry down, a cached digest reference fetches, a cached tag
 // fetches within its TTL, and an uncached reference fails clearly.
 func TestRegistryDown(t *testing.T) {
-	ctx := context.Background()
-	e := newEnv(t, envOpts{tagTTL: 5 * time.Minute, proofTTL: 30 * time.Minute})
-	want, img := threeLayers(t)
-	d := e.push(t, "app/web:v1", img)
-	if _, err := e.f.FetchImage(ctx, e.ref("app/web:v1"), credential.Anonymous); err != nil {
-		t.Fatal(err)
-	}
-	im, err := e.f.FetchImage(ctx, e.ref("app/web@"+string(d)), credential.Anonymous)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := readLayers(ctx, im); err != nil {
-		t.Fatal(err)
-	}
-	e.down.Store(true)
+	registries(t, func(t *testing.T, o envOpts) {
+		ctx := context.Background()
+		e := newEnv(t, withTTLs(o, 5*time.Minute, 30*time.Minute))
+		want, img := threeLayers(t)
+		d := e.push(t, "app/web:v1", img)
+		if _, err := e.f.FetchImage(ctx, e.ref("app/web:v1"), credential.Anonymous); err != nil {
+			t.Fatal(err)
+		}
+		im, err := e.f.FetchImage(ctx, e.ref("app/web@"+string(d)), credential.Anonymous)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := readLayers(ctx, im); err != nil {
+			t.Fatal(err)
+		}
+		e.setDown(true)
 
-	byDigest, err := e.f.FetchImage(ctx, e.ref("app/web@"+string(d)), credential.Anonymous)
-	if err != nil {
-		t.Fatalf("cached digest reference with the registry down: %v", err)
-	}
-	got, _, err := readLayers(ctx, byDigest)
-	if err != nil || !bytes.Equal(got[0], want[0]) {
-		t.Fatalf("cached layers with the registry down: %v", err)
-	}
-	if _, err := e.f.FetchImage(ctx, e.ref("app/web:v1"), credential.Anonymous); err != nil {
-		t.Fatalf("cached tag within its TTL with the registry down: %v", err)
-	}
-	e.clock.Advance(6 * time.Minute)
-	if _, err := e.f.FetchImage(ctx, e.ref("app/web:v1"), credential.Anonymous); !errors.Is(err, registry.ErrUnreachable) {
-		t.Fatalf("tag past its TTL with the registry down = %v, want ErrUnreachable", err)
-	}
-	_, err = e.f.FetchImage(ctx, e.ref("app/other:v1"), credential.Anonymous)
-	if !errors.Is(err, registry.ErrUnreachable) {
-		t.Fatalf("uncached image with the registry down = %v, want ErrUnreachable", err)
-	}
+		byDigest, err := e.f.FetchImage(ctx, e.ref("app/web@"+string(d)), credential.Anonymous)
+		if err != nil {
+			t.Fatalf("cached digest reference with the registry down: %v", err)
+		}
+		got, _, err := readLayers(ctx, byDigest)
+		if err != nil || !bytes.Equal(got[0], want[0]) {
+			t.Fatalf("cached layers with the registry down: %v", err)
+		}
+		if _, err := e.f.FetchImage(ctx, e.ref("app/web:v1"), credential.Anonymous); err != nil {
+			t.Fatalf("cached tag within its TTL with the registry down: %v", err)
+		}
+		e.clock.Advance(6 * time.Minute)
+		if _, err := e.f.FetchImage(ctx, e.ref("app/web:v1"), credential.Anonymous); !errors.Is(err, registry.ErrUnreachable) {
+			t.Fatalf("tag past its TTL with the registry down = %v, want ErrUnreachable", err)
+		}
+		_, err = e.f.FetchImage(ctx, e.ref("app/other:v1"), credential.Anonymous)
+		if !errors.Is(err, registry.ErrUnreachable) {
+			t.Fatalf("uncached image with the registry down = %v, want ErrUnreachable", err)
+		}
+	})
 }
 
 // A denial removes the caller's proof at once: after the registry stops
@@ -221,44 +225,46 @@ func TestDenialRevokesProof(t *testing.T) {
 
 // An index resolves to the fetcher's platform; no match lists what exists.
 func TestIndexPlatformSelection(t *testing.T) {
-	ctx := context.Background()
-	e := newEnv(t, envOpts{})
-	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
-	byArch := map[string][]byte{}
-	for _, arch := range []string{"amd64", "arm64"} {
-		layer := []byte("layer for " + arch)
-		byArch[arch] = layer
-		img := registrytest.Image(t, layer)
-		cf, _ := img.ConfigFile()
-		cf = cf.DeepCopy()
-		cf.OS, cf.Architecture = "linux", arch
-		img, _ = mutate.ConfigFile(img, cf)
-		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
-	}
-	if err := pushIndex(e, "multi/arch:v1", idx); err != nil {
-		t.Fatal(err)
-	}
-	for _, arch := range []string{"amd64", "arm64"} {
-		t.Run(arch, func(t *testing.T) {
-			f := e.withPlatform(t, manifest.Platform{OS: "linux", Architecture: arch})
-			im, err := f.FetchImage(ctx, e.ref("multi/arch:v1"), credential.Anonymous)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, _, err := readLayers(ctx, im)
-			if err != nil || !bytes.Equal(got[0], byArch[arch]) {
-				t.Fatalf("layer = %q, %v; want %q", got, err, byArch[arch])
-			}
-			if im.Index == "" || im.Config.Platform.Architecture != arch {
-				t.Errorf("index %q, config platform %+v", im.Index, im.Config.Platform)
-			}
-		})
-	}
-	f := e.withPlatform(t, manifest.Platform{OS: "linux", Architecture: "s390x"})
-	_, err := f.FetchImage(ctx, e.ref("multi/arch:v1"), credential.Anonymous)
-	if !errors.Is(err, manifest.ErrNoMatchingPlatform) || !strings.Contains(err.Error(), "linux/arm64") {
-		t.Fatalf("no-match error = %v, want ErrNoMatchingPlatform listing linux/arm64", err)
-	}
+	registries(t, func(t *testing.T, o envOpts) {
+		ctx := context.Background()
+		e := newEnv(t, o)
+		idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+		byArch := map[string][]byte{}
+		for _, arch := range []string{"amd64", "arm64"} {
+			layer := []byte("layer for " + arch)
+			byArch[arch] = layer
+			img := registrytest.Image(t, layer)
+			cf, _ := img.ConfigFile()
+			cf = cf.DeepCopy()
+			cf.OS, cf.Architecture = "linux", arch
+			img, _ = mutate.ConfigFile(img, cf)
+			idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+		}
+		if err := pushIndex(e, "multi/arch:v1", idx); err != nil {
+			t.Fatal(err)
+		}
+		for _, arch := range []string{"amd64", "arm64"} {
+			t.Run(arch, func(t *testing.T) {
+				f := e.withPlatform(t, manifest.Platform{OS: "linux", Architecture: arch})
+				im, err := f.FetchImage(ctx, e.ref("multi/arch:v1"), credential.Anonymous)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, _, err := readLayers(ctx, im)
+				if err != nil || !bytes.Equal(got[0], byArch[arch]) {
+					t.Fatalf("layer = %q, %v; want %q", got, err, byArch[arch])
+				}
+				if im.Index == "" || im.Config.Platform.Architecture != arch {
+					t.Errorf("index %q, config platform %+v", im.Index, im.Config.Platform)
+				}
+			})
+		}
+		f := e.withPlatform(t, manifest.Platform{OS: "linux", Architecture: "s390x"})
+		_, err := f.FetchImage(ctx, e.ref("multi/arch:v1"), credential.Anonymous)
+		if !errors.Is(err, manifest.ErrNoMatchingPlatform) || !strings.Contains(err.Error(), "linux/arm64") {
+			t.Fatalf("no-match error = %v, want ErrNoMatchingPlatform listing linux/arm64", err)
+		}
+	})
 }
 
 func (e *env) withPlatform(t *testing.T, p manifest.Platform) *fetcher.Fetcher {
@@ -284,32 +290,34 @@ func pushIndex(e *env, repoTag string, idx v1.ImageIndex) error {
 // A warm fetch of an image held in the tiers, with a valid proof, makes no
 // request at all, and layer reads report the tier that served them.
 func TestWarmFetchMakesNoRequests(t *testing.T) {
-	ctx := context.Background()
-	e := newEnv(t, envOpts{})
-	_, img := threeLayers(t)
-	e.push(t, "app/web:v1", img)
-	im, err := e.f.FetchImage(ctx, e.ref("app/web:v1"), credential.Anonymous)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, src, err := readLayers(ctx, im); err != nil || src[0] != fetcher.SourceRegistry {
-		t.Fatalf("cold reads served by %v, %v; want the registry", src, err)
-	}
-	e.counter.Reset()
-	im, err = e.f.FetchImage(ctx, e.ref("app/web:v1"), credential.Anonymous)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, src, err := readLayers(ctx, im)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := e.requests(); n != 0 {
-		t.Errorf("warm fetch made %d registry requests, want 0", n)
-	}
-	if !im.FromCache || src[0] != "memory" {
-		t.Errorf("FromCache=%v, layer served by %v; want cache and memory", im.FromCache, src)
-	}
+	registries(t, func(t *testing.T, o envOpts) {
+		ctx := context.Background()
+		e := newEnv(t, o)
+		_, img := threeLayers(t)
+		e.push(t, "app/web:v1", img)
+		im, err := e.f.FetchImage(ctx, e.ref("app/web:v1"), credential.Anonymous)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, src, err := readLayers(ctx, im); err != nil || src[0] != fetcher.SourceRegistry {
+			t.Fatalf("cold reads served by %v, %v; want the registry", src, err)
+		}
+		e.counter.Reset()
+		im, err = e.f.FetchImage(ctx, e.ref("app/web:v1"), credential.Anonymous)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, src, err := readLayers(ctx, im)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := e.requests(); n != 0 {
+			t.Errorf("warm fetch made %d registry requests, want 0", n)
+		}
+		if !im.FromCache || src[0] != "memory" {
+			t.Errorf("FromCache=%v, layer served by %v; want cache and memory", im.FromCache, src)
+		}
+	})
 }
 
 // InvalidateCache forgets the tag and proofs and removes blobs no other
@@ -357,4 +365,9 @@ func TestInvalidateCache(t *testing.T) {
 	if e.counter.Count("HEAD", "manifest") == 0 {
 		t.Error("fetch after invalidation made no registry check")
 	}
+}
+
+func withTTLs(o envOpts, tag, proof time.Duration) envOpts {
+	o.tagTTL, o.proofTTL = tag, proof
+	return o
 }

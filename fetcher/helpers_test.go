@@ -44,6 +44,7 @@ func (c *clock) Advance(d time.Duration) {
 // repositories require basic auth as alice, and which can be taken down.
 type env struct {
 	host     string
+	proxy    *registrytest.Proxy
 	pushAuth authn.Authenticator
 	counter  *registrytest.Counter
 	down     atomic.Bool
@@ -62,12 +63,24 @@ type envOpts struct {
 	host             string                // use this registry instead of a new in-process one
 	counter          *registrytest.Counter // what counts requests to host
 	pushAuth         authn.Authenticator   // credentials for pushing to host
+	proxy            *registrytest.Proxy   // the proxy in front of host, if any
+}
+
+// registries runs fn against the in-process registry and against the real
+// distribution registry (behind a counting proxy), as subtests.
+func registries(t *testing.T, fn func(t *testing.T, o envOpts)) {
+	t.Run("inprocess", func(t *testing.T) { fn(t, envOpts{}) })
+	t.Run("distribution", func(t *testing.T) {
+		dist := registrytest.StartDistribution(t, registrytest.DistributionOptions{})
+		p := registrytest.NewProxy(t, dist.Host)
+		fn(t, envOpts{host: p.Host(), counter: &p.Counter, proxy: p})
+	})
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	e := &env{counter: &registrytest.Counter{}, clock: &clock{now: time.Now()}, reg: prometheus.NewRegistry()}
-	e.host, e.pushAuth = o.host, o.pushAuth
+	e.host, e.pushAuth, e.proxy = o.host, o.pushAuth, o.proxy
 	if o.counter != nil {
 		e.counter = o.counter
 	}
@@ -104,6 +117,19 @@ func newEnv(t testing.TB, o envOpts) *env {
 		t.Fatal(err)
 	}
 	return e
+}
+
+// setDown makes the registry answer 503 to everything (or stop doing so).
+func (e *env) setDown(down bool) {
+	if e.proxy == nil {
+		e.down.Store(down)
+		return
+	}
+	if down {
+		e.proxy.Inject(registrytest.Fault{Status: 503, Times: 1 << 20})
+	} else {
+		e.proxy.Clear()
+	}
 }
 
 // downSwitch answers 503 to everything while e.down is set.
