@@ -8,10 +8,16 @@ import (
 	"io"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	bspb "google.golang.org/genproto/googleapis/bytestream"
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/tiers/tiertest"
@@ -552,6 +558,93 @@ func TestConcurrent(t *testing.T) {
 			close(errs)
 			for err := range errs {
 				t.Error(err)
+			}
+		})
+	}
+}
+
+// TestExistenceCache: presence is cached for ExistenceTTL, then asked
+// again; a miss is never cached.
+func TestExistenceCache(t *testing.T) {
+	f := startFake(t, fakeOptions{})
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	tier := newTier(t, f, func(c *Config) {
+		c.ExistenceTTL = 30 * time.Second
+		c.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	})
+	ctx := context.Background()
+	data := []byte("cached presence")
+	d := put(t, tier, data)
+	rd := digest.Digest{Hash: d.Encoded(), Size: int64(len(data))}
+	asked := f.CAS.BlobMissingReqs(rd)
+	for i := 0; i < 3; i++ {
+		if _, err := tier.Stat(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := f.CAS.BlobMissingReqs(rd) - asked; got != 0 {
+		t.Fatalf("%d FindMissingBlobs calls within the TTL, want 0", got)
+	}
+	mu.Lock()
+	now = now.Add(30 * time.Second)
+	mu.Unlock()
+	if _, err := tier.Stat(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.CAS.BlobMissingReqs(rd) - asked; got != 1 {
+		t.Fatalf("%d FindMissingBlobs calls after the TTL, want 1", got)
+	}
+	// Misses are not cached: the blob appears, the next Stat sees it.
+	other := []byte("appears later")
+	od := blob.FromBytes(other)
+	tier.learnSize(od, int64(len(other)), false)
+	if _, err := tier.Stat(ctx, od); !errors.Is(err, blob.ErrNotFound) {
+		t.Fatalf("Stat before upload = %v", err)
+	}
+	f.CAS.Put(other)
+	if _, err := tier.Stat(ctx, od); err != nil {
+		t.Fatalf("Stat after another client uploaded = %v", err)
+	}
+}
+
+// TestWriteAlreadyExists: a server that ends an upload because it already
+// holds the blob (ALREADY_EXISTS, or an early committed_size) is success.
+func TestWriteAlreadyExists(t *testing.T) {
+	tests := []struct {
+		desc    string
+		respond func(ss grpc.ServerStream) error
+	}{
+		{"ALREADY_EXISTS", func(grpc.ServerStream) error { return status.Error(codes.AlreadyExists, "have it") }},
+		{"early committed_size", func(ss grpc.ServerStream) error {
+			return ss.SendMsg(&bspb.WriteResponse{CommittedSize: 5 << 20})
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			var calls atomic.Int32
+			var f *fakeServer
+			data := randomBytes(31, 5<<20)
+			f = startFake(t, fakeOptions{stream: []grpc.StreamServerInterceptor{
+				func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+					if info.FullMethod != "/google.bytestream.ByteStream/Write" {
+						return h(srv, ss)
+					}
+					calls.Add(1)
+					var req bspb.WriteRequest
+					if err := ss.RecvMsg(&req); err != nil {
+						return err
+					}
+					f.CAS.Put(data) // another client's upload finished first
+					return tt.respond(ss)
+				}}})
+			tier := newTier(t, f, nil)
+			d := blob.FromBytes(data)
+			if err := tier.Put(context.Background(), d, int64(len(data)), bytes.NewReader(data)); err != nil {
+				t.Fatalf("Put = %v", err)
+			}
+			if calls.Load() != 1 {
+				t.Fatalf("%d writes", calls.Load())
 			}
 		})
 	}
