@@ -23,27 +23,30 @@
 // mounted read-write. The result passes "e2fsck -fn" with exit 0; the root
 // also holds lost+found (0700), as every ext4 filesystem does.
 //
-// Free space (Options) is added the same way, to the local copy only: the
-// filesystem grows first into the tail of its last block group and then by
-// whole groups (bitmaps and inode table at each group's start, inode tables
-// left as holes) until it has the requested free blocks and inodes. Inodes
-// come in units of the image's inodes-per-group, which tar2ext4 sizes to
-// the content, so many free inodes on a small image cost logical (sparse)
-// size. The number of descriptor blocks tar2ext4 reserves follows
-// Config.MaxDiskSize, which bounds how far an image can grow. The stored
-// blob is the image without free space, so it stays small to hash, store
-// and send, and one blob serves every free-space setting.
+// Free space (Options) is added the same way, to the local copy only. Free
+// blocks: the filesystem grows first into the tail of its last block group,
+// then by whole groups (bitmaps and inode table at each group's start, inode
+// tables left as holes). Free space is what statfs reports as available: the
+// 4096 blocks the kernel may hold back (s_resv_clusters) are added on top.
+// Free inodes: tar2ext4 sizes inodes-per-group to the content, so inodes are
+// added first by widening every group's inode table in place (inode numbers
+// and data blocks do not move; the bitmaps move behind the wider tables),
+// and by whole new groups only when the last group lacks room for that.
+// Config.MaxDiskSize bounds the grown image and decides how many descriptor
+// blocks tar2ext4 reserves. The stored blob is the image without free space,
+// so it stays small to hash, store and send, and one blob serves every
+// free-space setting.
 //
 // # Derived blobs
 //
 // The image is stored in Config.Store under its own digest, and a ref in
 // namespace blob.NamespaceDerived maps (image manifest digest, "ext4",
 // canonical options of the stored bytes, Version) to it (media type
-// MediaType), written only after the blob. The next Materialize for the same derivation, on this
-// host or another sharing the Store's remote tier, downloads the blob
-// (writing holes for zero blocks) instead of converting. Identical
-// concurrent requests collapse into one; a failed conversion leaves nothing
-// visible.
+// MediaType), written only after the blob. The next Materialize for the
+// same derivation, on this host or another sharing the Store's remote tier,
+// downloads the blob (writing holes for zero blocks) instead of converting.
+// Identical concurrent requests collapse into one; a failed conversion
+// leaves nothing visible.
 //
 // # Limits
 //
@@ -56,5 +59,6 @@
 //     over 128 GiB fail the conversion (limits of the ext4 writer).
 //   - The root directory also holds lost+found (0700) unless a layer
 //     supplies its own.
-//   - Free inodes come in units of the image's inodes-per-group (see above).
+//   - At most 32768 inodes per group; beyond what widening gives, free
+//     inodes come with whole new groups (see above).
 package ext4

@@ -41,8 +41,11 @@ const (
 	gdInodeTable      = 8
 	gdFreeBlocksCount = 12
 	gdFreeInodesCount = 14
+	gdUsedDirsCount   = 16
 
 	fsBlockSize = 4096
+
+	kernelReserveBlocks = 4096
 )
 
 var errLayout = errors.New("ext4: unexpected filesystem layout")
@@ -82,7 +85,9 @@ type rwAt interface {
 //     exit 4.
 //  2. It clears the RO_COMPAT_READONLY feature compactext4 sets, so the
 //     image can be mounted read-write by an executor that writes into it.
-//  3. It grows the filesystem by whole block groups (and first into the
+//  3. For free inodes, it first widens the inode tables in place (see
+//     widenInodeTables) when the last group has room for that.
+//  4. It grows the filesystem by whole block groups (and first into the
 //     tail of the last group) until it has at least spec.FreeBlocks free
 //     blocks and spec.FreeInodes free inodes. New groups keep their block
 //     bitmap, inode bitmap and inode table at their own start (flex_bg
@@ -150,7 +155,26 @@ func finishFS(f rwAt, spec growSpec) (fsGeometry, error) {
 	// 2. Writable.
 	le.PutUint32(sb[sbFeatureRoCompat:], rocompat&^roCompatReadonly)
 
-	// 3. Grow.
+	// 3. Inodes: widen the inode tables where the layout allows it, which
+	// costs a few blocks per group instead of whole new groups.
+	if need := int64(spec.FreeInodes) - int64(le.Uint32(sb[sbFreeInodesCount:])); need > 0 {
+		ok, err := widenInodeTables(f, sb, gdBytes, groups, need, spec)
+		if err != nil {
+			return g, err
+		}
+		if ok {
+			blocks = le.Uint32(sb[sbBlocksCount:])
+			ipg = le.Uint32(sb[sbInodesPerGroup:])
+		}
+	}
+
+	// 4. Grow.
+	if spec.FreeBlocks > 0 {
+		// The kernel keeps min(2%, 4096 blocks) of free space to itself
+		// (s_resv_clusters): add the most it can take so that statfs shows
+		// at least FreeBlocks available. Free blocks cost nothing on disk.
+		spec.FreeBlocks += kernelReserveBlocks
+	}
 	freeBlocks := le.Uint32(sb[sbFreeBlocksCount:])
 	freeInodes := le.Uint32(sb[sbFreeInodesCount:])
 	needB := int64(spec.FreeBlocks) - int64(freeBlocks)
@@ -277,4 +301,128 @@ func finishFS(f rwAt, spec growSpec) (fsGeometry, error) {
 		Inodes: newGroups * ipg, FreeInodes: freeInodes,
 		InodesPerGroup: ipg, Groups: newGroups,
 	}, nil
+}
+
+// widenInodeTables raises inodes_per_group so that the filesystem gains at
+// least need free inodes (as far as 32768 per group allows), keeping every
+// inode number and data block where it is. It applies only to the layout
+// hcsshim's writer produces: all inode tables contiguous from group 0's
+// table, followed by each group's block and inode bitmap, with the last
+// group's span holding room for the larger tables. Because the tables are
+// contiguous, inode n stays at the same byte offset however many inodes a
+// group has; the tables grow over the old bitmaps (zeroed, as free inodes
+// must be) and the bitmaps move after them, rebuilt from the old ones.
+// It reports false, changing nothing, when the layout does not match or the
+// room is missing (the caller then adds groups instead). sb and gd are
+// updated in memory; the caller writes them.
+func widenInodeTables(f rwAt, sb, gd []byte, groups uint32, need int64, spec growSpec) (bool, error) {
+	le := binary.LittleEndian
+	const bpg = fsBlockSize * 8
+	ipg := le.Uint32(sb[sbInodesPerGroup:])
+	inodeSize := uint32(le.Uint16(sb[sbInodeSize:]))
+	blocks := le.Uint32(sb[sbBlocksCount:])
+	perBlock := uint32(fsBlockSize) / inodeSize
+	itb := ipg / perBlock
+	t0 := le.Uint32(gd[gdInodeTable:])
+	b0 := t0 + groups*itb
+	if 1+spec.GDTBlocks > t0 {
+		return false, nil
+	}
+	for i := uint32(0); i < groups; i++ {
+		d := gd[i*gdSize:]
+		if le.Uint32(d[gdInodeTable:]) != t0+i*itb || le.Uint32(d[gdBlockBitmap:]) != b0+2*i || le.Uint32(d[gdInodeBitmap:]) != b0+2*i+1 {
+			return false, nil
+		}
+	}
+	add := (need + int64(groups) - 1) / int64(groups)
+	ipg2 := min((int64(ipg)+add+int64(perBlock)-1)/int64(perBlock)*int64(perBlock), bpg)
+	if ipg2 <= int64(ipg) {
+		return false, nil
+	}
+	itb2 := uint32(ipg2) / perBlock
+	b02 := t0 + groups*itb2
+	end := b02 + 2*groups // first block after the new bitmaps
+	if end > groups*bpg || (spec.MaxBytes > 0 && int64(end)*fsBlockSize > spec.MaxBytes) {
+		return false, nil
+	}
+	newBlocks := max(blocks, end)
+
+	// Which inodes are in use (old bitmaps) and which are directories.
+	oldIB := make([]byte, groups*fsBlockSize)
+	for i := uint32(0); i < groups; i++ {
+		if _, err := f.ReadAt(oldIB[i*fsBlockSize:(i+1)*fsBlockSize], int64(b0+2*i+1)*fsBlockSize); err != nil {
+			return false, fmt.Errorf("ext4: read inode bitmap of group %d: %w", i, err)
+		}
+	}
+	newIB := make([]byte, groups*fsBlockSize)
+	usedI := make([]uint32, groups)
+	dirs := make([]uint32, groups)
+	table := make([]byte, itb*fsBlockSize)
+	for i := uint32(0); i < groups; i++ {
+		if _, err := f.ReadAt(table, int64(t0+i*itb)*fsBlockSize); err != nil {
+			return false, fmt.Errorf("ext4: read inode table of group %d: %w", i, err)
+		}
+		for j := uint32(0); j < ipg; j++ {
+			if oldIB[i*fsBlockSize+j/8]&(1<<(j%8)) == 0 {
+				continue
+			}
+			idx := i*ipg + j // inode number - 1
+			ng, nj := idx/uint32(ipg2), idx%uint32(ipg2)
+			newIB[ng*fsBlockSize+nj/8] |= 1 << (nj % 8)
+			usedI[ng]++
+			if le.Uint16(table[j*inodeSize:])&0xF000 == 0x4000 {
+				dirs[ng]++
+			}
+		}
+	}
+
+	// The old bitmaps become inode table: zero them.
+	zero := make([]byte, 2*groups*fsBlockSize)
+	if _, err := f.WriteAt(zero, int64(b0)*fsBlockSize); err != nil {
+		return false, fmt.Errorf("ext4: clear old bitmaps: %w", err)
+	}
+	usedGD := (groups + fsBlockSize/gdSize - 1) / (fsBlockSize / gdSize)
+	var freeBlocks, freeInodes uint32
+	bm := make([]byte, fsBlockSize)
+	for i := uint32(0); i < groups; i++ {
+		// Block bitmap: everything below end is used (data, tables,
+		// bitmaps), except descriptor blocks reserved but not needed.
+		clear(bm)
+		var used uint32
+		for j := uint32(0); j < bpg; j++ {
+			b := i*bpg + j
+			if (b < end && !(b >= 1+usedGD && b < 1+spec.GDTBlocks)) || b >= newBlocks {
+				bm[j/8] |= 1 << (j % 8)
+				used++
+			}
+		}
+		if _, err := f.WriteAt(bm, int64(b02+2*i)*fsBlockSize); err != nil {
+			return false, fmt.Errorf("ext4: write block bitmap of group %d: %w", i, err)
+		}
+		ib := newIB[i*fsBlockSize : (i+1)*fsBlockSize]
+		for j := uint32(ipg2); j < bpg; j++ {
+			ib[j/8] |= 1 << (j % 8)
+		}
+		if _, err := f.WriteAt(ib, int64(b02+2*i+1)*fsBlockSize); err != nil {
+			return false, fmt.Errorf("ext4: write inode bitmap of group %d: %w", i, err)
+		}
+		d := gd[i*gdSize:]
+		le.PutUint32(d[gdBlockBitmap:], b02+2*i)
+		le.PutUint32(d[gdInodeBitmap:], b02+2*i+1)
+		le.PutUint32(d[gdInodeTable:], t0+i*itb2)
+		le.PutUint16(d[gdFreeBlocksCount:], uint16(bpg-used))
+		le.PutUint16(d[gdFreeInodesCount:], uint16(uint32(ipg2)-usedI[i]))
+		le.PutUint16(d[gdUsedDirsCount:], uint16(dirs[i]))
+		freeBlocks += bpg - used
+		freeInodes += uint32(ipg2) - usedI[i]
+	}
+	if err := f.Truncate(int64(newBlocks) * fsBlockSize); err != nil {
+		return false, fmt.Errorf("ext4: grow image: %w", err)
+	}
+	le.PutUint32(sb[sbBlocksCount:], newBlocks)
+	le.PutUint32(sb[sbInodesPerGroup:], uint32(ipg2))
+	le.PutUint32(sb[sbInodesCount:], groups*uint32(ipg2))
+	le.PutUint32(sb[sbFreeBlocksCount:], freeBlocks)
+	le.PutUint32(sb[sbFreeInodesCount:], freeInodes)
+	return true, nil
 }

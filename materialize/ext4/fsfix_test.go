@@ -95,6 +95,12 @@ func head(t *testing.T, p string) []byte {
 	return binary.LittleEndian.AppendUint64(b[:n], uint64(fi.Size()))
 }
 
+// groupsOf reads the group count from an image's head (see head).
+func groupsOf(h []byte) uint32 {
+	blocks := binary.LittleEndian.Uint32(h[sbOffset+sbBlocksCount:])
+	return (blocks + fsBlockSize*8 - 1) / (fsBlockSize * 8)
+}
+
 func TestFinishFSGrows(t *testing.T) {
 	many := tartest.New()
 	for i := range 3000 {
@@ -105,17 +111,21 @@ func TestFinishFSGrows(t *testing.T) {
 		layer   []byte
 		maxDisk int64
 		gdt     uint32 // overrides the descriptor blocks finishFS is told about
-		spec    growSpec
-		wantErr bool
+		// sameGroups: the group count must not change.
+		sameGroups bool
+		spec       growSpec
+		wantErr    bool
 	}{
 		{desc: "nothing to add", layer: tartest.New().File("a", []byte("a")).Tar()},
 		{desc: "a few blocks fit in the last group's tail", layer: tartest.New().File("a", []byte("a")).Tar(), spec: growSpec{FreeBlocks: 100}},
 		{desc: "exactly one full group more", layer: tartest.New().File("a", []byte("a")).Tar(), spec: growSpec{FreeBlocks: 2 * fsBlockSize * 8}},
-		{desc: "inodes only", layer: many.Tar(), spec: growSpec{FreeInodes: 8000}},
+		{desc: "inodes only: tables widened in place, no new group", layer: many.Tar(), spec: growSpec{FreeInodes: 8000}, sameGroups: true},
+		{desc: "inodes beyond 32768 per group: widened, then new groups", layer: many.Tar(), spec: growSpec{FreeInodes: 40000}},
+		{desc: "inodes and blocks", layer: many.Tar(), spec: growSpec{FreeInodes: 1000, FreeBlocks: 3 * fsBlockSize * 8}},
 		{desc: "more groups than the reserved descriptor blocks hold", layer: tartest.New().File("a", []byte("a")).Tar(), gdt: 1, spec: growSpec{FreeBlocks: 130 * fsBlockSize * 8}, wantErr: true},
 		{desc: "big content and 300 MiB", layer: tartest.New().File("big", tartest.Content("big", 40<<20)).Tar(), spec: growSpec{FreeBlocks: 300 << 20 / fsBlockSize, FreeInodes: 50}},
 		{desc: "beyond the maximum disk size", layer: tartest.New().File("a", []byte("a")).Tar(), maxDisk: 512 << 20, spec: growSpec{FreeBlocks: 600 << 20 / fsBlockSize}, wantErr: true},
-		{desc: "just within the maximum disk size", layer: tartest.New().File("a", []byte("a")).Tar(), maxDisk: 512 << 20, spec: growSpec{FreeBlocks: 500 << 20 / fsBlockSize}},
+		{desc: "just within the maximum disk size", layer: tartest.New().File("a", []byte("a")).Tar(), maxDisk: 512 << 20, spec: growSpec{FreeBlocks: 480 << 20 / fsBlockSize}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
@@ -152,6 +162,9 @@ func TestFinishFSGrows(t *testing.T) {
 			}
 			if uint64(g.FreeBlocks) < tc.spec.FreeBlocks || uint64(g.FreeInodes) < tc.spec.FreeInodes {
 				t.Errorf("geometry %+v short of %+v", g, tc.spec)
+			}
+			if tc.sameGroups && g.Groups != groupsOf(before) {
+				t.Errorf("groups %d, was %d", g.Groups, groupsOf(before))
 			}
 			fi, _ := f.Stat()
 			if fi.Size() != int64(g.Blocks)*fsBlockSize {
@@ -254,7 +267,10 @@ func TestMultiGroupImage(t *testing.T) {
 			}
 		}
 		for i := range 100 {
-			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "small/" + itoa(i), Mode: 0o644, Size: 1}); err != nil {
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "d" + itoa(i) + "/", Mode: 0o755}); err != nil {
+				return err
+			}
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "d" + itoa(i) + "/f", Mode: 0o644, Size: 1}); err != nil {
 				return err
 			}
 			tw.Write([]byte{'x'})
@@ -263,7 +279,7 @@ func TestMultiGroupImage(t *testing.T) {
 	})
 	// A store that declines big blobs: the image stays local, not in memory.
 	c := newConverter(t, memory.New(memory.Config{MaxBlobBytes: 1 << 20}))
-	res, err := c.Materialize(context.Background(), &testImage{layers: []materialize.Layer{layer}}, &Options{FreeBytes: 10 << 20})
+	res, err := c.Materialize(context.Background(), &testImage{layers: []materialize.Layer{layer}}, &Options{FreeBytes: 10 << 20, FreeInodes: 3000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,8 +291,13 @@ func TestMultiGroupImage(t *testing.T) {
 	sb := make([]byte, 1024)
 	f.ReadAt(sb, sbOffset)
 	blocks := binary.LittleEndian.Uint32(sb[sbBlocksCount:])
-	if groups := (blocks + fsBlockSize*8 - 1) / (fsBlockSize * 8); groups < 2 {
+	groups := (blocks + fsBlockSize*8 - 1) / (fsBlockSize * 8)
+	if groups < 2 {
 		t.Fatalf("image has %d group(s); the test needs several", groups)
+	}
+	// The free inodes came from wider inode tables, not from new groups.
+	if ipg := binary.LittleEndian.Uint32(sb[sbInodesPerGroup:]); ipg*groups < 3000 || groups > 3 {
+		t.Errorf("%d groups of %d inodes: inode tables were not widened", groups, ipg)
 	}
 	e2fsck(t, res.Path)
 	if alloc := allocated(t, res.Path); alloc > 16<<20 {
