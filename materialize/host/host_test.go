@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -309,5 +310,56 @@ func TestFetchThroughHost(t *testing.T) {
 	}
 	if usage[1].Tier != TierDisk || usage[1].Blobs != 4 || usage[1].Budget != int64(DefaultDiskBudget) {
 		t.Fatalf("usage: %+v", usage)
+	}
+}
+
+// TestDocsConfigExample loads the complete file shown in
+// docs/configuration.md, so the documented keys stay the real ones.
+func TestDocsConfigExample(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```yaml\n")
+	if !ok {
+		t.Fatal("docs/configuration.md has no yaml example")
+	}
+	example, _, _ := strings.Cut(rest, "```")
+	path := filepath.Join(t.TempDir(), "strata.yaml")
+	if err := os.WriteFile(path, []byte(example), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path, Default())
+	if err != nil {
+		t.Fatalf("the documented config does not load: %v", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	// Every key of Config appears in the example and in the key table.
+	m := map[string]bool{}
+	var collect func(rt reflect.Type)
+	collect = func(rt reflect.Type) {
+		for i := 0; i < rt.NumField(); i++ {
+			f := rt.Field(i)
+			if f.Anonymous {
+				collect(f.Type)
+				continue
+			}
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			m[name] = true
+		}
+	}
+	collect(reflect.TypeOf(Config{}))
+	if len(m) < 25 {
+		t.Fatalf("found only %d keys: %v", len(m), m)
+	}
+	for k := range m {
+		if !strings.Contains(example, "\n"+k+":") && !strings.HasPrefix(example, k+":") {
+			t.Errorf("key %q missing from the documented example", k)
+		}
+		if !strings.Contains(string(doc), "`"+k+"`") {
+			t.Errorf("key %q missing from the documented key table", k)
+		}
 	}
 }
