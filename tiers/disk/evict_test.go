@@ -206,9 +206,11 @@ func TestAccessTimesFlushAtThreshold(t *testing.T) {
 		if _, err := readAll(tr, d); err != nil {
 			t.Fatal(err)
 		}
-		tr.pendMu.Lock()
-		want[d.Encoded()] = tr.pending[d.Encoded()].atime
-		tr.pendMu.Unlock()
+		info, err := tr.Stat(context.Background(), d) // pending or flushed: the newest
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[d.Encoded()] = info.LastAccess.UnixNano()
 	}
 	stored := func() bool {
 		for hex, at := range want {
