@@ -4,6 +4,7 @@
 package countproxy
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -22,11 +23,19 @@ type Proxy struct {
 	mu       sync.Mutex
 	blobGets map[string]int
 	requests int
+	first    []string
 }
 
-// Start starts a proxy in front of upstream ("127.0.0.1:port", plain HTTP).
-func Start(upstream string) (*Proxy, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// Start starts a proxy in front of upstream ("127.0.0.1:port", plain HTTP)
+// listening on listen ("127.0.0.1:port"; "" picks a free port).
+func Start(upstream, listen string) (*Proxy, error) {
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	if host, _, err := net.SplitHostPort(listen); err != nil || host != "127.0.0.1" {
+		return nil, fmt.Errorf("countproxy: listen address %q is not 127.0.0.1:port", listen)
+	}
+	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		return nil, err
 	}
@@ -45,6 +54,9 @@ func (p *Proxy) count(r *http.Request) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.requests++
+	if len(p.first) < 20 {
+		p.first = append(p.first, r.Method+" "+r.URL.Path)
+	}
 	if r.Method != http.MethodGet {
 		return
 	}
@@ -71,11 +83,19 @@ func (p *Proxy) Requests() int {
 	return p.requests
 }
 
+// First returns the first 20 requests seen since the last Reset, as
+// "METHOD path", for error messages.
+func (p *Proxy) First() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.first...)
+}
+
 // Reset forgets the counts.
 func (p *Proxy) Reset() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.blobGets, p.requests = map[string]int{}, 0
+	p.blobGets, p.requests, p.first = map[string]int{}, 0, nil
 }
 
 // Close stops the proxy.

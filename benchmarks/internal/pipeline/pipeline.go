@@ -55,6 +55,10 @@ const (
 	Ext4            = "ext4"
 	Ext4Peer        = "ext4/peer-mke2fs"
 	Dedup           = "dedup"
+	// Prime is not a measurement: it fills Job.CacheDir (a disk tier holding
+	// the image, tag and access proof) and Job.LayoutDir (an OCI layout of
+	// the image) for the warm scenarios and the ext4 peer.
+	Prime = "prime"
 )
 
 // Scenarios lists every scenario in the order the harness interleaves them:
@@ -70,11 +74,21 @@ type Job struct {
 	// Registry is the registry's "127.0.0.1:port"; Repo is "name:tag".
 	Registry string `json:"registry"`
 	Repo     string `json:"repo"`
+	// Proxy is the "127.0.0.1:port" the job's counting proxy listens on.
+	// The image's name includes it, so every job of a run uses the same
+	// one: the refs Prime cached (tag, access proof) name that registry.
+	Proxy string `json:"proxy"`
 	// UncompressedBytes and Files describe the image (for mke2fs sizing).
 	UncompressedBytes int64 `json:"uncompressed_bytes"`
 	Files             int   `json:"files"`
 	// WorkDir is an empty directory the job may fill; the caller removes it.
 	WorkDir string `json:"work_dir"`
+	// CacheDir is the disk tier Prime filled with the image: fetch-warm,
+	// overlay-warm and ext4 start from it (each with a fresh memory tier on
+	// top), as an executor restarted with a warm disk cache would.
+	CacheDir string `json:"cache_dir"`
+	// LayoutDir is the OCI layout Prime wrote: the ext4 peer's cached blobs.
+	LayoutDir string `json:"layout_dir"`
 	// Concurrency is the number of executors of the dedup scenario.
 	Concurrency int `json:"concurrency"`
 	// WarmSamples bounds the samples of the sub-millisecond scenarios
@@ -97,7 +111,7 @@ type Outcome struct {
 
 // Run runs job.
 func Run(ctx context.Context, job Job) (*Outcome, error) {
-	px, err := countproxy.Start(job.Registry)
+	px, err := countproxy.Start(job.Registry, job.Proxy)
 	if err != nil {
 		return nil, err
 	}
@@ -122,6 +136,8 @@ func Run(ctx context.Context, job Job) (*Outcome, error) {
 		err = e.mke2fs(ctx)
 	case Dedup:
 		err = e.dedup(ctx)
+	case Prime:
+		err = e.prime(ctx)
 	default:
 		err = fmt.Errorf("pipeline: unknown scenario %q", job.Scenario)
 	}
@@ -165,11 +181,14 @@ func newFetcher(stack *tiers.Stack) (*fetcher.Fetcher, error) {
 	}
 	cfg := fetcher.DefaultConfig()
 	cfg.Store, cfg.Registry = stack, client
+	// A whole run stays within the TTLs, so what Prime cached stays warm.
+	cfg.TagTTL, cfg.ProofTTL = time.Hour, time.Hour
 	return fetcher.New(cfg)
 }
 
-func (e *env) executor() (*executor, error) {
-	s, err := newStack(filepath.Join(e.job.WorkDir, "tiers"))
+// executor returns an executor whose disk tier is at dir.
+func (e *env) executor(dir string) (*executor, error) {
+	s, err := newStack(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -208,7 +227,7 @@ func fetchAll(ctx context.Context, f *fetcher.Fetcher, ref string) (*fetcher.Ima
 }
 
 func (e *env) fetchCold(ctx context.Context) error {
-	x, err := e.executor()
+	x, err := e.executor(filepath.Join(e.job.WorkDir, "tiers"))
 	if err != nil {
 		return err
 	}
@@ -222,8 +241,9 @@ func (e *env) fetchCold(ctx context.Context) error {
 	return nil
 }
 
-func (e *env) fetchWarm(ctx context.Context) error {
-	x, err := e.executor()
+// prime fills CacheDir and LayoutDir (see Job).
+func (e *env) prime(ctx context.Context) error {
+	x, err := e.executor(e.job.CacheDir)
 	if err != nil {
 		return err
 	}
@@ -231,7 +251,27 @@ func (e *env) fetchWarm(ctx context.Context) error {
 	if _, err := fetchAll(ctx, x.f, e.ref); err != nil {
 		return err
 	}
-	e.px.Reset()
+	img, err := e.pull()
+	if err != nil {
+		return err
+	}
+	return writeLayout(img, e.job.LayoutDir)
+}
+
+// warmExecutor is an executor over the disk tier Prime filled.
+func (e *env) warmExecutor() (*executor, error) {
+	if e.job.CacheDir == "" {
+		return nil, errors.New("no primed cache (Job.CacheDir)")
+	}
+	return e.executor(e.job.CacheDir)
+}
+
+func (e *env) fetchWarm(ctx context.Context) error {
+	x, err := e.warmExecutor()
+	if err != nil {
+		return err
+	}
+	defer x.stack.Close()
 	t0 := time.Now()
 	if _, err := fetchAll(ctx, x.f, e.ref); err != nil {
 		return err
@@ -249,13 +289,13 @@ func (e *env) fetchWarm(ctx context.Context) error {
 		}
 	}
 	if n := e.px.Requests(); n != 0 {
-		return fmt.Errorf("warm fetches made %d registry requests (want 0: proof valid, blobs cached)", n)
+		return fmt.Errorf("warm fetches made %d registry requests (want 0: proof valid, blobs cached): %v", n, e.px.First())
 	}
 	return nil
 }
 
 func (e *env) overlayCold(ctx context.Context) error {
-	x, err := e.executor()
+	x, err := e.executor(filepath.Join(e.job.WorkDir, "tiers"))
 	if err != nil {
 		return err
 	}
@@ -280,19 +320,15 @@ func (e *env) overlayCold(ctx context.Context) error {
 }
 
 func (e *env) overlayWarm(ctx context.Context) error {
-	x, err := e.executor()
+	x, err := e.warmExecutor()
 	if err != nil {
 		return err
 	}
 	defer x.stack.Close()
-	if _, err := fetchAll(ctx, x.f, e.ref); err != nil {
-		return err
-	}
 	m, err := overlay.New(overlay.Config{Root: filepath.Join(e.job.WorkDir, "overlay")})
 	if err != nil {
 		return err
 	}
-	e.px.Reset()
 	t0 := time.Now()
 	img, err := x.f.FetchImage(ctx, e.ref, credential.Anonymous)
 	if err != nil {
@@ -314,27 +350,33 @@ func (e *env) overlayWarm(ctx context.Context) error {
 		e.add(OverlayPresent, time.Since(t0))
 		res.Lease.Release()
 	}
-	if n := len(e.px.BlobGets()); n != 0 {
-		return fmt.Errorf("warm materialization downloaded %d blobs (want 0)", n)
+	if n := e.px.Requests(); n != 0 {
+		return fmt.Errorf("warm materialization made %d registry requests (want 0)", n)
 	}
 	return nil
 }
 
+// ext4 converts from the primed cache; the derived image is stored in a
+// disk tier of its own (so the next repetition converts again).
 func (e *env) ext4(ctx context.Context) error {
-	x, err := e.executor()
+	x, err := e.warmExecutor()
 	if err != nil {
 		return err
 	}
 	defer x.stack.Close()
-	img, err := fetchAll(ctx, x.f, e.ref)
+	img, err := x.f.FetchImage(ctx, e.ref, credential.Anonymous)
 	if err != nil {
 		return err
 	}
-	c, err := ext4.New(ext4.Config{Store: x.stack, WorkDir: filepath.Join(e.job.WorkDir, "ext4")})
+	store, err := disk.Open(disk.Config{Root: filepath.Join(e.job.WorkDir, "derived"), Name: "derived"})
 	if err != nil {
 		return err
 	}
-	e.px.Reset()
+	defer store.Close()
+	c, err := ext4.New(ext4.Config{Store: store, WorkDir: filepath.Join(e.job.WorkDir, "ext4")})
+	if err != nil {
+		return err
+	}
 	t0 := time.Now()
 	res, err := c.Materialize(ctx, materialize.Fetched(img), nil)
 	if err != nil {
@@ -345,8 +387,8 @@ func (e *env) ext4(ctx context.Context) error {
 		return errors.New("ext4 conversion was answered from a cache")
 	}
 	e.out.Note = fmt.Sprintf("image %d bytes", res.Size)
-	if n := len(e.px.BlobGets()); n != 0 {
-		return fmt.Errorf("conversion from cached blobs downloaded %d blobs", n)
+	if n := e.px.Requests(); n != 0 {
+		return fmt.Errorf("conversion from cached blobs made %d registry requests", n)
 	}
 	return nil
 }
@@ -489,23 +531,18 @@ func (e *env) flattenTar(ctx context.Context) error {
 	return nil
 }
 
-// mke2fs is the classic route from cached blobs: the image is pulled into
-// an OCI layout first (untimed), then timed: flatten (mutate.Extract) into
-// tar -x, then mke2fs -d of the tree.
+// mke2fs is the classic route from cached blobs (the OCI layout Prime
+// wrote), timed: flatten (mutate.Extract) into tar -x, then mke2fs -d of
+// the tree.
 func (e *env) mke2fs(ctx context.Context) error {
 	bin, err := exec.LookPath("mke2fs")
 	if err != nil {
 		return errors.New("mke2fs not installed (e2fsprogs)")
 	}
-	img, err := e.pull()
-	if err != nil {
-		return err
+	if e.job.LayoutDir == "" {
+		return errors.New("no primed layout (Job.LayoutDir)")
 	}
-	lay := filepath.Join(e.job.WorkDir, "layout")
-	if err := writeLayout(img, lay); err != nil {
-		return err
-	}
-	p, err := layout.FromPath(lay)
+	p, err := layout.FromPath(e.job.LayoutDir)
 	if err != nil {
 		return err
 	}
