@@ -514,3 +514,12 @@ func TestRefToForeignBlobConvertsAgain(t *testing.T) {
 	}
 	e2fsck(t, res.Path)
 }
+
+func TestEmptyImage(t *testing.T) {
+	c := newConverter(t, bigStore())
+	res, err := c.Materialize(context.Background(), &testImage{}, &Options{FreeBytes: 1 << 20, FreeInodes: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2fsck(t, res.Path)
+}
