@@ -1,9 +1,13 @@
 package disk
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -230,5 +234,87 @@ func TestAccessTimesFlushAtThreshold(t *testing.T) {
 	tr.pendMu.Unlock()
 	if n != 0 {
 		t.Fatalf("%d access times still pending after the flush", n)
+	}
+}
+
+// TestChurnUnderBudget puts, reads and deletes from several goroutines
+// while background eviction runs, then checks the invariants: every read
+// returned the right bytes or a miss, usage agrees with the listing and the
+// files, and a reopen finds nothing to repair.
+func TestChurnUnderBudget(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	const blobs, size = 40, 50_000
+	tr, err := Open(Config{Root: root, Budget: 10 * size, FlushThreshold: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([][]byte, blobs)
+	ds := make([]blob.Digest, blobs)
+	for i := range data {
+		data[i] = randomBytes(uint64(200+i), size)
+		ds[i] = blob.FromBytes(data[i])
+	}
+	errs := make(chan error, 8)
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for j := 0; j < 60; j++ {
+				i := (w*17 + j*7) % blobs
+				var err error
+				switch j % 4 {
+				case 0, 1:
+					err = tr.Put(ctx, ds[i], size, bytes.NewReader(data[i]))
+				case 2:
+					var got []byte
+					got, err = readAll(tr, ds[i])
+					if err == nil && !bytes.Equal(got, data[i]) {
+						err = fmt.Errorf("blob %d read back wrong", i)
+					}
+				case 3:
+					if err = tr.Delete(ctx, ds[i]); errors.Is(err, blob.ErrNotFound) {
+						err = nil
+					}
+				}
+				if err != nil && !errors.Is(err, blob.ErrNotFound) {
+					errs <- err
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	waitFor(t, "eviction to settle under the high watermark", func() bool { return usage(t, tr).Bytes <= tr.highBytes() })
+
+	var n, total int64
+	if err := tr.Walk(ctx, func(info blob.Info) error {
+		n++
+		total += info.Size
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	files := 0
+	for _, fan := range dirEntries(t, filepath.Join(root, "blobs", "sha256")) {
+		files += len(dirEntries(t, filepath.Join(root, "blobs", "sha256", fan)))
+	}
+	if u := usage(t, tr); u.Blobs != n || u.Bytes != total || int64(files) != n {
+		t.Fatalf("usage %+v, Walk %d blobs of %d bytes, %d files", u, n, total, files)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tr = openTier(t, Config{Root: root})
+	if rs := tr.Reconciled(); rs != (ReconcileStats{}) {
+		t.Fatalf("reopen after churn repaired %+v", rs)
+	}
+	if u := usage(t, tr); u.Blobs != n || u.Bytes != total {
+		t.Fatalf("usage after reopen %+v, want %d blobs of %d bytes", u, n, total)
 	}
 }
