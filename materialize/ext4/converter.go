@@ -64,16 +64,18 @@ type Config struct {
 	// MaxLayerBytes bounds the uncompressed size of one layer (default
 	// 64 GiB): a decompression bomb fails with ErrLayerTooLarge.
 	MaxLayerBytes int64
-	// Scope is the ref scope of derivation refs ("" = global). Images are
-	// content-addressed, so sharing derived images across tenants reveals
-	// nothing a tenant could not already fetch.
+	// Scope is the ref scope of derivation refs ("" = global). Materialize
+	// needs an Image, which the fetcher hands out only to callers that
+	// proved access to it, so a global scope shares conversion work
+	// without widening access.
 	Scope string
 	// Registerer, if set, receives the converter's metrics.
 	Registerer prometheus.Registerer
 }
 
-// Options are the per-image options that change the bytes of an image and
-// so are part of its derivation key.
+// Options shape the local image file. They do not change the stored
+// derived blob (the image without free space), so one blob serves every
+// Options; they are part of the local file's identity only.
 type Options struct {
 	// FreeBytes is the free space the filesystem has at least, beyond its
 	// content (rounded up to 4 KiB blocks).
