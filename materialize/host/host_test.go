@@ -363,3 +363,27 @@ func TestDocsConfigExample(t *testing.T) {
 		}
 	}
 }
+
+// TestReadmeExample checks that the README's library example is the body
+// of Example, which the compiler checks.
+func TestReadmeExample(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	example, err := os.ReadFile("example_test.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := func(s, start string) string {
+		_, rest, ok := strings.Cut(s, start)
+		if !ok {
+			t.Fatalf("no %q", start)
+		}
+		b, _, _ := strings.Cut(rest, "\n}\n")
+		return b
+	}
+	if r, e := body(string(readme), "func main() {"), body(string(example), "func Example() {"); r != e {
+		t.Fatalf("README example differs from Example:\nREADME:%s\nExample:%s", r, e)
+	}
+}
