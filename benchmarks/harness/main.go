@@ -270,7 +270,7 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, re
 			WorkDir: filepath.Join(work, "cache", fmt.Sprint(i)), CacheDir: im.cache, LayoutDir: im.layout}
 		t0 := time.Now()
 		var res childResult
-		if _, err := runChild(ctx, exe, childSpec{Kind: "pipeline", Job: job}, &res); err != nil {
+		if _, _, err := runChild(ctx, exe, childSpec{Kind: "pipeline", Job: job}, &res); err != nil {
 			return nil, fmt.Errorf("prime %s: %w", im.img.Name, err)
 		}
 		fmt.Fprintf(log, "harness: primed the warm cache of %s in %.1fs\n", im.img.Name, time.Since(t0).Seconds())
@@ -291,7 +291,7 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, re
 		cfg := p.tiers
 		cfg.Dir = dir
 		var res childResult
-		rss, err := runChild(ctx, exe, childSpec{Kind: "tiers", Backend: backend, Tiers: cfg}, &res)
+		rss, _, err := runChild(ctx, exe, childSpec{Kind: "tiers", Backend: backend, Tiers: cfg}, &res)
 		if err != nil {
 			return nil, fmt.Errorf("tiers %s: %w", backend, err)
 		}
@@ -326,7 +326,7 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, re
 				job := pipeline.Job{Scenario: sc, Registry: reg.Host, Proxy: proxy, Repo: repo, UncompressedBytes: im.img.UncompressedBytes, Files: im.img.Files,
 					WorkDir: dir, CacheDir: im.cache, LayoutDir: im.layout, Concurrency: p.concurrency, WarmSamples: p.warmSamples}
 				var res childResult
-				rss, err := runChild(ctx, exe, childSpec{Kind: "pipeline", Job: job}, &res)
+				rss, cpu, err := runChild(ctx, exe, childSpec{Kind: "pipeline", Job: job}, &res)
 				if err != nil {
 					return nil, fmt.Errorf("%s on %s: %w", sc, im.img.Name, err)
 				}
@@ -340,8 +340,11 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, re
 					s.Samples = append(s.Samples, o.Samples[name]...)
 					s.PeakRSSKiB = max(s.PeakRSSKiB, rss)
 					s.Tool, s.Note = o.Tool, o.Note
-					if name == sc && len(o.BlobGets) > 0 {
-						gets[k] = append(gets[k], o.BlobGets)
+					if name == sc {
+						s.CPU = append(s.CPU, float64(cpu))
+						if len(o.BlobGets) > 0 {
+							gets[k] = append(gets[k], o.BlobGets)
+						}
 					}
 				}
 				fmt.Fprintf(log, "harness: rep %d %s %s: %s\n", rep+1, im.img.Name, sc, summarize(o))
@@ -355,6 +358,7 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, re
 	for k, s := range agg {
 		sorted := slices.Sorted(slices.Values(s.Samples))
 		s.Median, s.Min, s.Max = pipeline.Median(sorted), sorted[0], sorted[len(sorted)-1]
+		s.CPUMedian = pipeline.Median(s.CPU)
 		if len(sorted) >= 20 {
 			s.P95 = sorted[(len(sorted)*95+99)/100-1]
 		}
@@ -411,11 +415,12 @@ func haveBinary(name string) bool {
 }
 
 // runChild runs spec in a child process, decodes its JSON result into res
-// and returns the child's peak RSS in KiB.
-func runChild(ctx context.Context, exe string, spec childSpec, res *childResult) (int64, error) {
+// and returns the child's peak RSS in KiB and the CPU time (user+system,
+// nanoseconds) it and the tools it ran used.
+func runChild(ctx context.Context, exe string, spec childSpec, res *childResult) (rssKiB, cpuNS int64, err error) {
 	b, err := json.Marshal(spec)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
@@ -423,17 +428,18 @@ func runChild(ctx context.Context, exe string, spec childSpec, res *childResult)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return 0, fmt.Errorf("child: %v: %s", err, strings.TrimSpace(stderr.String()))
+		return 0, 0, fmt.Errorf("child: %v: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	if err := json.Unmarshal(stdout.Bytes(), res); err != nil {
-		return 0, fmt.Errorf("child output: %w", err)
+		return 0, 0, fmt.Errorf("child output: %w", err)
 	}
 	// Not the child's rusage from wait4: its maxrss includes this
 	// process's RSS at the fork (Linux keeps the pre-exec high-water mark).
 	if res.HWMKiB <= 0 {
-		return 0, errors.New("child reported no peak RSS")
+		return 0, 0, errors.New("child reported no peak RSS")
 	}
-	return max(res.HWMKiB, res.ToolsMaxRSSKiB), nil
+	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return max(res.HWMKiB, res.ToolsMaxRSSKiB), cpu.Nanoseconds(), nil
 }
 
 // vmHWM returns this process's peak RSS in KiB from /proc/self/status.

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
@@ -96,6 +97,8 @@ http: {addr: %s, secret: benchmark-only}
 	}
 	cmd := exec.Command(binary, "serve", cfgPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// If the harness dies without stopping it, the registry goes too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("regserver: start %s: %w", binary, err)

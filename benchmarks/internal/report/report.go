@@ -85,6 +85,11 @@ type Scenario struct {
 	// PeakRSSKiB is the largest peak RSS of the child processes that ran
 	// the scenario (getrusage maxrss; a child's own children included).
 	PeakRSSKiB int64 `json:"peak_rss_kib"`
+	// CPU is the CPU time (user+system, ns) of each repetition's child
+	// process and the tools it ran, setup included; CPUMedian their median.
+	// On a machine shared with other work it varies less than wall time.
+	CPU       []float64 `json:"cpu_ns,omitempty"`
+	CPUMedian float64   `json:"cpu_median_ns,omitempty"`
 	// BlobGetsMax and BlobGetsPerBlob: registry GETs per blob in one
 	// repetition (max over blobs, and mean).
 	BlobGetsMax     int     `json:"blob_gets_max,omitempty"`
@@ -137,6 +142,7 @@ func (r *Report) CompareWith(prev *Report, prevName string) {
 	old := map[string]float64{}
 	for _, s := range prev.Pipeline {
 		old[s.Image+" "+s.Name] = s.Median
+		old[s.Image+" "+s.Name+" (CPU)"] = s.CPUMedian
 	}
 	for _, t := range prev.Tiers {
 		old[tierKey(t)] = t.P50
@@ -150,6 +156,9 @@ func (r *Report) CompareWith(prev *Report, prevName string) {
 	}
 	for _, s := range r.Pipeline {
 		add(s.Image+" "+s.Name, s.Median)
+	}
+	for _, s := range r.Pipeline {
+		add(s.Image+" "+s.Name+" (CPU)", s.CPUMedian)
 	}
 	for _, t := range r.Tiers {
 		add(tierKey(t), t.P50)
@@ -250,8 +259,10 @@ func (r *Report) Markdown(w io.Writer, charts []string) {
 
 	fmt.Fprintln(w, "### Pipeline")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| image | scenario | reps | median | min | max | MB/s | peak RSS | registry GETs per blob | tool / note |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+	fmt.Fprintln(w, "CPU is the user+system time of the scenario's child process and the tools it ran (setup included), median over repetitions; peak RSS is the largest over repetitions.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| image | scenario | reps | median | min | max | MB/s | CPU (median) | peak RSS | registry GETs per blob | tool / note |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 	for _, s := range r.Pipeline {
 		mbps, gets := "-", "-"
 		if s.MBps > 0 {
@@ -265,7 +276,11 @@ func (r *Report) Markdown(w io.Writer, charts []string) {
 			median += " (p95 " + svg.FormatNS(s.P95) + ")"
 		}
 		note := strings.Trim(s.Tool+"; "+s.Note, "; ")
-		fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", s.Image, s.Name, len(s.Samples), median, svg.FormatNS(s.Min), svg.FormatNS(s.Max), mbps, MiB(s.PeakRSSKiB<<10), gets, note)
+		cpu := "-"
+		if s.CPUMedian > 0 {
+			cpu = svg.FormatNS(s.CPUMedian)
+		}
+		fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Image, s.Name, len(s.Samples), median, svg.FormatNS(s.Min), svg.FormatNS(s.Max), mbps, cpu, MiB(s.PeakRSSKiB<<10), gets, note)
 	}
 	fmt.Fprintln(w)
 
