@@ -175,3 +175,26 @@ func TestCompressionOf(t *testing.T) {
 		t.Errorf("long unknown media type: %v", err)
 	}
 }
+
+func FuzzDecompress(f *testing.F) {
+	tb := tartest.New().File("f", []byte("hello")).Tar()
+	f.Add(tartest.GzipBytes(tb), uint8(1))
+	f.Add(tartest.ZstdBytes(tb), uint8(2))
+	f.Add(tb, uint8(0))
+	f.Fuzz(func(t *testing.T, data []byte, kind uint8) {
+		c := layerio.Compression(kind % 3)
+		const limit = 1 << 20
+		rc, err := layerio.Decompress(bytes.NewReader(data), c, layerio.Limits{MaxBytes: limit, ZstdMaxWindow: 8 << 20})
+		if err != nil {
+			return
+		}
+		defer rc.Close()
+		n, err := io.Copy(io.Discard, rc)
+		if n > limit {
+			t.Fatalf("%d bytes passed a %d-byte limit (err %v)", n, limit, err)
+		}
+		if c == layerio.Uncompressed && err == nil && n != int64(len(data)) {
+			t.Fatalf("uncompressed: %d bytes of %d", n, len(data))
+		}
+	})
+}
