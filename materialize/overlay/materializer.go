@@ -109,6 +109,10 @@ type Materializer struct {
 	total   int64
 	flights map[blob.Digest]*flight
 	ids     map[string]blob.Digest // short id -> digest
+
+	// running counts extraction goroutines, including abandoned ones that
+	// are still cleaning up.
+	running sync.WaitGroup
 }
 
 type layerEntry struct {
@@ -434,6 +438,7 @@ func (m *Materializer) ensure(ctx context.Context, l materialize.Layer) (*layerE
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		f = &flight{done: make(chan struct{}), cancel: cancel}
 		m.flights[d] = f
+		m.running.Add(1)
 		go m.run(fctx, f, l)
 	} else {
 		m.met.collapsed.Inc()
@@ -469,6 +474,7 @@ func (m *Materializer) ensure(ctx context.Context, l materialize.Layer) (*layerE
 }
 
 func (m *Materializer) run(ctx context.Context, f *flight, l materialize.Layer) {
+	defer m.running.Done()
 	defer f.cancel()
 	d := l.Digest()
 	start := time.Now()

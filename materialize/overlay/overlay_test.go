@@ -448,6 +448,8 @@ func TestMaterializeErrors(t *testing.T) {
 			if u := m.Usage(); u.Leased != 0 {
 				t.Fatalf("leases left after failure: %+v", u)
 			}
+			// Extractions the failure abandoned clean up on their own.
+			m.running.Wait()
 			if es, _ := os.ReadDir(filepath.Join(m.root, "tmp")); len(es) != 0 {
 				t.Fatalf("temp dirs left after failure: %d", len(es))
 			}
