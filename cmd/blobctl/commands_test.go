@@ -221,6 +221,14 @@ func TestEvict(t *testing.T) {
 		}
 	}
 
+	// --older-than a nanosecond: every blob on disk is older than that.
+	du = decode[[]host.UsageRecord](t, must(t, f.args("du", "--json")...))
+	recs = decode[[]host.EvictRecord](t, must(t, f.args("evict", "--older-than", "1ns", "--tier", "disk", "--json")...))
+	if len(recs) != 1 || int64(recs[0].Blobs) != du[1].Blobs || recs[0].Bytes != du[1].Bytes {
+		t.Fatalf("evict --older-than 1ns: %+v, want all of %+v", recs, du[1])
+	}
+	must(t, f.args("fetch", f.ref)...)
+
 	// --image forgets the image: its refs and blobs.
 	must(t, f.args("evict", "--image", f.ref)...)
 	ls := decode[struct {

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"net"
+	"path/filepath"
+	"testing"
+
+	"github.com/bazelbuild/remote-apis-sdks/go/pkg/fakes"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
+	"google.golang.org/grpc"
+
+	"github.com/strata-oci/strata/materialize/host"
+)
+
+// startREAPI serves the SDK's fake CAS and ActionCache (instance "instance")
+// on loopback and returns its grpc:// endpoint.
+func startREAPI(t *testing.T) string {
+	t.Helper()
+	cas, ac := fakes.NewCAS(), fakes.NewActionCache()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	bsgrpc.RegisterByteStreamServer(srv, cas)
+	repb.RegisterContentAddressableStorageServer(srv, cas)
+	repb.RegisterActionCacheServer(srv, ac)
+	repb.RegisterCapabilitiesServer(srv, fakes.NewExec(t, ac, cas))
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return "grpc://" + lis.Addr().String()
+}
+
+// TestSharedRemoteTier: two hosts (two roots) share one REAPI server through
+// the --remote flags. The second reads the layers from the remote tier and
+// downloads the ext4 image the first converted.
+func TestSharedRemoteTier(t *testing.T) {
+	endpoint := startREAPI(t)
+	f := newFixture(t, 32<<10, 2)
+	remote := []string{"--remote", endpoint, "--remote-instance", "instance", "--remote-anonymous-shared"}
+	a := append(f.args(remote...), "--root", filepath.Join(t.TempDir(), "a"))
+	b := append(f.args(remote...), "--root", filepath.Join(t.TempDir(), "b"))
+	out := filepath.Join(t.TempDir(), "img.ext4")
+
+	ra := decode[ext4Result](t, must(t, append(a, "materialize", f.ref, "--format", "ext4", "--out", out, "--json")...))
+	if ra.FromCache {
+		t.Fatalf("first host: %+v, want a conversion", ra)
+	}
+	du := decode[[]host.UsageRecord](t, must(t, append(b, "du", "--json")...))
+	if len(du) != 4 || du[2].Tier != host.TierRemote || !du[2].Shared || du[2].Error == "" {
+		t.Fatalf("du with a remote tier: %+v", du)
+	}
+	res := decode[fetchResult](t, must(t, append(b, "fetch", f.ref, "--json")...))
+	digests, _ := f.layers(t)
+	from := map[string]string{}
+	for _, r := range res.Blobs {
+		from[r.Digest] = r.Source
+	}
+	for _, d := range digests {
+		if from[d] != host.TierRemote {
+			t.Errorf("second host read layer %s from %q, want remote", d, from[d])
+		}
+	}
+	rb := decode[ext4Result](t, must(t, append(b, "materialize", f.ref, "--format", "ext4", "--out", out, "--json")...))
+	if !rb.FromCache || rb.Ext4 != ra.Ext4 {
+		t.Fatalf("second host: %+v, want the first host's image %s from the remote tier", rb, ra.Ext4)
+	}
+}
