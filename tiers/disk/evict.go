@@ -23,6 +23,18 @@ func (t *Tier) touch(hex string, r row) {
 	}
 }
 
+// newestLocked returns the latest of atime and any buffered access time of
+// hex; the caller holds pendMu.
+func (t *Tier) newestLocked(hex string, atime int64) int64 {
+	if p, ok := t.pending[hex]; ok && p.atime > atime {
+		atime = p.atime
+	}
+	if p, ok := t.flushing[hex]; ok && p.atime > atime {
+		atime = p.atime
+	}
+	return atime
+}
+
 // flusher writes buffered access times every FlushInterval or when the
 // buffer reaches FlushThreshold.
 func (t *Tier) flusher(ctx context.Context) {
@@ -55,7 +67,13 @@ func (t *Tier) flush() error {
 		return nil
 	}
 	t.pending = make(map[string]row, len(p))
+	t.flushing = p
 	t.pendMu.Unlock()
+	defer func() {
+		t.pendMu.Lock()
+		t.flushing = nil
+		t.pendMu.Unlock()
+	}()
 
 	return t.withDB(func(db *badger.DB) error {
 		live := make(map[string]row, len(p))

@@ -318,3 +318,30 @@ func TestChurnUnderBudget(t *testing.T) {
 		t.Fatalf("usage after reopen %+v, want %d blobs of %d bytes", u, n, total)
 	}
 }
+
+// TestAccessTimeVisibleWhileFlushing: an access time a flush is still
+// writing is what Stat (and eviction) see, never the older indexed one.
+func TestAccessTimeVisibleWhileFlushing(t *testing.T) {
+	tr := openTier(t, Config{FlushInterval: time.Hour})
+	d := put(t, tr, []byte("x"))
+	before, err := tr.Stat(context.Background(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := before.LastAccess.Add(time.Hour).UnixNano()
+	// What flush does first: move the pending updates to the in-flight batch.
+	tr.flushMu.Lock()
+	tr.pendMu.Lock()
+	tr.flushing = map[string]row{d.Encoded(): {size: 1, atime: later}}
+	tr.pendMu.Unlock()
+	got, err := tr.Stat(context.Background(), d)
+	var listed int64
+	werr := tr.Walk(context.Background(), func(info blob.Info) error { listed = info.LastAccess.UnixNano(); return nil })
+	tr.pendMu.Lock()
+	tr.flushing = nil
+	tr.pendMu.Unlock()
+	tr.flushMu.Unlock()
+	if err != nil || got.LastAccess.UnixNano() != later || werr != nil || listed != later {
+		t.Fatalf("during a flush Stat = %v, %v and Walk = %d, %v; want access time %d", got.LastAccess, err, listed, werr, later)
+	}
+}

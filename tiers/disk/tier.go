@@ -35,9 +35,12 @@ type Tier struct {
 	// flushMu orders access flushes against row deletions, so a flush
 	// never resurrects the row of a blob deleted meanwhile.
 	flushMu sync.Mutex
-	// pending holds last-access updates not yet written to the index.
-	pendMu  sync.Mutex
-	pending map[string]row
+	// pending holds last-access updates not yet written to the index;
+	// flushing those a flush is writing right now (both stay visible to
+	// lookups until the index has them).
+	pendMu   sync.Mutex
+	pending  map[string]row
+	flushing map[string]row
 
 	blobs, bytes atomic.Int64
 	recon        ReconcileStats
@@ -245,9 +248,7 @@ func (t *Tier) lookup(hex string) (r row, found bool, err error) {
 		return r, found, err
 	}
 	t.pendMu.Lock()
-	if p, ok := t.pending[hex]; ok && p.atime > r.atime {
-		r.atime = p.atime
-	}
+	r.atime = t.newestLocked(hex, r.atime)
 	t.pendMu.Unlock()
 	return r, true, nil
 }
@@ -565,9 +566,7 @@ func (t *Tier) scanRows(ctx context.Context, fn func(hex string, r row) error) e
 		}
 		t.pendMu.Lock()
 		for i := range got {
-			if p, ok := t.pending[got[i].hex]; ok && p.atime > got[i].r.atime {
-				got[i].r.atime = p.atime
-			}
+			got[i].r.atime = t.newestLocked(got[i].hex, got[i].r.atime)
 		}
 		t.pendMu.Unlock()
 		for _, e := range got {
