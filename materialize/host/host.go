@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,7 +64,9 @@ type Host struct {
 	overlay *overlay.Materializer
 	ext4    *ext4.Converter
 	admin   *adminServer
-	closed  bool
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Open builds the host described by cfg and registers its metrics on reg
@@ -225,16 +228,15 @@ func (h *Host) Ext4() *ext4.Converter { return h.ext4 }
 func (h *Host) Platform() manifest.Platform { return h.platform }
 
 // Close stops the admin endpoint (removing its socket) and closes the tiers,
-// releasing the disk root. Closing twice returns nil.
+// releasing the disk root. Later calls return the first call's result.
 func (h *Host) Close() error {
-	if h.closed {
-		return nil
-	}
-	h.closed = true
-	if h.admin != nil {
-		h.admin.close()
-	}
-	return h.stack.Close()
+	h.closeOnce.Do(func() {
+		if h.admin != nil {
+			h.admin.close()
+		}
+		h.closeErr = h.stack.Close()
+	})
+	return h.closeErr
 }
 
 // loadOrCreateKey reads the host's identity key, creating 32 random bytes
