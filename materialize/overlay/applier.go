@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -657,10 +658,14 @@ func removeAllAt(dirfd int, name string) error {
 	return nil
 }
 
-// processUmask reads the umask from /proc/self/status (Linux 4.7 and
-// later) without changing it.
+// processUmask reads the umask (Linux 4.7 and later) without changing it.
+// It reads the current thread's: /proc/self is the main thread, which may
+// hold a private copy of the umask (a thread Result.Mount unshared ends up
+// parked there when the mount ran on the main thread).
 func processUmask() (int, bool) {
-	b, err := os.ReadFile("/proc/self/status")
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	b, err := os.ReadFile("/proc/self/task/" + strconv.Itoa(unix.Gettid()) + "/status")
 	if err != nil {
 		return 0, false
 	}
