@@ -90,7 +90,9 @@ type Config struct {
 	// becomes visible, so a power loss cannot leave a partial layer. Without
 	// it a process crash is still safe: a layer appears only complete.
 	Durable bool
-	// Metrics, when set, receives the materializer's collectors.
+	// Metrics, when set, receives the materializer's collectors
+	// (strata_overlay_*). Two Materializers need two registerers (for
+	// example prometheus.WrapRegistererWith with a distinguishing label).
 	Metrics prometheus.Registerer
 }
 
