@@ -387,3 +387,21 @@ func TestReadmeExample(t *testing.T) {
 		t.Fatalf("README example differs from Example:\nREADME:%s\nExample:%s", r, e)
 	}
 }
+
+func FuzzParseDuration(f *testing.F) {
+	for _, s := range []string{"15m", "7d", "1.5d", "90s", "-1h", "1e9d", "d"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := ParseDuration(s)
+		if err != nil {
+			return
+		}
+		if d < 0 {
+			t.Fatalf("ParseDuration(%q) = %v < 0", s, d)
+		}
+		if e, err := ParseDuration(d.String()); err != nil || e != d {
+			t.Fatalf("round trip of %v via %q: %v, %v", d, d.String(), e, err)
+		}
+	})
+}
