@@ -50,10 +50,10 @@ Configuration comes from one YAML file (--config) whose keys are the flag names
 below; flags given on the command line override the file. With neither, the
 built-in defaults apply (see docs/configuration.md).
 
-When another process (an executor) holds the disk root, the inspection
-commands (ls, stat, cat, du, evict, verify, gc, refs, metrics) talk to it over
-its admin socket (ROOT/admin.sock) and print the same output; fetch and
-materialize need the root itself.
+When another process (an executor) holds the disk root, fetch and the
+inspection commands (ls, stat, cat, du, evict, verify, gc, refs, metrics) talk
+to it over its admin socket (ROOT/admin.sock) and print the same output;
+materialize needs the root itself.
 
 ` + exitCodesHelp
 

@@ -6,39 +6,27 @@ import (
 	"io"
 	"os"
 	"sync"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
-	"golang.org/x/sync/errgroup"
 
-	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/fetcher"
 	"github.com/strata-oci/strata/materialize/host"
 	"github.com/strata-oci/strata/registry/credential"
 )
 
-// fetchRecord is one blob of a fetched image.
-type fetchRecord struct {
-	Kind      string  `json:"kind"` // index, manifest, config or layer
-	Digest    string  `json:"digest"`
-	MediaType string  `json:"media_type,omitempty"`
-	Source    string  `json:"source"` // the tier that served it, or "registry"
-	Bytes     int64   `json:"bytes"`
-	Seconds   float64 `json:"seconds,omitempty"`
-}
+// fetchResult and fetchRecord are what fetch prints.
+type (
+	fetchResult = host.FetchResult
+	fetchRecord = host.FetchRecord
+)
 
-// fetchResult is what fetch prints.
-type fetchResult struct {
-	Reference string        `json:"reference"`
-	Digest    string        `json:"digest"`
-	Index     string        `json:"index,omitempty"`
-	Platform  string        `json:"platform"`
-	FromCache bool          `json:"from_cache"`
-	Blobs     []fetchRecord `json:"blobs"`
-	Bytes     int64         `json:"bytes"`
-	Seconds   float64       `json:"seconds"`
+// warmer is what fetch needs: *host.Host, or the *host.Client of the
+// process holding the root.
+type warmer interface {
+	Warm(ctx context.Context, ref string, cred credential.Credential, parallel int, hooks *host.WarmHooks) (*host.FetchResult, error)
+	Close() error
 }
 
 func (a *app) fetchCommand() *cobra.Command {
@@ -55,7 +43,12 @@ came from the registry), its size and, for layers, the read time. On a terminal
 it shows a progress bar per layer.
 
 Credentials: --username with --password-stdin, else the config's per-registry
-credentials, else the Docker keychain when "keychain: true", else anonymous.`,
+credentials, else the Docker keychain when "keychain: true", else anonymous.
+
+When another process holds the root, fetch asks it to fetch over its admin
+socket, with that process's configuration (platform, network policy,
+configured credentials); --username/--password-stdin travel over the
+owner-only socket and are never printed.`,
 		Example: `  blobctl fetch docker.io/library/alpine:3.20
   blobctl --allow-cidr 127.0.0.0/8 fetch 127.0.0.1:5055/strata/sample:latest --json
   echo "$TOKEN" | blobctl fetch ghcr.io/acme/app:v1 --username acme --password-stdin
@@ -67,12 +60,13 @@ credentials, else the Docker keychain when "keychain: true", else anonymous.`,
 			if err != nil {
 				return err
 			}
-			h, _, err := a.openHost(ctx)
+			adm, err := a.openAdmin(ctx)
 			if err != nil {
 				return err
 			}
-			defer h.Close()
-			res, err := a.fetch(ctx, h, args[0], cred, parallel)
+			w := adm.(warmer) // *host.Host or *host.Client
+			defer w.Close()
+			res, err := a.fetch(ctx, w, args[0], cred, parallel)
 			if err != nil {
 				return err
 			}
@@ -87,106 +81,64 @@ credentials, else the Docker keychain when "keychain: true", else anonymous.`,
 	return cmd
 }
 
-// fetch fetches ref and reads every layer through the tiers.
-func (a *app) fetch(ctx context.Context, h *host.Host, ref string, cred credential.Credential, parallel int) (*fetchResult, error) {
-	start := time.Now()
-	img, err := h.Fetcher().FetchImage(ctx, ref, cred)
-	if err != nil {
-		return nil, err
-	}
-	res := &fetchResult{Reference: img.Reference.String(), Digest: img.Digest.String(), Platform: h.Platform().String(), FromCache: img.FromCache}
-	if img.Index != "" {
-		res.Index = img.Index.String()
-		size := int64(0)
-		if info, err := h.Stack().Stat(ctx, img.Index); err == nil {
-			size = info.Size
-		}
-		res.Blobs = append(res.Blobs, fetchRecord{Kind: "index", Digest: img.Index.String(), Source: img.Sources[img.Index], Bytes: size})
-	}
-	res.Blobs = append(res.Blobs,
-		fetchRecord{Kind: "manifest", Digest: img.Digest.String(), MediaType: string(img.Manifest.MediaType), Source: img.Sources[img.Digest], Bytes: img.Manifest.Size()},
-		fetchRecord{Kind: "config", Digest: img.Manifest.Config.Digest.String(), MediaType: string(img.Manifest.Config.MediaType), Source: img.Sources[img.Manifest.Config.Digest], Bytes: img.Manifest.Config.Size})
-
-	if !a.json {
-		for _, b := range res.Blobs {
-			fmt.Fprintf(a.stdout, "%-9s %s  %-8s %10s\n", b.Kind, b.Digest, b.Source, humanBytes(b.Bytes))
-		}
-	}
-	layers := img.Layers()
-	recs := make([]fetchRecord, len(layers))
+// fetch fetches ref and reads every layer through the tiers, printing each
+// blob as it is done (or progress bars on a terminal).
+func (a *app) fetch(ctx context.Context, w warmer, ref string, cred credential.Credential, parallel int) (*fetchResult, error) {
 	var progress *mpb.Progress
-	if isTerminal(a.stdout) && !a.json {
+	if _, direct := w.(*host.Host); direct && isTerminal(a.stdout) && !a.json {
 		progress = mpb.NewWithContext(ctx, mpb.WithOutput(a.stdout), mpb.WithWidth(40))
 	}
 	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(parallel, 1))
-	for i, l := range layers {
-		g.Go(func() error {
-			rec, err := readLayer(gctx, l, progress)
+	line := func(rec fetchRecord) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(a.stdout, "%-9s %s  %-8s %10s", rec.Kind, rec.Digest, rec.Source, humanBytes(rec.Bytes))
+		if rec.Kind == "layer" {
+			fmt.Fprintf(a.stdout, "  %.2fs", rec.Seconds)
+		}
+		fmt.Fprintln(a.stdout)
+	}
+	hooks := &host.WarmHooks{}
+	if !a.json {
+		hooks.Documents = func(recs []fetchRecord) {
+			for _, r := range recs {
+				line(r)
+			}
+		}
+		if progress == nil {
+			hooks.Layer = func(_ *fetcher.Layer, rec fetchRecord, err error) {
+				if err == nil {
+					line(rec)
+				}
+			}
+		}
+	}
+	if progress != nil {
+		hooks.Reader = func(l *fetcher.Layer, source string, r io.Reader) io.Reader {
+			bar := progress.AddBar(l.Size(),
+				mpb.PrependDecorators(decor.Name(l.Digest().Encoded()[:12]+" "), decor.Name(source+" ", decor.WCSyncSpaceR)),
+				mpb.AppendDecorators(decor.CountersKibiByte("% .1f / % .1f"), decor.Name(" "), decor.AverageSpeed(decor.SizeB1024(0), "% .1f")),
+				mpb.BarRemoveOnComplete())
+			pr, err := bar.ProxyReader(r)
 			if err != nil {
-				return err
+				return r
 			}
-			recs[i] = rec
-			if progress == nil && !a.json {
-				mu.Lock()
-				fmt.Fprintf(a.stdout, "%-9s %s  %-8s %10s  %.2fs\n", rec.Kind, rec.Digest, rec.Source, humanBytes(rec.Bytes), rec.Seconds)
-				mu.Unlock()
+			return pr
+		}
+		hooks.Layer = func(_ *fetcher.Layer, rec fetchRecord, err error) {}
+	}
+	res, err := w.Warm(ctx, ref, cred, parallel, hooks)
+	if progress != nil {
+		progress.Shutdown()
+		if err == nil {
+			for _, rec := range res.Blobs {
+				if rec.Kind == "layer" {
+					line(rec)
+				}
 			}
-			return nil
-		})
-	}
-	err = g.Wait()
-	if progress != nil {
-		progress.Wait()
-	}
-	if err != nil {
-		return nil, err
-	}
-	if progress != nil {
-		for _, rec := range recs {
-			fmt.Fprintf(a.stdout, "%-9s %s  %-8s %10s  %.2fs\n", rec.Kind, rec.Digest, rec.Source, humanBytes(rec.Bytes), rec.Seconds)
 		}
 	}
-	res.Blobs = append(res.Blobs, recs...)
-	for _, b := range res.Blobs {
-		res.Bytes += b.Bytes
-	}
-	res.Seconds = time.Since(start).Seconds()
-	return res, nil
-}
-
-// readLayer reads one layer to the end (verified), reporting its source.
-func readLayer(ctx context.Context, l *fetcher.Layer, progress *mpb.Progress) (fetchRecord, error) {
-	start := time.Now()
-	rc, info, err := l.OpenInfo(ctx)
-	if err != nil {
-		return fetchRecord{}, fmt.Errorf("layer %s: %w", l.Digest(), err)
-	}
-	defer rc.Close()
-	var r io.Reader = rc
-	var bar *mpb.Bar
-	if progress != nil {
-		short := l.Digest().Encoded()[:12]
-		bar = progress.AddBar(l.Size(),
-			mpb.PrependDecorators(decor.Name(short+" "), decor.Name(info.Tier+" ", decor.WCSyncSpaceR)),
-			mpb.AppendDecorators(decor.CountersKibiByte("% .1f / % .1f"), decor.Name(" "), decor.AverageSpeed(decor.SizeB1024(0), "% .1f")))
-		if pr, err := bar.ProxyReader(rc); err == nil {
-			r = pr
-		}
-	}
-	n, err := blob.Copy(io.Discard, r, l.Digest(), l.Size())
-	if bar != nil {
-		if err != nil {
-			bar.Abort(false)
-		} else {
-			bar.SetTotal(n, true)
-		}
-	}
-	if err != nil {
-		return fetchRecord{}, fmt.Errorf("layer %s from %s: %w", l.Digest(), info.Tier, err)
-	}
-	return fetchRecord{Kind: "layer", Digest: l.Digest().String(), MediaType: l.MediaType(), Source: info.Tier, Bytes: n, Seconds: time.Since(start).Seconds()}, nil
+	return res, err
 }
 
 func printFetch(w io.Writer, res *fetchResult) {

@@ -76,9 +76,27 @@ func TestRootHeldByAnotherProcess(t *testing.T) {
 	if out := must(t, f.args("verify")...); !strings.Contains(out, "verified 6 blobs: 6 ok, 0 corrupt") {
 		t.Errorf("verify through the admin socket: %s", out)
 	}
-	// fetch needs the root itself.
-	if r := blobctl(t, "", f.args("fetch", f.ref)...); r.code != exitLocked || !strings.Contains(r.stderr, "locked") {
-		t.Errorf("fetch on a held root: exit %d, want %d; %s", r.code, exitLocked, r.stderr)
+	// fetch goes through the holder: the same records, from its tiers (the
+	// layer cat read sits in its memory tier now).
+	res := decode[fetchResult](t, must(t, f.args("fetch", f.ref, "--json")...))
+	if len(res.Blobs) != 2+len(digests) || !res.FromCache {
+		t.Fatalf("fetch through the admin socket: %+v", res)
+	}
+	for _, b := range res.Blobs {
+		want := host.TierDisk
+		if b.Digest == digests[2] {
+			want = host.TierMemory
+		}
+		if b.Source != want {
+			t.Errorf("fetch through the holder: %s from %q, want %s", b.Digest, b.Source, want)
+		}
+	}
+	if out := must(t, f.args("fetch", f.ref)...); !strings.Contains(out, "layer     "+digests[0]) || !strings.Contains(out, "fetched "+f.ref) {
+		t.Errorf("plain fetch through the holder:\n%s", out)
+	}
+	// materialize needs the root itself.
+	if r := blobctl(t, "", f.args("materialize", f.ref, "--format", "overlay")...); r.code != exitLocked || !strings.Contains(r.stderr, "locked") {
+		t.Errorf("materialize on a held root: exit %d, want %d; %s", r.code, exitLocked, r.stderr)
 	}
 
 	// evict through the holder reaches its target, and the holder's state
@@ -154,6 +172,18 @@ func TestBasicAuthDistribution(t *testing.T) {
 			t.Errorf("%s: a password reached the output", tc.desc)
 		}
 	}
+	// Through the admin socket of a process holding the root: the
+	// credential travels to the holder, a wrong one is refused there.
+	release := holdInChild(t, f.root)
+	if r := blobctl(t, pass+"\n", f.args("--username", user, "--password-stdin", "fetch", ref, "--json")...); r.code != 0 {
+		t.Fatalf("fetch with credentials through the holder: exit %d; %s", r.code, r.stderr)
+	}
+	r = blobctl(t, "wrong-password-123\n", f.args("--username", user, "--password-stdin", "fetch", ref)...)
+	if r.code != exitDenied || strings.Contains(r.stdout+r.stderr, "wrong-password-123") {
+		t.Fatalf("wrong password through the holder: exit %d, want %d; %s", r.code, exitDenied, r.stderr)
+	}
+	release()
+
 	// The real binary, built and run as a user would.
 	bin := buildBinary(t)
 	cmd := exec.Command(bin, f.args("--username", user, "--password-stdin", "fetch", ref, "--json")...)

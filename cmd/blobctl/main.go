@@ -41,6 +41,7 @@ const exitCodesHelp = `Exit codes:
   4  access denied by the registry
   5  unavailable: registry, remote tier or admin endpoint unreachable
   6  the root is held by another process that serves no admin endpoint
+     (materialize: held by any other process)
   7  any other failure`
 
 func main() {

@@ -33,6 +33,7 @@ import (
 //	POST /v1/evict    EvictRequest     -> []EvictRecord
 //	POST /v1/verify   VerifyRequest    -> []VerifyRecord
 //	POST /v1/gc                        -> GCResult
+//	POST /v1/warm     warmRequest      -> FetchResult (fetch and read every layer)
 //	GET  /metrics                      -> Prometheus text exposition
 //
 // Errors are {"error": message, "kind": kind} with kind one of the errKind
@@ -181,6 +182,18 @@ func (a *adminServer) handler(h *Host) http.Handler {
 			return
 		}
 		reply(w)(unpack(h.Verify(r.Context(), req)))
+	})
+	mux.HandleFunc("POST /v1/warm", func(w http.ResponseWriter, r *http.Request) {
+		var req warmRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		cred, err := req.credential()
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		reply(w)(unpack(h.Warm(r.Context(), req.Image, cred, req.Parallel, nil)))
 	})
 	mux.HandleFunc("POST /v1/gc", func(w http.ResponseWriter, r *http.Request) {
 		reply(w)(unpack(h.GC(r.Context())))

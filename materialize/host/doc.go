@@ -34,6 +34,7 @@
 // evict, verify, gc, refs and metrics. *Host implements it directly. While a
 // Host is open it serves the same operations over HTTP on Root/admin.sock, and
 // Dial returns a *Client that implements Admin by asking that process, with
-// the same records and errors. blobctl uses Open, and Dial when the root is
-// held by another process.
+// the same records and errors; Warm (fetch and read every layer) works
+// through it too. blobctl uses Open, and Dial when the root is held by
+// another process.
 package host
