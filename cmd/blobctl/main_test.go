@@ -142,7 +142,13 @@ type fixture struct {
 // layerSize random bytes (gzip barely shrinks them).
 func newFixture(t *testing.T, layerSize int64, layers int64) *fixture {
 	t.Helper()
-	f := &fixture{reg: registrytest.InProcess(t), root: filepath.Join(t.TempDir(), "root")}
+	return newFixtureAt(t, registrytest.InProcess(t), layerSize, layers)
+}
+
+// newFixtureAt is newFixture on the registry at host.
+func newFixtureAt(t *testing.T, reg string, layerSize int64, layers int64) *fixture {
+	t.Helper()
+	f := &fixture{reg: reg, root: filepath.Join(t.TempDir(), "root")}
 	img, err := random.Image(layerSize, layers)
 	if err != nil {
 		t.Fatal(err)
