@@ -67,9 +67,9 @@ func TestRedteamRedirectSecretsNotInErrors(t *testing.T) {
 	}))
 	t.Cleanup(storage.Close)
 	targets := map[string]string{
-		"userinfo, dead host":     "http://storage:" + secret + "@" + dead + "/blob",
-		"signed query, 403":       storage.URL + "/blob?X-Amz-Signature=" + secret,
-		"userinfo, 403":           "http://u:" + secret + "@" + strings.TrimPrefix(storage.URL, "http://") + "/blob",
+		"userinfo, dead host": "http://storage:" + secret + "@" + dead + "/blob",
+		"signed query, 403":   storage.URL + "/blob?X-Amz-Signature=" + secret,
+		"userinfo, 403":       "http://u:" + secret + "@" + strings.TrimPrefix(storage.URL, "http://") + "/blob",
 	}
 	var target string
 	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
