@@ -42,11 +42,13 @@ http: {addr: $addr, secret: sample-only}
 CFG
 	docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
 	echo $! > "$dir/pid"
+	# Wait until it accepts connections (bash's /dev/tcp: no curl needed).
+	up=""
 	for _ in $(seq 100); do
-		curl -fsS "http://$addr/v2/" >/dev/null 2>&1 && break
+		if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then up=1; break; fi
 		sleep 0.1
 	done
-	curl -fsS "http://$addr/v2/" >/dev/null || { echo "sample-registry: registry did not start; see $dir/log" >&2; exit 1; }
+	[ -n "$up" ] || { echo "sample-registry: registry did not start; see $dir/log" >&2; exit 1; }
 fi
 go run ./internal/tools/mksample -ref "$ref" >&2
 echo "$ref"
