@@ -124,9 +124,14 @@ func (f *Fetcher) credential(ctx context.Context, host string, cred credential.C
 	return c, f.cfg.Credentials.Identity(c), nil
 }
 
+// localOnly reports whether cred may not use the stack's shared tiers.
+func (f *Fetcher) localOnly(cred credential.Credential) bool {
+	return cred.IsAnonymous() && !f.cfg.AnonymousShared
+}
+
 // store is the stack view a caller may use.
 func (f *Fetcher) store(cred credential.Credential) *tiers.Stack {
-	if cred.IsAnonymous() && !f.cfg.AnonymousShared {
+	if f.localOnly(cred) {
 		return f.cfg.Store.Local()
 	}
 	return f.cfg.Store
@@ -143,7 +148,7 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{Reference: r, Sources: map[blob.Digest]string{}, FromCache: acc.fromCache}
+	img := &Image{Reference: r, Sources: map[blob.Digest]string{}, FromCache: acc.fromCache, LocalOnly: f.localOnly(cred)}
 	doc, err := f.readDocument(ctx, view, src, acc.target, img)
 	if err != nil {
 		return nil, err

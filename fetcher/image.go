@@ -32,6 +32,11 @@ type Image struct {
 	// FromCache reports that resolving and authorizing made no network
 	// request.
 	FromCache bool
+	// LocalOnly reports that the image's caller may not use the stack's
+	// shared tiers (an anonymous caller without Config.AnonymousShared): its
+	// layers are read through Store.Local(), and whatever is derived from the
+	// image for this caller (an ext4 image) must be stored there too.
+	LocalOnly bool
 
 	layers []*Layer
 }

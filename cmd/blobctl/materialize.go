@@ -121,7 +121,7 @@ remote tier, downloads it instead of converting again.`,
 				}
 				return nil
 			}
-			res, err := h.Ext4().Materialize(ctx, mimg, nil)
+			res, err := h.Ext4For(img).Materialize(ctx, mimg, nil)
 			if err != nil {
 				return err
 			}

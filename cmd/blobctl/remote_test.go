@@ -67,3 +67,27 @@ func TestSharedRemoteTier(t *testing.T) {
 		t.Fatalf("second host: %+v, want the first host's image %s from the remote tier", rb, ra.Ext4)
 	}
 }
+
+// Without --remote-anonymous-shared, an anonymous caller's fetch and ext4
+// conversion write nothing to the shared tier: a second host that may read
+// the shared tier finds neither the layers nor the derived image there.
+func TestAnonymousWritesNothingShared(t *testing.T) {
+	endpoint := startREAPI(t)
+	f := newFixture(t, 32<<10, 2)
+	out := filepath.Join(t.TempDir(), "img.ext4")
+	a := append(f.args("--remote", endpoint, "--remote-instance", "instance"), "--root", filepath.Join(t.TempDir(), "a"))
+	b := append(f.args("--remote", endpoint, "--remote-instance", "instance", "--remote-anonymous-shared"), "--root", filepath.Join(t.TempDir(), "b"))
+
+	if ra := decode[ext4Result](t, must(t, append(a, "materialize", f.ref, "--format", "ext4", "--out", out, "--json")...)); ra.FromCache {
+		t.Fatalf("first host: %+v, want a conversion", ra)
+	}
+	res := decode[fetchResult](t, must(t, append(b, "fetch", f.ref, "--json")...))
+	for _, r := range res.Blobs {
+		if r.Source == host.TierRemote {
+			t.Errorf("blob %s found in the shared tier after an anonymous fetch", r.Digest)
+		}
+	}
+	if rb := decode[ext4Result](t, must(t, append(b, "materialize", f.ref, "--format", "ext4", "--out", out, "--json")...)); rb.FromCache {
+		t.Fatalf("second host took %+v from a cache; the anonymous conversion must not have been shared", rb)
+	}
+}

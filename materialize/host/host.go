@@ -63,6 +63,7 @@ type Host struct {
 	fetcher *fetcher.Fetcher
 	overlay *overlay.Materializer
 	ext4    *ext4.Converter
+	ext4Loc *ext4.Converter // over the stack's local tiers, for LocalOnly images
 	admin   *adminServer
 
 	closeOnce sync.Once
@@ -190,9 +191,19 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 	if err != nil {
 		return nil, fmt.Errorf("host: overlay: %w", err)
 	}
-	h.ext4, err = ext4.New(ext4.Config{Store: h.stack, WorkDir: cfg.Ext4.WorkDir, FreeBytes: int64(cfg.Ext4.FreeBytes), FreeInodes: cfg.Ext4.FreeInodes, Registerer: reg})
+	// The ext4 metrics carry store="stack" or store="local" (see below).
+	h.ext4, err = ext4.New(ext4.Config{Store: h.stack, WorkDir: cfg.Ext4.WorkDir, FreeBytes: int64(cfg.Ext4.FreeBytes), FreeInodes: cfg.Ext4.FreeInodes, Registerer: storeLabel(reg, "stack")})
 	if err != nil {
 		return nil, fmt.Errorf("host: ext4: %w", err)
+	}
+	// Images of callers who may not use the shared tier (anonymous ones)
+	// are converted and stored through the local tiers only.
+	h.ext4Loc = h.ext4
+	if h.remote != nil && !cfg.Remote.AnonymousShared {
+		h.ext4Loc, err = ext4.New(ext4.Config{Store: h.stack.Local(), WorkDir: cfg.Ext4.WorkDir, FreeBytes: int64(cfg.Ext4.FreeBytes), FreeInodes: cfg.Ext4.FreeInodes, Registerer: storeLabel(reg, "local")})
+		if err != nil {
+			return nil, fmt.Errorf("host: ext4 (local): %w", err)
+		}
 	}
 	if !cfg.NoAdmin {
 		if h.admin, err = serveAdmin(filepath.Join(root, AdminSocketName), h); err != nil {
@@ -223,6 +234,16 @@ func (h *Host) Overlay() *overlay.Materializer { return h.overlay }
 
 // Ext4 returns the ext4 materializer.
 func (h *Host) Ext4() *ext4.Converter { return h.ext4 }
+
+// Ext4For returns the ext4 converter for img: the one over the local tiers
+// when img's caller may not use the shared tier (fetcher.Image.LocalOnly),
+// so that nothing derived for an anonymous caller is written to it.
+func (h *Host) Ext4For(img *fetcher.Image) *ext4.Converter {
+	if img.LocalOnly {
+		return h.ext4Loc
+	}
+	return h.ext4
+}
 
 // Platform returns the platform the fetcher selects.
 func (h *Host) Platform() manifest.Platform { return h.platform }
@@ -299,3 +320,11 @@ func (h *Host) tierNames() string {
 }
 
 var _ blob.Tier = (*tiers.Stack)(nil)
+
+// storeLabel labels every metric registered through reg with store=name.
+func storeLabel(reg prometheus.Registerer, name string) prometheus.Registerer {
+	if reg == nil {
+		return nil
+	}
+	return prometheus.WrapRegistererWith(prometheus.Labels{"store": name}, reg)
+}
