@@ -56,6 +56,10 @@ var (
 	ErrLimitExceeded = layerio.ErrLimitExceeded
 	// ErrTooManyLayers: overlayfs stacks at most MaxLayers lower layers.
 	ErrTooManyLayers = errors.New("too many layers for overlayfs")
+	// ErrNotPrivate: Root (or a directory under it) belongs to another
+	// user, who could reach the extracted layers (setuid programs, device
+	// nodes) through it. New refuses such a Root.
+	ErrNotPrivate = errors.New("directory not owned by this process's user")
 )
 
 // MaxLayers is the most lower layers overlayfs accepts (OVL_MAX_STACK).
@@ -64,7 +68,10 @@ const MaxLayers = 500
 // Config configures a Materializer.
 type Config struct {
 	// Root is the directory that holds extracted layers (created if
-	// missing). Required.
+	// missing). Required. It must belong to this process's effective uid
+	// (New fails with ErrNotPrivate otherwise), and New takes away any
+	// permission of group and others on it (mode 0700), so that no other
+	// local user reaches the layers' setuid programs and device nodes.
 	Root string
 	// Budget bounds the bytes of file content kept in layer directories.
 	// After each materialization and lease release, unleased layers are
@@ -163,11 +170,22 @@ func New(cfg Config) (*Materializer, error) {
 	if err := probeOpenat2(); err != nil {
 		return nil, err
 	}
+	// Extracted layers keep their setuid programs and device nodes, so no
+	// other user may have a path into them (CVE-2021-41091): Root and the
+	// directories leading to layers are private. overlayfs reads lower
+	// layers with the mounter's credentials, so mounts still work.
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
 	for _, d := range []struct {
 		p    string
 		mode os.FileMode
-	}{{root, 0o711}, {m.path("layers"), 0o711}, {m.mountDir, 0o711}, {m.path("l", "_"), 0o755}, {m.path("l", "__"), 0o755}, {m.path("meta"), 0o700}, {m.path("tmp"), 0o700}} {
-		if err := os.MkdirAll(d.p, d.mode); err != nil {
+	}{{root, 0o700}, {m.path("layers"), 0o700}, {m.mountDir, 0o700}, {m.path("l", "_"), 0o755}, {m.path("l", "__"), 0o755}, {m.path("meta"), 0o700}, {m.path("tmp"), 0o700}} {
+		if d.mode == 0o700 {
+			if err := privateDir(d.p, d.p == root); err != nil {
+				return nil, fmt.Errorf("overlay: %w", err)
+			}
+		} else if err := os.MkdirAll(d.p, d.mode); err != nil {
 			return nil, fmt.Errorf("overlay: %w", err)
 		}
 	}
@@ -175,6 +193,42 @@ func New(cfg Config) (*Materializer, error) {
 		return nil, fmt.Errorf("overlay: loading %s: %w", root, err)
 	}
 	return m, nil
+}
+
+// privateDir makes dir an existing directory owned by this process's
+// effective uid with no permission for group and others: a missing one is
+// created 0700, an existing one with any group or other bit is changed to
+// 0700, one owned by another user is refused with ErrNotPrivate. The
+// check and the change go through one file descriptor, so they concern the
+// same directory. follow allows dir itself to be a symbolic link (for
+// Root; the directories under it never are).
+func privateDir(dir string, follow bool) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	flags := unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
+	if !follow {
+		flags |= unix.O_NOFOLLOW
+	}
+	fd, err := unix.Open(dir, flags, 0)
+	if err != nil {
+		return &fs.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return &fs.PathError{Op: "stat", Path: dir, Err: err}
+	}
+	if euid := os.Geteuid(); int(st.Uid) != euid {
+		return fmt.Errorf("%w: %s belongs to uid %d, this process runs as uid %d; "+
+			"refusing to keep extracted layers where another user controls them (use a directory of your own)", ErrNotPrivate, dir, st.Uid, euid)
+	}
+	if st.Mode&0o077 != 0 {
+		if err := unix.Fchmod(fd, 0o700); err != nil {
+			return &fs.PathError{Op: "chmod", Path: dir, Err: err}
+		}
+	}
+	return nil
 }
 
 func probeOpenat2() error {
