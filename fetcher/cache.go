@@ -2,8 +2,10 @@ package fetcher
 
 import (
 	"context"
+
 	"errors"
 	"fmt"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/manifest"
@@ -52,7 +54,7 @@ func (f *Fetcher) imageBlobs(ctx context.Context, st blob.Tier, r registry.Refer
 	var root blob.Ref
 	var err error
 	if d := r.Digest(); d != "" {
-		root, err = f.getRef(ctx, st, memberKey(r.Repo(), d))
+		root, err = f.getRef(ctx, f.auth(), memberKey(r.Repo(), d))
 		if errors.Is(err, blob.ErrNotFound) {
 			info, serr := st.Stat(ctx, d)
 			if serr != nil {
@@ -61,7 +63,7 @@ func (f *Fetcher) imageBlobs(ctx context.Context, st blob.Tier, r registry.Refer
 			root, err = blob.Ref{Digest: d, Size: info.Size}, nil
 		}
 	} else {
-		root, err = f.getRef(ctx, st, tagKey(r))
+		root, err = f.getRef(ctx, f.auth(), tagKey(r))
 	}
 	if err != nil {
 		return imageSet{}, err
@@ -140,7 +142,7 @@ func (f *Fetcher) InvalidateCache(ctx context.Context, ref string) error {
 	if r.Digest() == "" {
 		del(tagKey(r))
 	}
-	for _, d := range set.manifests {
+	for _, d := range set.blobs {
 		del(memberKey(repo, d))
 	}
 	proofs := []blob.RefKey{proofKey(repo, credential.AnonymousIdentity)}
@@ -181,7 +183,11 @@ func (f *Fetcher) referencedElsewhere(ctx context.Context, st *tiers.Stack) (map
 	keep := map[blob.Digest]bool{}
 	var roots []blob.Ref
 	err := st.WalkRefs(ctx, NamespaceMember, func(_ blob.RefKey, r blob.Ref) error {
-		roots = append(roots, r)
+		// Memberships of manifests and indexes carry their media type;
+		// those of layers and configs do not, and are reached from them.
+		if mt := types.MediaType(r.MediaType); manifest.IsManifest(mt) || manifest.IsIndex(mt) {
+			roots = append(roots, r)
+		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, blob.ErrUnsupported) {

@@ -18,16 +18,26 @@
 // once (and the public proof, when the anonymous caller was denied). While
 // the registry is unreachable, unexpired proofs keep serving.
 //
-// Proving access to a repository is not enough for a digest: a caller with
-// access to repository A must not read a manifest of repository B by asking
-// for A@digest. The fetcher therefore also records membership: a ref
-// (namespace "member", name = registry/repository@digest) written only when
-// the registry served that manifest digest in that repository (or when an
-// index the registry served in that repository lists it). A digest
-// reference is served from the cache only with both a valid proof and
-// membership; otherwise the registry is asked. Layers and configs are
-// served to callers authorized for a manifest that lists them: a registry
-// accepts a manifest only if its blobs are in the same repository.
+// Proving access to a repository is not enough for content: a caller with
+// access to repository A must not read a manifest, config or layer of
+// repository B (of this registry or of any other) by asking for A@digest,
+// or by fetching a manifest, from a registry it controls, that lists B's
+// digests. Every blob and document is therefore served from the cache only
+// when the caller's repository is a proven member for it: a ref (namespace
+// "member", name registry/repository@digest) written only when that
+// registry served the bytes of that digest for that repository, verified. A
+// HEAD is never taken as proof (a registry can claim any digest). Content
+// without membership is read from the caller's registry through an origin
+// view of the stack (tiers.Stack.WithOrigin): never from a cached copy,
+// streamed while written into the tiers, and collapsed only with other
+// callers of the same repository; the download proves membership for next
+// time. The cost is one download per repository for a layer that several
+// repositories share.
+//
+// Refs that decide access (tags, proofs, membership) are read and written
+// in the stack's local tiers only: a shared tier (a remote action cache) is
+// writable by every executor and possibly by build clients, so a ref found
+// there is never trusted.
 //
 // Anonymous callers use the stack's Local view (no shared tier) unless
 // Config.AnonymousShared is set.

@@ -29,7 +29,14 @@ type Fetcher struct {
 	platform manifest.Platform
 	m        *metrics
 	fetches  group[*Image]
+	// authStore keeps the refs that decide what a caller may have (tags,
+	// proofs, membership): the local tiers only, so that nobody who can
+	// write a shared tier can forge them.
+	authStore *tiers.Stack
 }
+
+// auth is where authorization refs are kept (see Fetcher.authStore).
+func (f *Fetcher) auth() *tiers.Stack { return f.authStore }
 
 // New returns a Fetcher for cfg. Store and Registry are required.
 func New(cfg Config) (*Fetcher, error) {
@@ -43,7 +50,7 @@ func New(cfg Config) (*Fetcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: metrics: %w", err)
 	}
-	f := &Fetcher{cfg: cfg, now: cfg.Now, platform: cfg.Platform, m: m}
+	f := &Fetcher{cfg: cfg, now: cfg.Now, platform: cfg.Platform, m: m, authStore: cfg.Store.Local()}
 	f.fetches.onJoin = m.collapsed.Inc
 	if f.now == nil {
 		f.now = time.Now
@@ -141,21 +148,20 @@ func (f *Fetcher) store(cred credential.Credential) *tiers.Stack {
 func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credential.Credential, id string) (*Image, error) {
 	st := f.store(cred)
 	auth := cred.Authenticator()
-	src := newSource(f.cfg.Registry, r.Repo(), auth)
-	view := st.WithSource(src)
+	repo := r.Repo()
+	ba := &blobAccess{f: f, st: st, repo: repo}
+	ba.src = newSource(f.cfg.Registry, repo, auth, ba.served)
 
-	acc, err := f.authorize(ctx, st, r, cred, id)
+	acc, err := f.authorize(ctx, r, cred, id)
 	if err != nil {
 		return nil, err
 	}
 	img := &Image{Reference: r, Sources: map[blob.Digest]string{}, FromCache: acc.fromCache, LocalOnly: f.localOnly(cred)}
-	doc, err := f.readDocument(ctx, view, src, acc.target, img)
+	doc, err := f.readDocument(ctx, ba, acc.target, img)
 	if err != nil {
 		return nil, err
 	}
-	// The document is in the stack now: refs that point at it are valid
-	// even on servers that check what an action-cache entry references.
-	f.record(ctx, st, r, id, acc)
+	f.record(ctx, r, id, acc)
 
 	if doc.Index != nil {
 		child, err := doc.Index.Select(f.platform)
@@ -164,14 +170,13 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 		}
 		img.Index = doc.Index.Digest
 		cdesc := registry.Descriptor{Digest: child.Digest, Size: child.Size, MediaType: string(child.MediaType)}
-		doc, err = f.readDocument(ctx, view, src, cdesc, img)
+		doc, err = f.readDocument(ctx, ba, cdesc, img)
 		if err != nil {
 			return nil, err
 		}
 		if doc.Manifest == nil {
 			return nil, fmt.Errorf("%s: index entry %s for %s: %w: nested index", r, child.Digest, f.platform, manifest.ErrInvalid)
 		}
-		f.putRef(ctx, st, memberKey(r.Repo(), child.Digest), blob.Ref{Digest: child.Digest, Size: child.Size, MediaType: string(doc.Manifest.MediaType)})
 	}
 	m := doc.Manifest
 	img.Digest, img.Manifest = m.Digest, m
@@ -181,8 +186,8 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 	if m.Config.Size > maxDocumentSize {
 		return nil, fmt.Errorf("%s: config %s of %d bytes: %w", r, m.Config.Digest, m.Config.Size, blob.ErrTooLarge)
 	}
-	src.expect(m.Config.Digest, m.Config.Size, false)
-	data, tier, err := readSmall(ctx, view, m.Config.Digest, m.Config.Size)
+	ba.src.expect(m.Config.Digest, m.Config.Size, "")
+	data, tier, err := readSmall(ctx, ba.view(ctx, m.Config.Digest), m.Config.Digest, m.Config.Size)
 	if err != nil {
 		return nil, fmt.Errorf("%s: config: %w", r, err)
 	}
@@ -194,10 +199,40 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 		return nil, fmt.Errorf("%s: %w", r, err)
 	}
 	for _, l := range m.Layers {
-		src.expect(l.Digest, l.Size, false)
-		img.layers = append(img.layers, &Layer{desc: l, view: view, m: f.m})
+		ba.src.expect(l.Digest, l.Size, "")
+		img.layers = append(img.layers, &Layer{desc: l, access: ba, m: f.m})
 	}
 	return img, nil
+}
+
+// blobAccess decides, per blob, where one caller's image may read it from.
+//
+// Cached bytes are served to a caller only for blobs its repository is a
+// proven member of: the registry has served those bytes for that
+// repository (a membership ref, in the local tiers). Any other blob is read
+// from the caller's own registry through an origin view, never from a
+// cached copy another registry or repository put there, and the download
+// proves the membership for next time. Without this, a registry an
+// attacker controls could list a victim's digests in a manifest and be
+// handed the victim's cached bytes.
+type blobAccess struct {
+	f    *Fetcher
+	st   *tiers.Stack
+	repo registry.Repository
+	src  *source
+}
+
+// view returns the stack view to read d through.
+func (b *blobAccess) view(ctx context.Context, d blob.Digest) *tiers.Stack {
+	if _, err := b.f.getRef(ctx, b.f.auth(), memberKey(b.repo, d)); err == nil {
+		return b.st.WithSource(b.src)
+	}
+	return b.st.WithOrigin(b.src, b.repo.String())
+}
+
+// served records that the registry served d's bytes for the repository.
+func (b *blobAccess) served(ctx context.Context, d blob.Digest, size int64, mediaType string) {
+	b.f.putRef(ctx, b.f.auth(), memberKey(b.repo, d), blob.Ref{Digest: d, Size: size, MediaType: mediaType})
 }
 
 // access is the outcome of authorizing a caller for a reference.
@@ -211,7 +246,8 @@ type access struct {
 // authorize decides whether the caller may have what r names and resolves
 // it: from the cache when the caller holds a valid proof and the cache knows
 // the target, else by asking the registry.
-func (f *Fetcher) authorize(ctx context.Context, st *tiers.Stack, r registry.Reference, cred credential.Credential, id string) (access, error) {
+func (f *Fetcher) authorize(ctx context.Context, r registry.Reference, cred credential.Credential, id string) (access, error) {
+	st := f.auth()
 	repo := r.Repo()
 	proven := f.proven(ctx, st, repo, id)
 	var cached *blob.Ref
@@ -282,7 +318,8 @@ func (f *Fetcher) proven(ctx context.Context, st *tiers.Stack, repo registry.Rep
 // record writes what a fetch learned from the registry: the proof, the tag
 // and the membership of the target in the repository. Failures to record
 // are not the caller's failure: the next fetch asks the registry again.
-func (f *Fetcher) record(ctx context.Context, st *tiers.Stack, r registry.Reference, id string, acc access) {
+func (f *Fetcher) record(ctx context.Context, r registry.Reference, id string, acc access) {
+	st := f.auth()
 	now := f.now()
 	t := acc.target
 	ref := blob.Ref{Digest: t.Digest, Size: t.Size, MediaType: t.MediaType}
@@ -290,9 +327,6 @@ func (f *Fetcher) record(ctx context.Context, st *tiers.Stack, r registry.Refere
 		p := ref
 		p.Expires = now.Add(f.cfg.ProofTTL)
 		f.putRef(ctx, st, proofKey(r.Repo(), id), p)
-	}
-	if acc.resolved {
-		f.putRef(ctx, st, memberKey(r.Repo(), t.Digest), ref)
 	}
 	if acc.resolved && r.Digest() == "" && f.cfg.TagTTL > 0 {
 		tg := ref
@@ -307,12 +341,12 @@ func (f *Fetcher) putRef(ctx context.Context, st *tiers.Stack, k blob.RefKey, r 
 
 // readDocument reads a manifest or index through view (the registry's
 // manifests endpoint below the tiers) and parses it.
-func (f *Fetcher) readDocument(ctx context.Context, view *tiers.Stack, src *source, d registry.Descriptor, img *Image) (*manifest.Document, error) {
+func (f *Fetcher) readDocument(ctx context.Context, ba *blobAccess, d registry.Descriptor, img *Image) (*manifest.Document, error) {
 	if d.Size > maxDocumentSize {
 		return nil, fmt.Errorf("manifest %s of %d bytes: %w", d.Digest, d.Size, blob.ErrTooLarge)
 	}
-	src.expect(d.Digest, d.Size, true)
-	data, tier, err := readSmall(ctx, view, d.Digest, d.Size)
+	ba.src.expect(d.Digest, d.Size, d.MediaType)
+	data, tier, err := readSmall(ctx, ba.view(ctx, d.Digest), d.Digest, d.Size)
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", d.Digest, err)
 	}

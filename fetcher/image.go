@@ -8,7 +8,6 @@ import (
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/registry"
-	"github.com/strata-oci/strata/tiers"
 )
 
 // Image is a fetched, authorized image for one platform. Its manifest and
@@ -46,9 +45,9 @@ func (img *Image) Layers() []*Layer { return img.layers }
 
 // Layer is one layer of a fetched Image.
 type Layer struct {
-	desc manifest.Descriptor
-	view *tiers.Stack
-	m    *metrics
+	desc   manifest.Descriptor
+	access *blobAccess
+	m      *metrics
 }
 
 // Digest is the digest of the layer blob.
@@ -65,6 +64,9 @@ func (l *Layer) Descriptor() manifest.Descriptor { return l.desc }
 
 // Open returns the layer blob's bytes (still compressed) from the highest
 // tier that holds it, or from the registry while writing it into the tiers.
+// Cached bytes are served only once the image's repository has proven it
+// holds the blob (its registry served it for that repository before);
+// until then Open reads the registry (see the package documentation).
 // The reader is verified: it returns io.EOF only after the whole blob
 // matched its digest. The caller must Close it.
 func (l *Layer) Open(ctx context.Context) (io.ReadCloser, error) {
@@ -75,7 +77,7 @@ func (l *Layer) Open(ctx context.Context) (io.ReadCloser, error) {
 // OpenInfo is Open that also reports where the bytes come from
 // (blob.Info.Tier: a tier's name, or SourceRegistry).
 func (l *Layer) OpenInfo(ctx context.Context) (io.ReadCloser, blob.Info, error) {
-	rc, info, err := l.view.Open(ctx, l.desc.Digest)
+	rc, info, err := l.access.view(ctx, l.desc.Digest).Open(ctx, l.desc.Digest)
 	if err != nil {
 		return nil, blob.Info{}, fmt.Errorf("layer %s: %w", l.desc.Digest, err)
 	}

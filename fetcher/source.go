@@ -21,29 +21,36 @@ type source struct {
 	client *registry.Client
 	repo   registry.Repository
 	auth   authn.Authenticator
+	// served is called when the registry has served d's bytes completely
+	// and verified (the membership of d in repo is then proven).
+	served func(ctx context.Context, d blob.Digest, size int64, mediaType string)
 
-	mu        sync.Mutex
-	sizes     map[blob.Digest]int64
-	manifests map[blob.Digest]bool
+	mu    sync.Mutex
+	sizes map[blob.Digest]int64
+	types map[blob.Digest]string // media types of manifests and indexes
 }
 
-func newSource(c *registry.Client, repo registry.Repository, auth authn.Authenticator) *source {
-	return &source{client: c, repo: repo, auth: auth, sizes: map[blob.Digest]int64{}, manifests: map[blob.Digest]bool{}}
+func newSource(c *registry.Client, repo registry.Repository, auth authn.Authenticator, served func(context.Context, blob.Digest, int64, string)) *source {
+	return &source{client: c, repo: repo, auth: auth, served: served, sizes: map[blob.Digest]int64{}, types: map[blob.Digest]string{}}
 }
 
-// expect announces d, of size bytes; manifest says which endpoint serves it.
-func (s *source) expect(d blob.Digest, size int64, manifest bool) {
+// expect announces d, of size bytes. A manifest or index is announced
+// with its media type (served from the manifests endpoint); any other blob
+// with "" (served from the blobs endpoint).
+func (s *source) expect(d blob.Digest, size int64, manifestType string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sizes[d] = size
-	s.manifests[d] = manifest
+	if manifestType != "" {
+		s.types[d] = manifestType
+	}
 }
 
-func (s *source) lookup(d blob.Digest) (size int64, manifest, ok bool) {
+func (s *source) lookup(d blob.Digest) (size int64, manifestType string, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	size, ok = s.sizes[d]
-	return size, s.manifests[d], ok
+	return size, s.types[d], ok
 }
 
 func (s *source) Name() string { return SourceRegistry }
@@ -59,12 +66,12 @@ func (s *source) Stat(_ context.Context, d blob.Digest) (blob.Info, error) {
 }
 
 func (s *source) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Info, error) {
-	size, isManifest, ok := s.lookup(d)
+	size, manifestType, ok := s.lookup(d)
 	if !ok {
 		return nil, blob.Info{}, fmt.Errorf("registry %s: %s: %w (not listed by a fetched manifest)", s.repo, d, blob.ErrNotFound)
 	}
 	info := blob.Info{Digest: d, Size: size, Tier: SourceRegistry}
-	if isManifest {
+	if manifestType != "" {
 		ref, err := s.repo.Digest(d)
 		if err != nil {
 			return nil, blob.Info{}, err
@@ -76,13 +83,30 @@ func (s *source) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.I
 		if desc.Size != size {
 			return nil, blob.Info{}, &blob.MismatchError{Want: d, WantSize: size, Got: desc.Digest, GotSize: desc.Size}
 		}
+		s.served(ctx, d, size, desc.MediaType) // Manifest verified the bytes against d
 		return io.NopCloser(bytes.NewReader(data)), info, nil
 	}
 	rc, err := s.client.Blob(ctx, s.repo, d, size, s.auth)
 	if err != nil {
 		return nil, blob.Info{}, err
 	}
-	return rc, info, nil
+	return &servedReader{ReadCloser: rc, done: func() { s.served(ctx, d, size, "") }}, info, nil
+}
+
+// servedReader calls done once when the registry's verified stream ends
+// with io.EOF: the registry has then served every byte of the blob.
+type servedReader struct {
+	io.ReadCloser
+	done func()
+	once sync.Once
+}
+
+func (r *servedReader) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if err == io.EOF {
+		r.once.Do(r.done)
+	}
+	return n, err
 }
 
 func (s *source) readOnly(op string) error {

@@ -37,6 +37,24 @@ func (s *Stack) WithSource(src blob.Tier) *Stack {
 	return s.root.view(append(slices.Clone(s.ents), e))
 }
 
+// WithOrigin returns a view of s whose reads come from src only, never from
+// its tiers: an origin that must show it holds a blob before a caller may
+// have it (a registry repository that has not yet served the blob to this
+// host). Open reads src and streams the blob to the caller while writing it
+// into every tier of the view (a tier that holds it already is skipped), so
+// the bytes are verified and cached as with WithSource. Stat asks src only.
+//
+// Fills collapse only among origin views with the same key and the same
+// tiers: key names the origin (for a registry, host and repository), so a
+// caller never receives bytes that another origin served. Writes behave as
+// in WithSource.
+func (s *Stack) WithOrigin(src blob.Tier, key string) *Stack {
+	v := s.WithSource(src)
+	v.origin = true
+	v.key += "|origin=" + key
+	return v
+}
+
 // readOnly exposes only the reads of a source tier.
 type readOnly struct{ src blob.Tier }
 

@@ -146,3 +146,61 @@ type failingSource struct {
 func (f failingSource) Open(context.Context, blob.Digest) (io.ReadCloser, blob.Info, error) {
 	return nil, blob.Info{}, f.err
 }
+
+// An origin view never serves a cached copy: a source that lacks the blob
+// fails even though a tier holds it, and one that has it serves it itself.
+func TestWithOriginReadsOnlyTheOrigin(t *testing.T) {
+	ctx := context.Background()
+	top := newMem(t, "top", 0)
+	s := tiers.NewStack(tiers.StackConfig{Tiers: []tiers.Entry{{Tier: top}}})
+	want, _ := tiertest.RandomBytes(3, 256<<10)
+	d := put(t, top, want)
+
+	empty := newProbe(newMem(t, "registry", 0))
+	if _, _, err := readAll(ctx, s.WithOrigin(empty, "evil.example/app"), d); !errors.Is(err, blob.ErrNotFound) {
+		t.Fatalf("origin without the blob: %v, want not found (the cached copy must not be served)", err)
+	}
+	if _, err := s.WithOrigin(empty, "evil.example/app").Stat(ctx, d); !errors.Is(err, blob.ErrNotFound) {
+		t.Fatalf("Stat through an origin without the blob: %v, want not found", err)
+	}
+	holder := newProbe(newMem(t, "registry", 0))
+	put(t, holder.Tier, want)
+	got, info, err := readAll(ctx, s.WithOrigin(holder, "good.example/app"), d)
+	if err != nil || !bytes.Equal(got, want) || info.Tier != "registry" || holder.count("Open") != 1 {
+		t.Fatalf("origin with the blob: %v, tier %q, %d opens", err, info.Tier, holder.count("Open"))
+	}
+}
+
+// Fills of origin views with different keys never join: while one origin's
+// fill is in flight, another origin that lacks the blob still fails.
+func TestWithOriginFillsDoNotCrossOrigins(t *testing.T) {
+	ctx := context.Background()
+	top := newMem(t, "top", 0)
+	s := tiers.NewStack(tiers.StackConfig{Tiers: []tiers.Entry{{Tier: top}}})
+	want, _ := tiertest.RandomBytes(4, 1<<20)
+	good := newProbe(newMem(t, "registry", 0))
+	d := put(t, good.Tier, want)
+	good.gate, good.entered = make(chan struct{}), make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		got, _, err := readAll(ctx, s.WithOrigin(good, "good.example/app"), d)
+		if err == nil && !bytes.Equal(got, want) {
+			err = errors.New("wrong bytes")
+		}
+		done <- err
+	}()
+	<-good.entered // the good origin's fill is in flight
+	evil := newProbe(newMem(t, "registry", 0))
+	_, _, err := readAll(ctx, s.WithOrigin(evil, "evil.example/app"), d)
+	close(good.gate)
+	if !errors.Is(err, blob.ErrNotFound) {
+		t.Fatalf("other origin during a fill: %v, want not found", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("good origin: %v", err)
+	}
+	// The same origin's callers do collapse.
+	if _, _, err := readAll(ctx, s.WithOrigin(good, "good.example/app"), d); err != nil || good.count("Open") != 2 {
+		t.Fatalf("second read from the good origin: %v (%d opens; origin views always read the origin)", err, good.count("Open"))
+	}
+}

@@ -84,6 +84,8 @@ type Stack struct {
 	ents []*stackEntry
 	key  string // identifies the set of tiers in this view
 	view bool   // made by Local or Without
+	// origin: reads come from the view's source only (see WithOrigin).
+	origin bool
 }
 
 // stackRoot is what a stack and its views share.
@@ -279,7 +281,11 @@ func (s *Stack) Stat(ctx context.Context, d blob.Digest) (blob.Info, error) {
 		return blob.Info{}, fmt.Errorf("stack %q: stat: %w", s.root.name, err)
 	}
 	var m misses
-	for _, e := range s.ents {
+	ents := s.ents
+	if s.origin {
+		ents = ents[len(ents)-1:]
+	}
+	for _, e := range ents {
 		info, err := e.Tier.Stat(ctx, d)
 		if err == nil {
 			return served(info, e), nil
@@ -304,15 +310,17 @@ func (s *Stack) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.In
 	if len(s.ents) < 2 {
 		return s.openDirect(ctx, d)
 	}
-	// Fast path: a hit at the top needs no flight.
-	top := s.ents[0]
-	rc, info, err := top.Tier.Open(ctx, d)
-	if err == nil {
-		return rc, served(info, top), nil
-	}
-	var m misses
-	if !m.note(ctx, top, err) {
-		return nil, blob.Info{}, s.stop(ctx, "open", string(d), err)
+	if !s.origin {
+		// Fast path: a hit at the top needs no flight.
+		top := s.ents[0]
+		rc, info, err := top.Tier.Open(ctx, d)
+		if err == nil {
+			return rc, served(info, top), nil
+		}
+		var m misses
+		if !m.note(ctx, top, err) {
+			return nil, blob.Info{}, s.stop(ctx, "open", string(d), err)
+		}
 	}
 	const maxJoins = 3
 	for joins := 0; ; {
@@ -386,6 +394,13 @@ func (s *Stack) fill(f *flight, d blob.Digest) {
 		f.stop()
 	}
 	for _, e := range s.ents {
+		if s.origin && e.idx >= 0 {
+			// An origin view reads its source only; every tier is
+			// filled (a tier that holds the blob already returns from
+			// its Put at once).
+			uppers = append(uppers, e)
+			continue
+		}
 		r, inf, err := e.Tier.Open(ctx, d)
 		if err == nil {
 			hit, rc, info = e, r, served(inf, e)
