@@ -27,15 +27,39 @@ var deniedPrefixes = mustPrefixes(
 	"240.0.0.0/4",       // reserved, includes 255.255.255.255 broadcast
 	"::/128",            // unspecified
 	"::1/128",           // loopback
+	"::/96",             // deprecated IPv4-compatible (::a.b.c.d, RFC 4291)
+	"64:ff9b:1::/48",    // local-use NAT64 (RFC 8215): translates into the operator's own networks
 	"fc00::/7",          // unique local
 	"fe80::/10",         // link-local
+	"fec0::/10",         // deprecated site-local (RFC 3879), still routed on some networks
 	"ff00::/8",          // multicast
 	"fd00:ec2::254/128", // AWS metadata over IPv6 (inside fc00::/7; listed for clarity)
 )
 
-// nat64 is the well-known NAT64 prefix; an address in it reaches the IPv4
-// address in its low 32 bits, which is checked instead.
+// nat64 is the well-known NAT64 prefix (RFC 6052); an address in it
+// reaches the IPv4 address in its low 32 bits, which is checked instead.
+// The local-use prefix 64:ff9b:1::/48 (RFC 8215) is denied as a whole
+// instead: its operator picks where the IPv4 address sits (RFC 6052 allows
+// six positions), so it cannot be extracted reliably, and by definition it
+// leads into networks of the operator's own.
 var nat64 = netip.MustParsePrefix("64:ff9b::/96")
+
+// sixToFour is the 6to4 prefix (RFC 3056); an address in it is relayed to
+// the IPv4 address in bits 16 to 47, which is checked instead.
+var sixToFour = netip.MustParsePrefix("2002::/16")
+
+// embeddedIPv4 returns the IPv4 address an IPv6 address reaches through a
+// translator or relay (NAT64 /96 or 6to4), if any.
+func embeddedIPv4(ip netip.Addr) (netip.Addr, bool) {
+	b := ip.As16()
+	switch {
+	case nat64.Contains(ip):
+		return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]}), true
+	case sixToFour.Contains(ip):
+		return netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]}), true
+	}
+	return netip.Addr{}, false
+}
 
 func mustPrefixes(ss ...string) []netip.Prefix {
 	out := make([]netip.Prefix, len(ss))
@@ -66,13 +90,14 @@ func newNetPolicy(allowCIDRs []string) (*netPolicy, error) {
 }
 
 // check returns nil if ip may be dialed, else an error wrapping
-// ErrDeniedAddress that names it.
+// ErrDeniedAddress that names it. An IPv6 address that embeds an IPv4
+// destination (NAT64 /96, 6to4) is judged by that IPv4 address, and
+// Config.AllowCIDRs opens it by either form.
 func (p *netPolicy) check(ip netip.Addr) error {
 	ip = ip.Unmap().WithZone("")
 	probe := ip
-	if nat64.Contains(ip) {
-		b := ip.As16()
-		probe = netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+	if v4, ok := embeddedIPv4(ip); ok {
+		probe = v4
 	}
 	for _, a := range p.allow {
 		if a.Contains(ip) || a.Contains(probe) {
@@ -80,9 +105,13 @@ func (p *netPolicy) check(ip netip.Addr) error {
 		}
 	}
 	for _, d := range deniedPrefixes {
-		if d.Contains(probe) {
-			return fmt.Errorf("%w: %s is in %s (allow it with Config.AllowCIDRs)", ErrDeniedAddress, ip, d)
+		if !d.Contains(probe) {
+			continue
 		}
+		if probe != ip {
+			return fmt.Errorf("%w: %s reaches %s, which is in %s (allow it with Config.AllowCIDRs)", ErrDeniedAddress, ip, probe, d)
+		}
+		return fmt.Errorf("%w: %s is in %s (allow it with Config.AllowCIDRs)", ErrDeniedAddress, ip, d)
 	}
 	return nil
 }
