@@ -7,11 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/blob"
 )
@@ -20,6 +25,12 @@ import (
 // holds the root (open it), or its holder runs with the admin endpoint off.
 // It wraps blob.ErrUnavailable.
 var ErrNoAdmin = fmt.Errorf("no admin endpoint: %w", blob.ErrUnavailable)
+
+// ErrUntrustedAdmin means the admin socket, its root directory or the
+// process answering on it may belong to another user: Dial and the Client
+// refuse to talk to it (a Warm would hand it the caller's registry
+// password).
+var ErrUntrustedAdmin = errors.New("untrusted admin endpoint")
 
 // Client is an Admin that asks the process holding a disk root, over the
 // admin socket in that root. It is safe for concurrent use.
@@ -31,17 +42,32 @@ type Client struct {
 
 // Dial connects to the admin endpoint of the process holding root and checks
 // that it answers. It fails with an error wrapping ErrNoAdmin when nothing
-// listens there.
+// listens there, and with one wrapping ErrUntrustedAdmin when root or its
+// socket belongs to a user other than this process's effective uid and
+// root, when root is writable by group or others, or when the process
+// answering runs as another user (its SO_PEERCRED uid, checked on every
+// connection the Client makes).
 func Dial(ctx context.Context, root string) (*Client, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
 		return nil, err
 	}
 	sock := filepath.Join(abs, AdminSocketName)
+	if err := checkAdminPath(abs, sock); err != nil {
+		return nil, err
+	}
 	c := &Client{root: abs, hc: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
+			conn, err := d.DialContext(ctx, "unix", sock)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkAdminPeer(conn, sock); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			return conn, nil
 		},
 		DisableCompression: true,
 	}}}
@@ -52,7 +78,7 @@ func Dial(ctx context.Context, root string) (*Client, error) {
 	if err := c.do(ctx, http.MethodGet, "/v1/ping", nil, &ping); err != nil {
 		c.hc.CloseIdleConnections()
 		var re *remoteError
-		if errors.As(err, &re) {
+		if errors.As(err, &re) || errors.Is(err, ErrUntrustedAdmin) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("%s: %w: %v", sock, ErrNoAdmin, err)
@@ -94,6 +120,9 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 		return nil, err
 	}
 	resp, err := c.hc.Do(req)
+	if errors.Is(err, ErrUntrustedAdmin) {
+		return nil, fmt.Errorf("admin endpoint of %s: %w", c.root, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("admin endpoint of %s: %w: %v", c.root, blob.ErrUnavailable, err)
 	}
@@ -191,5 +220,79 @@ func (c *Client) Metrics(ctx context.Context, w io.Writer) error {
 // Close releases the client's connections; the holder keeps running.
 func (c *Client) Close() error {
 	c.hc.CloseIdleConnections()
+	return nil
+}
+
+// trustedUID reports whether uid may own the admin socket and its root or
+// answer on it: this process's effective uid, or root.
+func trustedUID(uid uint32) bool {
+	return uid == 0 || int(uid) == os.Geteuid()
+}
+
+// checkAdminPath refuses a root directory or socket that another user could
+// have put there or could replace: root (followed if a symbolic link) must
+// belong to a trusted uid and not be writable by group or others; the
+// socket (not followed) must be a socket of a trusted uid. A missing socket
+// is ErrNoAdmin.
+func checkAdminPath(root, sock string) error {
+	fi, err := os.Stat(root)
+	if err != nil {
+		return fmt.Errorf("%s: %w: %v", sock, ErrNoAdmin, err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: %w: no owner information", root, ErrUntrustedAdmin)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s: %w: not a directory", root, ErrUntrustedAdmin)
+	}
+	if !trustedUID(st.Uid) {
+		return fmt.Errorf("%w: root %s belongs to uid %d, not to this process's uid %d or root; refusing to talk to a socket another user controls",
+			ErrUntrustedAdmin, root, st.Uid, os.Geteuid())
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%w: root %s has mode %v: other users could replace its admin socket; make it 0700",
+			ErrUntrustedAdmin, root, fi.Mode().Perm())
+	}
+	fi, err = os.Lstat(sock)
+	if err != nil {
+		return fmt.Errorf("%s: %w: %v", sock, ErrNoAdmin, err)
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%w: %s is not a socket", ErrUntrustedAdmin, sock)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || !trustedUID(st.Uid) {
+		uid := int64(-1)
+		if ok {
+			uid = int64(st.Uid)
+		}
+		return fmt.Errorf("%w: socket %s belongs to uid %d, not to this process's uid %d or root",
+			ErrUntrustedAdmin, sock, uid, os.Geteuid())
+	}
+	return nil
+}
+
+// checkAdminPeer refuses a connection whose server runs as another user
+// (the mirror of the server's peerAllowed).
+func checkAdminPeer(c net.Conn, sock string) error {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("%w: %s: not a unix connection", ErrUntrustedAdmin, sock)
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrUntrustedAdmin, sock, err)
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || cerr != nil {
+		return fmt.Errorf("%w: %s: peer credentials: %v", ErrUntrustedAdmin, sock, errors.Join(err, cerr))
+	}
+	if !trustedUID(cred.Uid) {
+		return fmt.Errorf("%w: the process answering on %s (pid %d) runs as uid %d, not as this process's uid %d or root",
+			ErrUntrustedAdmin, sock, cred.Pid, cred.Uid, os.Geteuid())
+	}
 	return nil
 }
