@@ -2,6 +2,7 @@ package fetcher
 
 import (
 	"context"
+	"strings"
 
 	"errors"
 	"fmt"
@@ -54,7 +55,7 @@ func (f *Fetcher) imageBlobs(ctx context.Context, st blob.Tier, r registry.Refer
 	var root blob.Ref
 	var err error
 	if d := r.Digest(); d != "" {
-		root, err = f.getRef(ctx, f.auth(), memberKey(r.Repo(), d))
+		root, err = f.getRef(ctx, st, memberKey(r.Repo(), d))
 		if errors.Is(err, blob.ErrNotFound) {
 			info, serr := st.Stat(ctx, d)
 			if serr != nil {
@@ -63,7 +64,7 @@ func (f *Fetcher) imageBlobs(ctx context.Context, st blob.Tier, r registry.Refer
 			root, err = blob.Ref{Digest: d, Size: info.Size}, nil
 		}
 	} else {
-		root, err = f.getRef(ctx, f.auth(), tagKey(r))
+		root, err = f.getRef(ctx, st, tagKey(r))
 	}
 	if err != nil {
 		return imageSet{}, err
@@ -185,7 +186,9 @@ func (f *Fetcher) referencedElsewhere(ctx context.Context, st *tiers.Stack) (map
 	err := st.WalkRefs(ctx, NamespaceMember, func(_ blob.RefKey, r blob.Ref) error {
 		// Memberships of manifests and indexes carry their media type;
 		// those of layers and configs do not, and are reached from them.
-		if mt := types.MediaType(r.MediaType); manifest.IsManifest(mt) || manifest.IsIndex(mt) {
+		mt, _, _ := strings.Cut(r.MediaType, sigParam) // listed refs are used for cleanup only
+		if manifest.IsManifest(types.MediaType(mt)) || manifest.IsIndex(types.MediaType(mt)) {
+			r.MediaType = mt
 			roots = append(roots, r)
 		}
 		return nil

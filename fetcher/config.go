@@ -48,6 +48,13 @@ type Config struct {
 	// AnonymousShared lets anonymous callers read and write the stack's
 	// shared tiers. Off by default: anonymous callers use Store.Local().
 	AnonymousShared bool
+	// RefKey signs the refs that decide access (tags, proofs, membership):
+	// a ref is trusted only if its signature verifies, so whoever can
+	// write a shared tier cannot forge one. Executors that share proofs
+	// and membership through a shared tier must share this key (derive it
+	// from the fleet's identity key). Empty: New draws a random key, and
+	// refs are trusted by this Fetcher only (nothing survives a restart).
+	RefKey []byte
 	// Metrics, when set, receives the fetcher's metrics.
 	Metrics prometheus.Registerer
 	// Now is the clock; nil means time.Now.

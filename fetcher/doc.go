@@ -34,10 +34,13 @@
 // time. The cost is one download per repository for a layer that several
 // repositories share.
 //
-// Refs that decide access (tags, proofs, membership) are read and written
-// in the stack's local tiers only: a shared tier (a remote action cache) is
-// writable by every executor and possibly by build clients, so a ref found
-// there is never trusted.
+// Refs that decide access (tags, proofs, membership) carry an HMAC
+// signature under Config.RefKey over everything they say, and a ref whose
+// signature does not verify is never trusted: a shared tier (a remote action
+// cache) may be writable by build clients, who must not be able to forge
+// them. Executors that share one key (derived from a fleet-wide identity
+// key) share proofs and membership through the shared tier; a host with its
+// own key trusts only what it wrote.
 //
 // Anonymous callers use the stack's Local view (no shared tier) unless
 // Config.AnonymousShared is set.

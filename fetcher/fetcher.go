@@ -2,6 +2,7 @@ package fetcher
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -29,14 +30,8 @@ type Fetcher struct {
 	platform manifest.Platform
 	m        *metrics
 	fetches  group[*Image]
-	// authStore keeps the refs that decide what a caller may have (tags,
-	// proofs, membership): the local tiers only, so that nobody who can
-	// write a shared tier can forge them.
-	authStore *tiers.Stack
+	refKey   []byte // signs the refs that decide access (Config.RefKey)
 }
-
-// auth is where authorization refs are kept (see Fetcher.authStore).
-func (f *Fetcher) auth() *tiers.Stack { return f.authStore }
 
 // New returns a Fetcher for cfg. Store and Registry are required.
 func New(cfg Config) (*Fetcher, error) {
@@ -50,7 +45,13 @@ func New(cfg Config) (*Fetcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: metrics: %w", err)
 	}
-	f := &Fetcher{cfg: cfg, now: cfg.Now, platform: cfg.Platform, m: m, authStore: cfg.Store.Local()}
+	f := &Fetcher{cfg: cfg, now: cfg.Now, platform: cfg.Platform, m: m, refKey: cfg.RefKey}
+	if len(f.refKey) == 0 {
+		f.refKey = make([]byte, 32)
+		if _, err := rand.Read(f.refKey); err != nil {
+			return nil, fmt.Errorf("fetcher: ref key: %w", err)
+		}
+	}
 	f.fetches.onJoin = m.collapsed.Inc
 	if f.now == nil {
 		f.now = time.Now
@@ -152,7 +153,7 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 	ba := &blobAccess{f: f, st: st, repo: repo}
 	ba.src = newSource(f.cfg.Registry, repo, auth, ba.served)
 
-	acc, err := f.authorize(ctx, r, cred, id)
+	acc, err := f.authorize(ctx, st, r, cred, id)
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +162,7 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 	if err != nil {
 		return nil, err
 	}
-	f.record(ctx, r, id, acc)
+	f.record(ctx, st, r, id, acc)
 
 	if doc.Index != nil {
 		child, err := doc.Index.Select(f.platform)
@@ -192,6 +193,9 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 		return nil, fmt.Errorf("%s: config: %w", r, err)
 	}
 	img.Sources[m.Config.Digest] = tier
+	if tier == SourceRegistry {
+		ba.served(ctx, m.Config.Digest, m.Config.Size, "") // now in every tier: see Layer.OpenInfo
+	}
 	if img.Config, err = manifest.ParseConfig(string(m.Config.MediaType), data); err != nil {
 		return nil, fmt.Errorf("%s: %w", r, err)
 	}
@@ -224,7 +228,7 @@ type blobAccess struct {
 
 // view returns the stack view to read d through.
 func (b *blobAccess) view(ctx context.Context, d blob.Digest) *tiers.Stack {
-	if _, err := b.f.getRef(ctx, b.f.auth(), memberKey(b.repo, d)); err == nil {
+	if _, err := b.f.getRef(ctx, b.st, memberKey(b.repo, d)); err == nil {
 		return b.st.WithSource(b.src)
 	}
 	return b.st.WithOrigin(b.src, b.repo.String())
@@ -232,7 +236,7 @@ func (b *blobAccess) view(ctx context.Context, d blob.Digest) *tiers.Stack {
 
 // served records that the registry served d's bytes for the repository.
 func (b *blobAccess) served(ctx context.Context, d blob.Digest, size int64, mediaType string) {
-	b.f.putRef(ctx, b.f.auth(), memberKey(b.repo, d), blob.Ref{Digest: d, Size: size, MediaType: mediaType})
+	b.f.putRef(ctx, b.st, memberKey(b.repo, d), blob.Ref{Digest: d, Size: size, MediaType: mediaType})
 }
 
 // access is the outcome of authorizing a caller for a reference.
@@ -246,8 +250,7 @@ type access struct {
 // authorize decides whether the caller may have what r names and resolves
 // it: from the cache when the caller holds a valid proof and the cache knows
 // the target, else by asking the registry.
-func (f *Fetcher) authorize(ctx context.Context, r registry.Reference, cred credential.Credential, id string) (access, error) {
-	st := f.auth()
+func (f *Fetcher) authorize(ctx context.Context, st *tiers.Stack, r registry.Reference, cred credential.Credential, id string) (access, error) {
 	repo := r.Repo()
 	proven := f.proven(ctx, st, repo, id)
 	var cached *blob.Ref
@@ -318,8 +321,7 @@ func (f *Fetcher) proven(ctx context.Context, st *tiers.Stack, repo registry.Rep
 // record writes what a fetch learned from the registry: the proof, the tag
 // and the membership of the target in the repository. Failures to record
 // are not the caller's failure: the next fetch asks the registry again.
-func (f *Fetcher) record(ctx context.Context, r registry.Reference, id string, acc access) {
-	st := f.auth()
+func (f *Fetcher) record(ctx context.Context, st *tiers.Stack, r registry.Reference, id string, acc access) {
 	now := f.now()
 	t := acc.target
 	ref := blob.Ref{Digest: t.Digest, Size: t.Size, MediaType: t.MediaType}
@@ -336,7 +338,7 @@ func (f *Fetcher) record(ctx context.Context, r registry.Reference, id string, a
 }
 
 func (f *Fetcher) putRef(ctx context.Context, st *tiers.Stack, k blob.RefKey, r blob.Ref) {
-	_ = st.PutRef(ctx, k, r) // best effort: see record
+	_ = st.PutRef(ctx, k, f.sign(k, r)) // best effort: see record
 }
 
 // readDocument reads a manifest or index through view (the registry's
@@ -351,6 +353,9 @@ func (f *Fetcher) readDocument(ctx context.Context, ba *blobAccess, d registry.D
 		return nil, fmt.Errorf("manifest %s: %w", d.Digest, err)
 	}
 	img.Sources[d.Digest] = tier
+	if tier == SourceRegistry {
+		ba.served(ctx, d.Digest, d.Size, d.MediaType) // now in every tier: see Layer.OpenInfo
+	}
 	doc, err := manifest.Parse(d.MediaType, data)
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", d.Digest, err)
@@ -373,11 +378,15 @@ func readSmall(ctx context.Context, t blob.Tier, d blob.Digest, size int64) ([]b
 	return data, info.Tier, nil
 }
 
-// getRef reads a ref and applies the fetcher's clock to its expiry (tiers
-// apply their own; the fetcher's may be injected).
+// getRef reads a ref, checks its signature (see Config.RefKey) and applies
+// the fetcher's clock to its expiry (tiers apply their own; the fetcher's
+// may be injected).
 func (f *Fetcher) getRef(ctx context.Context, st blob.Tier, k blob.RefKey) (blob.Ref, error) {
 	r, err := st.GetRef(ctx, k)
 	if err != nil {
+		return blob.Ref{}, err
+	}
+	if r, err = f.verify(k, r); err != nil {
 		return blob.Ref{}, err
 	}
 	if r.Expired(f.now()) {

@@ -90,23 +90,8 @@ func (s *source) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.I
 	if err != nil {
 		return nil, blob.Info{}, err
 	}
-	return &servedReader{ReadCloser: rc, done: func() { s.served(ctx, d, size, "") }}, info, nil
-}
-
-// servedReader calls done once when the registry's verified stream ends
-// with io.EOF: the registry has then served every byte of the blob.
-type servedReader struct {
-	io.ReadCloser
-	done func()
-	once sync.Once
-}
-
-func (r *servedReader) Read(p []byte) (int, error) {
-	n, err := r.ReadCloser.Read(p)
-	if err == io.EOF {
-		r.once.Do(r.done)
-	}
-	return n, err
+	// The registry's stream returns io.EOF only once every byte verified.
+	return &eofHook{ReadCloser: rc, fn: func() { s.served(ctx, d, size, "") }}, info, nil
 }
 
 func (s *source) readOnly(op string) error {

@@ -26,8 +26,9 @@ func TestEveryCommandDistribution(t *testing.T) {
 		Blobs []host.BlobRecord `json:"blobs"`
 		Refs  []host.RefRecord  `json:"refs"`
 	}](t, must(t, f.args("ls", "--json")...))
-	if len(ls.Blobs) != 5 || len(ls.Refs) != 3 {
-		t.Errorf("ls: %d blobs and %d refs, want 5 and 3", len(ls.Blobs), len(ls.Refs))
+	// Refs: the tag, the proof, and a membership per blob.
+	if len(ls.Blobs) != 5 || len(ls.Refs) != 2+5 {
+		t.Errorf("ls: %d blobs and %d refs, want 5 and 7", len(ls.Blobs), len(ls.Refs))
 	}
 	if st := decode[[]host.BlobRecord](t, must(t, f.args("stat", digests[1], "--json")...)); len(st) != 1 || st[0].Size != int64(len(blobs[1])) {
 		t.Errorf("stat: %+v", st)

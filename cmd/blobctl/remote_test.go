@@ -2,6 +2,7 @@ package main
 
 import (
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -38,7 +39,13 @@ func startREAPI(t *testing.T) string {
 func TestSharedRemoteTier(t *testing.T) {
 	endpoint := startREAPI(t)
 	f := newFixture(t, 32<<10, 2)
-	remote := []string{"--remote", endpoint, "--remote-instance", "instance", "--remote-anonymous-shared"}
+	// The two hosts are one fleet: they share the key that signs derived
+	// images' refs (without it the second host would convert again).
+	fleet := filepath.Join(t.TempDir(), "fleet.yaml")
+	if err := os.WriteFile(fleet, []byte("identity-key: \"test fleet key shared by both hosts\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	remote := []string{"--config", fleet, "--remote", endpoint, "--remote-instance", "instance", "--remote-anonymous-shared"}
 	a := append(f.args(remote...), "--root", filepath.Join(t.TempDir(), "a"))
 	b := append(f.args(remote...), "--root", filepath.Join(t.TempDir(), "b"))
 	out := filepath.Join(t.TempDir(), "img.ext4")
@@ -89,5 +96,22 @@ func TestAnonymousWritesNothingShared(t *testing.T) {
 	}
 	if rb := decode[ext4Result](t, must(t, append(b, "materialize", f.ref, "--format", "ext4", "--out", out, "--json")...)); rb.FromCache {
 		t.Fatalf("second host took %+v from a cache; the anonymous conversion must not have been shared", rb)
+	}
+}
+
+// Hosts with different identity keys do not follow each other's derived
+// image refs in a shared tier: each converts for itself.
+func TestSharedRemoteTierNeedsFleetKey(t *testing.T) {
+	endpoint := startREAPI(t)
+	f := newFixture(t, 32<<10, 2)
+	remote := []string{"--remote", endpoint, "--remote-instance", "instance", "--remote-anonymous-shared"}
+	a := append(f.args(remote...), "--root", filepath.Join(t.TempDir(), "a"))
+	b := append(f.args(remote...), "--root", filepath.Join(t.TempDir(), "b"))
+	out := filepath.Join(t.TempDir(), "img.ext4")
+	if ra := decode[ext4Result](t, must(t, append(a, "materialize", f.ref, "--format", "ext4", "--out", out, "--json")...)); ra.FromCache {
+		t.Fatalf("first host: %+v, want a conversion", ra)
+	}
+	if rb := decode[ext4Result](t, must(t, append(b, "materialize", f.ref, "--format", "ext4", "--out", out, "--json")...)); rb.FromCache {
+		t.Fatalf("second host with its own key followed the first host's ref: %+v", rb)
 	}
 }

@@ -3,6 +3,7 @@ package ext4
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -69,6 +70,14 @@ type Config struct {
 	// proved access to it, so a global scope shares conversion work
 	// without widening access.
 	Scope string
+	// SigningKey authenticates derivation refs. A ref is followed only if
+	// its signature (an HMAC-SHA256 under this key over the ref key, the
+	// image digest and size, carried in the ref's media type) verifies, so
+	// whoever can write refs into a shared tier (a remote action cache)
+	// cannot point an image at a filesystem of their choosing. Executors
+	// that share derived images must share this key. Empty: New draws a
+	// random key, and refs are trusted by this Converter only.
+	SigningKey []byte
 	// Registerer, if set, receives the converter's metrics.
 	Registerer prometheus.Registerer
 }
@@ -146,6 +155,12 @@ func New(cfg Config) (*Converter, error) {
 	cfg.MaxDiskSize = min(cfg.MaxDiskSize, 16<<40)
 	if cfg.MaxLayerBytes == 0 {
 		cfg.MaxLayerBytes = DefaultMaxLayerBytes
+	}
+	if len(cfg.SigningKey) == 0 {
+		cfg.SigningKey = make([]byte, 32)
+		if _, err := rand.Read(cfg.SigningKey); err != nil {
+			return nil, fmt.Errorf("ext4: signing key: %w", err)
+		}
 	}
 	c := &Converter{
 		cfg:    cfg,
@@ -331,6 +346,9 @@ func (c *Converter) produce(ctx context.Context, img materialize.Image, dv deriv
 	}
 	start := time.Now()
 	ref, err := c.cfg.Store.GetRef(ctx, dv.key)
+	if err == nil {
+		err = c.verifyRef(dv.key, ref)
+	}
 	switch {
 	case err == nil:
 		r, derr := c.download(ctx, dv, ref)
@@ -449,8 +467,7 @@ func (c *Converter) convert(ctx context.Context, img materialize.Image, dv deriv
 	err = c.cfg.Store.Put(ctx, d, size, io.NewSectionReader(tmp, 0, size))
 	switch {
 	case err == nil:
-		ref := blob.Ref{Digest: d, Size: size, MediaType: MediaType}
-		if err := c.cfg.Store.PutRef(ctx, dv.key, ref); err != nil {
+		if err := c.cfg.Store.PutRef(ctx, dv.key, c.signedRef(dv.key, d, size)); err != nil {
 			return nil, fmt.Errorf("ext4: put derivation ref for %s to %s: %w", dv.digest, c.cfg.Store.Name(), err)
 		}
 	case errors.Is(err, blob.ErrTooLarge):
@@ -586,6 +603,9 @@ func (c *Converter) IsMaterialized(ctx context.Context, img materialize.Image, o
 		return true, nil
 	}
 	ref, err := c.cfg.Store.GetRef(ctx, dv.key)
+	if err == nil {
+		err = c.verifyRef(dv.key, ref)
+	}
 	if blob.IsMiss(err) {
 		return false, nil
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -20,9 +21,12 @@ import (
 	"github.com/strata-oci/strata/tiers/memory"
 )
 
+// fleetKey is the signing key the tests' executors share.
+var fleetKey = []byte("test fleet key: 32 bytes, shared")
+
 func newConverter(t *testing.T, store blob.Tier) *Converter {
 	t.Helper()
-	c, err := New(Config{Store: store, WorkDir: t.TempDir()})
+	c, err := New(Config{Store: store, WorkDir: t.TempDir(), SigningKey: fleetKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +103,7 @@ func TestMaterializeStoresDerivedBlobAndRef(t *testing.T) {
 	// And the ref points at it.
 	var refs []blob.Ref
 	store.WalkRefs(ctx, blob.NamespaceDerived, func(k blob.RefKey, r blob.Ref) error { refs = append(refs, r); return nil })
-	if len(refs) != 1 || refs[0].Digest != res.Digest || refs[0].Size != res.Size || refs[0].MediaType != MediaType {
+	if len(refs) != 1 || refs[0].Digest != res.Digest || refs[0].Size != res.Size || !strings.HasPrefix(refs[0].MediaType, MediaType+"; sig=") {
 		t.Fatalf("refs = %+v", refs)
 	}
 	e2fsck(t, res.Path)
@@ -522,4 +526,63 @@ func TestEmptyImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	e2fsck(t, res.Path)
+}
+
+// A derivation ref is followed only if it is signed with the converter's
+// key: a ref forged in a shared tier, or written by an executor with
+// another key, is treated as a miss and the image is converted again.
+func TestUnsignedOrForeignRefIsNotFollowed(t *testing.T) {
+	ctx := context.Background()
+	img := sampleImage()
+	for _, tc := range []struct {
+		desc  string
+		forge func(t *testing.T, store blob.Tier, k blob.RefKey, good blob.Ref) blob.Ref
+	}{
+		{"unsigned ref to another image", func(t *testing.T, store blob.Tier, k blob.RefKey, good blob.Ref) blob.Ref {
+			evil := []byte("not the image you asked for")
+			d := blob.FromBytes(evil)
+			if err := store.Put(ctx, d, int64(len(evil)), bytes.NewReader(evil)); err != nil {
+				t.Fatal(err)
+			}
+			return blob.Ref{Digest: d, Size: int64(len(evil)), MediaType: MediaType}
+		}},
+		{"valid ref re-signed by another key", func(t *testing.T, store blob.Tier, k blob.RefKey, good blob.Ref) blob.Ref {
+			other, err := New(Config{Store: store, WorkDir: t.TempDir(), SigningKey: []byte("someone else's key")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return other.signedRef(k, good.Digest, good.Size)
+		}},
+		{"signature copied onto another digest", func(t *testing.T, store blob.Tier, k blob.RefKey, good blob.Ref) blob.Ref {
+			evil := []byte("still not the image")
+			d := blob.FromBytes(evil)
+			store.Put(ctx, d, int64(len(evil)), bytes.NewReader(evil))
+			return blob.Ref{Digest: d, Size: int64(len(evil)), MediaType: good.MediaType}
+		}},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			store := bigStore()
+			a := newConverter(t, store)
+			if _, err := a.Materialize(ctx, img, nil); err != nil {
+				t.Fatal(err)
+			}
+			var key blob.RefKey
+			var good blob.Ref
+			store.WalkRefs(ctx, blob.NamespaceDerived, func(k blob.RefKey, r blob.Ref) error { key, good = k, r; return nil })
+			if err := store.PutRef(ctx, key, tc.forge(t, store, key, good)); err != nil {
+				t.Fatal(err)
+			}
+			b := newConverter(t, store)
+			if ok, err := b.IsMaterialized(ctx, img, nil); err != nil || ok {
+				t.Fatalf("IsMaterialized with a forged ref = %v, %v; want false", ok, err)
+			}
+			res, err := b.Materialize(ctx, img, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.FromCache || b.Stats().Conversions != 1 || res.Digest != good.Digest {
+				t.Fatalf("forged ref followed: %+v, stats %+v; want a fresh conversion to %s", res, b.Stats(), good.Digest)
+			}
+		})
+	}
 }

@@ -182,6 +182,7 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 		TagTTL:          time.Duration(cfg.Fetch.TagTTL),
 		ProofTTL:        time.Duration(cfg.Fetch.ProofTTL),
 		AnonymousShared: cfg.Remote.AnonymousShared,
+		RefKey:          key.Derive("fetcher-refs"),
 		Metrics:         reg,
 	})
 	if err != nil {
@@ -191,8 +192,11 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 	if err != nil {
 		return nil, fmt.Errorf("host: overlay: %w", err)
 	}
+	// Derivation refs are signed with a key derived from the identity key:
+	// hosts that share derived images through a remote tier must share it.
+	signingKey := key.Derive("ext4-derivation-refs")
 	// The ext4 metrics carry store="stack" or store="local" (see below).
-	h.ext4, err = ext4.New(ext4.Config{Store: h.stack, WorkDir: cfg.Ext4.WorkDir, FreeBytes: int64(cfg.Ext4.FreeBytes), FreeInodes: cfg.Ext4.FreeInodes, Registerer: storeLabel(reg, "stack")})
+	h.ext4, err = ext4.New(ext4.Config{Store: h.stack, WorkDir: cfg.Ext4.WorkDir, FreeBytes: int64(cfg.Ext4.FreeBytes), FreeInodes: cfg.Ext4.FreeInodes, SigningKey: signingKey, Registerer: storeLabel(reg, "stack")})
 	if err != nil {
 		return nil, fmt.Errorf("host: ext4: %w", err)
 	}
@@ -200,7 +204,7 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 	// are converted and stored through the local tiers only.
 	h.ext4Loc = h.ext4
 	if h.remote != nil && !cfg.Remote.AnonymousShared {
-		h.ext4Loc, err = ext4.New(ext4.Config{Store: h.stack.Local(), WorkDir: cfg.Ext4.WorkDir, FreeBytes: int64(cfg.Ext4.FreeBytes), FreeInodes: cfg.Ext4.FreeInodes, Registerer: storeLabel(reg, "local")})
+		h.ext4Loc, err = ext4.New(ext4.Config{Store: h.stack.Local(), WorkDir: cfg.Ext4.WorkDir, FreeBytes: int64(cfg.Ext4.FreeBytes), FreeInodes: cfg.Ext4.FreeInodes, SigningKey: signingKey, Registerer: storeLabel(reg, "local")})
 		if err != nil {
 			return nil, fmt.Errorf("host: ext4 (local): %w", err)
 		}

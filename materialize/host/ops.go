@@ -66,8 +66,8 @@ func (h *Host) mediaTypes(ctx context.Context) map[blob.Digest]string {
 	types := map[blob.Digest]string{}
 	local := h.stack.Local()
 	_ = local.WalkRefs(ctx, "", func(_ blob.RefKey, r blob.Ref) error {
-		if r.MediaType != "" {
-			types[r.Digest] = r.MediaType
+		if mt := fetcher.RefMediaType(r.MediaType); mt != "" {
+			types[r.Digest] = mt
 		}
 		return nil
 	})
@@ -109,7 +109,7 @@ func (h *Host) Refs(ctx context.Context, tier, namespace string) ([]RefRecord, e
 	for _, e := range sel {
 		err := e.Tier.WalkRefs(ctx, namespace, func(k blob.RefKey, r blob.Ref) error {
 			out = append(out, RefRecord{Tier: e.Tier.Name(), Namespace: k.Namespace, Scope: k.Scope, Name: k.Name,
-				Digest: r.Digest.String(), Size: r.Size, MediaType: r.MediaType, Expires: r.Expires.UTC()})
+				Digest: r.Digest.String(), Size: r.Size, MediaType: fetcher.RefMediaType(r.MediaType), Expires: r.Expires.UTC()})
 			return nil
 		})
 		if err != nil && !(errors.Is(err, blob.ErrUnsupported) && tier == "") {

@@ -109,3 +109,19 @@ func writeField(h hash.Hash, field string) {
 	h.Write(n[:])
 	h.Write([]byte(field))
 }
+
+// Derive returns a 32-byte key for purpose, derived from k (HMAC-SHA256 of a
+// domain-separated purpose). Different purposes give independent keys, so
+// one configured secret can key identities and, say, ref signatures without
+// either revealing the other. An empty k derives from the fixed public key,
+// and so gives no secrecy.
+func (k SecretKey) Derive(purpose string) []byte {
+	kb := k.bytes()
+	if len(kb) == 0 {
+		kb = []byte(identityDomain)
+	}
+	mac := hmac.New(sha256.New, kb)
+	writeField(mac, "strata/derive")
+	writeField(mac, purpose)
+	return mac.Sum(nil)
+}

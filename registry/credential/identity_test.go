@@ -101,3 +101,22 @@ func withSource(t *testing.T, c credential.Credential) credential.Credential {
 	}
 	return out
 }
+
+func TestDeriveSeparatesPurposesAndKeys(t *testing.T) {
+	a, b := credential.NewSecretKey([]byte("fleet key A")), credential.NewSecretKey([]byte("fleet key B"))
+	if string(a.Derive("x")) != string(a.Derive("x")) {
+		t.Fatal("Derive is not stable")
+	}
+	for _, pair := range [][2][]byte{
+		{a.Derive("x"), a.Derive("y")},
+		{a.Derive("x"), b.Derive("x")},
+		{a.Derive("x"), []byte(credential.Basic("r", "u", "p").Identity(a))},
+	} {
+		if string(pair[0]) == string(pair[1]) {
+			t.Fatalf("derived keys collide: %x", pair[0])
+		}
+	}
+	if len(a.Derive("x")) != 32 {
+		t.Fatalf("derived key is %d bytes, want 32", len(a.Derive("x")))
+	}
+}
