@@ -34,8 +34,10 @@ type Config struct {
 	Mirrors map[string][]Mirror
 
 	// AllowCIDRs opens address ranges that the network policy denies by
-	// default (loopback, private, link-local, CGNAT, unspecified, multicast
-	// and reserved ranges, and the IPv4-mapped and NAT64 forms of them).
+	// default (loopback, private, link-local, site-local, CGNAT,
+	// unspecified, multicast and reserved ranges, local-use NAT64, and the
+	// IPv4-mapped, IPv4-compatible, NAT64 and 6to4 forms of them; see the
+	// package documentation).
 	// Tests allow "127.0.0.0/8"; a site with an internal registry allows its
 	// range.
 	AllowCIDRs []string

@@ -28,9 +28,12 @@
 // address and a redirect (including a blob redirect to a storage host) are
 // refused the same way. Denied by default: loopback, RFC 1918 and fc00::/7,
 // link-local (169.254.0.0/16 with the 169.254.169.254 metadata service,
-// fe80::/10), CGNAT 100.64.0.0/10, unspecified, multicast and reserved
-// ranges, and the IPv4-mapped and NAT64 (64:ff9b::/96) forms of those.
-// Config.AllowCIDRs opens ranges.
+// fe80::/10), site-local fec0::/10, CGNAT 100.64.0.0/10, unspecified,
+// multicast and reserved ranges, the IPv4-compatible ::/96, the local-use
+// NAT64 prefix 64:ff9b:1::/48 as a whole, and the IPv4-mapped, NAT64
+// (64:ff9b::/96) and 6to4 (2002::/16) forms of denied IPv4 addresses.
+// Config.AllowCIDRs opens ranges. Errors never carry a URL's userinfo,
+// query or fragment (a pre-signed storage URL is a bearer capability).
 //
 // Through an HTTP proxy (Config.Proxy, or HTTPS_PROXY/HTTP_PROXY/NO_PROXY
 // from the environment) the client dials only the proxy, and that dial is
