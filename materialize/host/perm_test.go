@@ -52,8 +52,15 @@ func TestOpenMakesRootPrivate(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
 			cfg := testConfig(t)
+			// A short root: the admin socket's path must fit a sockaddr_un.
+			base, err := os.MkdirTemp("", "st-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(base) })
+			cfg.Disk.Root = base
 			if tt.mode == 0 {
-				cfg.Disk.Root = filepath.Join(cfg.Disk.Root, "new")
+				cfg.Disk.Root = filepath.Join(base, "new")
 			} else if err := os.Chmod(cfg.Disk.Root, tt.mode); err != nil {
 				t.Fatal(err)
 			}
