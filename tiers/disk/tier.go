@@ -244,7 +244,16 @@ func (t *Tier) view(fn func(txn *badger.Txn) error) error {
 }
 
 func (t *Tier) update(fn func(txn *badger.Txn) error) error {
-	return t.withDB(func(db *badger.DB) error { return db.Update(fn) })
+	// Badger refuses a transaction whose reads another commit overtook
+	// (ErrConflict); fn is re-run from scratch, so retrying is safe.
+	var err error
+	for range 16 {
+		err = t.withDB(func(db *badger.DB) error { return db.Update(fn) })
+		if !errors.Is(err, badger.ErrConflict) {
+			return err
+		}
+	}
+	return err
 }
 
 // check validates d and returns its hex part.
@@ -378,13 +387,12 @@ func (t *Tier) dropCorrupt(hex string, f *os.File, err error) {
 func (t *Tier) removeLocked(hex string) (existed bool, size int64, err error) {
 	t.flushMu.Lock()
 	defer t.flushMu.Unlock()
-	ferr := os.Remove(t.path(hex))
-	fileExisted := ferr == nil
-	if errors.Is(ferr, fs.ErrNotExist) {
-		ferr = nil
-	}
+	// The row goes first: if that fails, the file stays and so does the
+	// row (consistent); if the file removal then fails, the file is an
+	// orphan without a row, invisible, and reconciled on the next Open.
 	rowExisted := false
 	err = t.update(func(txn *badger.Txn) error {
+		rowExisted = false
 		r, found, err := getRow(txn, hex)
 		if err != nil || !found {
 			return err
@@ -392,17 +400,22 @@ func (t *Tier) removeLocked(hex string) (existed bool, size int64, err error) {
 		rowExisted, size = true, r.size
 		return txn.Delete(blobKey(hex))
 	})
-	if err == nil && rowExisted {
+	if err != nil {
+		return false, 0, err
+	}
+	if rowExisted {
 		t.blobs.Add(-1)
 		t.bytes.Add(-size)
+	}
+	ferr := os.Remove(t.path(hex))
+	fileExisted := ferr == nil
+	if errors.Is(ferr, fs.ErrNotExist) {
+		ferr = nil
 	}
 	t.pendMu.Lock()
 	delete(t.pending, hex)
 	t.pendMu.Unlock()
-	if err == nil {
-		err = ferr
-	}
-	return fileExisted || rowExisted, size, err
+	return fileExisted || rowExisted, size, ferr
 }
 
 // Put implements blob.CAS: temp file, hash while writing (leaving holes for
