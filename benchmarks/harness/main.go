@@ -17,6 +17,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -170,6 +171,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	compare := fs.String("compare", "", "results.json of an earlier run to compare medians with")
 	updateDoc := fs.Bool("update-doc", false, "rewrite the results section of -doc with this run")
 	doc := fs.String("doc", "docs/benchmarks.md", "the document -update-doc rewrites")
+	from := fs.String("from", "", "render an earlier run's results.json instead of measuring (with -compare, -out, -update-doc)")
 	regBin := fs.String("registry-binary", regserver.DistributionBinary, "distribution registry binary (in-process registry when absent)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -182,7 +184,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *reps > 0 {
 		p.reps = *reps
 	}
-	r, err := bench(ctx, p, *size, *seed, *work, *regBin, stderr)
+	var r *report.Report
+	if *from != "" {
+		r, err = report.Read(*from)
+	} else {
+		r, err = bench(ctx, p, *size, *seed, *work, *regBin, stderr)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "harness:", err)
 		return 1
@@ -202,7 +209,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprint(stdout, md)
 	if *updateDoc {
-		if err := report.UpdateDoc(*doc, md); err != nil {
+		// The charts stay in -out: the document does not link them.
+		var b bytes.Buffer
+		r.Markdown(&b, nil)
+		if err := report.UpdateDoc(*doc, b.String()); err != nil {
 			fmt.Fprintln(stderr, "harness:", err)
 			return 1
 		}
@@ -260,13 +270,17 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, re
 	if err != nil {
 		return nil, err
 	}
+	refKey := make([]byte, 32)
+	if _, err := rand.Read(refKey); err != nil {
+		return nil, err
+	}
 	// Prime, once per image, the warm cache (a disk tier) and the OCI
 	// layout the warm scenarios and the ext4 peer start from.
 	for i := range images {
 		im := &images[i]
 		im.cache = filepath.Join(work, "cache", fmt.Sprint(i), "tiers")
 		im.layout = filepath.Join(work, "cache", fmt.Sprint(i), "layout")
-		job := pipeline.Job{Scenario: pipeline.Prime, Registry: reg.Host, Proxy: proxy, Repo: strings.TrimPrefix(im.img.Ref, reg.Host+"/"),
+		job := pipeline.Job{Scenario: pipeline.Prime, Registry: reg.Host, Proxy: proxy, RefKey: refKey, Repo: strings.TrimPrefix(im.img.Ref, reg.Host+"/"),
 			WorkDir: filepath.Join(work, "cache", fmt.Sprint(i)), CacheDir: im.cache, LayoutDir: im.layout}
 		t0 := time.Now()
 		var res childResult
@@ -323,7 +337,7 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, re
 					return nil, err
 				}
 				repo := strings.TrimPrefix(im.img.Ref, reg.Host+"/")
-				job := pipeline.Job{Scenario: sc, Registry: reg.Host, Proxy: proxy, Repo: repo, UncompressedBytes: im.img.UncompressedBytes, Files: im.img.Files,
+				job := pipeline.Job{Scenario: sc, Registry: reg.Host, Proxy: proxy, RefKey: refKey, Repo: repo, UncompressedBytes: im.img.UncompressedBytes, Files: im.img.Files,
 					WorkDir: dir, CacheDir: im.cache, LayoutDir: im.layout, Concurrency: p.concurrency, WarmSamples: p.warmSamples}
 				var res childResult
 				rss, cpu, err := runChild(ctx, exe, childSpec{Kind: "pipeline", Job: job}, &res)

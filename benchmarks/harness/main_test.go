@@ -132,6 +132,9 @@ func TestSmokeHarness(t *testing.T) {
 		strings.Contains(ds, "old results") || !strings.Contains(ds, "| bench/smoke-gzip | overlay-cold |") {
 		t.Errorf("-update-doc result:\n%s", ds)
 	}
+	if strings.Contains(ds, ".svg") {
+		t.Error("the document links charts that live in -out")
+	}
 }
 
 func wellFormedSVG(path string) error {

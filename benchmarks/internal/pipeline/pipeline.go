@@ -89,6 +89,10 @@ type Job struct {
 	CacheDir string `json:"cache_dir"`
 	// LayoutDir is the OCI layout Prime wrote: the ext4 peer's cached blobs.
 	LayoutDir string `json:"layout_dir"`
+	// RefKey signs the fetcher's refs (tag, proof, membership). The jobs of
+	// one run share it (the harness draws it at random), so the refs Prime
+	// cached are trusted by the warm jobs.
+	RefKey []byte `json:"ref_key"`
 	// Concurrency is the number of executors of the dedup scenario.
 	Concurrency int `json:"concurrency"`
 	// WarmSamples bounds the samples of the sub-millisecond scenarios
@@ -174,13 +178,13 @@ func newStack(dir string) (*tiers.Stack, error) {
 	return tiers.NewStack(tiers.StackConfig{Tiers: []tiers.Entry{{Tier: m}, {Tier: d}}}), nil
 }
 
-func newFetcher(stack *tiers.Stack) (*fetcher.Fetcher, error) {
+func newFetcher(stack *tiers.Stack, refKey []byte) (*fetcher.Fetcher, error) {
 	client, err := registry.New(registry.Config{AllowCIDRs: []string{"127.0.0.0/8"}, Proxy: registry.NoProxy})
 	if err != nil {
 		return nil, err
 	}
 	cfg := fetcher.DefaultConfig()
-	cfg.Store, cfg.Registry = stack, client
+	cfg.Store, cfg.Registry, cfg.RefKey = stack, client, refKey
 	// A whole run stays within the TTLs, so what Prime cached stays warm.
 	cfg.TagTTL, cfg.ProofTTL = time.Hour, time.Hour
 	return fetcher.New(cfg)
@@ -192,7 +196,7 @@ func (e *env) executor(dir string) (*executor, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := newFetcher(s)
+	f, err := newFetcher(s, e.job.RefKey)
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -241,21 +245,70 @@ func (e *env) fetchCold(ctx context.Context) error {
 	return nil
 }
 
-// prime fills CacheDir and LayoutDir (see Job).
+// prime fills CacheDir and LayoutDir (see Job). It fetches through a
+// stack of the disk tier alone, waits until the tier holds everything the
+// image needs (write-backs into tiers may finish after the reader's EOF),
+// and checks that after reopening.
 func (e *env) prime(ctx context.Context) error {
+	d, err := disk.Open(disk.Config{Root: e.job.CacheDir})
+	if err != nil {
+		return err
+	}
+	s := tiers.NewStack(tiers.StackConfig{Tiers: []tiers.Entry{{Tier: d}}})
+	f, err := newFetcher(s, e.job.RefKey)
+	if err != nil {
+		s.Close()
+		return err
+	}
+	if _, err := fetchAll(ctx, f, e.ref); err != nil {
+		s.Close()
+		return err
+	}
+	if err := waitCached(ctx, f, e.ref); err != nil {
+		s.Close()
+		return err
+	}
+	if err := s.Close(); err != nil {
+		return err
+	}
 	x, err := e.executor(e.job.CacheDir)
 	if err != nil {
 		return err
 	}
-	defer x.stack.Close()
-	if _, err := fetchAll(ctx, x.f, e.ref); err != nil {
-		return err
+	err = waitCached(ctx, x.f, e.ref)
+	if cerr := x.stack.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("after reopening the primed cache: %w", err)
 	}
 	img, err := e.pull()
 	if err != nil {
 		return err
 	}
 	return writeLayout(img, e.job.LayoutDir)
+}
+
+// waitCached waits (up to 60 s) until f's tiers hold all of ref.
+func waitCached(ctx context.Context, f *fetcher.Fetcher, ref string) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ok, err := f.IsImageCached(ctx, ref)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s is still not fully cached 60 s after the fetch", ref)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // warmExecutor is an executor over the disk tier Prime filled.
@@ -402,7 +455,7 @@ func (e *env) dedup(ctx context.Context) error {
 	defer s.Close()
 	fs := make([]*fetcher.Fetcher, n)
 	for i := range fs {
-		if fs[i], err = newFetcher(s); err != nil {
+		if fs[i], err = newFetcher(s, e.job.RefKey); err != nil {
 			return err
 		}
 	}

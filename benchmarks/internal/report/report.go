@@ -324,14 +324,32 @@ func (r *Report) Markdown(w io.Writer, charts []string) {
 		fmt.Fprintf(w, "### Stability: this run against %s\n\n", r.Compare.Previous)
 		fmt.Fprintln(w, "| measurement | previous median | this median | difference |")
 		fmt.Fprintln(w, "|---|---:|---:|---:|")
-		within := 0
+		type count struct{ within, all int }
+		counts := map[string]*count{}
+		var kinds []string
 		for _, c := range r.Compare.Rows {
+			kind := "pipeline wall-time medians"
+			switch {
+			case strings.HasPrefix(c.Name, "tier "):
+				kind = "tier p50s"
+			case strings.HasSuffix(c.Name, " (CPU)"):
+				kind = "pipeline CPU-time medians"
+			}
+			if counts[kind] == nil {
+				counts[kind] = &count{}
+				kinds = append(kinds, kind)
+			}
+			counts[kind].all++
 			if math.Abs(c.DiffPct) <= 15 {
-				within++
+				counts[kind].within++
 			}
 			fmt.Fprintf(w, "| %s | %s | %s | %+.1f%% |\n", c.Name, svg.FormatNS(c.Previous), svg.FormatNS(c.Current), c.DiffPct)
 		}
-		fmt.Fprintf(w, "\n%d of %d medians agree within 15%%.\n\n", within, len(r.Compare.Rows))
+		var parts []string
+		for _, k := range kinds {
+			parts = append(parts, fmt.Sprintf("%d of %d %s", counts[k].within, counts[k].all, k))
+		}
+		fmt.Fprintf(w, "\nWithin 15%%: %s.\n\n", strings.Join(parts, ", "))
 	}
 	if len(charts) > 0 {
 		fmt.Fprint(w, "Charts:")

@@ -31,7 +31,7 @@ func TestCompareWith(t *testing.T) {
 	}
 	var b strings.Builder
 	cur.Markdown(&b, nil)
-	if !strings.Contains(b.String(), "1 of 2 medians agree within 15%") {
+	if !strings.Contains(b.String(), "Within 15%: 1 of 1 pipeline wall-time medians, 0 of 1 tier p50s.") {
 		t.Errorf("markdown:\n%s", b.String())
 	}
 }
