@@ -151,7 +151,7 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 	auth := cred.Authenticator()
 	repo := r.Repo()
 	ba := &blobAccess{f: f, st: st, repo: repo}
-	ba.src = newSource(f.cfg.Registry, repo, auth, ba.served)
+	ba.src = newSource(f.cfg.Registry, repo, auth)
 
 	acc, err := f.authorize(ctx, st, r, cred, id)
 	if err != nil {
@@ -228,10 +228,25 @@ type blobAccess struct {
 
 // view returns the stack view to read d through.
 func (b *blobAccess) view(ctx context.Context, d blob.Digest) *tiers.Stack {
-	if _, err := b.f.getRef(ctx, b.st, memberKey(b.repo, d)); err == nil {
+	if b.member(ctx, d) {
 		return b.st.WithSource(b.src)
 	}
-	return b.st.WithOrigin(b.src, b.repo.String())
+	// Asked again inside the fill, so that callers who decided on an
+	// origin read just before another fill proved membership do not
+	// download again.
+	return b.st.WithOrigin(b.src, b.repo.String(), b.member, b.filled)
+}
+
+// filled records membership once a fill from the registry has put d's
+// verified bytes into the tiers (tiers.Stack.WithOrigin).
+func (b *blobAccess) filled(ctx context.Context, d blob.Digest) {
+	b.served(ctx, d, b.src.size(d), "")
+}
+
+// member reports whether the repository is a proven member for d.
+func (b *blobAccess) member(ctx context.Context, d blob.Digest) bool {
+	_, err := b.f.getRef(ctx, b.st, memberKey(b.repo, d))
+	return err == nil
 }
 
 // served records that the registry served d's bytes for the repository.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"sync"
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/manifest"
@@ -88,27 +87,6 @@ func (l *Layer) OpenInfo(ctx context.Context) (io.ReadCloser, blob.Info, error) 
 	}
 	if info.Tier != SourceRegistry {
 		l.m.bytesAvoided.Add(float64(info.Size))
-		return rc, info, nil
 	}
-	// Read from the registry: once this reader ends, the stack has
-	// committed the blob to every tier that took it, so the membership
-	// can be recorded everywhere (a strict remote action cache accepts a
-	// ref only to a blob it holds).
-	d, size := l.desc.Digest, l.desc.Size
-	return &eofHook{ReadCloser: rc, fn: func() { l.access.served(context.WithoutCancel(ctx), d, size, "") }}, info, nil
-}
-
-// eofHook calls fn once when its reader ends with io.EOF.
-type eofHook struct {
-	io.ReadCloser
-	fn   func()
-	once sync.Once
-}
-
-func (r *eofHook) Read(p []byte) (int, error) {
-	n, err := r.ReadCloser.Read(p)
-	if err == io.EOF {
-		r.once.Do(r.fn)
-	}
-	return n, err
+	return rc, info, nil
 }

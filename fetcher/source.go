@@ -21,17 +21,21 @@ type source struct {
 	client *registry.Client
 	repo   registry.Repository
 	auth   authn.Authenticator
-	// served is called when the registry has served d's bytes completely
-	// and verified (the membership of d in repo is then proven).
-	served func(ctx context.Context, d blob.Digest, size int64, mediaType string)
 
 	mu    sync.Mutex
 	sizes map[blob.Digest]int64
 	types map[blob.Digest]string // media types of manifests and indexes
 }
 
-func newSource(c *registry.Client, repo registry.Repository, auth authn.Authenticator, served func(context.Context, blob.Digest, int64, string)) *source {
-	return &source{client: c, repo: repo, auth: auth, served: served, sizes: map[blob.Digest]int64{}, types: map[blob.Digest]string{}}
+func newSource(c *registry.Client, repo registry.Repository, auth authn.Authenticator) *source {
+	return &source{client: c, repo: repo, auth: auth, sizes: map[blob.Digest]int64{}, types: map[blob.Digest]string{}}
+}
+
+// size returns the announced size of d (0 if d was not announced).
+func (s *source) size(d blob.Digest) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sizes[d]
 }
 
 // expect announces d, of size bytes. A manifest or index is announced
@@ -83,15 +87,13 @@ func (s *source) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.I
 		if desc.Size != size {
 			return nil, blob.Info{}, &blob.MismatchError{Want: d, WantSize: size, Got: desc.Digest, GotSize: desc.Size}
 		}
-		s.served(ctx, d, size, desc.MediaType) // Manifest verified the bytes against d
 		return io.NopCloser(bytes.NewReader(data)), info, nil
 	}
 	rc, err := s.client.Blob(ctx, s.repo, d, size, s.auth)
 	if err != nil {
 		return nil, blob.Info{}, err
 	}
-	// The registry's stream returns io.EOF only once every byte verified.
-	return &eofHook{ReadCloser: rc, fn: func() { s.served(ctx, d, size, "") }}, info, nil
+	return rc, info, nil
 }
 
 func (s *source) readOnly(op string) error {

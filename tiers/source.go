@@ -48,9 +48,18 @@ func (s *Stack) WithSource(src blob.Tier) *Stack {
 // tiers: key names the origin (for a registry, host and repository), so a
 // caller never receives bytes that another origin served. Writes behave as
 // in WithSource.
-func (s *Stack) WithOrigin(src blob.Tier, key string) *Stack {
+//
+// proven, if not nil, is asked inside the fill (where fills of one key and
+// digest run one at a time) whether the tiers may serve d after all, say
+// because an earlier fill from this origin has just proven it: then the
+// fill reads the tiers top-down like any other, and the origin is not
+// asked again. filled, if not nil, is called by a fill that read d from
+// src completely and verified, after the tiers committed it and before the
+// fill's waiters go on: the moment to record that the origin holds d.
+func (s *Stack) WithOrigin(src blob.Tier, key string, proven func(context.Context, blob.Digest) bool, filled func(context.Context, blob.Digest)) *Stack {
 	v := s.WithSource(src)
 	v.origin = true
+	v.proven, v.filled = proven, filled
 	v.key += "|origin=" + key
 	return v
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -157,15 +158,15 @@ func TestWithOriginReadsOnlyTheOrigin(t *testing.T) {
 	d := put(t, top, want)
 
 	empty := newProbe(newMem(t, "registry", 0))
-	if _, _, err := readAll(ctx, s.WithOrigin(empty, "evil.example/app"), d); !errors.Is(err, blob.ErrNotFound) {
+	if _, _, err := readAll(ctx, s.WithOrigin(empty, "evil.example/app", nil, nil), d); !errors.Is(err, blob.ErrNotFound) {
 		t.Fatalf("origin without the blob: %v, want not found (the cached copy must not be served)", err)
 	}
-	if _, err := s.WithOrigin(empty, "evil.example/app").Stat(ctx, d); !errors.Is(err, blob.ErrNotFound) {
+	if _, err := s.WithOrigin(empty, "evil.example/app", nil, nil).Stat(ctx, d); !errors.Is(err, blob.ErrNotFound) {
 		t.Fatalf("Stat through an origin without the blob: %v, want not found", err)
 	}
 	holder := newProbe(newMem(t, "registry", 0))
 	put(t, holder.Tier, want)
-	got, info, err := readAll(ctx, s.WithOrigin(holder, "good.example/app"), d)
+	got, info, err := readAll(ctx, s.WithOrigin(holder, "good.example/app", nil, nil), d)
 	if err != nil || !bytes.Equal(got, want) || info.Tier != "registry" || holder.count("Open") != 1 {
 		t.Fatalf("origin with the blob: %v, tier %q, %d opens", err, info.Tier, holder.count("Open"))
 	}
@@ -183,7 +184,7 @@ func TestWithOriginFillsDoNotCrossOrigins(t *testing.T) {
 	good.gate, good.entered = make(chan struct{}), make(chan struct{}, 1)
 	done := make(chan error, 1)
 	go func() {
-		got, _, err := readAll(ctx, s.WithOrigin(good, "good.example/app"), d)
+		got, _, err := readAll(ctx, s.WithOrigin(good, "good.example/app", nil, nil), d)
 		if err == nil && !bytes.Equal(got, want) {
 			err = errors.New("wrong bytes")
 		}
@@ -191,7 +192,7 @@ func TestWithOriginFillsDoNotCrossOrigins(t *testing.T) {
 	}()
 	<-good.entered // the good origin's fill is in flight
 	evil := newProbe(newMem(t, "registry", 0))
-	_, _, err := readAll(ctx, s.WithOrigin(evil, "evil.example/app"), d)
+	_, _, err := readAll(ctx, s.WithOrigin(evil, "evil.example/app", nil, nil), d)
 	close(good.gate)
 	if !errors.Is(err, blob.ErrNotFound) {
 		t.Fatalf("other origin during a fill: %v, want not found", err)
@@ -200,7 +201,35 @@ func TestWithOriginFillsDoNotCrossOrigins(t *testing.T) {
 		t.Fatalf("good origin: %v", err)
 	}
 	// The same origin's callers do collapse.
-	if _, _, err := readAll(ctx, s.WithOrigin(good, "good.example/app"), d); err != nil || good.count("Open") != 2 {
+	if _, _, err := readAll(ctx, s.WithOrigin(good, "good.example/app", nil, nil), d); err != nil || good.count("Open") != 2 {
 		t.Fatalf("second read from the good origin: %v (%d opens; origin views always read the origin)", err, good.count("Open"))
+	}
+}
+
+// An origin fill that starts after an earlier one proved the blob reads the
+// tiers: proven is asked inside the flight.
+func TestWithOriginProvenInsideTheFill(t *testing.T) {
+	ctx := context.Background()
+	top := newMem(t, "top", 0)
+	s := tiers.NewStack(tiers.StackConfig{Tiers: []tiers.Entry{{Tier: top}}})
+	want, _ := tiertest.RandomBytes(5, 128<<10)
+	src := newProbe(newMem(t, "registry", 0))
+	d := put(t, src.Tier, want)
+	var proven atomic.Bool
+	isProven := func(context.Context, blob.Digest) bool { return proven.Load() }
+	filled := func(_ context.Context, fd blob.Digest) {
+		if fd == d && has(t, top, d) { // called after the tiers committed
+			proven.Store(true)
+		}
+	}
+	if _, _, err := readAll(ctx, s.WithOrigin(src, "r.example/app", isProven, filled), d); err != nil {
+		t.Fatal(err)
+	}
+	if !proven.Load() {
+		t.Fatal("filled was not called after the tiers committed the blob")
+	}
+	got, info, err := readAll(ctx, s.WithOrigin(src, "r.example/app", isProven, filled), d)
+	if err != nil || !bytes.Equal(got, want) || src.count("Open") != 1 || info.Tier != "top" {
+		t.Fatalf("second fill: %v, served by %q, source opened %d times; want the tier, 1 open", err, info.Tier, src.count("Open"))
 	}
 }

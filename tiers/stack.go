@@ -84,8 +84,14 @@ type Stack struct {
 	ents []*stackEntry
 	key  string // identifies the set of tiers in this view
 	view bool   // made by Local or Without
-	// origin: reads come from the view's source only (see WithOrigin).
+	// origin: reads come from the view's source only (see WithOrigin),
+	// unless proven (if set) says, inside the fill, that d may be read from
+	// the tiers after all.
 	origin bool
+	proven func(context.Context, blob.Digest) bool
+	// filled, if set, is called by a fill that read the view's source
+	// completely (verified) after the tiers committed, before waiters go.
+	filled func(context.Context, blob.Digest)
 }
 
 // stackRoot is what a stack and its views share.
@@ -393,8 +399,11 @@ func (s *Stack) fill(f *flight, d blob.Digest) {
 		f.handOff(leadResult{err: err})
 		f.stop()
 	}
+	// Re-checked inside the flight: a fill that an earlier one of the same
+	// origin made unnecessary reads the tiers like any fill.
+	originOnly := s.origin && (s.proven == nil || !s.proven(ctx, d))
 	for _, e := range s.ents {
-		if s.origin && e.idx >= 0 {
+		if originOnly && e.idx >= 0 {
 			// An origin view reads its source only; every tier is
 			// filled (a tier that holds the blob already returns from
 			// its Put at once).
@@ -459,6 +468,7 @@ func (s *Stack) fillSmall(f *flight, d blob.Digest, rc io.ReadCloser, info blob.
 		errs[i] = e.Tier.Put(f.ctx, d, info.Size, bytes.NewReader(buf))
 	}
 	s.noteWriteBacks(uppers, info.Size, errs)
+	s.noteFilled(f.ctx, d, info)
 	f.finish(nil, false)
 	f.handOff(leadResult{rc: io.NopCloser(bytes.NewReader(buf)), info: info, interrupt: func() {}})
 }
@@ -516,6 +526,7 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 	}
 	if err == nil {
 		s.noteWriteBacks(uppers, info.Size, putErrs)
+		s.noteFilled(ctx, d, info)
 	}
 	if leaderIdx >= 0 {
 		t.terminate(leaderIdx, end)
@@ -525,6 +536,13 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 		f.finish(nil, false)
 	} else {
 		f.finish(end, true)
+	}
+}
+
+// noteFilled calls the view's filled hook when a fill read its source.
+func (s *Stack) noteFilled(ctx context.Context, d blob.Digest, info blob.Info) {
+	if s.filled != nil && s.hasSource() && info.Tier == s.ents[len(s.ents)-1].name {
+		s.filled(ctx, d)
 	}
 }
 
