@@ -308,8 +308,8 @@ func TestMaterializeAndGC(t *testing.T) {
 	// derivation ref an orphan.
 	must(t, f.args("evict", r1.Ext4)...)
 	gc := decode[host.GCResult](t, must(t, f.args("gc", "--json")...))
-	if gc.Layers != 3 || gc.LayerBytes == 0 || gc.OrphanRefs != 1 {
-		t.Fatalf("gc: %+v, want 3 layers and 1 orphan ref removed", gc)
+	if gc.Layers != 3 || gc.LayerBytes == 0 || gc.OrphanRefs != 1 || gc.Ext4Images != 1 || gc.Ext4Bytes == 0 {
+		t.Fatalf("gc: %+v, want 3 layers, 1 orphan ref and 1 ext4 image removed", gc)
 	}
 	if derived := decode[[]host.RefRecord](t, must(t, f.args("refs", "--namespace", "derived", "--json")...)); len(derived) != 0 {
 		t.Fatalf("derived refs after gc: %+v", derived)

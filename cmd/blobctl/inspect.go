@@ -383,8 +383,8 @@ lease holds (when another process holds the root, its leased layers stay).`,
 			if a.json {
 				return a.printJSON(res)
 			}
-			fmt.Fprintf(a.stdout, "expired refs removed:  %d\norphan refs removed:   %d\nlayer dirs removed:    %d (%s)\nlayer dirs leased:     %d\n",
-				res.ExpiredRefs, res.OrphanRefs, res.Layers, humanBytes(res.LayerBytes), res.LayersLeased)
+			fmt.Fprintf(a.stdout, "expired refs removed:  %d\norphan refs removed:   %d\nlayer dirs removed:    %d (%s)\nlayer dirs leased:     %d\next4 images removed:   %d (%s)\n",
+				res.ExpiredRefs, res.OrphanRefs, res.Layers, humanBytes(res.LayerBytes), res.LayersLeased, res.Ext4Images, humanBytes(res.Ext4Bytes))
 			return nil
 		},
 	}

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -675,4 +676,72 @@ func withCtx(ctx context.Context, r io.Reader) io.Reader {
 		}
 		return r.Read(p)
 	})
+}
+
+// Prune removes the local images that nothing references any more: those
+// whose derivation ref the Store no longer holds, or holds unsigned or
+// pointing at another image, and files without a valid sidecar. It returns
+// how many images it removed and their size. A process that has an image
+// open keeps reading it (removal unlinks).
+func (c *Converter) Prune(ctx context.Context) (removed int, freed int64, err error) {
+	ents, err := os.ReadDir(c.imgDir)
+	if err != nil {
+		return 0, 0, fmt.Errorf("ext4: prune: %w", err)
+	}
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok {
+			if img, isImg := strings.CutSuffix(e.Name(), ".ext4"); isImg {
+				if _, err := os.Stat(filepath.Join(c.imgDir, img+".json")); errors.Is(err, os.ErrNotExist) {
+					freed += c.removeImage(img) // an image without its sidecar is never used
+					removed++
+				}
+			}
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return removed, freed, fmt.Errorf("ext4: prune: %w", err)
+		}
+		if c.referenced(ctx, filepath.Join(c.imgDir, e.Name())) {
+			continue
+		}
+		freed += c.removeImage(id)
+		removed++
+	}
+	return removed, freed, nil
+}
+
+// referenced reports whether the sidecar at path names a derivation whose
+// verified ref in the Store still points at the local image.
+func (c *Converter) referenced(ctx context.Context, path string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	var m localMeta
+	if json.Unmarshal(b, &m) != nil {
+		return false
+	}
+	k, err := blob.ParseRefKey(m.Key)
+	if err != nil {
+		return false
+	}
+	ref, err := c.cfg.Store.GetRef(ctx, k)
+	if err != nil || c.verifyRef(k, ref) != nil {
+		return false
+	}
+	return ref.Digest == m.Digest
+}
+
+// removeImage removes the sidecar (first: without it the image is not
+// used) and the image of id, and returns the image's size on disk.
+func (c *Converter) removeImage(id string) int64 {
+	img := filepath.Join(c.imgDir, id+".ext4")
+	var size int64
+	if fi, err := os.Stat(img); err == nil {
+		size = fi.Size()
+	}
+	os.Remove(filepath.Join(c.imgDir, id+".json"))
+	os.Remove(img)
+	return size
 }

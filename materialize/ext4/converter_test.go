@@ -586,3 +586,40 @@ func TestUnsignedOrForeignRefIsNotFollowed(t *testing.T) {
 		})
 	}
 }
+
+// Prune keeps images whose derivation ref still verifies and removes the
+// rest: a ref gone from the store, and an image without its sidecar.
+func TestPruneRemovesUnreferencedImages(t *testing.T) {
+	ctx := context.Background()
+	store := bigStore()
+	c := newConverter(t, store)
+	res, err := c.Materialize(ctx, sampleImage(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stray := filepath.Join(filepath.Dir(res.Path), "stray.ext4")
+	if err := os.WriteFile(stray, []byte("left by a crash"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, err := c.Prune(ctx); err != nil || n != 1 {
+		t.Fatalf("Prune with the ref in place = %d, %v; want only the stray file removed", n, err)
+	}
+	if _, err := os.Stat(res.Path); err != nil {
+		t.Fatalf("referenced image removed: %v", err)
+	}
+	if _, err := os.Stat(stray); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stray image kept: %v", err)
+	}
+	var key blob.RefKey
+	store.WalkRefs(ctx, blob.NamespaceDerived, func(k blob.RefKey, _ blob.Ref) error { key = k; return nil })
+	if err := store.DeleteRef(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	n, freed, err := c.Prune(ctx)
+	if err != nil || n != 1 || freed != res.Size {
+		t.Fatalf("Prune after the ref went = %d images, %d bytes, %v; want 1, %d", n, freed, err, res.Size)
+	}
+	if ok, _ := c.IsMaterialized(ctx, sampleImage(), nil); ok {
+		t.Fatal("image still materialized after Prune")
+	}
+}

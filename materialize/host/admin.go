@@ -142,6 +142,8 @@ type GCResult struct {
 	Layers       int   `json:"layers"`
 	LayerBytes   int64 `json:"layer_bytes"`
 	LayersLeased int   `json:"layers_leased"`
+	Ext4Images   int   `json:"ext4_images"`
+	Ext4Bytes    int64 `json:"ext4_bytes"`
 }
 
 var (

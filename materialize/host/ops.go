@@ -492,6 +492,11 @@ func (h *Host) GC(ctx context.Context) (GCResult, error) {
 	res.Layers = before.Layers - after.Layers
 	res.LayerBytes = before.Bytes - after.Bytes
 	res.LayersLeased = after.Leased
+	// ext4 images whose derivation ref went (with the orphans above, or
+	// evicted): both converters share one work directory.
+	if res.Ext4Images, res.Ext4Bytes, err = h.ext4.Prune(ctx); err != nil {
+		return res, fmt.Errorf("gc: ext4 images: %w", err)
+	}
 	return res, nil
 }
 
