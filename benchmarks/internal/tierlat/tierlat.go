@@ -1,9 +1,9 @@
 // Package tierlat measures tier latency: Stat, Open+read and Put of blobs of
 // given sizes on the memory tier, the disk tier and a stack of both, with a
-// file+sha256 baseline. It follows benchmarks/tierbench's method (warm-up,
-// then one timed operation per sample until a time budget or a sample cap is
-// used up, at least MinSamples) and adds the disk tier and the stack over it,
-// which tierbench does not measure.
+// file+sha256 baseline: a warm-up, then one timed operation per sample until
+// a time budget or a sample cap is used up (at least MinSamples), reported as
+// percentiles. The stack's own costs (metrics on or off, fills from a lower
+// tier) are go test benchmarks in package tiers.
 package tierlat
 
 import (
