@@ -363,10 +363,11 @@ even if removed.`,
 func (a *app) gcCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "gc",
-		Short: "Remove expired refs, orphaned refs and unleased layer directories",
+		Short: "Remove expired and orphaned refs, unleased layer directories and unreferenced ext4 images",
 		Long: `gc removes expired refs from the disk tier, tag, membership and derivation
-refs whose blob no tier holds any more, and extracted overlay layers that no
-lease holds (when another process holds the root, its leased layers stay).`,
+refs whose blob no tier holds any more, extracted overlay layers that no
+lease holds (when another process holds the root, its leased layers stay),
+and ext4 images in ext4-dir whose derivation ref is gone.`,
 		Example: `  blobctl gc
   blobctl gc --json`,
 		Args: exactArgs(0),
