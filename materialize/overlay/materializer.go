@@ -41,6 +41,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/privdir"
 	"github.com/strata-oci/strata/materialize"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 )
@@ -195,40 +196,14 @@ func New(cfg Config) (*Materializer, error) {
 	return m, nil
 }
 
-// privateDir makes dir an existing directory owned by this process's
-// effective uid with no permission for group and others: a missing one is
-// created 0700, an existing one with any group or other bit is changed to
-// 0700, one owned by another user is refused with ErrNotPrivate. The
-// check and the change go through one file descriptor, so they concern the
-// same directory. follow allows dir itself to be a symbolic link (for
-// Root; the directories under it never are).
+// privateDir makes dir private (see privdir.Ensure); a directory another
+// user owns is refused with ErrNotPrivate.
 func privateDir(dir string, follow bool) error {
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
+	err := privdir.Ensure(dir, false, follow)
+	if errors.Is(err, privdir.ErrForeignOwner) {
+		return fmt.Errorf("%w: %v; refusing to keep extracted layers where another user controls them (use a directory of your own)", ErrNotPrivate, err)
 	}
-	flags := unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
-	if !follow {
-		flags |= unix.O_NOFOLLOW
-	}
-	fd, err := unix.Open(dir, flags, 0)
-	if err != nil {
-		return &fs.PathError{Op: "open", Path: dir, Err: err}
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return &fs.PathError{Op: "stat", Path: dir, Err: err}
-	}
-	if euid := os.Geteuid(); int(st.Uid) != euid {
-		return fmt.Errorf("%w: %s belongs to uid %d, this process runs as uid %d; "+
-			"refusing to keep extracted layers where another user controls them (use a directory of your own)", ErrNotPrivate, dir, st.Uid, euid)
-	}
-	if st.Mode&0o077 != 0 {
-		if err := unix.Fchmod(fd, 0o700); err != nil {
-			return &fs.PathError{Op: "chmod", Path: dir, Err: err}
-		}
-	}
-	return nil
+	return err
 }
 
 func probeOpenat2() error {

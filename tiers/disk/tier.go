@@ -15,6 +15,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/privdir"
 )
 
 // Tier is a blob.Tier on a local directory. It is safe for concurrent use.
@@ -122,35 +123,12 @@ func Open(cfg Config) (*Tier, error) {
 	return t, nil
 }
 
-// privateRoot makes root an existing directory owned by this process's
-// effective uid with no permission for group and others: a missing one is
-// created 0700, an existing one with any group or other bit is changed to
-// 0700 (a packaged or systemd-made /var/lib/strata is 0755), and one owned
-// by another user is refused with an error wrapping fs.ErrPermission. The
-// host keeps extracted layers (setuid programs, device nodes) under the
-// root, so no other user may have a path into it. Check and change go
-// through one descriptor, so they concern the same directory.
+// privateRoot makes the root private to this user (privdir.Ensure): a
+// root another user owns is refused with an error wrapping
+// fs.ErrPermission.
 func privateRoot(root string) error {
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return fmt.Errorf("disk: create root: %w", err)
-	}
-	fd, err := syscall.Open(root, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("disk: open root: %w", &fs.PathError{Op: "open", Path: root, Err: err})
-	}
-	defer syscall.Close(fd)
-	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("disk: root: %w", &fs.PathError{Op: "stat", Path: root, Err: err})
-	}
-	if euid := os.Geteuid(); int(st.Uid) != euid {
-		return fmt.Errorf("disk: root %s belongs to uid %d, this process runs as uid %d: refusing a root another user controls (use a directory of your own): %w",
-			root, st.Uid, euid, fs.ErrPermission)
-	}
-	if st.Mode&0o077 != 0 {
-		if err := syscall.Fchmod(fd, 0o700); err != nil {
-			return fmt.Errorf("disk: make root private: %w", &fs.PathError{Op: "chmod", Path: root, Err: err})
-		}
+	if err := privdir.Ensure(root, true, true); err != nil {
+		return fmt.Errorf("disk: root: %w", err)
 	}
 	return nil
 }
