@@ -2,7 +2,6 @@ package fetcher
 
 import (
 	"context"
-	"strings"
 
 	"errors"
 	"fmt"
@@ -186,7 +185,7 @@ func (f *Fetcher) referencedElsewhere(ctx context.Context, st *tiers.Stack) (map
 	err := st.WalkRefs(ctx, NamespaceMember, func(_ blob.RefKey, r blob.Ref) error {
 		// Memberships of manifests and indexes carry their media type;
 		// those of layers and configs do not, and are reached from them.
-		mt, _, _ := strings.Cut(r.MediaType, sigParam) // listed refs are used for cleanup only
+		mt := RefMediaType(r.MediaType) // listed refs are used for cleanup only, unverified
 		if manifest.IsManifest(types.MediaType(mt)) || manifest.IsIndex(types.MediaType(mt)) {
 			r.MediaType = mt
 			roots = append(roots, r)

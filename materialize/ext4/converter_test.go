@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/refsig"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 	"github.com/strata-oci/strata/tiers/memory"
 )
@@ -103,7 +104,7 @@ func TestMaterializeStoresDerivedBlobAndRef(t *testing.T) {
 	// And the ref points at it.
 	var refs []blob.Ref
 	store.WalkRefs(ctx, blob.NamespaceDerived, func(k blob.RefKey, r blob.Ref) error { refs = append(refs, r); return nil })
-	if len(refs) != 1 || refs[0].Digest != res.Digest || refs[0].Size != res.Size || !strings.HasPrefix(refs[0].MediaType, MediaType+"; sig=") {
+	if len(refs) != 1 || refs[0].Digest != res.Digest || refs[0].Size != res.Size || !strings.HasPrefix(refs[0].MediaType, MediaType+refsig.Param) {
 		t.Fatalf("refs = %+v", refs)
 	}
 	e2fsck(t, res.Path)
