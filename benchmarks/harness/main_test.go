@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/xml"
 	"errors"
+	"github.com/strata-oci/strata/internal/testenv"
 	"io"
 	"os"
 	"path/filepath"
@@ -27,13 +28,7 @@ func TestMain(m *testing.M) {
 // devices, which only root can make), but fails under CI=true.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("the smoke harness needs root (overlay whiteouts) and CI runs as root")
-	}
-	t.Skip("not root: the smoke harness (overlay materialization with whiteouts) was not run")
+	testenv.RequireRoot(t, "the smoke harness (overlay materialization with whiteouts)")
 }
 
 // TestSmokeHarness runs the whole smoke harness end to end and checks that

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"github.com/strata-oci/strata/internal/testenv"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -12,13 +13,7 @@ import (
 // where the suite runs as root and must not skip it.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root (overlay mount) and CI runs as root")
-	}
-	t.Skip("not root: materialize --mount (a real overlay mount) was not tested")
+	testenv.RequireRoot(t, "materialize --mount (a real overlay mount)")
 }
 
 func TestMaterializeMount(t *testing.T) {

@@ -3,6 +3,7 @@ package registrytest
 import (
 	"bytes"
 	"fmt"
+	"github.com/strata-oci/strata/internal/testenv"
 	"net"
 	"net/http"
 	"os"
@@ -38,17 +39,8 @@ type Distribution struct {
 func RequireDistribution(t testing.TB) {
 	t.Helper()
 	if _, err := os.Stat(DistributionBinary); err != nil {
-		missing(t, "docker-registry ("+DistributionBinary+", apt package docker-registry)")
+		testenv.Missing(t, "docker-registry ("+DistributionBinary+", apt package docker-registry)", "the integration against the real registry")
 	}
-}
-
-func missing(t testing.TB, what string) {
-	t.Helper()
-	msg := fmt.Sprintf("%s is not installed: integration test against the real registry not run", what)
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
 }
 
 // StartDistribution starts docker-registry on a free loopback port with a
@@ -66,7 +58,7 @@ func StartDistribution(t testing.TB, opts DistributionOptions) *Distribution {
 	case len(opts.BasicUsers) > 0:
 		htp, err := exec.LookPath("htpasswd")
 		if err != nil {
-			missing(t, "htpasswd (apt package apache2-utils)")
+			testenv.Missing(t, "htpasswd (apt package apache2-utils)", "basic auth against the real registry")
 		}
 		var file bytes.Buffer
 		for u, p := range opts.BasicUsers {

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/strata-oci/strata/internal/testenv"
 	"io"
 	"os"
 	"os/exec"
@@ -22,31 +23,14 @@ import (
 // requireRoot fails under CI=true without root, and skips otherwise.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test needs root (loop mounts) and CI=true")
-		}
-		t.Skip("not root: the loop-mounted image tree is not checked")
-	}
+	testenv.RequireRoot(t, "the loop-mounted image tree")
 }
 
 // requireBinary returns the path of a binary the test needs; a missing one
 // fails under CI=true and skips otherwise.
 func requireBinary(t testing.TB, name string) string {
 	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, d := range []string{"/usr/sbin", "/sbin"} {
-		if _, err := os.Stat(d + "/" + name); err == nil {
-			return d + "/" + name
-		}
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s is not installed (scripts/test.sh installs e2fsprogs)", name)
-	}
-	t.Skipf("%s is not installed: not tested", name)
-	return ""
+	return testenv.RequireBinary(t, name, "the image with "+name+" (scripts/test.sh installs e2fsprogs)")
 }
 
 // e2fsck runs e2fsck -fn on image and fails the test unless it is clean.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/strata-oci/strata/internal/testenv"
 	"io"
 	"io/fs"
 	"net"
@@ -24,13 +25,7 @@ import (
 // saying what was not tested.
 func requireRoot(t *testing.T, what string) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("root is required to test %s, and CI=true", what)
-	}
-	t.Skipf("not root: %s not tested", what)
+	testenv.RequireRoot(t, what)
 }
 
 // TestOpenMakesRootPrivate: whatever mode the disk root had (systemd's

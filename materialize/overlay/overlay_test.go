@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/strata-oci/strata/internal/testenv"
 	"io"
 	"os"
 	"path/filepath"
@@ -25,13 +26,7 @@ import (
 // requireRoot skips a test that needs root, or fails it under CI=true.
 func requireRoot(t testing.TB, what string) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("root is required to test %s, and CI=true", what)
-	}
-	t.Skipf("not root: %s not tested", what)
+	testenv.RequireRoot(t, what)
 }
 
 func newMaterializer(t testing.TB, cfg Config) *Materializer {

@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/strata-oci/strata/internal/testenv"
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -105,25 +105,13 @@ func dirEntries(t testing.TB, dir string) []string {
 // where it must run.
 func requireRoot(t *testing.T, what string) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("not root under CI=true: cannot test %s", what)
-	}
-	t.Skipf("not root: %s not tested", what)
+	testenv.RequireRoot(t, what)
 }
 
 // requireBinary is requireRoot for a program the test runs.
 func requireBinary(t *testing.T, name string) {
 	t.Helper()
-	if _, err := exec.LookPath(name); err == nil {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found under CI=true", name)
-	}
-	t.Skipf("%s not found: test not run", name)
+	testenv.RequireBinary(t, name, "this test")
 }
 
 func usage(t testing.TB, tr *Tier) blob.Usage {
