@@ -2,6 +2,7 @@ package blob
 
 import (
 	"crypto/sha256"
+	"errors"
 	"hash"
 	"io"
 	"sync"
@@ -18,13 +19,17 @@ import (
 //   - calls the mismatch callback, once, so the tier that served the bytes can
 //     drop its entry.
 //
+// A Verifier over a VerifiedReader of the same blob trusts it: it passes the
+// bytes through and checks their count, but does not hash them again (a
+// blob crossing a stack of tiers would otherwise be hashed once per hop).
+//
 // A Verifier is not safe for concurrent Reads (no io.Reader is).
 type Verifier struct {
 	r          io.Reader
 	c          io.Closer
 	want       Digest
 	size       int64
-	h          hash.Hash
+	h          hash.Hash // nil when r is trusted (see VerifiedReader)
 	n          int64
 	err        error // sticky terminal error (io.EOF after success)
 	onMismatch func(error)
@@ -36,11 +41,52 @@ type Verifier struct {
 // not known in advance; then only the digest is checked. onMismatch may be
 // nil. If r is also an io.Closer, Close closes it.
 func NewVerifier(r io.Reader, want Digest, size int64, onMismatch func(error)) *Verifier {
-	v := &Verifier{r: r, want: want, size: size, h: sha256.New(), onMismatch: onMismatch}
+	v := &Verifier{r: r, want: want, size: size, onMismatch: onMismatch}
+	if !trusts(r, want, size) {
+		v.h = sha256.New()
+	}
 	if c, ok := r.(io.Closer); ok {
 		v.c = c
 	}
 	return v
+}
+
+// VerifiedReader is a reader that checks its own content: it returns io.EOF
+// only after the bytes it yielded, from the blob's first byte on, were
+// exactly the blob VerifiedBlob names, and otherwise fails the Read that
+// would have ended the stream. A size below zero means only the digest is
+// checked. Verifier is one; so are the registry client's blob streams and
+// the streams a tier stack hands out.
+//
+// Implement it only with that guarantee: NewVerifier trusts such a reader
+// of the same blob instead of hashing it again.
+type VerifiedReader interface {
+	io.Reader
+	VerifiedBlob() (d Digest, size int64)
+}
+
+// VerifiedBlob implements VerifiedReader.
+func (v *Verifier) VerifiedBlob() (Digest, int64) { return v.want, v.size }
+
+// VerifiedBlobOf returns the blob r verifies when r is a VerifiedReader,
+// and "", -1 otherwise. A wrapper that passes a VerifiedReader's bytes
+// through unchanged, and ends only where it does or with an error other than
+// io.EOF, may implement VerifiedReader with it.
+func VerifiedBlobOf(r io.Reader) (Digest, int64) {
+	if vr, ok := r.(VerifiedReader); ok {
+		return vr.VerifiedBlob()
+	}
+	return "", -1
+}
+
+// trusts reports whether r checks want (and size, when known) itself.
+func trusts(r io.Reader, want Digest, size int64) bool {
+	vr, ok := r.(VerifiedReader)
+	if !ok {
+		return false
+	}
+	d, n := vr.VerifiedBlob()
+	return d == want && want != "" && (n == size || size < 0)
 }
 
 // Read implements io.Reader. It returns io.EOF only after the content has
@@ -57,7 +103,9 @@ func (v *Verifier) Read(p []byte) (int, error) {
 	}
 	n, err := v.r.Read(p)
 	if n > 0 {
-		v.h.Write(p[:n])
+		if v.h != nil {
+			v.h.Write(p[:n])
+		}
 		v.n += int64(n)
 		if v.size >= 0 && v.n > v.size {
 			return 0, v.fail(&MismatchError{Want: v.want, WantSize: v.size, GotSize: v.n})
@@ -71,12 +119,23 @@ func (v *Verifier) Read(p []byte) (int, error) {
 		return n, io.EOF
 	}
 	if err != nil {
+		if v.h == nil && errors.Is(err, ErrMismatch) {
+			// The trusted reader found the mismatch: report it as ours.
+			return n, v.fail(err)
+		}
 		v.err = err
 	}
 	return n, err
 }
 
 func (v *Verifier) check() error {
+	if v.h == nil {
+		// The trusted reader checked the digest before its io.EOF.
+		if v.size >= 0 && v.n != v.size {
+			return &MismatchError{Want: v.want, WantSize: v.size, GotSize: v.n}
+		}
+		return nil
+	}
 	got := NewDigestFromHash(v.h)
 	if (v.size >= 0 && v.n != v.size) || got != v.want {
 		return &MismatchError{Want: v.want, WantSize: v.size, Got: got, GotSize: v.n}

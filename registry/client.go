@@ -557,3 +557,6 @@ func (s *blobStream) Read(p []byte) (int, error) {
 }
 
 func (s *blobStream) Close() error { return s.v.Close() }
+
+// VerifiedBlob implements blob.VerifiedReader.
+func (s *blobStream) VerifiedBlob() (blob.Digest, int64) { return s.v.VerifiedBlob() }

@@ -222,6 +222,9 @@ type countingReader struct {
 	errOnce sync.Once
 }
 
+// VerifiedBlob implements blob.VerifiedReader when the tier's reader does.
+func (c *countingReader) VerifiedBlob() (blob.Digest, int64) { return blob.VerifiedBlobOf(c.rc) }
+
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.rc.Read(p)
 	if n > 0 {
@@ -269,6 +272,9 @@ type countingSource struct {
 	r io.Reader
 	n atomic.Int64
 }
+
+// VerifiedBlob implements blob.VerifiedReader when the Put's source does.
+func (c *countingSource) VerifiedBlob() (blob.Digest, int64) { return blob.VerifiedBlobOf(c.r) }
 
 func (c *countingSource) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)

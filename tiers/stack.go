@@ -508,7 +508,7 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 			ls.Close()
 		}
 	}
-	t := newTee(info.Size, sinks...)
+	t := newTee(d, info.Size, sinks...)
 	err := t.run(ctx, blob.NewVerifier(rc, d, info.Size, nil))
 	end := io.EOF
 	if err == nil {
@@ -590,6 +590,9 @@ type flightReader struct {
 
 func (r *flightReader) Read(p []byte) (int, error) { return r.rc.Read(p) }
 
+// VerifiedBlob implements blob.VerifiedReader when the tier's reader does.
+func (r *flightReader) VerifiedBlob() (blob.Digest, int64) { return blob.VerifiedBlobOf(r.rc) }
+
 func (r *flightReader) Close() error {
 	err := r.rc.Close()
 	r.stop()
@@ -621,6 +624,10 @@ func (r *leaderReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// VerifiedBlob implements blob.VerifiedReader: the flight's stream ends with
+// io.EOF only after its source verified.
+func (r *leaderReader) VerifiedBlob() (blob.Digest, int64) { return blob.VerifiedBlobOf(r.rc) }
 
 func (r *leaderReader) Close() error {
 	r.stopWatch()

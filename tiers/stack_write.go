@@ -67,7 +67,7 @@ func (s *Stack) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader)
 			results <- i
 		}()
 	}
-	t := newTee(size, sinks...)
+	t := newTee(d, size, sinks...)
 	srcErr := t.run(ctx, blob.NewVerifier(r, d, size, nil))
 	if errors.Is(srcErr, errNoReaders) {
 		// Every tier returned before the end (already held, declined or

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"sync"
+
+	"github.com/strata-oci/strata/blob"
 )
 
 // teeChunk is the size of the chunks the tee hands to its sinks.
@@ -35,6 +37,17 @@ type sink struct {
 	cur    []byte
 	once   sync.Once
 	onGone func() // called once when the sink goes away or reaches its end
+
+	digest blob.Digest // what the tee's source was verified against (set by newTee)
+	size   int64
+}
+
+// VerifiedBlob implements blob.VerifiedReader (see newTee).
+func (s *sink) VerifiedBlob() (blob.Digest, int64) {
+	if s.digest == "" {
+		return "", -1
+	}
+	return s.digest, s.size
 }
 
 func newSink(ctx context.Context) *sink {
@@ -131,10 +144,16 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, teeChunk); return 
 // newTee returns a tee for a source of size bytes (its buffer is no larger
 // than the source needs, plus the byte that shows an overlong one). Call
 // release when the tee is done and its sinks are terminated.
-func newTee(size int64, sinks ...*sink) *tee {
+//
+// The tee's caller terminates the sinks with io.EOF only after its source,
+// read through a blob.Verifier of d and size, verified: the sinks are then
+// blob.VerifiedReaders of d, which spares the tiers reading them a second
+// hash.
+func newTee(d blob.Digest, size int64, sinks ...*sink) *tee {
 	live := make([]bool, len(sinks))
 	for i := range live {
 		live[i] = true
+		sinks[i].digest, sinks[i].size = d, size
 	}
 	t := &tee{sinks: sinks, live: live}
 	if size >= 0 && size < teeChunk {

@@ -39,6 +39,9 @@ func (r *reader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// VerifiedBlob implements blob.VerifiedReader.
+func (r *reader) VerifiedBlob() (blob.Digest, int64) { return r.v.VerifiedBlob() }
+
 // WriteTo implements io.WriterTo so io.Copy streams in large chunks.
 func (r *reader) WriteTo(w io.Writer) (int64, error) {
 	bp := bufPool.Get().(*[]byte)

@@ -621,6 +621,9 @@ type ctxReader struct {
 	r   io.Reader
 }
 
+// VerifiedBlob implements blob.VerifiedReader when the wrapped reader does.
+func (c ctxReader) VerifiedBlob() (blob.Digest, int64) { return blob.VerifiedBlobOf(c.r) }
+
 func (c ctxReader) Read(p []byte) (int, error) {
 	if err := c.err(); err != nil {
 		return 0, err

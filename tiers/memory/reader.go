@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+
+	"github.com/strata-oci/strata/blob"
 )
 
 // errReaderClosed is returned by Reads after Close.
@@ -74,6 +76,9 @@ type ctxReader struct {
 	ctx context.Context
 	r   io.Reader
 }
+
+// VerifiedBlob implements blob.VerifiedReader when the wrapped reader does.
+func (c *ctxReader) VerifiedBlob() (blob.Digest, int64) { return blob.VerifiedBlobOf(c.r) }
 
 func (c *ctxReader) Read(p []byte) (int, error) {
 	if err := c.ctx.Err(); err != nil {

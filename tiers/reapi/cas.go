@@ -173,6 +173,9 @@ type blobReader struct {
 	reported   bool
 }
 
+// VerifiedBlob implements blob.VerifiedReader.
+func (r *blobReader) VerifiedBlob() (blob.Digest, int64) { return r.v.VerifiedBlob() }
+
 func (r *blobReader) Read(p []byte) (int, error) {
 	n, err := r.v.Read(p)
 	if err == io.EOF && !r.reported {
