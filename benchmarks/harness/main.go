@@ -30,10 +30,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/benchmarks/internal/pipeline"
 	"github.com/strata-oci/strata/benchmarks/internal/regserver"
@@ -91,7 +94,9 @@ func childMain(args []string, stdout, stderr io.Writer) int {
 	case "tiers":
 		res.Tiers, err = tierlat.Run(ctx, spec.Backend, spec.Tiers)
 	case "pipeline":
+		stop := profile(spec.Job.Scenario, stderr)
 		res.Outcome, err = pipeline.Run(ctx, spec.Job)
+		stop()
 	default:
 		err = fmt.Errorf("unknown child kind %q", spec.Kind)
 	}
@@ -114,6 +119,31 @@ func childMain(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// profile starts a CPU profile of a pipeline job when the environment
+// variable STRATA_HARNESS_CPUPROFILE names a directory (the whole job,
+// set-up included; system time counts too). It returns the stop function.
+func profile(scenario string, stderr io.Writer) func() {
+	dir := os.Getenv("STRATA_HARNESS_CPUPROFILE")
+	if dir == "" {
+		return func() {}
+	}
+	name := strings.NewReplacer("/", "_").Replace(scenario)
+	f, err := os.CreateTemp(dir, name+"-*.pprof")
+	if err != nil {
+		fmt.Fprintln(stderr, "harness child: cpu profile:", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintln(stderr, "harness child: cpu profile:", err)
+		f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}
+
 // plan is what one -size runs.
 type plan struct {
 	images      []imagePlan
@@ -121,11 +151,28 @@ type plan struct {
 	reps        int
 	concurrency int
 	warmSamples int
+	skipTiers   bool
 }
 
 type imagePlan struct {
 	spec      synth.Spec
 	scenarios []string
+}
+
+// restrict keeps only the named pipeline scenarios and drops the tier
+// measurements.
+func (p *plan) restrict(names []string) error {
+	for _, n := range names {
+		if !slices.Contains(pipeline.Scenarios, n) {
+			return fmt.Errorf("-only: unknown scenario %q (known: %s)", n, strings.Join(pipeline.Scenarios, ", "))
+		}
+	}
+	for i := range p.images {
+		p.images[i].scenarios = slices.DeleteFunc(slices.Clone(p.images[i].scenarios), func(s string) bool { return !slices.Contains(names, s) })
+	}
+	p.images = slices.DeleteFunc(p.images, func(ip imagePlan) bool { return len(ip.scenarios) == 0 })
+	p.skipTiers = true
+	return nil
 }
 
 func makePlan(size string, seed uint64) (plan, error) {
@@ -168,10 +215,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	seed := fs.Uint64("seed", 1, "seed of the synthetic images")
 	reps := fs.Int("reps", 0, "repetitions of each pipeline scenario (default: 1 for smoke, 3 for full)")
 	work := fs.String("work", "", "parent of the scratch directory (default: the system temp dir)")
+	scratch := fs.String("scratch", scratchAuto, "where jobs write: loop (a fresh journaled ext4, loop-mounted under -work; needs root), dir (-work's own filesystem), or auto (loop when possible)")
 	compare := fs.String("compare", "", "results.json of an earlier run to compare medians with")
 	updateDoc := fs.Bool("update-doc", false, "rewrite the results section of -doc with this run")
 	doc := fs.String("doc", "docs/benchmarks.md", "the document -update-doc rewrites")
 	from := fs.String("from", "", "render an earlier run's results.json instead of measuring (with -compare, -out, -update-doc)")
+	only := fs.String("only", "", "comma-separated pipeline scenarios to run (default: all); tier measurements are skipped when set")
 	regBin := fs.String("registry-binary", regserver.DistributionBinary, "distribution registry binary (in-process registry when absent)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -184,11 +233,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *reps > 0 {
 		p.reps = *reps
 	}
+	if *only != "" {
+		if err := p.restrict(strings.Split(*only, ",")); err != nil {
+			fmt.Fprintln(stderr, "harness:", err)
+			return 2
+		}
+	}
 	var r *report.Report
 	if *from != "" {
 		r, err = report.Read(*from)
 	} else {
-		r, err = bench(ctx, p, *size, *seed, *work, *regBin, stderr)
+		r, err = bench(ctx, p, *size, *seed, *work, *scratch, *regBin, stderr)
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "harness:", err)
@@ -220,14 +275,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func bench(ctx context.Context, p plan, size string, seed uint64, workParent, regBin string, log io.Writer) (*report.Report, error) {
+func bench(ctx context.Context, p plan, size string, seed uint64, workParent, scratchMode, regBin string, log io.Writer) (*report.Report, error) {
 	start := time.Now()
 	r := &report.Report{Size: size, Seed: seed, Machine: machine(), Started: start.UTC().Format(time.RFC3339), TierRSS: map[string]int64{}}
-	work, err := os.MkdirTemp(workParent, "strata-bench-")
+	sfs, err := openScratch(ctx, workParent, scratchMode, log)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(work)
+	defer sfs.close()
+	work := sfs.Dir
+	r.Machine.Scratch = sfs.Desc
+	fmt.Fprintf(log, "harness: working on %s\n", sfs.Desc)
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -290,14 +348,25 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, re
 		fmt.Fprintf(log, "harness: primed the warm cache of %s in %.1fs\n", im.img.Name, time.Since(t0).Seconds())
 	}
 
+	// Finished jobs' directories stay until the run ends: see keepJobs.
+	var need int64
+	for _, im := range images {
+		need = max(need, 4*im.img.UncompressedBytes+1<<30)
+	}
 	jobN := 0
 	jobDir := func() (string, error) {
+		if err := keepJobs(work, need, log); err != nil {
+			return "", err
+		}
 		jobN++
 		d := filepath.Join(work, "jobs", fmt.Sprint(jobN))
 		return d, os.MkdirAll(d, 0o755)
 	}
 
 	for _, backend := range tierlat.Backends {
+		if p.skipTiers {
+			break
+		}
 		dir, err := jobDir()
 		if err != nil {
 			return nil, err
@@ -309,7 +378,6 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, re
 		if err != nil {
 			return nil, fmt.Errorf("tiers %s: %w", backend, err)
 		}
-		os.RemoveAll(dir)
 		r.Tiers = append(r.Tiers, res.Tiers...)
 		r.TierRSS[backend] = rss
 		fmt.Fprintf(log, "harness: tiers %s done\n", backend)
@@ -339,13 +407,11 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, re
 				repo := strings.TrimPrefix(im.img.Ref, reg.Host+"/")
 				job := pipeline.Job{Scenario: sc, Registry: reg.Host, Proxy: proxy, RefKey: refKey, Repo: repo, UncompressedBytes: im.img.UncompressedBytes, Files: im.img.Files,
 					WorkDir: dir, CacheDir: im.cache, LayoutDir: im.layout, Concurrency: p.concurrency, WarmSamples: p.warmSamples}
+				settle()
 				var res childResult
 				rss, cpu, err := runChild(ctx, exe, childSpec{Kind: "pipeline", Job: job}, &res)
 				if err != nil {
 					return nil, fmt.Errorf("%s on %s: %w", sc, im.img.Name, err)
-				}
-				if err := os.RemoveAll(dir); err != nil {
-					return nil, err
 				}
 				o := res.Outcome
 				for _, name := range slices.Sorted(maps.Keys(o.Samples)) {
@@ -380,7 +446,7 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, re
 		switch {
 		case strings.HasPrefix(k.scenario, "fetch-"):
 			s.MBps = float64(im.CompressedBytes) / (s.Median / 1e9) / 1e6
-		case strings.HasPrefix(k.scenario, "overlay-cold"), k.scenario == pipeline.OverlayWarm, strings.HasPrefix(k.scenario, "ext4"):
+		case strings.HasPrefix(k.scenario, "overlay-cold"), k.scenario == pipeline.OverlayWarm, strings.HasPrefix(k.scenario, "overlay-floor"), strings.HasPrefix(k.scenario, "ext4"):
 			s.MBps = float64(im.UncompressedBytes) / (s.Median / 1e9) / 1e6
 		}
 		var total, blobs int
@@ -399,6 +465,7 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, re
 	order := slices.Clone(pipeline.Scenarios)
 	order = slices.Insert(order, slices.Index(order, pipeline.FetchWarm)+1, pipeline.ResolveWarm)
 	order = slices.Insert(order, slices.Index(order, pipeline.OverlayWarm)+1, pipeline.OverlayPresent)
+	order = slices.Insert(order, slices.Index(order, pipeline.OverlayFloor)+1, pipeline.OverlayFloorDecompress, pipeline.OverlayFloorCreate)
 	report.SortScenarios(r.Pipeline, order)
 	for _, s := range r.Pipeline {
 		base, ok := pipeline.PeerOf[s.Name]
@@ -409,9 +476,58 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, re
 			r.Ratios = append(r.Ratios, report.Ratio{Scenario: base, Peer: s.Name, Image: s.Image, Tool: s.Tool, Ratio: s.Median / b.Median})
 		}
 	}
+	for _, s := range r.Pipeline {
+		if f := agg[key{s.Image, pipeline.FloorOf[s.Name]}]; f != nil && f.Median > 0 {
+			r.Floors = append(r.Floors, report.FloorRatio{Scenario: s.Name, Floor: f.Name, Image: s.Image, Ratio: s.Median / f.Median})
+		}
+	}
 	r.Machine.LoadAfter = loadavg()
 	r.Seconds = time.Since(start).Seconds()
 	return r, nil
+}
+
+// keepJobs keeps finished jobs' directories while the filesystem under work
+// has need bytes free, and otherwise deletes them, saying so in log.
+//
+// Deleting a finished job's tree right before the next job creates its own
+// makes the next job pay for the deletion on ext4 without a journal (the
+// root filesystem of the machines this harness was written on): its inode
+// allocator passes over every inode deleted in the last 60 s, or 360 s
+// while the inode's table block is dirty (recently_deleted in
+// fs/ext4/ialloc.c). Creating 20k files right after deleting 20k others
+// took 21 s there, against 1.1 s otherwise, and made consecutive runs
+// disagree by up to 2x. Journaled ext4 and XFS have no such cost.
+func keepJobs(work string, need int64, log io.Writer) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(work, &st); err != nil {
+		return err
+	}
+	if free := int64(st.Bavail) * st.Bsize; free >= need {
+		return nil
+	}
+	fmt.Fprintf(log, "harness: under %s free: deleting finished jobs; the next jobs may pay for it (see docs/benchmarks.md)\n", report.MiB(need))
+	return os.RemoveAll(filepath.Join(work, "jobs"))
+}
+
+// settle writes every filesystem's dirty data back, so that a job starts
+// with none and is not slowed by writing back what the jobs before it wrote
+// (the kernel starts that in the background once dirty pages reach
+// vm.dirty_background_ratio, and a full run writes gigabytes). Without it,
+// the second and third repetitions of a scenario ran up to 2.9x slower than
+// the first on a 2-core machine.
+func settle() {
+	unix.Sync()
+}
+
+// removeAndSync deletes dir and writes the filesystem's dirty metadata back,
+// which shortens the time a following run pays for the deletion (see
+// keepJobs) from up to 360 s to about 60 s.
+func removeAndSync(dir string) {
+	os.RemoveAll(dir)
+	if f, err := os.Open(filepath.Dir(dir)); err == nil {
+		unix.Syncfs(int(f.Fd()))
+		f.Close()
+	}
 }
 
 func summarize(o *pipeline.Outcome) string {

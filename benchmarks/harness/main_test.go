@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -83,6 +84,26 @@ func TestSmokeHarness(t *testing.T) {
 	if len(r.Ratios) == 0 {
 		t.Error("no peer ratios")
 	}
+	for _, name := range []string{pipeline.OverlayFloorDecompress, pipeline.OverlayFloorCreate} {
+		if s, ok := got["bench/smoke-gzip "+name]; !ok || len(s.Samples) != 3 {
+			t.Errorf("floor half %s: %d samples, want 3", name, len(s.Samples))
+		}
+	}
+	floors := map[string]bool{}
+	for _, f := range r.Floors {
+		floors[f.Image+" "+f.Scenario] = f.Ratio > 0 && f.Floor == pipeline.OverlayFloor
+	}
+	if !floors["bench/smoke-gzip "+pipeline.OverlayCold] || !floors["bench/smoke-gzip "+pipeline.OverlayWarm] {
+		t.Errorf("floor ratios %+v, want overlay-cold and overlay-warm over overlay-floor", r.Floors)
+	}
+	// As root, the jobs write to a fresh journaled ext4 of the run's own,
+	// which is gone afterwards.
+	if !strings.Contains(r.Machine.Scratch, "fresh ext4 (journaled") {
+		t.Errorf("jobs wrote to %q, want the run's own loop-mounted ext4", r.Machine.Scratch)
+	}
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(b), "strata-bench-fs-") {
+		t.Errorf("the scratch filesystem is still mounted:\n%s", b)
+	}
 	ops := map[string]bool{}
 	for _, tr := range r.Tiers {
 		ops[tr.Backend+" "+tr.Op] = true
@@ -132,6 +153,36 @@ func TestSmokeHarness(t *testing.T) {
 	}
 }
 
+// -only runs the named scenarios alone, and no tier measurement.
+func TestOnly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: runs the smoke harness")
+	}
+	requireRoot(t)
+	out := filepath.Join(t.TempDir(), "out")
+	var stdout, stderr bytes.Buffer
+	args := []string{"-size", "smoke", "-out", out, "-work", t.TempDir(), "-only", pipeline.OverlayCold + "," + pipeline.FetchWarm, "-scratch", "dir"}
+	if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
+		t.Fatalf("harness exited %d:\n%s", code, stderr.String())
+	}
+	r, err := report.Read(filepath.Join(out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range r.Pipeline {
+		names = append(names, s.Image+" "+s.Name)
+	}
+	slices.Sort(names)
+	want := []string{"bench/smoke-gzip fetch-warm", "bench/smoke-gzip overlay-cold", "bench/smoke-gzip resolve-warm", "bench/smoke-zstd overlay-cold"}
+	if !slices.Equal(names, want) || len(r.Tiers) != 0 {
+		t.Errorf("scenarios %v and %d tier rows; want %v and none", names, len(r.Tiers), want)
+	}
+	if !strings.HasPrefix(r.Machine.Scratch, "a directory on ") {
+		t.Errorf("-scratch dir: jobs wrote to %q", r.Machine.Scratch)
+	}
+}
+
 func wellFormedSVG(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -169,6 +220,7 @@ func TestBadFlags(t *testing.T) {
 	}{
 		{"unknown size", []string{"-size", "huge"}},
 		{"unknown flag", []string{"-nope"}},
+		{"unknown scenario", []string{"-only", "overlay-cold,teleport"}},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer

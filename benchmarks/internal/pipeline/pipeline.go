@@ -51,10 +51,17 @@ const (
 	OverlayCold     = "overlay-cold"
 	OverlayColdPeer = "overlay-cold/peer-flatten-tar"
 	OverlayWarm     = "overlay-warm"
-	OverlayPresent  = "overlay-present" // reported by OverlayWarm jobs
-	Ext4            = "ext4"
-	Ext4Peer        = "ext4/peer-mke2fs"
-	Dedup           = "dedup"
+	// OverlayFloor is this machine's floor for overlay-cold: decompressing
+	// every layer (blobs already in memory) and creating the image's files
+	// (contents already in memory), both at once, each with GOMAXPROCS
+	// workers. Its jobs also report the two halves alone.
+	OverlayFloor           = "overlay-floor"
+	OverlayFloorDecompress = "overlay-floor/decompress"
+	OverlayFloorCreate     = "overlay-floor/create"
+	OverlayPresent         = "overlay-present" // reported by OverlayWarm jobs
+	Ext4                   = "ext4"
+	Ext4Peer               = "ext4/peer-mke2fs"
+	Dedup                  = "dedup"
 	// Prime is not a measurement: it fills Job.CacheDir (a disk tier holding
 	// the image, tag and access proof) and Job.LayoutDir (an OCI layout of
 	// the image) for the warm scenarios and the ext4 peer.
@@ -63,7 +70,10 @@ const (
 
 // Scenarios lists every scenario in the order the harness interleaves them:
 // each Strata scenario next to its peer.
-var Scenarios = []string{FetchCold, FetchColdPeer, FetchWarm, OverlayCold, OverlayColdPeer, OverlayWarm, Ext4, Ext4Peer, Dedup}
+var Scenarios = []string{FetchCold, FetchColdPeer, FetchWarm, OverlayCold, OverlayColdPeer, OverlayFloor, OverlayWarm, Ext4, Ext4Peer, Dedup}
+
+// FloorOf maps a Strata scenario to the floor it is compared with.
+var FloorOf = map[string]string{OverlayCold: OverlayFloor, OverlayWarm: OverlayFloor}
 
 // PeerOf maps a peer scenario to the Strata scenario it is compared with.
 var PeerOf = map[string]string{FetchColdPeer: FetchCold, OverlayColdPeer: OverlayCold, Ext4Peer: Ext4}
@@ -134,6 +144,8 @@ func Run(ctx context.Context, job Job) (*Outcome, error) {
 		err = e.flattenTar(ctx)
 	case OverlayWarm:
 		err = e.overlayWarm(ctx)
+	case OverlayFloor:
+		err = e.overlayFloor(ctx)
 	case Ext4:
 		err = e.ext4(ctx)
 	case Ext4Peer:

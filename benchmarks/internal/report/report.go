@@ -40,6 +40,7 @@ type Report struct {
 	TierRSS  map[string]int64 `json:"tier_peak_rss_kib"`
 	Pipeline []Scenario       `json:"pipeline"`
 	Ratios   []Ratio          `json:"ratios"`
+	Floors   []FloorRatio     `json:"floors,omitempty"`
 	// Compare, when set, compares this run's medians with an earlier run.
 	Compare *Comparison `json:"compare,omitempty"`
 }
@@ -52,6 +53,8 @@ type Machine struct {
 	MemMiB     int64  `json:"mem_mib"`
 	LoadBefore string `json:"load_before"`
 	LoadAfter  string `json:"load_after"`
+	// Scratch is the filesystem the jobs wrote to.
+	Scratch string `json:"scratch,omitempty"`
 }
 
 // Image is a synthetic image of the run.
@@ -105,6 +108,15 @@ type Ratio struct {
 	Image    string  `json:"image"`
 	Tool     string  `json:"tool"`
 	Ratio    float64 `json:"peer_over_strata"`
+}
+
+// FloorRatio is a Strata scenario's median over the machine's floor for it
+// (see pipeline.OverlayFloor): 1 would be a perfect pipeline.
+type FloorRatio struct {
+	Scenario string  `json:"scenario"`
+	Floor    string  `json:"floor"`
+	Image    string  `json:"image"`
+	Ratio    float64 `json:"strata_over_floor"`
 }
 
 // Comparison compares medians with an earlier run.
@@ -246,6 +258,9 @@ func (r *Report) Markdown(w io.Writer, charts []string) {
 	m := r.Machine
 	fmt.Fprintf(w, "Run: `-size %s -seed %d`, started %s, %.0f s in all.  \n", r.Size, r.Seed, r.Started, r.Seconds)
 	fmt.Fprintf(w, "Machine: %s, %d CPUs, %d MiB RAM, kernel %s; load average before %s, after %s.  \n", m.CPU, m.CPUs, m.MemMiB, m.Kernel, m.LoadBefore, m.LoadAfter)
+	if m.Scratch != "" {
+		fmt.Fprintf(w, "Jobs wrote to %s.  \n", m.Scratch)
+	}
 	fmt.Fprintf(w, "Registry: %s, reached through a counting proxy on 127.0.0.1.\n\n", r.Registry)
 
 	fmt.Fprintln(w, "### Images")
@@ -291,6 +306,17 @@ func (r *Report) Markdown(w io.Writer, charts []string) {
 		fmt.Fprintln(w, "|---|---|---|---:|---|")
 		for _, x := range r.Ratios {
 			fmt.Fprintf(w, "| %s | %s | %s | %.2fx | %s |\n", x.Image, x.Scenario, x.Peer, x.Ratio, x.Tool)
+		}
+		fmt.Fprintln(w)
+	}
+
+	if len(r.Floors) > 0 {
+		fmt.Fprintln(w, "### Floor (ratio = Strata median / floor median; 1 would be a perfect pipeline)")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| image | Strata scenario | floor | ratio |")
+		fmt.Fprintln(w, "|---|---|---|---:|")
+		for _, x := range r.Floors {
+			fmt.Fprintf(w, "| %s | %s | %s | %.2fx |\n", x.Image, x.Scenario, x.Floor, x.Ratio)
 		}
 		fmt.Fprintln(w)
 	}

@@ -1,0 +1,262 @@
+package pipeline
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-oci/strata/registry/credential"
+)
+
+// floorEntry is one directory or regular file of a layer.
+type floorEntry struct {
+	name string
+	dir  bool
+	size int64
+}
+
+// floorLayer is a layer as the floor measurement needs it: the compressed
+// blob, and the directories and files its tar stream holds.
+type floorLayer struct {
+	blob      []byte
+	mediaType string
+	entries   []floorEntry
+}
+
+// overlayFloor measures this machine's floor for overlay-cold on the image:
+// the two jobs no extractor can skip, decompressing every layer and creating
+// every file, with the blobs and file contents already in memory (so no
+// download, digest, tar parsing, ownership, mode or times). It times
+// decompression alone, creation alone, and both at once, which is the
+// floor: a perfect pipeline overlaps them on the machine's cores.
+func (e *env) overlayFloor(ctx context.Context) error {
+	x, err := e.warmExecutor()
+	if err != nil {
+		return err
+	}
+	img, err := x.f.FetchImage(ctx, e.ref, credential.Anonymous)
+	if err != nil {
+		x.stack.Close()
+		return err
+	}
+	var layers []*floorLayer
+	var biggest int64
+	for _, l := range img.Layers() {
+		rc, err := l.Open(ctx)
+		if err != nil {
+			x.stack.Close()
+			return err
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			x.stack.Close()
+			return err
+		}
+		fl := &floorLayer{blob: b, mediaType: l.MediaType()}
+		if err := fl.scan(); err != nil {
+			x.stack.Close()
+			return fmt.Errorf("layer %s: %w", l.Digest(), err)
+		}
+		for _, en := range fl.entries {
+			biggest = max(biggest, en.size)
+		}
+		layers = append(layers, fl)
+	}
+	if err := x.stack.Close(); err != nil {
+		return err
+	}
+	content := make([]byte, biggest)
+	for i := range content {
+		content[i] = byte(i*7 + i>>9)
+	}
+	workers := runtime.GOMAXPROCS(0)
+	run := 0
+	create := func() error {
+		run++
+		return createAll(ctx, layers, content, filepath.Join(e.job.WorkDir, "floor", fmt.Sprint(run)), workers)
+	}
+	decompress := func() error { return decompressAll(ctx, layers, workers) }
+
+	// Interleaved, so a slow moment of the machine touches all three.
+	for i := 0; i < 3; i++ {
+		t0 := time.Now()
+		if err := decompress(); err != nil {
+			return err
+		}
+		e.add(OverlayFloorDecompress, time.Since(t0))
+		t0 = time.Now()
+		if err := create(); err != nil {
+			return err
+		}
+		e.add(OverlayFloorCreate, time.Since(t0))
+		t0 = time.Now()
+		var g errgroup.Group
+		g.Go(decompress)
+		g.Go(create)
+		if err := g.Wait(); err != nil {
+			return err
+		}
+		e.add(OverlayFloor, time.Since(t0))
+	}
+	e.out.Note = fmt.Sprintf("%d workers; decompress and create each alone, then both at once (the floor)", workers)
+	return nil
+}
+
+func (fl *floorLayer) open() (io.ReadCloser, error) {
+	r := bytes.NewReader(fl.blob)
+	switch {
+	case strings.HasSuffix(fl.mediaType, "gzip"):
+		return gzip.NewReader(r)
+	case strings.HasSuffix(fl.mediaType, "zstd"):
+		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return nil, err
+		}
+		return d.IOReadCloser(), nil
+	case strings.HasSuffix(fl.mediaType, ".tar"):
+		return io.NopCloser(r), nil
+	}
+	return nil, fmt.Errorf("media type %q", fl.mediaType)
+}
+
+// scan lists the layer's directories and regular files.
+func (fl *floorLayer) scan() error {
+	rc, err := fl.open()
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	seen := map[string]bool{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		name := strings.TrimPrefix(path.Clean("/"+h.Name), "/")
+		if name == "" || seen[name] {
+			continue
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			seen[name] = true
+			fl.entries = append(fl.entries, floorEntry{name: name, dir: true})
+		case tar.TypeReg:
+			if strings.HasPrefix(path.Base(name), ".wh.") {
+				continue
+			}
+			seen[name] = true
+			fl.entries = append(fl.entries, floorEntry{name: name, size: h.Size})
+		}
+	}
+}
+
+// decompressAll decompresses every layer to nowhere, workers at a time.
+func decompressAll(ctx context.Context, layers []*floorLayer, workers int) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	for _, fl := range layers {
+		g.Go(func() error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			rc, err := fl.open()
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			_, err = io.Copy(io.Discard, rc)
+			return err
+		})
+	}
+	return g.Wait()
+}
+
+// createAll creates every layer's directories and files under dir (one
+// directory per layer), writing content's first bytes into each file,
+// workers layers at a time.
+func createAll(ctx context.Context, layers []*floorLayer, content []byte, dir string, workers int) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	var mu sync.Mutex
+	var errs []error
+	for i, fl := range layers {
+		g.Go(func() error {
+			root := filepath.Join(dir, fmt.Sprint(i))
+			err := createLayer(ctx, fl, content, root)
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+func createLayer(ctx context.Context, fl *floorLayer, content []byte, root string) error {
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return err
+	}
+	for _, en := range fl.entries {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		p := filepath.Join(root, en.name)
+		if en.dir {
+			if err := os.Mkdir(p, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+				if err := os.MkdirAll(p, 0o755); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		// Raw system calls: the least any extractor must do per file.
+		const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_CLOEXEC
+		fd, err := unix.Open(p, flags, 0o644)
+		if err == unix.ENOENT {
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return err
+			}
+			fd, err = unix.Open(p, flags, 0o644)
+		}
+		if err != nil {
+			return &os.PathError{Op: "create", Path: p, Err: err}
+		}
+		for b := content[:en.size]; len(b) > 0 && err == nil; {
+			var n int
+			n, err = unix.Write(fd, b)
+			b = b[n:]
+		}
+		if cerr := unix.Close(fd); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return &os.PathError{Op: "write", Path: p, Err: err}
+		}
+	}
+	return nil
+}
