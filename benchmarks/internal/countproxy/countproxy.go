@@ -41,6 +41,9 @@ func Start(upstream, listen string) (*Proxy, error) {
 	}
 	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: upstream})
 	rp.Transport = &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}
+	// The proxy is the harness's, not the code under test's: 256 KiB copies
+	// (the default is 32 KiB) keep its share of the CPU small.
+	rp.BufferPool = bufferPool{}
 	p := &Proxy{Host: l.Addr().String(), blobGets: map[string]int{}}
 	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.count(r)
@@ -100,3 +103,11 @@ func (p *Proxy) Reset() {
 
 // Close stops the proxy.
 func (p *Proxy) Close() error { return p.srv.Close() }
+
+// bufferPool hands the reverse proxy 256 KiB copy buffers.
+type bufferPool struct{}
+
+var buffers = sync.Pool{New: func() any { return make([]byte, 256<<10) }}
+
+func (bufferPool) Get() []byte  { return buffers.Get().([]byte) }
+func (bufferPool) Put(b []byte) { buffers.Put(b) }

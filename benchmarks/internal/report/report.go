@@ -323,6 +323,8 @@ func (r *Report) Markdown(w io.Writer, charts []string) {
 
 	fmt.Fprintln(w, "### Tiers")
 	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Operations quicker than 5 µs are timed in batches (samples x batch): a sample is a batch's mean.")
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| backend | op | size | samples | p50 | p95 | p99 | MB/s | allocs/op |")
 	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|")
 	for _, t := range r.Tiers {
@@ -330,7 +332,11 @@ func (r *Report) Markdown(w io.Writer, charts []string) {
 		if t.MBps > 0 {
 			mbps = fmt.Sprintf("%.0f", t.MBps)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %d | %s | %s | %s | %s | %.1f |\n", t.Backend, t.Op, FormatSize(t.Size), t.Samples, svg.FormatNS(t.P50), svg.FormatNS(t.P95), svg.FormatNS(t.P99), mbps, t.AllocsPerOp)
+		samples := fmt.Sprint(t.Samples)
+		if t.Batch > 1 {
+			samples += fmt.Sprintf(" x %d", t.Batch)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %.1f |\n", t.Backend, t.Op, FormatSize(t.Size), samples, svg.FormatNS(t.P50), svg.FormatNS(t.P95), svg.FormatNS(t.P99), mbps, t.AllocsPerOp)
 	}
 	fmt.Fprintln(w)
 	if len(r.TierRSS) > 0 {
