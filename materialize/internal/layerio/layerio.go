@@ -3,6 +3,7 @@
 package layerio
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -151,7 +152,9 @@ func Decompress(r io.Reader, c Compression, lim Limits) (io.ReadCloser, error) {
 	case Uncompressed:
 		s.dec = r
 	case Gzip:
-		zr, err := gzip.NewReader(r)
+		// gzip reads through a bufio.Reader; its default 4 KiB buffer costs
+		// a Read of the blob stream (a tee, a verifier) per 4 KiB.
+		zr, err := gzip.NewReader(bufio.NewReaderSize(r, 64<<10))
 		if err != nil {
 			return nil, fmt.Errorf("gzip: %w", err)
 		}
