@@ -465,7 +465,7 @@ func (c *Converter) convert(ctx context.Context, img materialize.Image, dv deriv
 	r := &Result{Size: size, Digest: d}
 
 	// Blob first, then the ref that points at it.
-	err = c.cfg.Store.Put(ctx, d, size, io.NewSectionReader(tmp, 0, size))
+	err = c.cfg.Store.Put(ctx, d, size, hashedImage{io.NewSectionReader(tmp, 0, size), d})
 	switch {
 	case err == nil:
 		if err := c.cfg.Store.PutRef(ctx, dv.key, c.signedRef(dv.key, d, size)); err != nil {
@@ -485,6 +485,19 @@ func (c *Converter) convert(ctx context.Context, img materialize.Image, dv deriv
 	ok = true
 	return r, nil
 }
+
+// hashedImage is the image file just hashed to d, read again to store it.
+// It is a blob.VerifiedReader, so the store does not hash 500 MB a second
+// time: the bytes are those hashed, since nothing writes to the file in
+// between (it is the converter's own temporary file, in its private work
+// directory, and grow runs after the Put).
+type hashedImage struct {
+	*io.SectionReader
+	d blob.Digest
+}
+
+// VerifiedBlob implements blob.VerifiedReader.
+func (h hashedImage) VerifiedBlob() (blob.Digest, int64) { return h.d, h.Size() }
 
 // build writes the ext4 image of img into f.
 func (c *Converter) build(ctx context.Context, img materialize.Image, f *os.File, free growSpec) error {
