@@ -15,6 +15,7 @@ import (
 
 	"github.com/strata-oci/strata/benchmarks/internal/pipeline"
 	"github.com/strata-oci/strata/benchmarks/internal/report"
+	"github.com/strata-oci/strata/benchmarks/internal/tierlat"
 )
 
 // TestMain lets the test binary serve as the harness's child process.
@@ -228,5 +229,25 @@ func TestBadFlags(t *testing.T) {
 				t.Errorf("exit %d, want 2 (stderr %q)", code, stderr.String())
 			}
 		})
+	}
+}
+
+func TestMergeTiers(t *testing.T) {
+	run := func(stat, put float64, batch int) []tierlat.Result {
+		return []tierlat.Result{
+			{Backend: "memory", Op: "stat", Size: 1024, Samples: 10, P50: stat, P95: stat * 2, P99: stat * 3, Batch: batch},
+			{Backend: "memory", Op: "put", Size: 1024, Samples: 5, P50: put, P95: put, P99: put, MBps: 1024 / put * 1e3, AllocsPerOp: 2},
+		}
+	}
+	got := mergeTiers([][]tierlat.Result{run(210, 9000, 20), run(125, 8000, 30), run(120, 20000, 25)})
+	if len(got) != 2 {
+		t.Fatalf("%d rows, want 2", len(got))
+	}
+	st, pt := got[0], got[1]
+	if st.P50 != 125 || st.P95 != 250 || st.P99 != 375 || st.Samples != 30 || st.Batch != 30 || st.Processes != 3 {
+		t.Errorf("stat merged to %+v, want the medians (125, 250, 375), 30 samples, batch 30, 3 processes", st)
+	}
+	if pt.P50 != 9000 || pt.Samples != 15 || pt.AllocsPerOp != 2 {
+		t.Errorf("put merged to %+v, want p50 9000, 15 samples", pt)
 	}
 }

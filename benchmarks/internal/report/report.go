@@ -53,6 +53,9 @@ type Machine struct {
 	MemMiB     int64  `json:"mem_mib"`
 	LoadBefore string `json:"load_before"`
 	LoadAfter  string `json:"load_after"`
+	// StealPercent is the share of the machine's CPU time stolen by the
+	// host during the run (virtual machines; 0 elsewhere).
+	StealPercent float64 `json:"steal_percent"`
 	// Scratch is the filesystem the jobs wrote to.
 	Scratch string `json:"scratch,omitempty"`
 }
@@ -257,7 +260,7 @@ func (r *Report) writeCharts(dir string) ([]string, error) {
 func (r *Report) Markdown(w io.Writer, charts []string) {
 	m := r.Machine
 	fmt.Fprintf(w, "Run: `-size %s -seed %d`, started %s, %.0f s in all.  \n", r.Size, r.Seed, r.Started, r.Seconds)
-	fmt.Fprintf(w, "Machine: %s, %d CPUs, %d MiB RAM, kernel %s; load average before %s, after %s.  \n", m.CPU, m.CPUs, m.MemMiB, m.Kernel, m.LoadBefore, m.LoadAfter)
+	fmt.Fprintf(w, "Machine: %s, %d CPUs, %d MiB RAM, kernel %s; load average before %s, after %s; CPU time stolen by the host during the run: %.1f%%.  \n", m.CPU, m.CPUs, m.MemMiB, m.Kernel, m.LoadBefore, m.LoadAfter, m.StealPercent)
 	if m.Scratch != "" {
 		fmt.Fprintf(w, "Jobs wrote to %s.  \n", m.Scratch)
 	}
@@ -323,7 +326,15 @@ func (r *Report) Markdown(w io.Writer, charts []string) {
 
 	fmt.Fprintln(w, "### Tiers")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Operations quicker than 5 µs are timed in batches (samples x batch): a sample is a batch's mean.")
+	procs := 1
+	for _, t := range r.Tiers {
+		procs = max(procs, t.Processes)
+	}
+	fmt.Fprint(w, "Operations quicker than 5 µs are timed in batches (samples x batch): a sample is a batch's mean.")
+	if procs > 1 {
+		fmt.Fprintf(w, " Each backend was measured in %d processes, one after another in rounds; a row gives the median of their figures and the sum of their samples.", procs)
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| backend | op | size | samples | p50 | p95 | p99 | MB/s | allocs/op |")
 	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -53,6 +53,9 @@ type Result struct {
 	AllocsPerOp float64 `json:"allocs_per_op"`
 	// Batch is how many operations one sample timed (see measure).
 	Batch int `json:"batch,omitempty"`
+	// Processes is how many processes' measurements were merged into this
+	// one (the harness's mergeTiers); 0 means one.
+	Processes int `json:"processes,omitempty"`
 }
 
 // Run measures backend ("baseline", "memory", "disk" or "stack").
