@@ -478,7 +478,7 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, sc
 	order := slices.Clone(pipeline.Scenarios)
 	order = slices.Insert(order, slices.Index(order, pipeline.FetchWarm)+1, pipeline.ResolveWarm)
 	order = slices.Insert(order, slices.Index(order, pipeline.OverlayWarm)+1, pipeline.OverlayPresent)
-	order = slices.Insert(order, slices.Index(order, pipeline.OverlayFloor)+1, pipeline.OverlayFloorDecompress, pipeline.OverlayFloorCreate)
+	order = slices.Insert(order, slices.Index(order, pipeline.OverlayFloor)+1, pipeline.OverlayFloorLocal, pipeline.OverlayFloorDownload, pipeline.OverlayFloorDecompress, pipeline.OverlayFloorCreate)
 	report.SortScenarios(r.Pipeline, order)
 	for _, s := range r.Pipeline {
 		base, ok := pipeline.PeerOf[s.Name]

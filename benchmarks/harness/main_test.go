@@ -85,17 +85,23 @@ func TestSmokeHarness(t *testing.T) {
 	if len(r.Ratios) == 0 {
 		t.Error("no peer ratios")
 	}
-	for _, name := range []string{pipeline.OverlayFloorDecompress, pipeline.OverlayFloorCreate} {
-		if s, ok := got["bench/smoke-gzip "+name]; !ok || len(s.Samples) != 3 {
-			t.Errorf("floor half %s: %d samples, want 3", name, len(s.Samples))
+	for _, name := range []string{pipeline.OverlayFloorLocal, pipeline.OverlayFloorDownload, pipeline.OverlayFloorDecompress, pipeline.OverlayFloorCreate} {
+		if s, ok := got["bench/smoke-gzip "+name]; !ok || len(s.Samples) != 2 {
+			t.Errorf("floor part %s: %d samples, want 2", name, len(s.Samples))
 		}
 	}
-	floors := map[string]bool{}
+	floors := map[string]string{}
 	for _, f := range r.Floors {
-		floors[f.Image+" "+f.Scenario] = f.Ratio > 0 && f.Floor == pipeline.OverlayFloor
+		if f.Ratio > 0 {
+			floors[f.Image+" "+f.Scenario] = f.Floor
+		}
 	}
-	if !floors["bench/smoke-gzip "+pipeline.OverlayCold] || !floors["bench/smoke-gzip "+pipeline.OverlayWarm] {
-		t.Errorf("floor ratios %+v, want overlay-cold and overlay-warm over overlay-floor", r.Floors)
+	if floors["bench/smoke-gzip "+pipeline.OverlayCold] != pipeline.OverlayFloor || floors["bench/smoke-gzip "+pipeline.OverlayWarm] != pipeline.OverlayFloorLocal {
+		t.Errorf("floor ratios %+v, want overlay-cold over overlay-floor and overlay-warm over overlay-floor/local", r.Floors)
+	}
+	// The floor's download went through the proxy like everything else.
+	if s := got["bench/smoke-gzip "+pipeline.OverlayFloor]; s.Median <= 0 {
+		t.Errorf("overlay-floor: %+v", s)
 	}
 	// As root, the jobs write to a fresh journaled ext4 of the run's own,
 	// which is gone afterwards.

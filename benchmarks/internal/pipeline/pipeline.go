@@ -51,11 +51,15 @@ const (
 	OverlayCold     = "overlay-cold"
 	OverlayColdPeer = "overlay-cold/peer-flatten-tar"
 	OverlayWarm     = "overlay-warm"
-	// OverlayFloor is this machine's floor for overlay-cold: decompressing
-	// every layer (blobs already in memory) and creating the image's files
-	// (contents already in memory), both at once, each with GOMAXPROCS
-	// workers. Its jobs also report the two halves alone.
+	// OverlayFloor is this machine's floor for overlay-cold: downloading
+	// every layer blob from the registry (to nowhere), decompressing every
+	// layer (blobs already in memory) and creating the image's files
+	// (contents already in memory), all at once, each with GOMAXPROCS
+	// workers. OverlayFloorLocal, the floor for overlay-warm, is the last
+	// two at once. The jobs also time each of the three alone.
 	OverlayFloor           = "overlay-floor"
+	OverlayFloorLocal      = "overlay-floor/local"
+	OverlayFloorDownload   = "overlay-floor/download"
 	OverlayFloorDecompress = "overlay-floor/decompress"
 	OverlayFloorCreate     = "overlay-floor/create"
 	OverlayPresent         = "overlay-present" // reported by OverlayWarm jobs
@@ -73,7 +77,7 @@ const (
 var Scenarios = []string{FetchCold, FetchColdPeer, FetchWarm, OverlayCold, OverlayColdPeer, OverlayFloor, OverlayWarm, Ext4, Ext4Peer, Dedup}
 
 // FloorOf maps a Strata scenario to the floor it is compared with.
-var FloorOf = map[string]string{OverlayCold: OverlayFloor, OverlayWarm: OverlayFloor}
+var FloorOf = map[string]string{OverlayCold: OverlayFloor, OverlayWarm: OverlayFloorLocal}
 
 // PeerOf maps a peer scenario to the Strata scenario it is compared with.
 var PeerOf = map[string]string{FetchColdPeer: FetchCold, OverlayColdPeer: OverlayCold, Ext4Peer: Ext4}
