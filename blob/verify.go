@@ -81,11 +81,7 @@ func VerifiedBlobOf(r io.Reader) (Digest, int64) {
 
 // trusts reports whether r checks want (and size, when known) itself.
 func trusts(r io.Reader, want Digest, size int64) bool {
-	vr, ok := r.(VerifiedReader)
-	if !ok {
-		return false
-	}
-	d, n := vr.VerifiedBlob()
+	d, n := VerifiedBlobOf(r)
 	return d == want && want != "" && (n == size || size < 0)
 }
 
