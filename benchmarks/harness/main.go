@@ -520,17 +520,16 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, sc
 // the primed cache were then read back from disk in later repetitions
 // (overlay-warm varied from 1.8 to 4.4 s).
 func keepJobs(work string, need int64, journaled bool, log io.Writer) error {
-	if journaled {
-		return os.RemoveAll(filepath.Join(work, "jobs"))
+	if !journaled {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(work, &st); err != nil {
+			return err
+		}
+		if free := int64(st.Bavail) * st.Bsize; free >= need {
+			return nil
+		}
+		fmt.Fprintf(log, "harness: under %s free: deleting finished jobs; the next jobs may pay for it (see docs/benchmarks.md)\n", report.MiB(need))
 	}
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(work, &st); err != nil {
-		return err
-	}
-	if free := int64(st.Bavail) * st.Bsize; free >= need {
-		return nil
-	}
-	fmt.Fprintf(log, "harness: under %s free: deleting finished jobs; the next jobs may pay for it (see docs/benchmarks.md)\n", report.MiB(need))
 	return os.RemoveAll(filepath.Join(work, "jobs"))
 }
 

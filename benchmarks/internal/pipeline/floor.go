@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/klauspost/compress/gzip"
@@ -21,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/strata-oci/strata/fetcher"
 	"github.com/strata-oci/strata/registry/credential"
 )
 
@@ -58,35 +58,21 @@ func (e *env) overlayFloor(ctx context.Context) error {
 		x.stack.Close()
 		return err
 	}
-	var layers []*floorLayer
+	layers, err := readFloorLayers(ctx, img.Layers())
+	if cerr := x.stack.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
 	var urls []string
 	var biggest int64
 	name, _, _ := strings.Cut(e.job.Repo, ":")
-	for _, l := range img.Layers() {
+	for i, l := range img.Layers() {
 		urls = append(urls, "http://"+e.px.Host+"/v2/"+name+"/blobs/"+string(l.Digest()))
-		rc, err := l.Open(ctx)
-		if err != nil {
-			x.stack.Close()
-			return err
-		}
-		b, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil {
-			x.stack.Close()
-			return err
-		}
-		fl := &floorLayer{blob: b, mediaType: l.MediaType()}
-		if err := fl.scan(); err != nil {
-			x.stack.Close()
-			return fmt.Errorf("layer %s: %w", l.Digest(), err)
-		}
-		for _, en := range fl.entries {
+		for _, en := range layers[i].entries {
 			biggest = max(biggest, en.size)
 		}
-		layers = append(layers, fl)
-	}
-	if err := x.stack.Close(); err != nil {
-		return err
 	}
 	content := make([]byte, biggest)
 	for i := range content {
@@ -133,6 +119,28 @@ func (e *env) overlayFloor(ctx context.Context) error {
 	}
 	e.out.Note = fmt.Sprintf("%d workers per job; download, decompress, create alone, then decompress+create at once (local), then all three (the floor)", workers)
 	return nil
+}
+
+// readFloorLayers reads every layer blob into memory and lists its entries.
+func readFloorLayers(ctx context.Context, ls []*fetcher.Layer) ([]*floorLayer, error) {
+	var layers []*floorLayer
+	for _, l := range ls {
+		rc, err := l.Open(ctx)
+		if err != nil {
+			return nil, err
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			return nil, err
+		}
+		fl := &floorLayer{blob: b, mediaType: l.MediaType()}
+		if err := fl.scan(); err != nil {
+			return nil, fmt.Errorf("layer %s: %w", l.Digest(), err)
+		}
+		layers = append(layers, fl)
+	}
+	return layers, nil
 }
 
 // downloadAll GETs every URL to nowhere, workers at a time.
@@ -239,24 +247,10 @@ func decompressAll(ctx context.Context, layers []*floorLayer, workers int) error
 func createAll(ctx context.Context, layers []*floorLayer, content []byte, dir string, workers int) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
-	var mu sync.Mutex
-	var errs []error
 	for i, fl := range layers {
-		g.Go(func() error {
-			root := filepath.Join(dir, fmt.Sprint(i))
-			err := createLayer(ctx, fl, content, root)
-			if err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-			return err
-		})
+		g.Go(func() error { return createLayer(ctx, fl, content, filepath.Join(dir, fmt.Sprint(i))) })
 	}
-	if err := g.Wait(); err != nil {
-		return errors.Join(errs...)
-	}
-	return nil
+	return g.Wait()
 }
 
 func createLayer(ctx context.Context, fl *floorLayer, content []byte, root string) error {
