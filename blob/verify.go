@@ -92,9 +92,11 @@ func (v *Verifier) Read(p []byte) (int, error) {
 		return 0, v.err
 	}
 	if v.size >= 0 {
-		// Allow one byte beyond the expected size so an overlong stream is seen.
-		if rem := v.size - v.n + 1; int64(len(p)) > rem {
-			p = p[:rem]
+		// Allow one byte beyond the expected size so an overlong stream is
+		// seen. v.n <= v.size holds here (a Read past it failed and stuck),
+		// so rem >= 0; size+1 is never computed, as size may be MaxInt64.
+		if rem := v.size - v.n; int64(len(p)) > rem {
+			p = p[:rem+1] // rem < len(p): no overflow
 		}
 	}
 	n, err := v.r.Read(p)

@@ -15,6 +15,20 @@ import (
 	"github.com/strata-oci/strata/blob"
 )
 
+// MaxDescriptorSize is the largest size a descriptor may declare (layer,
+// config, index entry, subject): 1 TiB. Parsing rejects a larger one with
+// ErrInvalid.
+//
+// No real image comes near it: the largest layers seen in the wild (CUDA,
+// ML model images) are a few GiB, rarely tens. What it stops is a crafted
+// size: readers downstream count bytes
+// against the declared size, and a value near 2^63 is where such counting
+// overflows (a size of 9223372036854775807 crashed the verifying reader).
+// Under the cap, size+1 and any sum of a few sizes fit an int64 with room
+// to spare. It is a sanity bound, not a resource limit: hosts apply their
+// own, smaller per-blob cap (registry.Config.MaxBlobSize).
+const MaxDescriptorSize = 1 << 40
+
 // Descriptor points at content by media type, digest and size (the OCI
 // content descriptor).
 type Descriptor struct {
@@ -106,7 +120,10 @@ func (w *wireDescriptor) descriptor(path string) (Descriptor, error) {
 		return d, fmt.Errorf("%s.size: %v", path, err)
 	}
 	if size < 0 {
-		return d, fmt.Errorf("%s.size: negative (%d)", path, size)
+		return d, fmt.Errorf("%s.size: negative (%d) for %s", path, size, dg)
+	}
+	if size > MaxDescriptorSize {
+		return d, fmt.Errorf("%s.size: %d bytes for %s exceeds the %d-byte cap on descriptor sizes", path, size, dg, int64(MaxDescriptorSize))
 	}
 	d.Size = size
 	for i, u := range w.URLs {

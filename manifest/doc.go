@@ -12,7 +12,8 @@
 //     structure; a document that is both a manifest and an index (it has
 //     "manifests" and "config" or "layers") is rejected.
 //   - Every descriptor needs a well-formed media type, a sha256 digest and a
-//     size >= 0; embedded data must match both.
+//     size from 0 to MaxDescriptorSize (1 TiB); embedded data must match
+//     both.
 //   - An image manifest's layers must have a known layer media type
 //     (ErrUnknownMediaType names it). Artifacts (an artifactType, or a config
 //     media type other than an image config) may carry any layer media type.

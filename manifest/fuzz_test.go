@@ -82,7 +82,7 @@ func FuzzParse(f *testing.F) {
 			v1doc = ix.V1()
 		}
 		for _, d := range descs {
-			if blob.ValidateDigest(d.Digest) != nil || d.Size < 0 || d.MediaType == "" {
+			if blob.ValidateDigest(d.Digest) != nil || d.Size < 0 || d.Size > manifest.MaxDescriptorSize || d.MediaType == "" {
 				t.Fatalf("accepted a bad descriptor %+v", d)
 			}
 		}
