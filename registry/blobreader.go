@@ -13,12 +13,13 @@ import (
 )
 
 // blobReader is the unverified body of one blob download that resumes
-// itself: when the connection breaks (a reset, or fewer bytes than the
-// Content-Length promised) it asks the same endpoint for the rest with a
-// Range request. A 206 must start exactly where the stream broke; a 200 (a
-// registry that ignores Range) is accepted by discarding what was already
-// read. It is wrapped in a blob.Verifier, so the content is verified end to
-// end across resumes.
+// itself: when the connection breaks (a reset, fewer bytes than the
+// Content-Length promised, or a stall: see Config.IdleTimeout) it asks the
+// same endpoint for the rest with a Range request. A 206 must start exactly
+// where the stream broke; a 200 (a registry that ignores Range) is accepted
+// by discarding what was already read. A mirror that stalls hands the rest
+// over to the next endpoint at once. It is wrapped in a blob.Verifier, so
+// the content is verified end to end across resumes.
 //
 // It keeps the context of the Blob call: an io.Reader has no other way to
 // learn it, and the download is bound to that call.
@@ -56,7 +57,17 @@ func (b *blobReader) Read(p []byte) (int, error) {
 			err = io.ErrUnexpectedEOF
 		}
 		if b.ctx.Err() != nil || b.resumes >= b.c.cfg.MaxResumes {
+			if errors.Is(err, ErrUnreachable) {
+				// A stall says what happened itself.
+				return n, fmt.Errorf("GET blob %s %s/%s: broken after %d bytes (%d resumes): %w", b.d, b.ep.host(), b.repo.Name(), b.off, b.resumes, err)
+			}
 			return n, fmt.Errorf("GET blob %s %s/%s: %w: broken after %d bytes (%d resumes): %w", b.d, b.ep.host(), b.repo.Name(), ErrUnreachable, b.off, b.resumes, err)
+		}
+		if errors.Is(err, ErrStalled) && b.ep.mirror && len(b.next) > 0 {
+			// A mirror that stalls is not asked again: the rest comes
+			// from the next mirror or the origin.
+			b.c.fallback(b.repo, b.ep, err, false)
+			b.ep, b.next = b.next[0], b.next[1:]
 		}
 		if rerr := b.resumeAny(); rerr != nil {
 			return n, fmt.Errorf("resuming blob %s after %d bytes (broken by %v): %w", b.d, b.off, err, rerr)

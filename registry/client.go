@@ -131,7 +131,8 @@ func New(cfg Config) (*Client, error) {
 		// Bytes must arrive exactly as the registry stores them.
 		DisableCompression: true,
 	}
-	c.base = transport.NewUserAgent(&retryTransport{inner: &metricsTransport{inner: ht, m: m}, cfg: &c.cfg, m: m, now: time.Now}, cfg.UserAgent)
+	pt := &progressTransport{inner: ht, cfg: &c.cfg, m: m}
+	c.base = transport.NewUserAgent(&retryTransport{inner: &metricsTransport{inner: pt, m: m}, cfg: &c.cfg, m: m, now: time.Now}, cfg.UserAgent)
 	return c, nil
 }
 
@@ -320,24 +321,15 @@ func mediaType(h http.Header) string {
 	return ct
 }
 
-// Resolve returns the descriptor of the manifest or index ref names,
-// through the mirrors, then the origin. It asks with HEAD and falls back to
-// GET when the registry omits Docker-Content-Digest or Content-Length. For a
-// digest reference the answer must carry that digest.
+// Resolve returns the descriptor of the manifest or index ref names. It
+// asks the origin registry only, with auth, never a mirror: what a tag
+// names, and whether a repository holds a digest, are the origin's to say
+// (a mirror may be stale, or hold what the origin repository never had).
+// It asks with HEAD and falls back to GET when the registry omits
+// Docker-Content-Digest or Content-Length. For a digest reference the
+// answer must carry that digest. It is Head under another name.
 func (c *Client) Resolve(ctx context.Context, ref Reference, auth authn.Authenticator) (Descriptor, error) {
-	if err := checkRef(ref); err != nil {
-		return Descriptor{}, err
-	}
-	var desc Descriptor
-	err := c.each(ctx, ref.repo, auth, func(ctx context.Context, ep endpoint) error {
-		d, err := c.head(ctx, ep, ref)
-		if errors.Is(err, errNeedGet) {
-			_, d, err = c.getManifest(ctx, ep, ref)
-		}
-		desc = d
-		return err
-	})
-	return desc, err
+	return c.Head(ctx, ref, auth)
 }
 
 var errNeedGet = errors.New("HEAD did not describe the manifest")
@@ -365,14 +357,24 @@ func (c *Client) head(ctx context.Context, ep endpoint, ref Reference) (Descript
 	return Descriptor{Digest: d, Size: resp.ContentLength, MediaType: mediaType(resp.Header)}, nil
 }
 
-// Manifest fetches the manifest or index ref names, through the mirrors,
-// then the origin, and returns its bytes and descriptor. The bytes are
-// capped (Config.MaxManifestSize; ErrTooLarge), hashed, and checked against
-// the reference's digest and the registry's Docker-Content-Digest; a
-// mismatch is a *blob.MismatchError. The media type is the Content-Type.
+// Manifest fetches the manifest or index ref names and returns its bytes
+// and descriptor. A digest reference is tried at the mirrors, then the
+// origin; a tag reference is asked of the origin only (as Resolve). The
+// bytes are capped (Config.MaxManifestSize; ErrTooLarge), hashed, and
+// checked against the reference's digest and the registry's
+// Docker-Content-Digest; a mismatch is a *blob.MismatchError. The media
+// type is the Content-Type.
+//
+// A mirror's bytes for a digest prove what the digest's content is, not
+// that the origin repository holds it: ask for a digest only when the
+// origin named it (Resolve, Head, or a document whose own digest the origin
+// named).
 func (c *Client) Manifest(ctx context.Context, ref Reference, auth authn.Authenticator) ([]byte, Descriptor, error) {
 	if err := checkRef(ref); err != nil {
 		return nil, Descriptor{}, err
+	}
+	if ref.digest == "" {
+		return c.getManifest(ctx, endpoint{reg: ref.repo.repo.Registry, auth: auth}, ref)
 	}
 	var (
 		body []byte
@@ -421,11 +423,10 @@ func (c *Client) getManifest(ctx context.Context, ep endpoint, ref Reference) ([
 	return b, Descriptor{Digest: got, Size: int64(len(b)), MediaType: mediaType(resp.Header)}, nil
 }
 
-// Head resolves ref like Resolve but at the origin registry only, with the
-// caller's credentials, never through a mirror. A success is therefore
-// also a proof of access (as CheckAccess), and the fetcher can refresh a
-// tag and its access proof with one request. Errors are those of
-// CheckAccess.
+// Head resolves ref at the origin registry only, with the caller's
+// credentials, never through a mirror. A success is therefore also a proof
+// of access (as CheckAccess), and the fetcher can refresh a tag and its
+// access proof with one request. Errors are those of CheckAccess.
 func (c *Client) Head(ctx context.Context, ref Reference, auth authn.Authenticator) (Descriptor, error) {
 	if err := checkRef(ref); err != nil {
 		return Descriptor{}, err

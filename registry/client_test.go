@@ -298,7 +298,7 @@ func TestRetries(t *testing.T) {
 		min, max   time.Duration
 	}{
 		{"429 with Retry-After seconds", "7", 7 * time.Second, 7 * time.Second},
-		{"429 with Retry-After HTTP-date", time.Now().Add(30 * time.Second).UTC().Format(http.TimeFormat), 20 * time.Second, 31 * time.Second},
+		{"429 with Retry-After HTTP-date", time.Now().Add(9 * time.Second).UTC().Format(http.TimeFormat), 5 * time.Second, 10 * time.Second},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			px := registrytest.NewProxy(t, host)

@@ -17,11 +17,14 @@ const (
 	DefaultMaxAttempts           = 5
 	DefaultBaseDelay             = 200 * time.Millisecond
 	DefaultMaxDelay              = 10 * time.Second
-	DefaultMaxRetryAfter         = 60 * time.Second
+	DefaultMaxRetryAfter         = 10 * time.Second
 	DefaultMaxResumes            = 5
 	DefaultMirrorTimeout         = 10 * time.Second
 	DefaultDialTimeout           = 30 * time.Second
 	DefaultResponseHeaderTimeout = 60 * time.Second
+	DefaultIdleTimeout           = 30 * time.Second
+	DefaultMinRate               = 1 << 10
+	DefaultMinRateWindow         = 30 * time.Second
 )
 
 // Config configures a Client. The zero value is usable: no mirrors, the
@@ -62,8 +65,14 @@ type Config struct {
 	// between attempts (defaults 200 ms and 10 s).
 	BaseDelay, MaxDelay time.Duration
 	// MaxRetryAfter is the longest Retry-After the client waits for
-	// (default 60 s); a registry asking for longer gets its response
-	// returned (as ErrUnreachable) instead of a retry.
+	// (default 10 s). A registry asking for longer is not retried: the
+	// request fails at once with an error wrapping ErrUnreachable that
+	// names the host and the wait it asked for, so the caller can fail
+	// over instead of sleeping (a busy registry rarely recovers within a
+	// minute, and waiting MaxAttempts times its Retry-After is how one
+	// request used to take four minutes). With MaxAttempts, it bounds the
+	// time one request spends waiting between attempts to
+	// (MaxAttempts-1) * max(MaxDelay, MaxRetryAfter): 40 s by default.
 	MaxRetryAfter time.Duration
 	// MaxResumes bounds how often one blob download is resumed with a Range
 	// request after the connection broke (default 5; negative disables).
@@ -72,6 +81,36 @@ type Config struct {
 	// DialTimeout and ResponseHeaderTimeout bound connecting and waiting for
 	// response headers (defaults 30 s and 60 s).
 	DialTimeout, ResponseHeaderTimeout time.Duration
+
+	// IdleTimeout bounds the wait for the next byte of any response body
+	// (ping, token, manifest, blob, error bodies), counted only while the
+	// client is waiting to read, never while the caller is busy elsewhere.
+	// Default 30 s: long enough for a registry or pull-through cache that
+	// pauses while it fetches from upstream or for a congested link, short
+	// enough that a stalled download is resumed or failed over within a
+	// minute (containerd and Docker have no such bound; a hung pull stays
+	// hung). Negative disables it.
+	//
+	// MinRate (bytes per second) and MinRateWindow make a body that keeps
+	// trickling fail too: once the client has waited MinRateWindow for a
+	// body, in each successive MinRateWindow of waiting it must receive at
+	// least MinRate*MinRateWindow bytes. Defaults 1 KiB/s over 30 s, a
+	// rate any working link exceeds by orders of magnitude while a body
+	// sent a byte at a time fails after 30 s (the rule of Cargo's
+	// low-speed-limit; curl's --speed-limit). The rate is checked as data
+	// arrives, so a body that sends nothing at all is IdleTimeout's to
+	// catch. A negative MinRate disables the rule.
+	//
+	// A body that breaks either rule fails with an error wrapping
+	// ErrStalled (and so ErrUnreachable) naming the host, the request and
+	// what it did ("no data for 30s after 1.2 MiB"). A blob download
+	// resumes from where it stopped, within MaxResumes; other requests
+	// fail and a mirror hands over to the next endpoint. None of this
+	// bounds the total time of a call, which is the caller's context's
+	// job: a body may legitimately arrive at MinRate for hours.
+	IdleTimeout   time.Duration
+	MinRate       int64
+	MinRateWindow time.Duration
 
 	// Metrics, if not nil, receives the client's Prometheus collectors.
 	Metrics prometheus.Registerer
@@ -85,8 +124,11 @@ type Config struct {
 	UserAgent string
 }
 
-// Mirror is one mirror of a registry (a pull-through cache or a copy). The
-// client tries a registry's mirrors in order, then the registry itself. A
+// Mirror is one mirror of a registry (a pull-through cache or a copy). For
+// content named by digest (Client.Manifest of a digest reference,
+// Client.Blob) the client tries a registry's mirrors in order, then the
+// registry itself; tags, and whether a repository holds a digest
+// (Client.Resolve, Head, CheckAccess), are asked of the registry only. A
 // mirror's miss (404), error (5xx, denial, transport error, timeout) or bad
 // content (a digest that does not match) moves on to the next one and is
 // counted as a mirror fallback; bad content from a mirror is never served.
@@ -142,6 +184,18 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if out.ResponseHeaderTimeout == 0 {
 		out.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
+	}
+	if out.IdleTimeout == 0 {
+		out.IdleTimeout = DefaultIdleTimeout
+	}
+	if out.MinRate == 0 {
+		out.MinRate = DefaultMinRate
+	}
+	if out.MinRateWindow == 0 {
+		out.MinRateWindow = DefaultMinRateWindow
+	}
+	if out.MinRateWindow < 0 {
+		return out, fmt.Errorf("registry: Config.MinRateWindow %s < 0", out.MinRateWindow)
 	}
 	if out.Proxy == nil {
 		out.Proxy = http.ProxyFromEnvironment

@@ -27,6 +27,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"bad mirror endpoint", registry.Config{Mirrors: map[string][]registry.Mirror{"docker.io": {{Endpoint: "http://mirror"}}}}},
 		{"negative cap", registry.Config{MaxBlobSize: -1}},
 		{"zero attempts", registry.Config{MaxAttempts: -1}},
+		{"negative rate window", registry.Config{MinRateWindow: -1}},
 		{"metrics registered twice", registry.Config{Metrics: reg}},
 	}
 	for _, tt := range tests {
@@ -37,9 +38,10 @@ func TestNewRejectsBadConfig(t *testing.T) {
 }
 
 func TestDockerHubMirrorAlias(t *testing.T) {
-	// A mirror configured for "docker.io" serves Docker Hub references; the
-	// origin (index.docker.io) is never contacted because the mirror has
-	// the image, so no internet is needed.
+	// A mirror configured for "docker.io" serves Docker Hub references by
+	// digest; the origin (index.docker.io) is never contacted because the
+	// mirror has the manifest, so no internet is needed. (Tags resolve at
+	// the origin only.)
 	var cnt registrytest.Counter
 	mirror := registrytest.InProcess(t, cnt.Wrap)
 	p := pushImage(t, mirror, "library/ubuntu:latest", 1000)
@@ -47,13 +49,13 @@ func TestDockerHubMirrorAlias(t *testing.T) {
 	r := newClient(t, func(c *registry.Config) {
 		c.Mirrors = map[string][]registry.Mirror{"docker.io": {{Endpoint: mirror}}}
 	})
-	ref := mustRef(t, "ubuntu")
-	desc, err := r.c.Resolve(context.Background(), ref, nil)
+	ref := mustRef(t, "ubuntu@"+string(p.manifest))
+	_, desc, err := r.c.Manifest(context.Background(), ref, nil)
 	if err != nil || desc.Digest != p.manifest {
-		t.Fatalf("Resolve(ubuntu) via mirror: %v %v", desc, err)
+		t.Fatalf("Manifest(ubuntu@digest) via mirror: %v %v", desc, err)
 	}
-	if cnt.Count("HEAD", "manifest") != 1 {
-		t.Fatalf("mirror HEADs %d", cnt.Count("HEAD", "manifest"))
+	if cnt.Count("GET", "manifest") != 1 {
+		t.Fatalf("mirror manifest GETs %d", cnt.Count("GET", "manifest"))
 	}
 }
 

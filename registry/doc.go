@@ -45,21 +45,39 @@
 // # Mirrors and credentials
 //
 // Config.Mirrors lists, per registry host, mirrors tried in order before
-// the origin for Resolve, Manifest and Blob. A mirror's 404, 5xx, denial,
-// transport error, timeout or bad content moves on to the next and counts
-// as a fallback; content that fails verification is never returned as
-// valid. The caller's authenticator is for the origin only: mirrors are
-// accessed anonymously unless Mirror.Auth is set. A tag resolved through a
-// mirror is as fresh as the mirror. Head and CheckAccess always ask the
+// the origin for content named by digest: Manifest of a digest reference,
+// and Blob. A mirror's 404, 5xx, denial, transport error, timeout or bad
+// content moves on to the next and counts as a fallback; content that fails
+// verification is never returned as valid. Tags come from the origin only:
+// Resolve, Head, CheckAccess and Manifest of a tag never ask a mirror, and
+// neither does the question whether a repository holds a digest (a mirror
+// may be stale, or hold what the origin repository never had). A mirror's
+// bytes prove what a digest's content is, not that the origin repository
+// holds it, so a caller asks for a digest only when the origin named it.
+// The caller's authenticator is for the origin only: mirrors are accessed
+// anonymously unless Mirror.Auth is set. Head and CheckAccess ask the
 // origin with the caller's credentials; their success is an access proof.
 //
 // # Retries and resumes
 //
 // Idempotent requests are retried on 429, 5xx (except 501) and connection
 // resets, with exponential backoff and full jitter, honouring Retry-After in
-// seconds or as an HTTP-date, up to Config.MaxAttempts. A blob download that
+// seconds or as an HTTP-date, up to Config.MaxAttempts. A Retry-After
+// longer than Config.MaxRetryAfter (10 s) is not waited for: the request
+// fails at once with ErrUnreachable. A blob download that
 // breaks part way is resumed with a Range request for the remainder
 // ("bytes=N-END" when the size is known, which every registry accepts,
 // else "bytes=N-"); a 206 must start at N, a 200 is accepted by skipping N
 // bytes. A mirror that cannot resume hands over to the next endpoint.
+//
+// # Progress
+//
+// Every response body (ping, token, manifest, blob, error) must keep
+// coming: no byte for Config.IdleTimeout (30 s), or less than
+// Config.MinRate (1 KiB/s) over each Config.MinRateWindow (30 s) of
+// waiting, fails it with ErrStalled (an ErrUnreachable) naming the host,
+// the request and what it did. Only time spent waiting for the network
+// counts. A stalled blob download is resumed like a broken one. The /v2/
+// ping's body is read at most 64 KiB. These rules bound waiting without
+// progress; the caller's context bounds a whole call.
 package registry

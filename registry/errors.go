@@ -30,6 +30,12 @@ var (
 	// (connection refused or reset, timeouts, 5xx after all retries). It
 	// wraps blob.ErrUnavailable.
 	ErrUnreachable = fmt.Errorf("registry unreachable: %w", blob.ErrUnavailable)
+	// ErrStalled: a response body stopped (no byte for Config.IdleTimeout)
+	// or crawled (below Config.MinRate). It wraps ErrUnreachable, so a
+	// caller that fails over on an unreachable registry fails over on a
+	// stalled one too. The error names the host, the request and what the
+	// registry did.
+	ErrStalled = fmt.Errorf("%w: response stalled", ErrUnreachable)
 	// ErrTooLarge: the content is larger than the configured cap. It wraps
 	// blob.ErrTooLarge.
 	ErrTooLarge = fmt.Errorf("registry: %w", blob.ErrTooLarge)
@@ -84,7 +90,7 @@ func transportError(op, host, repo string, err error) error {
 	err = redactError(err)
 	var terr *transport.Error
 	switch {
-	case errors.Is(err, ErrDeniedAddress), errors.Is(err, ErrTooLarge), errors.Is(err, blob.ErrMismatch):
+	case errors.Is(err, ErrDeniedAddress), errors.Is(err, ErrTooLarge), errors.Is(err, blob.ErrMismatch), errors.Is(err, ErrUnreachable):
 		return fmt.Errorf("%s %s/%s: %w", op, host, repo, err)
 	case errors.Is(err, context.Canceled):
 		return fmt.Errorf("%s %s/%s: %w", op, host, repo, err)

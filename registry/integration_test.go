@@ -29,7 +29,11 @@ func pullAll(t *testing.T, c *registry.Client, p pushed, auth authn.Authenticato
 	if desc.Digest != p.manifest {
 		t.Fatalf("Resolve digest %s, want %s", desc.Digest, p.manifest)
 	}
-	b, _, err := c.Manifest(ctx, p.ref, auth)
+	dref, err := p.ref.Repo().Digest(desc.Digest)
+	if err != nil {
+		return err
+	}
+	b, _, err := c.Manifest(ctx, dref, auth)
 	if err != nil {
 		return err
 	}

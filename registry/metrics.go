@@ -17,6 +17,7 @@ type metrics struct {
 	retries   *prometheus.CounterVec // host, reason
 	fallbacks *prometheus.CounterVec // registry, mirror, reason
 	resumes   *prometheus.CounterVec // host
+	stalls    *prometheus.CounterVec // host, reason
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -41,9 +42,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "strata", Subsystem: "registry", Name: "blob_resumes_total",
 			Help: "Interrupted blob downloads resumed with a new request, by host.",
 		}, []string{"host"}),
+		stalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "strata", Subsystem: "registry", Name: "stalled_responses_total",
+			Help: "Response bodies abandoned because the server sent nothing for the idle timeout (reason \"idle\") or sent below the minimum rate (\"slow\"), by host.",
+		}, []string{"host", "reason"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.bytes, m.retries, m.fallbacks, m.resumes} {
+		for _, c := range []prometheus.Collector{m.requests, m.bytes, m.retries, m.fallbacks, m.resumes, m.stalls} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,25 +48,30 @@ func TestMirrorHitAndMiss(t *testing.T) {
 	r := m.client(t, 0)
 	ctx := context.Background()
 
-	// Hit: everything comes from the mirror, the origin sees nothing.
+	// Hit: the origin resolves the tag (one HEAD), the mirror serves the
+	// bytes of the digest the origin named.
 	desc, err := r.c.Resolve(ctx, m.one.ref, nil)
 	if err != nil || desc.Digest != m.one.manifest {
 		t.Fatalf("Resolve: %v %v", desc, err)
 	}
-	if _, _, err := r.c.Manifest(ctx, m.one.ref, nil); err != nil {
+	dref := mustRef(t, m.origin.Host()+"/app/one@"+string(desc.Digest))
+	if _, _, err := r.c.Manifest(ctx, dref, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := readBlob(t, r.c, m.one.ref, m.one.layerD, int64(len(m.one.layer))); err != nil || !bytes.Equal(got, m.one.layer) {
 		t.Fatalf("Blob: %v", err)
 	}
-	if m.origin.Count("HEAD", "manifest")+m.origin.Count("GET", "manifest")+m.origin.Count("GET", "blob") != 0 {
-		t.Fatalf("origin was asked on a mirror hit")
+	if m.origin.Count("HEAD", "manifest") != 1 || m.origin.Count("GET", "manifest")+m.origin.Count("GET", "blob") != 0 {
+		t.Fatalf("origin manifest HEADs %d, manifest/blob GETs %d on a mirror hit, want 1 and 0",
+			m.origin.Count("HEAD", "manifest"), m.origin.Count("GET", "manifest")+m.origin.Count("GET", "blob"))
 	}
-	if m.mirror.Count("GET", "blob") != 1 {
-		t.Fatalf("mirror blob GETs %d", m.mirror.Count("GET", "blob"))
+	if m.mirror.Count("HEAD", "manifest") != 0 || m.mirror.Count("GET", "manifest") != 1 || m.mirror.Count("GET", "blob") != 1 {
+		t.Fatalf("mirror manifest HEADs %d GETs %d, blob GETs %d, want 0, 1, 1",
+			m.mirror.Count("HEAD", "manifest"), m.mirror.Count("GET", "manifest"), m.mirror.Count("GET", "blob"))
 	}
 
 	// Miss: the mirror says 404, the origin serves.
+	m.origin.Reset()
 	desc, err = r.c.Resolve(ctx, m.two.ref, nil)
 	if err != nil || desc.Digest != m.two.manifest {
 		t.Fatalf("Resolve miss: %v %v", desc, err)
@@ -76,8 +82,73 @@ func TestMirrorHitAndMiss(t *testing.T) {
 	if m.origin.Count("HEAD", "manifest") != 1 || m.origin.Count("GET", "blob") != 1 {
 		t.Fatalf("origin HEAD %d blob GET %d, want 1 and 1", m.origin.Count("HEAD", "manifest"), m.origin.Count("GET", "blob"))
 	}
-	if n := r.metric(t, "strata_registry_mirror_fallbacks_total", map[string]string{"mirror": m.mirror.Host(), "reason": "not_found"}); n != 2 {
-		t.Fatalf("fallbacks{not_found} = %v, want 2\n%s", n, r.dump(t))
+	if n := r.metric(t, "strata_registry_mirror_fallbacks_total", map[string]string{"mirror": m.mirror.Host(), "reason": "not_found"}); n != 1 {
+		t.Fatalf("fallbacks{not_found} = %v, want 1 (the blob)\n%s", n, r.dump(t))
+	}
+}
+
+// Tags, and whether the origin repository holds a digest, come from the
+// origin only: a mirror that holds a tag the origin lacks, a different
+// image under the same tag, or a digest the origin repository never had
+// is never asked (Resolve, Manifest of a tag). Before, Resolve and
+// Manifest tried the mirror first and returned its answer.
+func TestMirrorNeverAnswersTags(t *testing.T) {
+	ctx := context.Background()
+	m := newMirrorRig(t)
+	ghost := pushImage(t, m.mirror.Host(), "app/one:ghost", 3000) // a tag the origin lacks
+	stale := pushImage(t, m.mirror.Host(), "app/two:v1", 3000)    // another image under the origin's tag
+	r := m.client(t, 0)
+	tests := []struct {
+		desc    string
+		ref     string
+		want    blob.Digest // "" for registry.ErrNotFound
+		mirrors blob.Digest // what the mirror would have answered
+	}{
+		{"tag only the mirror has", "/app/one:ghost", "", ghost.manifest},
+		{"tag both have, different images", "/app/two:v1", m.two.manifest, stale.manifest},
+		{"digest only the mirror holds", "/app/one@" + string(ghost.manifest), "", ghost.manifest},
+	}
+	ops := []struct {
+		name     string
+		tagsOnly bool // by digest, a mirror may serve the bytes (see TestMirrorHitAndMiss)
+		do       func(registry.Reference) (blob.Digest, error)
+	}{
+		{"Resolve", false, func(ref registry.Reference) (blob.Digest, error) {
+			d, err := r.c.Resolve(ctx, ref, nil)
+			return d.Digest, err
+		}},
+		{"Head", false, func(ref registry.Reference) (blob.Digest, error) {
+			d, err := r.c.Head(ctx, ref, nil)
+			return d.Digest, err
+		}},
+		{"Manifest", true, func(ref registry.Reference) (blob.Digest, error) {
+			b, d, err := r.c.Manifest(ctx, ref, nil)
+			if err == nil && blob.FromBytes(b) != d.Digest {
+				t.Fatalf("Manifest bytes do not hash to %s", d.Digest)
+			}
+			return d.Digest, err
+		}},
+	}
+	for _, tt := range tests {
+		for _, op := range ops {
+			if op.tagsOnly && strings.Contains(tt.ref, "@") {
+				continue
+			}
+			t.Run(tt.desc+"/"+op.name, func(t *testing.T) {
+				m.origin.Reset()
+				m.mirror.Reset()
+				got, err := op.do(mustRef(t, m.origin.Host()+tt.ref))
+				switch {
+				case tt.want == "" && !errors.Is(err, registry.ErrNotFound):
+					t.Fatalf("got %s, %v; want registry.ErrNotFound (the mirror would say %s)", got, err, tt.mirrors)
+				case tt.want != "" && (err != nil || got != tt.want):
+					t.Fatalf("got %s, %v; want the origin's %s (the mirror's is %s)", got, err, tt.want, tt.mirrors)
+				}
+				if n := m.mirror.Count("HEAD", "manifest") + m.mirror.Count("GET", "manifest"); n != 0 {
+					t.Fatalf("the mirror was asked %d times", n)
+				}
+			})
+		}
 	}
 }
 
@@ -167,7 +238,8 @@ func TestMirrorsNeverSeeCallerCredentials(t *testing.T) {
 	})
 	// The in-process registry does not challenge, so a transport that sends
 	// basic credentials would send them unasked: ggcr's basic transport does.
-	if _, _, err := r.c.Manifest(context.Background(), m.one.ref, basicAuth("user", "s3cr3t-PASSWORD")); err != nil {
+	dref := mustRef(t, m.origin.Host()+"/app/one@"+string(m.one.manifest))
+	if _, _, err := r.c.Manifest(context.Background(), dref, basicAuth("user", "s3cr3t-PASSWORD")); err != nil {
 		t.Fatal(err)
 	}
 	if len(auths) != 0 {

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -11,8 +12,10 @@ import (
 
 // retryTransport retries idempotent requests on 429, 5xx (except 501) and
 // connection resets, with exponential backoff and full jitter, honouring
-// Retry-After (delta seconds or HTTP-date). It sits below ggcr's auth
-// transports, so token and ping requests are retried too.
+// Retry-After (delta seconds or HTTP-date) up to Config.MaxRetryAfter; a
+// longer Retry-After fails the request at once with an error wrapping
+// ErrUnreachable. It sits below ggcr's auth transports, so token and ping
+// requests are retried too.
 type retryTransport struct {
 	inner http.RoundTripper
 	cfg   *Config
@@ -48,7 +51,11 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			reason = strconv.Itoa(resp.StatusCode)
 			if ra, ok := parseRetryAfter(resp.Header.Get("Retry-After"), t.now()); ok {
 				if ra > t.cfg.MaxRetryAfter {
-					return resp, nil
+					// Not worth waiting for: fail now so the caller can go
+					// elsewhere (a mirror, the origin, another tier).
+					drain(resp)
+					return nil, fmt.Errorf("%w: %s %s answered HTTP %d with Retry-After %s, longer than the %s the client waits",
+						ErrUnreachable, req.Method, req.URL.Host, resp.StatusCode, ra, t.cfg.MaxRetryAfter)
 				}
 				wait, haveWait = ra, true
 			}
@@ -59,8 +66,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, err
 		}
 		if resp != nil {
-			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-			resp.Body.Close()
+			drain(resp)
 		}
 		if !haveWait {
 			wait = backoff(t.cfg.BaseDelay, t.cfg.MaxDelay, attempt)
@@ -70,6 +76,14 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, serr
 		}
 	}
+}
+
+// drain reads a little of a response that will not be used, so that its
+// connection can be reused, and closes it. The read is bounded in bytes
+// here and in time by progressTransport.
+func drain(resp *http.Response) {
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
 }
 
 // backoff returns the wait before attempt+1: base*2^(attempt-1), capped at
