@@ -269,12 +269,33 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 // readVerified reads exactly size bytes from r into a new slice through a
 // blob.Verifier and confirms the stream ends there with digest d. It stops
 // with ctx's error as soon as ctx is done.
+//
+// The buffer grows with the bytes that arrive rather than being sized by
+// the declared size up front: a size is a claim (a manifest's), and a
+// source that declares MaxBlobBytes and sends a few bytes must not cost
+// MaxBlobBytes of memory, nor a size near MaxInt64 (under a tier configured
+// without a practical limit) an allocation that fails. The final slice has
+// exactly size bytes of capacity.
 func readVerified(ctx context.Context, d blob.Digest, size int64, r io.Reader) ([]byte, error) {
 	v := blob.NewVerifier(&ctxReader{ctx: ctx, r: r}, d, size, nil)
-	data := make([]byte, size)
-	if _, err := io.ReadFull(v, data); err != nil {
-		// A short stream is a *MismatchError from the Verifier.
-		return nil, err
+	data := make([]byte, 0, min(size, putChunk))
+	for int64(len(data)) < size {
+		if len(data) == cap(data) {
+			// Double, up to size; size - len > 0 here, so no overflow.
+			grown := make([]byte, len(data), int(min(size, int64(len(data))+max(int64(len(data)), putChunk))))
+			copy(grown, data)
+			data = grown
+		}
+		n, err := v.Read(data[len(data):cap(data)])
+		data = data[:len(data)+n]
+		if err == io.EOF && int64(len(data)) == size {
+			break // the last bytes came with a verified end
+		}
+		if err != nil {
+			// A short stream is a *MismatchError from the Verifier, which
+			// returns io.EOF only at the declared size.
+			return nil, err
+		}
 	}
 	// Confirm the end of the stream: the Verifier returns io.EOF only after
 	// the digest matched, and a mismatch for one byte too many.

@@ -27,8 +27,9 @@ type batchBlob struct {
 
 // batchUpload sends blobs in one BatchUpdateBlobs request (zstd-compressed
 // where enabled and smaller), retried as a whole. A blob the server refuses
-// fails the call with that blob's status.
-func (t *Tier) batchUpload(ctx context.Context, caps *serverCaps, blobs []batchBlob) error {
+// fails the call with that blob's status. existing counts the blobs the
+// server answered ALREADY_EXISTS for (it kept its copy).
+func (t *Tier) batchUpload(ctx context.Context, caps *serverCaps, blobs []batchBlob) (existing int, err error) {
 	req := &repb.BatchUpdateBlobsRequest{InstanceName: t.cfg.Instance, DigestFunction: repb.DigestFunction_SHA256}
 	for _, b := range blobs {
 		r := &repb.BatchUpdateBlobsRequest_Request{Digest: b.d.ToProto(), Data: b.data}
@@ -40,17 +41,22 @@ func (t *Tier) batchUpload(ctx context.Context, caps *serverCaps, blobs []batchB
 		req.Requests = append(req.Requests, r)
 	}
 	if int64(proto.Size(req)) > caps.batchLimit {
-		return errBatchTooLarge
+		return 0, errBatchTooLarge
 	}
-	return t.unary(ctx, func(ctx context.Context, o ...grpc.CallOption) error {
+	err = t.unary(ctx, func(ctx context.Context, o ...grpc.CallOption) error {
 		resp, err := t.cas.BatchUpdateBlobs(ctx, req, o...)
 		if err != nil {
 			return err
 		}
 		ok := 0
+		existing = 0
 		for _, r := range resp.GetResponses() {
-			if c := codes.Code(r.GetStatus().GetCode()); c != codes.OK && c != codes.AlreadyExists {
+			c := codes.Code(r.GetStatus().GetCode())
+			if c != codes.OK && c != codes.AlreadyExists {
 				return status.ErrorProto(r.GetStatus())
+			}
+			if c == codes.AlreadyExists {
+				existing++
 			}
 			ok++
 		}
@@ -59,6 +65,7 @@ func (t *Tier) batchUpload(ctx context.Context, caps *serverCaps, blobs []batchB
 		}
 		return nil
 	})
+	return existing, err
 }
 
 // readSmall reads a small blob with BatchReadBlobs and verifies it.
@@ -128,7 +135,7 @@ func (t *Tier) writeAC(ctx context.Context, caps *serverCaps, ka keyAction, res 
 	blobs := append(extra,
 		batchBlob{d: bytesDigest(ka.command), data: ka.command},
 		batchBlob{d: ka.digest, data: ka.action})
-	if err := t.batchUpload(ctx, caps, blobs); err != nil {
+	if _, err := t.batchUpload(ctx, caps, blobs); err != nil {
 		return err
 	}
 	return t.unary(ctx, func(ctx context.Context, o ...grpc.CallOption) error {

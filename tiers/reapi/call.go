@@ -127,17 +127,16 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // watchdog cancels a stream whose next message does not arrive (or cannot
-// be sent) within the call timeout. Arm it before a blocking Recv/Send and
-// disarm it after; time the caller spends between reads does not count.
+// be sent) in time. Arm it before a blocking Recv/Send and disarm it after;
+// time the caller spends between reads does not count.
 type watchdog struct {
-	timer   *time.Timer
-	timeout time.Duration
-	fired   atomic.Bool
+	timer *time.Timer
+	fired atomic.Bool
 }
 
-func newWatchdog(timeout time.Duration, cancel context.CancelCauseFunc) *watchdog {
-	w := &watchdog{timeout: timeout}
-	w.timer = time.AfterFunc(timeout, func() {
+func newWatchdog(cancel context.CancelCauseFunc) *watchdog {
+	w := &watchdog{}
+	w.timer = time.AfterFunc(time.Hour, func() {
 		w.fired.Store(true)
 		cancel(errStalled)
 	})
@@ -145,11 +144,13 @@ func newWatchdog(timeout time.Duration, cancel context.CancelCauseFunc) *watchdo
 	return w
 }
 
-func (w *watchdog) arm()    { w.timer.Reset(w.timeout) }
-func (w *watchdog) disarm() { w.timer.Stop() }
-func (w *watchdog) stop()   { w.timer.Stop() }
+// arm starts the clock: the stream is cancelled unless disarm is called
+// within d.
+func (w *watchdog) arm(d time.Duration) { w.timer.Reset(d) }
+func (w *watchdog) disarm()             { w.timer.Stop() }
+func (w *watchdog) stop()               { w.timer.Stop() }
 
-// stalled rewrites err to errStalled when the watchdog cancelled the stream.
+// check rewrites err to errStalled when the watchdog cancelled the stream.
 func (w *watchdog) check(err error) error {
 	if err != nil && w.fired.Load() {
 		return errStalled

@@ -118,11 +118,14 @@ func (t *Tier) sizeOf(ctx context.Context, d blob.Digest) (int64, error) {
 
 // Open streams d from the server with ByteStream Read (zstd compressed-blobs
 // when enabled), decompressing as it goes and verifying digest and size:
-// the reader fails at EOF with a *blob.MismatchError on corruption, after
-// which the tier reports d missing until a Put re-uploads it (REAPI cannot
-// delete the bad copy). The first message is awaited before Open returns,
-// so a miss is reported by Open as blob.ErrNotFound; a stream that breaks
-// later fails its Read with blob.ErrUnavailable. Nothing is buffered beyond
+// the reader fails at EOF with a *blob.MismatchError on corruption (also
+// for a zstd stream that does not decode), after which the tier reports d
+// missing until a Put re-uploads it (REAPI cannot delete the bad copy).
+// The first message is awaited (at most CallTimeout) before Open returns,
+// so a miss is reported by Open as blob.ErrNotFound. A stream that breaks
+// later is resumed at the offset already delivered (Retries.MaxResumes);
+// a Read fails with blob.ErrUnavailable when that does not work, or when
+// the stream made no progress for StallTimeout. Nothing is buffered beyond
 // one message. The caller must Close the reader.
 func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Info, error) {
 	if err := t.check(ctx, d); err != nil {
@@ -139,36 +142,24 @@ func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Inf
 	if err != nil {
 		return nil, blob.Info{}, err
 	}
-	rd := toREAPI(d, size)
-	sr, err := t.openRead(ctx, readResource(t.cfg.Instance, rd, caps.zstdStream), string(d))
-	if err != nil {
+	markCorrupt := func(error) { t.markCorrupt(d) }
+	rr := &resumingReader{t: t, ctx: ctx, d: d, size: size, zstd: caps.zstdStream, onCorrupt: markCorrupt,
+		resource: readResource(t.cfg.Instance, toREAPI(d, size), caps.zstdStream)}
+	if err := rr.open(); err != nil {
 		if errors.Is(err, blob.ErrNotFound) {
 			t.forget(d)
 		}
 		return nil, blob.Info{}, err
 	}
-	var src io.Reader = sr
-	var dec *zstdReader
-	if caps.zstdStream {
-		dec, err = newZstdReader(sr, t.cfg.Name, d, func(error) { t.markCorrupt(d) })
-		if err != nil {
-			sr.Close()
-			return nil, blob.Info{}, err
-		}
-		src = dec
-	}
-	v := blob.NewVerifier(src, d, size, func(error) { t.markCorrupt(d) })
-	// A corrupt zstd stream surfaces through the verifier as the decoder's
-	// ErrMismatch error.
-	return &blobReader{v: v, sr: sr, dec: dec, onVerified: func() { t.markPresent(d) }}, t.info(d, size), nil
+	v := blob.NewVerifier(rr, d, size, markCorrupt)
+	return &blobReader{v: v, rr: rr, onVerified: func() { t.markPresent(d) }}, t.info(d, size), nil
 }
 
 // blobReader is the reader Open returns: the verifier over the (possibly
-// decompressed) stream. Close releases the stream and the decoder.
+// decompressed, possibly resumed) stream. Close releases the stream.
 type blobReader struct {
 	v          *blob.Verifier
-	sr         *streamReader
-	dec        *zstdReader
+	rr         *resumingReader
 	onVerified func()
 	reported   bool
 }
@@ -186,10 +177,8 @@ func (r *blobReader) Read(p []byte) (int, error) {
 }
 
 func (r *blobReader) Close() error {
-	if r.dec != nil {
-		r.dec.close()
-	}
-	return r.sr.Close()
+	r.rr.close()
+	return nil
 }
 
 // Put stores size bytes from r under d. It asks FindMissingBlobs first and
@@ -202,12 +191,46 @@ func (r *blobReader) Close() error {
 // request (finish_write) is sent only after the whole source matched d and
 // size, so a mismatch aborts the upload and the server commits nothing.
 // Put then writes d's size index entry (see docs/reapi.md).
+//
+// After this tier read corrupt bytes for d, Put uploads d whatever
+// FindMissingBlobs says, as Repair does, and returns nil even when the
+// server kept its copy (this tier then keeps reporting d missing).
 func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) error {
-	if err := t.check(ctx, d); err != nil {
+	_, err := t.put(ctx, d, size, r, false)
+	return err
+}
+
+// Repair uploads size bytes from r over the server's copy of d, which the
+// caller found corrupt (or this tier did): unlike Put it never skips the
+// upload because FindMissingBlobs says present, and it verifies r exactly
+// as Put does. Whether the server replaces a stored blob is the server's
+// choice (docs/reapi.md lists what bazel-remote, Buildbarn, BuildBuddy and
+// NativeLink do). When the server says it kept its copy, Repair returns an
+// error wrapping blob.ErrUnsupported and the tier keeps reporting d
+// missing, so it does not serve the bad copy again; the stack's bytes came
+// from elsewhere and are unaffected.
+func (t *Tier) Repair(ctx context.Context, d blob.Digest, size int64, r io.Reader) error {
+	kept, err := t.put(ctx, d, size, r, true)
+	if err != nil {
 		return err
 	}
+	if kept {
+		return fmt.Errorf("reapi %q: repair %s: %w: the server kept its stored copy (it skips uploads of blobs it holds)", t.cfg.Name, d, blob.ErrUnsupported)
+	}
+	return nil
+}
+
+// put is Put, forced to upload when force is set; kept reports that the
+// server kept a copy it already held instead of taking the upload.
+func (t *Tier) put(ctx context.Context, d blob.Digest, size int64, r io.Reader, force bool) (kept bool, err error) {
+	if err := t.check(ctx, d); err != nil {
+		return false, err
+	}
 	if size < 0 {
-		return fmt.Errorf("reapi %q: put %s: %w: negative size %d", t.cfg.Name, d, blob.ErrInvalidDigest, size)
+		return false, fmt.Errorf("reapi %q: put %s: %w: negative size %d", t.cfg.Name, d, blob.ErrInvalidDigest, size)
+	}
+	if force {
+		t.markCorrupt(d) // until the upload is taken, the server's copy is suspect
 	}
 	si, known := t.sizes.get(d.Encoded())
 	known = known && si.size == size
@@ -217,59 +240,67 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 	if !present && !repair {
 		missing, err := t.findMissing(ctx, rd)
 		if err != nil {
-			return t.convert(ctx, "put", string(d), err)
+			return false, t.convert(ctx, "put", string(d), err)
 		}
 		present = !missing
 	}
 	switch {
 	case present && known && si.indexed:
 		// Strata stored it before: nothing to do, r need not be read.
-		return nil
+		return false, nil
 	case present:
 		// The CAS holds these bytes (the server verified them), but no
 		// index entry is known to vouch for them (another client's blob,
 		// or the empty blob every server has): check r is d before
 		// writing one.
 		if _, err := blob.Copy(io.Discard, r, d, size); err != nil {
-			return fmt.Errorf("reapi %q: put %s: %w", t.cfg.Name, d, err)
+			return false, fmt.Errorf("reapi %q: put %s: %w", t.cfg.Name, d, err)
 		}
 	default:
 		caps, err := t.capabilities(ctx)
 		if err != nil {
-			return err
+			return false, err
 		}
-		if size+batchOverhead+int64(len(t.cfg.Instance)) <= min(caps.batchLimit, maxBatchBlob) {
-			err = t.putSmall(ctx, caps, d, size, r)
+		// size is a claim that may be near MaxInt64: compare it with what
+		// is left of the batch limit instead of adding to it.
+		if size <= min(caps.batchLimit, maxBatchBlob)-batchOverhead-int64(len(t.cfg.Instance)) {
+			kept, err = t.putSmall(ctx, caps, d, size, r)
 		} else {
-			err = t.putStream(ctx, caps, d, size, blob.NewVerifier(r, d, size, nil))
+			kept, err = t.putStream(ctx, caps, d, size, blob.NewVerifier(r, d, size, nil))
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
-		t.corrupt.remove(d.Encoded())
+		if repair && kept {
+			// The server kept the copy that read corrupt: keep skipping it.
+			t.repairsRefused.Add(1)
+		} else {
+			t.corrupt.remove(d.Encoded())
+		}
 	}
 	t.markPresent(d)
 	t.learnSize(d, size, false)
-	return t.ensureIndexed(ctx, d, size)
+	return repair && kept, t.ensureIndexed(ctx, d, size)
 }
 
 // putSmall reads and verifies the whole blob, then sends it in one
 // BatchUpdateBlobs request (or, if compression made it no smaller and it
-// does not fit after all, through ByteStream).
-func (t *Tier) putSmall(ctx context.Context, caps *serverCaps, d blob.Digest, size int64, r io.Reader) error {
+// does not fit after all, through ByteStream). kept reports that the
+// server answered that it holds the blob already.
+func (t *Tier) putSmall(ctx context.Context, caps *serverCaps, d blob.Digest, size int64, r io.Reader) (kept bool, err error) {
 	var buf bytes.Buffer
 	buf.Grow(int(size))
 	if _, err := blob.Copy(&buf, r, d, size); err != nil {
-		return fmt.Errorf("reapi %q: put %s: %w", t.cfg.Name, d, err)
+		return false, fmt.Errorf("reapi %q: put %s: %w", t.cfg.Name, d, err)
 	}
-	err := t.batchUpload(ctx, caps, []batchBlob{{d: toREAPI(d, size), data: buf.Bytes()}})
+	existing, err := t.batchUpload(ctx, caps, []batchBlob{{d: toREAPI(d, size), data: buf.Bytes()}})
 	if errors.Is(err, errBatchTooLarge) {
 		return t.putStream(ctx, caps, d, size, bytes.NewReader(buf.Bytes()))
 	}
 	if err != nil {
-		return t.convert(ctx, "put", string(d), err)
+		return false, t.convert(ctx, "put", string(d), err)
 	}
-	return nil
+	return existing > 0, nil
 }
 
 // ensureIndexed writes d's size index entry unless it is known to exist.

@@ -15,6 +15,8 @@ import (
 const (
 	DefaultName            = "reapi"
 	DefaultCallTimeout     = 10 * time.Second
+	DefaultStallTimeout    = 5 * time.Second
+	DefaultMaxResumes      = 3
 	DefaultMaxAttempts     = 3
 	DefaultBackoffBase     = 50 * time.Millisecond
 	DefaultBackoffMax      = 2 * time.Second
@@ -57,10 +59,19 @@ type Config struct {
 	// logged nor put in errors. With a grpc:// endpoint they travel in
 	// plaintext.
 	Headers map[string]string
-	// CallTimeout bounds every unary call attempt, and every wait for the
-	// next message of a stream (an idle timeout: a long transfer that keeps
-	// moving is not cut off). Default 10s.
+	// CallTimeout bounds every unary call attempt, the wait for the first
+	// message of a ByteStream Read (the server may have to fetch or
+	// decompress the blob first) and for the answer that ends a ByteStream
+	// Write (the server may verify and persist the blob). Default 10s.
 	CallTimeout time.Duration
+	// StallTimeout bounds how long a ByteStream Read or Write that has
+	// started may make no progress: each wait for the next message, or to
+	// send one, must end within it (an idle timeout: a long transfer that
+	// keeps moving is never cut off, and time the caller spends between
+	// Reads does not count). A stalled stream fails with
+	// blob.ErrUnavailable, counts as a failure for the circuit breaker and
+	// is not resumed. Default 5s.
+	StallTimeout time.Duration
 	// Retries configures retries of calls that failed with UNAVAILABLE or
 	// RESOURCE_EXHAUSTED.
 	Retries RetryConfig
@@ -112,12 +123,22 @@ func (c TLSConfig) isZero() bool { return c == TLSConfig{} }
 // RetryConfig configures retries. A call is tried at most MaxAttempts times
 // (default 3; 1 disables retries), sleeping a jittered exponential backoff
 // between BackoffBase (default 50ms) and BackoffMax (default 2s). Only
-// UNAVAILABLE and RESOURCE_EXHAUSTED are retried; ByteStream writes and reads
-// are retried only before their first byte moved.
+// UNAVAILABLE and RESOURCE_EXHAUSTED are retried; ByteStream writes are not
+// retried, and a ByteStream Read is retried this way only until its first
+// message arrived.
+//
+// A ByteStream Read whose stream breaks later (the connection drops, the
+// server answers UNAVAILABLE, INTERNAL or similar mid-stream) resumes
+// where it stopped: a new Read with read_offset at the bytes already
+// delivered, at most MaxResumes times per read (default 3; negative
+// disables resuming). A stall (StallTimeout) and an answer that will not
+// change (NOT_FOUND, INVALID_ARGUMENT, OUT_OF_RANGE, refused credentials)
+// are not resumed.
 type RetryConfig struct {
 	MaxAttempts int
 	BackoffBase time.Duration
 	BackoffMax  time.Duration
+	MaxResumes  int
 }
 
 // BreakerConfig configures the circuit breaker. After Failures consecutive
@@ -138,8 +159,8 @@ func (c Config) String() string {
 		keys = append(keys, k+"=<redacted>")
 	}
 	sort.Strings(keys)
-	return fmt.Sprintf("reapi.Config{Name:%q Endpoint:%q Instance:%q Headers:[%s] Compression:%q CallTimeout:%v}",
-		c.Name, c.Endpoint, c.Instance, strings.Join(keys, " "), c.Compression, c.CallTimeout)
+	return fmt.Sprintf("reapi.Config{Name:%q Endpoint:%q Instance:%q Headers:[%s] Compression:%q CallTimeout:%v StallTimeout:%v}",
+		c.Name, c.Endpoint, c.Instance, strings.Join(keys, " "), c.Compression, c.CallTimeout, c.StallTimeout)
 }
 
 // GoString makes %#v redact header values too.
@@ -227,6 +248,18 @@ func (c Config) withDefaults() (Config, endpoint, error) {
 	}
 	if c.CallTimeout < 0 {
 		return c, ep, fmt.Errorf("reapi: negative CallTimeout %v", c.CallTimeout)
+	}
+	if c.StallTimeout == 0 {
+		c.StallTimeout = DefaultStallTimeout
+	}
+	if c.StallTimeout < 0 {
+		return c, ep, fmt.Errorf("reapi: negative StallTimeout %v", c.StallTimeout)
+	}
+	switch {
+	case c.Retries.MaxResumes == 0:
+		c.Retries.MaxResumes = DefaultMaxResumes
+	case c.Retries.MaxResumes < 0:
+		c.Retries.MaxResumes = 0
 	}
 	if c.Retries.MaxAttempts == 0 {
 		c.Retries.MaxAttempts = DefaultMaxAttempts

@@ -34,6 +34,7 @@ func TestConfigValidation(t *testing.T) {
 		{"instance with reserved segment", Config{Endpoint: "grpc://h:1", Instance: "a/blobs"}, "reserved"},
 		{"bad compression", Config{Endpoint: "grpc://h:1", Compression: "gzip"}, "Compression"},
 		{"negative timeout", Config{Endpoint: "grpc://h:1", CallTimeout: -time.Second}, "negative"},
+		{"negative stall timeout", Config{Endpoint: "grpc://h:1", StallTimeout: -time.Second}, "negative"},
 		{"tiny batch limit", Config{Endpoint: "grpc://h:1", BatchLimit: 100}, "minimum"},
 		{"header with space", Config{Endpoint: "grpc://h:1", Headers: map[string]string{"x key": "SECRET1"}}, "header name"},
 		{"reserved header", Config{Endpoint: "grpc://h:1", Headers: map[string]string{"grpc-timeout": "SECRET2"}}, "reserved"},

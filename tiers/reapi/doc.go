@@ -41,8 +41,11 @@
 // A miss is blob.ErrNotFound; every other server or transport failure
 // (UNAVAILABLE, timeouts, refused credentials, broken streams) is
 // blob.ErrUnavailable, so a stack falls through to the next tier. Content
-// that fails verification is a *blob.MismatchError. Calls are retried with
-// backoff on UNAVAILABLE and RESOURCE_EXHAUSTED, and a circuit breaker makes
+// that fails verification is a *blob.MismatchError; Repair uploads a good
+// copy over a bad one where the server allows it. Calls are retried with
+// backoff on UNAVAILABLE and RESOURCE_EXHAUSTED; a read whose stream breaks
+// mid-way resumes at the offset delivered (read_offset); a stream that
+// makes no progress for StallTimeout fails at once. A circuit breaker makes
 // calls to a server that keeps failing fail at once until a probe call
 // succeeds. Only this package speaks gRPC codes.
 package reapi

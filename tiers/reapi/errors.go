@@ -13,9 +13,10 @@ import (
 
 // Errors private to the package; they never escape unwrapped.
 var (
-	// errStalled is the cause set when a stream made no progress within
-	// CallTimeout.
-	errStalled = errors.New("no progress within the call timeout")
+	// errStalled is the cause set when a stream made no progress in time
+	// (CallTimeout for its first message or final answer, StallTimeout
+	// in between).
+	errStalled = errors.New("stream made no progress in time")
 	// errCircuitOpen is returned while the breaker refuses calls.
 	errCircuitOpen = errors.New("circuit breaker open after repeated failures")
 	// errClosed is returned by every call after Close.

@@ -245,7 +245,10 @@ func TestSlowServer(t *testing.T) {
 	})
 	data := randomBytes(5, 5<<20)
 	d := put(t, newTier(t, f, nil), data)
-	tier := newTier(t, f, func(c *Config) { c.CallTimeout = 200 * time.Millisecond; c.Breaker.Failures = -1 })
+	tier := newTier(t, f, func(c *Config) {
+		c.CallTimeout, c.StallTimeout = 200*time.Millisecond, 200*time.Millisecond
+		c.Breaker.Failures = -1
+	})
 
 	slowUnary.Store(true)
 	_, err := tier.Stat(context.Background(), d)

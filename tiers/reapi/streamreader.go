@@ -12,7 +12,8 @@ import (
 
 // streamReader is the raw byte stream of one ByteStream Read. It holds at
 // most one received message. Errors are converted (blob.ErrUnavailable for a
-// broken or stalled stream) and sticky. Not safe for concurrent Reads.
+// broken or stalled stream) and sticky; cause keeps the unconverted error
+// so a resumingReader can judge it. Not safe for concurrent Reads.
 type streamReader struct {
 	t       *Tier
 	ctx     context.Context // the caller's: tells a cancelled caller from a failed server
@@ -24,20 +25,21 @@ type streamReader struct {
 
 	buf       []byte
 	err       error
+	cause     error // err before conversion (nil, io.EOF or the RPC error)
 	closed    bool
 	closeOnce sync.Once
 }
 
-// openRead starts a ByteStream Read of resource and waits for its first
-// message, retrying (on UNAVAILABLE and RESOURCE_EXHAUSTED) until then. A
-// missing blob is blob.ErrNotFound.
-func (t *Tier) openRead(ctx context.Context, resource, subject string) (*streamReader, error) {
+// openRead starts a ByteStream Read of resource at offset and waits for its
+// first message (at most CallTimeout), retrying (on UNAVAILABLE and
+// RESOURCE_EXHAUSTED) until then. A missing blob is blob.ErrNotFound.
+func (t *Tier) openRead(ctx context.Context, resource, subject string, offset int64) (*streamReader, error) {
 	var sr *streamReader
 	err := t.retry(ctx, func(a attempt) error {
 		sctx, cancel := context.WithCancelCause(ctx)
-		r := &streamReader{t: t, ctx: ctx, sctx: sctx, cancel: cancel, subject: subject,
-			wd: newWatchdog(t.cfg.CallTimeout, cancel)}
-		err := r.start(resource, a.opts)
+		r := &streamReader{t: t, ctx: ctx, sctx: sctx, cancel: cancel, subject: subject}
+		r.wd = newWatchdog(cancel)
+		err := r.start(&bspb.ReadRequest{ResourceName: resource, ReadOffset: offset}, a.opts)
 		t.done(ctx, a, err)
 		if err != nil {
 			r.release()
@@ -52,17 +54,17 @@ func (t *Tier) openRead(ctx context.Context, resource, subject string) (*streamR
 	return sr, nil
 }
 
-func (r *streamReader) start(resource string, opts []grpc.CallOption) error {
-	r.wd.arm()
+func (r *streamReader) start(req *bspb.ReadRequest, opts []grpc.CallOption) error {
+	r.wd.arm(r.t.cfg.CallTimeout) // the server may fetch or compress the blob first
 	defer r.wd.disarm()
-	stream, err := r.t.bs.Read(r.sctx, &bspb.ReadRequest{ResourceName: resource}, opts...)
+	stream, err := r.t.bs.Read(r.sctx, req, opts...)
 	if err != nil {
 		return r.wd.check(err)
 	}
 	r.stream = stream
 	msg, err := stream.Recv()
 	if err == io.EOF {
-		r.err = io.EOF // an empty stream; the verifier judges it
+		r.err, r.cause = io.EOF, io.EOF // an empty stream; the verifier judges it
 		return nil
 	}
 	if err != nil {
@@ -80,6 +82,7 @@ func (r *streamReader) Read(p []byte) (int, error) {
 		if err := r.ctx.Err(); err != nil {
 			// gRPC may still hold received messages; a cancelled caller
 			// gets no more of them.
+			r.cause = err
 			r.err = r.t.convert(r.ctx, "read", r.subject, err)
 			r.buf = nil
 			return 0, r.err
@@ -89,16 +92,17 @@ func (r *streamReader) Read(p []byte) (int, error) {
 		if r.err != nil {
 			return 0, r.err
 		}
-		r.wd.arm()
+		r.wd.arm(r.t.cfg.StallTimeout)
 		msg, err := r.stream.Recv()
 		r.wd.disarm()
 		if err == io.EOF {
-			r.err = io.EOF
+			r.err, r.cause = io.EOF, io.EOF
 			return 0, io.EOF
 		}
 		if err != nil {
 			err = r.wd.check(err)
 			r.t.breaker.record(false, classify(r.ctx, err))
+			r.cause = err
 			r.err = r.t.convert(r.ctx, "read", r.subject, err)
 			return 0, r.err
 		}

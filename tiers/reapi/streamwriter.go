@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/klauspost/compress/zstd"
@@ -27,6 +28,7 @@ var errServerHasIt = errors.New("server already holds the blob")
 type streamWriter struct {
 	stream   bspb.ByteStream_WriteClient
 	wd       *watchdog
+	stall    time.Duration // StallTimeout
 	resource string
 	first    bool
 	offset   int64 // bytes sent so far
@@ -55,7 +57,7 @@ func (w *streamWriter) send(finish bool) error {
 		req.ResourceName = w.resource
 		w.first = false
 	}
-	w.wd.arm()
+	w.wd.arm(w.stall)
 	err := w.stream.Send(req)
 	w.wd.disarm()
 	if err == io.EOF {
@@ -73,39 +75,41 @@ func (w *streamWriter) send(finish bool) error {
 
 // putStream uploads src (a verifying reader over exactly d's bytes) with
 // ByteStream Write. It is not retried: the source cannot be read twice.
-func (t *Tier) putStream(ctx context.Context, caps *serverCaps, d blob.Digest, size int64, src io.Reader) error {
+// kept reports that the server ended the upload early because it holds
+// the blob already (its stored copy stays).
+func (t *Tier) putStream(ctx context.Context, caps *serverCaps, d blob.Digest, size int64, src io.Reader) (kept bool, err error) {
 	a, err := t.admit(ctx)
 	if err != nil {
-		return t.convert(ctx, "write", string(d), err)
+		return false, t.convert(ctx, "write", string(d), err)
 	}
-	err = t.writeStream(ctx, caps.zstdStream, d, size, src)
+	kept, err = t.writeStream(ctx, caps.zstdStream, d, size, src)
 	var me *blob.MismatchError
 	switch {
 	case errors.As(err, &me):
 		t.done(ctx, a, nil) // the server did nothing wrong
-		return fmt.Errorf("reapi %q: put %s: %w", t.cfg.Name, d, err)
+		return false, fmt.Errorf("reapi %q: put %s: %w", t.cfg.Name, d, err)
 	case err != nil:
 		t.done(ctx, a, err)
-		return t.convert(ctx, "write", string(d), err)
+		return false, t.convert(ctx, "write", string(d), err)
 	}
 	t.done(ctx, a, nil)
-	return nil
+	return kept, nil
 }
 
-func (t *Tier) writeStream(ctx context.Context, compress bool, d blob.Digest, size int64, src io.Reader) error {
+func (t *Tier) writeStream(ctx context.Context, compress bool, d blob.Digest, size int64, src io.Reader) (kept bool, err error) {
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(context.Canceled) // aborts the upload unless it completed
-	wd := newWatchdog(t.cfg.CallTimeout, cancel)
+	wd := newWatchdog(cancel)
 	defer wd.stop()
 
 	rd := toREAPI(d, size)
-	w := &streamWriter{wd: wd, first: true, buf: make([]byte, 0, chunkSize),
+	w := &streamWriter{wd: wd, stall: t.cfg.StallTimeout, first: true, buf: make([]byte, 0, chunkSize),
 		resource: writeResource(t.cfg.Instance, uuid.NewString(), rd, compress)}
-	wd.arm()
+	wd.arm(t.cfg.CallTimeout)
 	stream, err := t.bs.Write(sctx)
 	wd.disarm()
 	if err != nil {
-		return wd.check(err)
+		return false, wd.check(err)
 	}
 	w.stream = stream
 
@@ -126,29 +130,39 @@ func (t *Tier) writeStream(ctx context.Context, compress bool, d blob.Digest, si
 		// A source mismatch or read error (or a failed send): cancelling the
 		// stream (deferred) aborts it before finish_write, so nothing is
 		// committed.
-		return copyErr
+		return false, copyErr
 	}
 	if copyErr == nil {
 		// The source matched d and size: commit.
-		if err := w.send(true); err != nil && !errors.Is(err, errServerHasIt) {
-			return err
+		if err := w.send(true); err != nil {
+			if !errors.Is(err, errServerHasIt) {
+				return false, err
+			}
+			copyErr = err
 		}
 	}
-	wd.arm()
+	wd.arm(t.cfg.CallTimeout) // the server may verify and persist the blob first
 	resp, err := stream.CloseAndRecv()
 	wd.disarm()
 	if err != nil {
 		if status.Code(err) == codes.AlreadyExists {
-			return nil
+			return true, nil
 		}
-		return wd.check(err)
+		return false, wd.check(err)
 	}
+	// The server closing the stream before finish_write means it holds
+	// the blob already; so does committed_size -1 for a compressed upload.
+	// (An uncompressed upload small enough to be sent whole before the
+	// server's early answer is not told apart from a commit.)
+	early := copyErr != nil
 	switch cs := resp.GetCommittedSize(); {
-	case cs == size, compress && (cs == -1 || cs == w.offset):
-		return nil
-	case copyErr != nil:
-		return fmt.Errorf("server ended the upload early having committed %d of %d bytes", cs, size)
+	case compress && cs == -1:
+		return true, nil
+	case cs == size, compress && cs == w.offset:
+		return early, nil
+	case early:
+		return false, fmt.Errorf("server ended the upload early having committed %d of %d bytes", cs, size)
 	default:
-		return fmt.Errorf("server committed %d bytes, want %d", cs, size)
+		return false, fmt.Errorf("server committed %d bytes, want %d", cs, size)
 	}
 }

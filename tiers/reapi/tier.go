@@ -56,9 +56,11 @@ type Tier struct {
 	bs   bspb.ByteStreamClient
 	capc repb.CapabilitiesClient
 
-	breaker *breaker
-	retries atomic.Uint64
-	closed  atomic.Bool
+	breaker        *breaker
+	retries        atomic.Uint64
+	resumes        atomic.Uint64
+	repairsRefused atomic.Uint64
+	closed         atomic.Bool
 
 	capsMu sync.Mutex
 	caps   *serverCaps // nil until fetched
@@ -295,11 +297,18 @@ type Stats struct {
 	Breaker BreakerStats
 	// Retries counts call attempts that were retried.
 	Retries uint64
+	// Resumes counts ByteStream Reads resumed at an offset after their
+	// stream broke.
+	Resumes uint64
+	// RepairsRefused counts uploads over a copy that read corrupt which
+	// the server declined because it holds the blob (the bad copy stays).
+	RepairsRefused uint64
 }
 
 // Stats returns the tier's health counters.
 func (t *Tier) Stats() Stats {
-	return Stats{Breaker: t.breaker.stats(), Retries: t.retries.Load()}
+	return Stats{Breaker: t.breaker.stats(), Retries: t.retries.Load(),
+		Resumes: t.resumes.Load(), RepairsRefused: t.repairsRefused.Load()}
 }
 
 // Close closes the connection. Calls after Close fail with

@@ -16,26 +16,29 @@ import (
 const maxZstdWindow = 128 << 20
 
 // zstdReader decompresses a ByteStream read as it arrives (no read-ahead
-// goroutines). A decoding failure is reported as content corruption
-// (blob.ErrMismatch); a failure of the stream below keeps its own error.
+// goroutines). A decoding failure is reported as content corruption (a
+// *blob.MismatchError); a failure of the stream below keeps its own error.
 type zstdReader struct {
 	dec       *zstd.Decoder
 	sr        *streamReader
 	tier      string
 	d         blob.Digest
+	size      int64 // the blob's size
+	base      int64 // blob offset the stream starts at (read_offset)
+	n         int64 // bytes decoded
 	onCorrupt func(error)
 	err       error
 }
 
-// newZstdReader decompresses sr; onCorrupt is called once if the stream
-// does not decode.
-func newZstdReader(sr *streamReader, tier string, d blob.Digest, onCorrupt func(error)) (*zstdReader, error) {
+// newZstdReader decompresses sr, a stream of d (size bytes) from offset
+// base; onCorrupt is called once if the stream does not decode.
+func newZstdReader(sr *streamReader, tier string, d blob.Digest, size, base int64, onCorrupt func(error)) (*zstdReader, error) {
 	dec, err := zstd.NewReader(sr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
 		zstd.WithDecoderMaxWindow(maxZstdWindow))
 	if err != nil {
 		return nil, fmt.Errorf("reapi %q: read %s: zstd: %w", tier, d, err)
 	}
-	return &zstdReader{dec: dec, sr: sr, tier: tier, d: d, onCorrupt: onCorrupt}, nil
+	return &zstdReader{dec: dec, sr: sr, tier: tier, d: d, size: size, base: base, onCorrupt: onCorrupt}, nil
 }
 
 func (z *zstdReader) Read(p []byte) (int, error) {
@@ -43,11 +46,13 @@ func (z *zstdReader) Read(p []byte) (int, error) {
 		return 0, z.err
 	}
 	n, err := z.dec.Read(p)
+	z.n += int64(n)
 	if err != nil && err != io.EOF {
 		if z.sr.err != nil && z.sr.err != io.EOF {
 			err = z.sr.err
 		} else {
-			err = fmt.Errorf("reapi %q: read %s: %w: server sent a corrupt zstd stream: %v", z.tier, z.d, blob.ErrMismatch, err)
+			me := &blob.MismatchError{Want: z.d, WantSize: z.size, GotSize: z.base + z.n}
+			err = fmt.Errorf("reapi %q: read %s: server sent a corrupt zstd stream (%v): %w", z.tier, z.d, err, me)
 			z.onCorrupt(err)
 		}
 		z.err = err
