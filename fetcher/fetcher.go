@@ -237,7 +237,8 @@ func (b *blobAccess) view(ctx context.Context, d blob.Digest) *tiers.Stack {
 	return b.st.WithOrigin(b.src, b.repo.String(), b.member, b.filled)
 }
 
-// filled records membership once a fill from the registry has put d's
+// filled records membership once a fill from the registry (the origin, or
+// a mirror for a digest the origin vouched for: see served) has put d's
 // verified bytes into the tiers (tiers.Stack.WithOrigin).
 func (b *blobAccess) filled(ctx context.Context, d blob.Digest) {
 	b.served(ctx, d, b.src.size(d), "")
@@ -249,8 +250,16 @@ func (b *blobAccess) member(ctx context.Context, d blob.Digest) bool {
 	return err == nil
 }
 
-// served records that the registry served d's bytes for the repository.
+// served records that the registry served d's verified bytes for the
+// repository. The bytes may have come from a mirror; what makes them the
+// repository's is that the origin vouched for d: d is the target the origin
+// resolved (authorize), or is named inside a verified document whose own
+// digest the origin vouched for. Those are exactly the digests announced to
+// the source; any other digest is not recorded.
 func (b *blobAccess) served(ctx context.Context, d blob.Digest, size int64, mediaType string) {
+	if _, _, ok := b.src.lookup(d); !ok {
+		return
+	}
 	b.f.putRef(ctx, b.st, memberKey(b.repo, d), blob.Ref{Digest: d, Size: size, MediaType: mediaType})
 }
 
@@ -259,12 +268,16 @@ type access struct {
 	target    registry.Descriptor // the manifest or index the reference names
 	fromCache bool                // no network request was made
 	proved    bool                // a new proof was made at the origin
-	resolved  bool                // target came from the registry (origin or mirror)
+	resolved  bool                // target came from the origin registry
 }
 
 // authorize decides whether the caller may have what r names and resolves
 // it: from the cache when the caller holds a valid proof and the cache knows
-// the target, else by asking the registry.
+// the target (a tag the origin answered within the tag TTL, or a digest the
+// repository is a member for), else by asking the origin registry. A mirror
+// never answers here: what a tag names and whether the repository holds a
+// digest are the origin's to say, and the target is what membership is
+// recorded for once its bytes (from wherever) verify.
 func (f *Fetcher) authorize(ctx context.Context, st *tiers.Stack, r registry.Reference, cred credential.Credential, id string) (access, error) {
 	repo := r.Repo()
 	proven := f.proven(ctx, st, repo, id)
@@ -295,7 +308,10 @@ func (f *Fetcher) authorize(ctx context.Context, st *tiers.Stack, r registry.Ref
 		return access{target: desc, proved: true, resolved: true}, nil
 	}
 	f.m.proofs.WithLabelValues("hit").Inc()
-	desc, err := f.cfg.Registry.Resolve(ctx, r, auth)
+	// Proven, but the tag is not cached or the repository is not yet a
+	// member for the digest: the origin vouches for the target (never a
+	// mirror, which could name an image the origin does not have).
+	desc, err := f.cfg.Registry.Head(ctx, r, auth)
 	if err != nil {
 		if errors.Is(err, registry.ErrUnreachable) {
 			return access{}, fmt.Errorf("%s is not cached (or its tag expired) and the registry cannot be asked: %w", r, err)
@@ -333,9 +349,10 @@ func (f *Fetcher) proven(ctx context.Context, st *tiers.Stack, repo registry.Rep
 	return err == nil
 }
 
-// record writes what a fetch learned from the registry: the proof, the tag
-// and the membership of the target in the repository. Failures to record
-// are not the caller's failure: the next fetch asks the registry again.
+// record writes what a fetch learned from the origin registry: the proof
+// and the tag (membership is recorded as verified bytes arrive: see
+// blobAccess.served). Failures to record are not the caller's failure: the
+// next fetch asks the registry again.
 func (f *Fetcher) record(ctx context.Context, st *tiers.Stack, r registry.Reference, id string, acc access) {
 	now := f.now()
 	t := acc.target
@@ -379,16 +396,23 @@ func (f *Fetcher) readDocument(ctx context.Context, ba *blobAccess, d registry.D
 }
 
 // readSmall reads a small blob whole and verifies it, whichever tier
-// served it.
+// served it. It reads at most maxDocumentSize bytes, whatever size says
+// (a size < 0, unknown, included).
 func readSmall(ctx context.Context, t blob.Tier, d blob.Digest, size int64) ([]byte, string, error) {
+	if size > maxDocumentSize {
+		return nil, "", fmt.Errorf("%s of %d bytes: %w (cap %d)", d, size, blob.ErrTooLarge, maxDocumentSize)
+	}
 	rc, info, err := t.Open(ctx, d)
 	if err != nil {
 		return nil, "", err
 	}
 	defer rc.Close()
-	data, err := io.ReadAll(blob.NewVerifier(rc, d, size, nil))
+	data, err := io.ReadAll(io.LimitReader(blob.NewVerifier(rc, d, size, nil), maxDocumentSize+1))
 	if err != nil {
 		return nil, "", err
+	}
+	if len(data) > maxDocumentSize {
+		return nil, "", fmt.Errorf("%s: %w: more than %d bytes", d, blob.ErrTooLarge, maxDocumentSize)
 	}
 	return data, info.Tier, nil
 }

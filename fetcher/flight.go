@@ -3,6 +3,8 @@ package fetcher
 import (
 	"context"
 	"sync"
+
+	"github.com/strata-oci/strata/internal/safego"
 )
 
 // group collapses concurrent calls with one key into one run of the work,
@@ -43,7 +45,7 @@ func (g *group[T]) do(ctx context.Context, key string, fn func(context.Context) 
 		g.m[key] = c
 		go func() {
 			defer cancel()
-			c.val, c.err = fn(wctx)
+			c.val, c.err = runSafe(wctx, fn)
 			g.mu.Lock()
 			if g.m[key] == c {
 				delete(g.m, key)
@@ -73,4 +75,12 @@ func (g *group[T]) do(ctx context.Context, key string, fn func(context.Context) 
 		var zero T
 		return zero, joined, ctx.Err()
 	}
+}
+
+// runSafe runs fn, turning a panic in it into its error (wrapping
+// safego.ErrPanic): the work runs on a goroutine of its own, where a panic
+// would end the process, and every waiter gets the error instead.
+func runSafe[T any](ctx context.Context, fn func(context.Context) (T, error)) (v T, err error) {
+	defer safego.Recover(&err, "fetch")
+	return fn(ctx)
 }

@@ -74,6 +74,31 @@ func (l *Layer) Open(ctx context.Context) (io.ReadCloser, error) {
 	return rc, err
 }
 
+// Authorize returns nil once the image's caller may have the layer's
+// bytes, and so whatever has been derived from them: its repository is a
+// proven member for the layer's digest (a ref lookup, no network), or the
+// whole blob has just been read through Open from the caller's registry (or
+// from the tiers, if a concurrent read proved membership meanwhile) and
+// verified, which records the membership for next time. A materializer
+// calls it before reusing work another caller derived from this layer (an
+// extracted directory, a converted image): naming a digest in a manifest
+// proves nothing. Errors are those of Open and of the read (a
+// *blob.MismatchError when the caller's registry serves other bytes).
+func (l *Layer) Authorize(ctx context.Context) error {
+	if l.access.member(ctx, l.desc.Digest) {
+		return nil
+	}
+	rc, err := l.Open(ctx)
+	if err != nil {
+		return fmt.Errorf("authorize %w", err)
+	}
+	defer rc.Close()
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return fmt.Errorf("authorize layer %s: %w", l.desc.Digest, err)
+	}
+	return nil
+}
+
 // OpenInfo is Open that also reports where the bytes come from
 // (blob.Info.Tier: a tier's name, or SourceRegistry).
 func (l *Layer) OpenInfo(ctx context.Context) (io.ReadCloser, blob.Info, error) {
