@@ -20,6 +20,11 @@ type Config struct {
 	// recently used blobs until usage is at most LowWatermark*Budget.
 	// Defaults 0.95 and 0.85.
 	HighWatermark, LowWatermark float64
+	// NoEvict turns off the automatic eviction passes (the one Open runs
+	// when usage is over the budget and those after Puts), for a process
+	// that opens the root only to inspect it: Budget is then reported by
+	// Usage but never applied. EvictTo and EvictOlderThan still work.
+	NoEvict bool
 	// MaxBlobSize makes Put decline larger blobs with blob.ErrTooLarge.
 	// 0 means LowWatermark*Budget, the most that eviction leaves in place
 	// (no limit when Budget is 0): a bigger blob would be evicted as soon

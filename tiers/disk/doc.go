@@ -10,6 +10,7 @@
 //	blobs/sha256/ab/<hex>       one file per blob, named by its digest
 //	tmp/                        temp files of Puts in progress (same filesystem)
 //	index/                      Badger: blob rows (size, last access) and refs
+//	index.damaged-<time>/       a damaged index moved aside (the newest two)
 //
 // # Guarantees
 //
@@ -32,6 +33,16 @@
 // FlushThreshold of them are pending, and on Close; Badger writes are not
 // synced, because the files are the truth and Open repairs the index from
 // them (a killed process loses nothing: Badger's log is mmapped).
+//
+// # Damage and full disks
+//
+// Open moves a damaged index aside and rebuilds it from the blob files; the
+// refs it held are lost (see Tier.IndexRebuilds). The tier keeps
+// IndexReserve bytes free for the index: Put stores no blob that would
+// leave less, and a Tier opened with less free has a read-only index (see
+// Tier.IndexReadOnly) on which reads, Delete, eviction and Verify work:
+// a removal deletes the file first and hides the row until the index can
+// be written.
 //
 // # Eviction
 //

@@ -61,6 +61,12 @@ func (t *Tier) flush() error {
 	t.flushMu.Lock()
 	defer t.flushMu.Unlock()
 	t.pendMu.Lock()
+	empty := len(t.pending) == 0
+	t.pendMu.Unlock()
+	if empty || t.indexWritable() != nil {
+		return nil // on a full filesystem they wait in memory
+	}
+	t.pendMu.Lock()
 	p := t.pending
 	if len(p) == 0 {
 		t.pendMu.Unlock()
@@ -104,9 +110,10 @@ func (t *Tier) flush() error {
 	})
 }
 
-// maybeEvict wakes the evictor if usage passed the high watermark.
+// maybeEvict wakes the evictor if usage passed the high watermark (never
+// with Config.NoEvict).
 func (t *Tier) maybeEvict() {
-	if t.cfg.Budget > 0 && t.bytes.Load() > t.highBytes() {
+	if !t.cfg.NoEvict && t.cfg.Budget > 0 && t.bytes.Load() > t.highBytes() {
 		select {
 		case t.evictCh <- struct{}{}:
 		default:

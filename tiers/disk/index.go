@@ -154,7 +154,8 @@ func badgerOptions(dir string, log *slog.Logger) badger.Options {
 		WithValueThreshold(4 << 10).
 		WithValueLogFileSize(16 << 20).
 		WithNumCompactors(2).
-		WithNumGoroutines(2)
+		WithNumGoroutines(2).
+		WithBypassLockGuard(true)
 }
 
 // badgerLogger routes Badger's log lines to slog (info and debug at debug).

@@ -80,7 +80,14 @@ func (t *Tier) reconcile() (ReconcileStats, error) {
 	if err != nil {
 		return st, err
 	}
-	if err := t.writeBatch(func(wb *badger.WriteBatch) error {
+	readOnly := t.mode.Load() == modeReadOnly
+	if readOnly {
+		// A full filesystem: forgotten in memory, and on disk once the
+		// index can be written (or by the next Open).
+		for _, hex := range forget {
+			t.hideRow(hex)
+		}
+	} else if err := t.writeBatch(func(wb *badger.WriteBatch) error {
 		for _, hex := range forget {
 			if err := wb.Delete(blobKey(hex)); err != nil {
 				return err
@@ -91,6 +98,7 @@ func (t *Tier) reconcile() (ReconcileStats, error) {
 		return st, err
 	}
 	st.RowsForgotten = len(forget)
+	t.forgotten = forget
 
 	// 3. Files: adopt those without a row that hash to their name; remove
 	// everything else that is not a blob.
@@ -130,8 +138,8 @@ func (t *Tier) reconcile() (ReconcileStats, error) {
 			}); err != nil {
 				return st, err
 			}
-			if found {
-				continue
+			if found || readOnly {
+				continue // read-only: adopted by an Open with room
 			}
 			size, mtime, err := hashMatches(p, name)
 			if err != nil {
@@ -148,15 +156,17 @@ func (t *Tier) reconcile() (ReconcileStats, error) {
 			bytes += size
 		}
 	}
-	if err := t.writeBatch(func(wb *badger.WriteBatch) error {
-		for i, hex := range adoptHex {
-			if err := wb.Set(blobKey(hex), encodeRow(adopt[i])); err != nil {
-				return err
+	if len(adoptHex) > 0 {
+		if err := t.writeBatch(func(wb *badger.WriteBatch) error {
+			for i, hex := range adoptHex {
+				if err := wb.Set(blobKey(hex), encodeRow(adopt[i])); err != nil {
+					return err
+				}
 			}
+			return nil
+		}); err != nil {
+			return st, err
 		}
-		return nil
-	}); err != nil {
-		return st, err
 	}
 	st.OrphansAdopted = len(adopt)
 	t.blobs.Store(blobs)

@@ -30,6 +30,9 @@ func (t *Tier) GetRef(ctx context.Context, k blob.RefKey) (blob.Ref, error) {
 	if err != nil {
 		return blob.Ref{}, fmt.Errorf("disk %q: get ref %s: %w", t.cfg.Name, k, err)
 	}
+	if found && t.refHidden(refKey(k)) {
+		found = false
+	}
 	if found && r.Expired(t.cfg.Now()) {
 		t.removeExpiredRefs([]blob.RefKey{k})
 		found = false
@@ -55,7 +58,8 @@ func getRef(txn *badger.Txn, k blob.RefKey) (r blob.Ref, found bool, err error) 
 	return r, err == nil, err
 }
 
-// PutRef implements blob.RefStore. The blob need not be present.
+// PutRef implements blob.RefStore. The blob need not be present. On a full
+// filesystem it fails with an error wrapping syscall.ENOSPC.
 func (t *Tier) PutRef(ctx context.Context, k blob.RefKey, r blob.Ref) error {
 	if err := k.Validate(); err != nil {
 		return fmt.Errorf("disk %q: %w", t.cfg.Name, err)
@@ -66,15 +70,21 @@ func (t *Tier) PutRef(ctx context.Context, k blob.RefKey, r blob.Ref) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("disk %q: put ref %s: %w", t.cfg.Name, k, err)
 	}
+	if err := t.indexWritable(); err != nil {
+		return fmt.Errorf("disk %q: put ref %s: %w", t.cfg.Name, k, err)
+	}
 	err := t.update(func(txn *badger.Txn) error { return txn.Set(refKey(k), encodeRef(r)) })
 	if err != nil {
 		return fmt.Errorf("disk %q: put ref %s: %w", t.cfg.Name, k, err)
 	}
+	t.unhideRef(refKey(k))
 	return nil
 }
 
 // DeleteRef implements blob.RefStore. Deleting an expired ref removes it
-// and reports ErrNotFound, as GetRef would have.
+// and reports ErrNotFound, as GetRef would have. While the index cannot be
+// written (a full filesystem) the ref is deleted in memory and from the
+// index once it can be; if the process ends first, the ref comes back.
 func (t *Tier) DeleteRef(ctx context.Context, k blob.RefKey) error {
 	if err := k.Validate(); err != nil {
 		return fmt.Errorf("disk %q: %w", t.cfg.Name, err)
@@ -83,14 +93,31 @@ func (t *Tier) DeleteRef(ctx context.Context, k blob.RefKey) error {
 		return fmt.Errorf("disk %q: delete ref %s: %w", t.cfg.Name, k, err)
 	}
 	live := false
-	err := t.update(func(txn *badger.Txn) error {
-		r, found, err := getRef(txn, k)
-		if err != nil || !found {
-			return err
-		}
-		live = !r.Expired(t.cfg.Now())
-		return txn.Delete(refKey(k))
-	})
+	key := refKey(k)
+	if t.refHidden(key) {
+		return fmt.Errorf("disk %q: ref %s: %w", t.cfg.Name, k, blob.ErrNotFound)
+	}
+	var err error
+	if t.indexWritable() != nil {
+		err = t.view(func(txn *badger.Txn) error {
+			r, found, err := getRef(txn, k)
+			if err != nil || !found {
+				return err
+			}
+			live = !r.Expired(t.cfg.Now())
+			t.hideRef(key)
+			return nil
+		})
+	} else {
+		err = t.update(func(txn *badger.Txn) error {
+			r, found, err := getRef(txn, k)
+			if err != nil || !found {
+				return err
+			}
+			live = !r.Expired(t.cfg.Now())
+			return txn.Delete(key)
+		})
+	}
 	if err != nil {
 		return fmt.Errorf("disk %q: delete ref %s: %w", t.cfg.Name, k, err)
 	}
@@ -164,6 +191,9 @@ func (t *Tier) scanRefs(ctx context.Context, prefix string, fn func(blob.RefKey,
 				if err := item.Value(func(v []byte) (err error) { r, err = decodeRef(v); return err }); err != nil {
 					return fmt.Errorf("ref %s: %w", k, err)
 				}
+				if t.refHidden(last) {
+					continue
+				}
 				if r.Expired(now) {
 					dead = append(dead, k)
 					continue
@@ -196,6 +226,9 @@ func (t *Tier) scanRefs(ctx context.Context, prefix string, fn func(blob.RefKey,
 func (t *Tier) removeExpiredRefs(keys []blob.RefKey) int {
 	if len(keys) == 0 {
 		return 0
+	}
+	if t.indexWritable() != nil {
+		return 0 // a full filesystem: they are removed later
 	}
 	removed := 0
 	now := t.cfg.Now()

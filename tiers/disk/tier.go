@@ -28,6 +28,18 @@ type Tier struct {
 	tmpDir  string
 	db      *badger.DB
 	lock    *rootLock
+	// mode is modeDisk, modeReadOnly or modeMemory (see openindex.go);
+	// it changes (read-only to disk) only under life's write lock.
+	mode     atomic.Int32
+	upMu     sync.Mutex // one reopen of a read-only index at a time
+	rebuilds atomic.Int64
+	created  bool // Open made a new index (none, or a damaged one, was there)
+
+	// While the index cannot be written, deleted rows and refs are hidden
+	// here (hex, encoded ref key) and deleted when it can be again.
+	hideMu     sync.Mutex
+	hiddenRows map[string]struct{}
+	hiddenRefs map[string]struct{}
 
 	// stripes serialize mutations (commit, delete, evict, drop) of one
 	// digest's file and row; reads never take them.
@@ -45,6 +57,7 @@ type Tier struct {
 
 	blobs, bytes atomic.Int64
 	recon        ReconcileStats
+	forgotten    []string // hex of the rows reconcile forgot (see Forgotten)
 
 	// life guards the index against use after Close: index operations
 	// hold it for reading, Close for writing.
@@ -66,6 +79,12 @@ var _ blob.Tier = (*Tier)(nil)
 // fs.ErrPermission), locks it (see ErrLocked),
 // reconciles the index with the files (see ReconcileStats) and starts the
 // background flusher and evictor.
+//
+// A damaged index (one Badger refuses or panics on) is moved aside to
+// root/index.damaged-<time> and rebuilt from the blob files; its refs are
+// lost (see IndexRebuilds). On a filesystem with less than a few MiB free
+// the index is opened read-only and the tier still reads, evicts, deletes
+// and verifies (see IndexReadOnly). Open never panics on what it reads.
 func Open(cfg Config) (*Tier, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -91,6 +110,9 @@ func Open(cfg Config) (*Tier, error) {
 		pending: make(map[string]row),
 		evictCh: make(chan struct{}, 1),
 		flushCh: make(chan struct{}, 1),
+
+		hiddenRows: make(map[string]struct{}),
+		hiddenRefs: make(map[string]struct{}),
 	}
 	fail := func(err error) (*Tier, error) {
 		if t.db != nil {
@@ -102,12 +124,18 @@ func Open(cfg Config) (*Tier, error) {
 	if err := t.makeDirs(); err != nil {
 		return fail(err)
 	}
-	t.db, err = badger.Open(badgerOptions(filepath.Join(root, "index"), cfg.Logger))
-	if err != nil {
-		return fail(fmt.Errorf("disk: open index in %s: %w", root, err))
+	if err := t.loadIndex(); err != nil {
+		return fail(err)
 	}
 	if t.recon, err = t.reconcile(); err != nil {
 		return fail(fmt.Errorf("disk: reconcile %s: %w", root, err))
+	}
+	if t.created && t.recon.OrphansAdopted > 0 && t.rebuilds.Load() == 0 {
+		// The index was missing (deleted by hand?) and blob files were
+		// there: rebuilt from them like a damaged one, refs lost.
+		t.rebuilds.Add(1)
+		cfg.Logger.Warn("disk tier: index missing; rebuilt from the blob files", "tier", cfg.Name, "root", root,
+			"blobs", t.recon.OrphansAdopted)
 	}
 	if t.recon != (ReconcileStats{}) {
 		cfg.Logger.Info("disk tier reconciled", "root", root, "tier", cfg.Name,
@@ -186,6 +214,14 @@ func (t *Tier) Close() error {
 	t.wg.Wait()
 	t.evictMu.Lock() // an EvictTo called by a user finishes first
 	defer t.evictMu.Unlock()
+	if rows, refs := t.hiddenCounts(); rows+refs > 0 {
+		// Write the deletions made while the filesystem was full, if it
+		// has room now (eviction may have made it).
+		if err := t.indexWritable(); err != nil && refs > 0 {
+			t.cfg.Logger.Warn("disk tier: filesystem still full; ref deletions are not kept (deleted blob rows are forgotten on the next open)",
+				"tier", t.cfg.Name, "root", t.root, "refs", refs, "rows", rows)
+		}
+	}
 	ferr := t.flush()
 	t.life.Lock()
 	t.closed = true
@@ -268,6 +304,9 @@ func (t *Tier) lookup(hex string) (r row, found bool, err error) {
 	})
 	if err != nil || !found {
 		return r, found, err
+	}
+	if t.rowHidden(hex) { // deleted while the index could not be written
+		return row{}, false, nil
 	}
 	t.pendMu.Lock()
 	r.atime = t.newestLocked(hex, r.atime)
@@ -365,6 +404,9 @@ func (t *Tier) dropCorrupt(hex string, f *os.File, err error) {
 func (t *Tier) removeLocked(hex string) (existed bool, size int64, err error) {
 	t.flushMu.Lock()
 	defer t.flushMu.Unlock()
+	if t.indexWritable() != nil {
+		return t.removeFileFirstLocked(hex)
+	}
 	// The row goes first: if that fails, the file stays and so does the
 	// row (consistent); if the file removal then fails, the file is an
 	// orphan without a row, invisible, and reconciled on the next Open.
@@ -378,8 +420,15 @@ func (t *Tier) removeLocked(hex string) (existed bool, size int64, err error) {
 		rowExisted, size = true, r.size
 		return txn.Delete(blobKey(hex))
 	})
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, badger.ErrReadOnlyTxn) {
+		return t.removeFileFirstLocked(hex)
+	}
 	if err != nil {
 		return false, 0, err
+	}
+	if rowExisted && t.rowHidden(hex) {
+		t.unhideRow(hex) // counted when it was hidden
+		rowExisted = false
 	}
 	if rowExisted {
 		t.blobs.Add(-1)
@@ -394,6 +443,31 @@ func (t *Tier) removeLocked(hex string) (existed bool, size int64, err error) {
 	delete(t.pending, hex)
 	t.pendMu.Unlock()
 	return fileExisted || rowExisted, size, ferr
+}
+
+// removeFileFirstLocked is removeLocked when the index cannot be written
+// (the filesystem is full): the file goes first, freeing its space, and
+// the row is hidden, to be deleted once the index can be written or
+// forgotten by the next Open (its file is gone). The caller holds hex's
+// stripe and flushMu.
+func (t *Tier) removeFileFirstLocked(hex string) (existed bool, size int64, err error) {
+	r, rowFound, err := t.lookup(hex)
+	if err != nil {
+		return false, 0, err
+	}
+	ferr := os.Remove(t.path(hex))
+	if ferr != nil && !errors.Is(ferr, fs.ErrNotExist) {
+		return false, 0, ferr // the file stays, and so does its row
+	}
+	if rowFound {
+		t.hideRow(hex)
+		t.blobs.Add(-1)
+		t.bytes.Add(-r.size)
+	}
+	t.pendMu.Lock()
+	delete(t.pending, hex)
+	t.pendMu.Unlock()
+	return ferr == nil || rowFound, r.size, nil
 }
 
 // Put implements blob.CAS: temp file, hash while writing (leaving holes for
@@ -424,6 +498,11 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 			return nil
 		}
 		// The row outlived its file: store it again.
+	}
+	// The index keeps a reserve (see IndexReserve): without it no blob
+	// is written.
+	if err := t.checkRoom(); err != nil {
+		return fmt.Errorf("disk %q: put %s: %w", t.cfg.Name, d, err)
 	}
 	if err := t.writeAndCommit(ctx, d, hex, size, r); err != nil {
 		return fmt.Errorf("disk %q: put %s: %w", t.cfg.Name, d, err)
@@ -479,13 +558,19 @@ func (t *Tier) commit(hex, tmp string, size int64) error {
 		return err
 	}
 	final := t.path(hex)
-	if found && cur.size == size {
+	hidden := t.rowHidden(hex) // deleted while the index could not be written
+	if found && !hidden && cur.size == size {
 		if fi, err := os.Lstat(final); err == nil && fi.Mode().IsRegular() && fi.Size() == size {
 			// A concurrent Put won; ours is a duplicate.
 			os.Remove(tmp)
 			t.touch(hex, row{size: size, atime: t.now()})
 			return nil
 		}
+	}
+	// After this blob, is there still room for the index? (The temp file
+	// is removed on error.)
+	if err := t.indexWritable(); err != nil {
+		return err
 	}
 	if err := t.fanOut(hex); err != nil {
 		return err
@@ -509,6 +594,10 @@ func (t *Tier) commit(hex, tmp string, size int64) error {
 		// The file is in place without a row: invisible, and adopted or
 		// overwritten later.
 		return err
+	}
+	if hidden { // its row was discounted when it was hidden
+		t.unhideRow(hex)
+		found = false
 	}
 	if found {
 		t.bytes.Add(size - cur.size)
@@ -596,6 +685,9 @@ func (t *Tier) scanRows(ctx context.Context, fn func(hex string, r row) error) e
 		}
 		t.pendMu.Unlock()
 		for _, e := range got {
+			if t.rowHidden(e.hex) {
+				continue
+			}
 			if err := fn(e.hex, e.r); err != nil {
 				return err
 			}

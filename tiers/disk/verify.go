@@ -56,3 +56,17 @@ func (t *Tier) verifyOne(ctx context.Context, d blob.Digest, hex string, size in
 	}
 	return nil
 }
+
+// Forgotten returns the blobs whose index row Open forgot because the file
+// was missing, was not a regular file or had the wrong size (or the row
+// could not be read): blobs the tier had and lost. Verify cannot meet them
+// any more, so a caller that reports on the tier's health reports these.
+func (t *Tier) Forgotten() []blob.Digest {
+	var out []blob.Digest
+	for _, hex := range t.forgotten {
+		if d := blob.Digest("sha256:" + hex); blob.ValidateDigest(d) == nil {
+			out = append(out, d)
+		}
+	}
+	return out
+}
