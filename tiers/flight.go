@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/strata-oci/strata/blob"
 )
@@ -11,9 +12,38 @@ import (
 // flightGroup collapses concurrent fills of one digest in one view of a
 // stack. All views of a stack share one group; keys carry the view, so a
 // view never joins a fill that reads tiers it excludes.
+//
+// It also counts completed writes per digest (striped: digests that share
+// a stripe share a count), so that a caller can tell whether a flight it
+// joined looked at the tiers before a write that completed before the caller
+// came (see flight.gen).
 type flightGroup struct {
-	mu sync.Mutex
-	m  map[string]*flight
+	mu     sync.Mutex
+	m      map[string]*flight
+	writes [writeStripes]atomic.Uint64
+}
+
+// writeStripes is the number of write counters; a collision only costs a
+// waiter one needless look of its own.
+const writeStripes = 256
+
+// written returns the write count of d's stripe.
+func (g *flightGroup) written(d blob.Digest) uint64 { return g.writes[stripe(d)].Load() }
+
+// wrote records that a write of d into the tiers has completed (or ended:
+// counting one that failed only costs a re-check). It must be called after
+// the write's tier calls have returned and before the writer's caller can
+// see the write as done.
+func (g *flightGroup) wrote(d blob.Digest) { g.writes[stripe(d)].Add(1) }
+
+// stripe is FNV-1a of d, reduced to a stripe index.
+func stripe(d blob.Digest) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(d); i++ {
+		h ^= uint32(d[i])
+		h *= 16777619
+	}
+	return int(h % writeStripes)
 }
 
 // flight is one fill in progress: the re-check of the view's tiers, and, on a
@@ -30,6 +60,11 @@ type flight struct {
 	key   string
 	ctx   context.Context
 	stop  context.CancelFunc
+	// gen is the write count of the flight's digest when the flight began,
+	// before it looked at any tier. A caller that joined at a higher count
+	// came after a write completed that the flight may have missed, so the
+	// flight's miss is no answer for it.
+	gen uint64
 
 	done  chan struct{} // closed when waiters may act on err
 	err   error         // the fill's outcome; nil: re-check the tiers yourself
@@ -52,16 +87,18 @@ type leadResult struct {
 	interrupt func()
 }
 
-// join returns the flight for key, starting one (leader = true) if none is in
-// progress. The caller holds one reference either way.
-func (g *flightGroup) join(ctx context.Context, key string) (f *flight, leader bool) {
+// join returns the flight for key (a fill of d), starting one (leader =
+// true) if none is in progress, and gen, the write count of d as the caller
+// joined. The caller holds one reference either way.
+func (g *flightGroup) join(ctx context.Context, key string, d blob.Digest) (f *flight, leader bool, gen uint64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	gen = g.written(d)
 	if f, ok := g.m[key]; ok {
 		f.mu.Lock()
 		f.refs++
 		f.mu.Unlock()
-		return f, false
+		return f, false, gen
 	}
 	fctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	f = &flight{
@@ -70,6 +107,7 @@ func (g *flightGroup) join(ctx context.Context, key string) (f *flight, leader b
 		ctx:       fctx,
 		stop:      stop,
 		done:      make(chan struct{}),
+		gen:       gen,
 		refs:      1,
 		leadReady: make(chan struct{}),
 	}
@@ -77,7 +115,7 @@ func (g *flightGroup) join(ctx context.Context, key string) (f *flight, leader b
 		g.m = make(map[string]*flight)
 	}
 	g.m[key] = f
-	return f, true
+	return f, true, gen
 }
 
 // release drops one reference; the last one cancels an unsettled flight.

@@ -45,6 +45,10 @@ type probe struct {
 	// entered (if set) once per Open.
 	gate    chan struct{}
 	entered chan struct{}
+	// afterOpen, if set, is called with the outcome of every Open of the
+	// wrapped tier before it is returned: a seam to hold a caller that has
+	// just looked.
+	afterOpen func(d blob.Digest, err error)
 }
 
 var errBoom = errors.New("injected failure")
@@ -103,6 +107,9 @@ func (p *probe) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.In
 		return nil, blob.Info{}, fmt.Errorf("probe %q: open %s: %w", p.Name(), d, errBoom)
 	}
 	rc, info, err := p.Tier.Open(ctx, d)
+	if p.afterOpen != nil {
+		p.afterOpen(d, err)
+	}
 	if err != nil {
 		return nil, info, err
 	}

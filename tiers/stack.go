@@ -68,6 +68,18 @@ type StackConfig struct {
 // streamed through a tee: the flight reads them whole (verified), puts them
 // into the upper tiers and hands the leader the bytes.
 //
+// Reads see completed writes: once a write of a blob through the stack has
+// completed (a Put through it or any of its views has returned, or a fill
+// has committed its write-back, which its leader sees as io.EOF), an Open
+// of that blob that starts afterwards never answers with a miss that a
+// flight found before that write; a caller that joined such a flight looks
+// again. Writes that bypass the stack (into a tier directly, or by another
+// machine into a shared tier) are seen once the tier shows them. Delete
+// makes no such promise against a fill under way: a fill that found the
+// blob in a lower tier before a Delete may still write it into the tiers
+// above after the Delete has returned (verified bytes, like any fill), so
+// a blob that was being read can reappear.
+//
 // Put writes to every tier at once from one pass over the source (each tier
 // verifies and commits on its own); Delete, PutRef and DeleteRef go to every
 // tier; GetRef writes a ref found below back into the tiers above that
@@ -330,7 +342,7 @@ func (s *Stack) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.In
 	}
 	const maxJoins = 3
 	for joins := 0; ; {
-		f, leader := s.root.flights.join(ctx, s.key+"|"+string(d))
+		f, leader, gen := s.root.flights.join(ctx, s.key+"|"+string(d), d)
 		if leader {
 			go s.fill(f, d)
 			res, left := f.awaitLead(ctx)
@@ -359,13 +371,18 @@ func (s *Stack) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.In
 			// The flight filled the tiers above, or found the blob where
 			// the tiers above cannot take it: read top-down.
 			return s.openDirect(ctx, d)
+		case f.gen < gen:
+			// The flight looked at the tiers before a write of d that
+			// had completed when this caller joined: its miss may be
+			// stale. Look again.
 		case !f.retry:
 			return nil, blob.Info{}, f.err
-		case joins >= maxJoins:
+		}
+		if joins >= maxJoins {
 			return s.openDirect(ctx, d)
 		}
 		// The flight failed (its leader's source broke, or it was
-		// cancelled): try again, possibly as the leader.
+		// cancelled) or is stale: try again, possibly as the leader.
 	}
 }
 
@@ -467,6 +484,7 @@ func (s *Stack) fillSmall(f *flight, d blob.Digest, rc io.ReadCloser, info blob.
 	for i, e := range uppers {
 		errs[i] = e.Tier.Put(f.ctx, d, info.Size, bytes.NewReader(buf))
 	}
+	s.root.flights.wrote(d)
 	s.noteWriteBacks(uppers, info.Size, errs)
 	s.noteFilled(f.ctx, d, info)
 	f.finish(nil, false)
@@ -485,10 +503,19 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 		err error
 	}
 	sinks := make([]*sink, 0, len(uppers)+1)
+	for range uppers {
+		sinks = append(sinks, newSink(nil))
+	}
+	var ls *sink // the leader's
+	if f.leaderWanted() {
+		ls = newSink(nil)
+		ls.onGone = f.release // once: sink.finish runs it at most once
+		sinks = append(sinks, ls)
+	}
+	t := newTee(d, info.Size, sinks...) // before any reader can read a sink
 	results := make(chan putResult, len(uppers))
 	for i, e := range uppers {
-		sk := newSink(nil)
-		sinks = append(sinks, sk)
+		sk := sinks[i]
 		go func() {
 			err := e.Tier.Put(ctx, d, info.Size, sk)
 			sk.Close()
@@ -496,11 +523,8 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 		}()
 	}
 	leaderIdx := -1
-	if f.leaderWanted() {
-		ls := newSink(nil)
-		ls.onGone = f.release // once: sink.finish runs it at most once
-		leaderIdx = len(sinks)
-		sinks = append(sinks, ls)
+	if ls != nil {
+		leaderIdx = len(uppers)
 		if !f.handOff(leadResult{rc: ls, info: info, interrupt: func() { ls.Close() }}) {
 			// The leader left (and dropped its reference) meanwhile;
 			// nobody else has this sink.
@@ -508,7 +532,6 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 			ls.Close()
 		}
 	}
-	t := newTee(d, info.Size, sinks...)
 	err := t.run(ctx, blob.NewVerifier(rc, d, info.Size, nil))
 	end := io.EOF
 	if err == nil {
@@ -525,6 +548,7 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 		putErrs[r.i] = r.err
 	}
 	if err == nil {
+		s.root.flights.wrote(d) // before the leader's EOF
 		s.noteWriteBacks(uppers, info.Size, putErrs)
 		s.noteFilled(ctx, d, info)
 	}

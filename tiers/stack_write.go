@@ -31,6 +31,9 @@ func (s *Stack) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader)
 	if size < 0 {
 		return fmt.Errorf("stack %q: put %s: %w: negative size %d", s.root.name, d, blob.ErrInvalidDigest, size)
 	}
+	// Once the tiers' Puts have returned, pending fills of d no longer
+	// answer a later Open with their miss (see Stack).
+	defer s.root.flights.wrote(d)
 	var cands []*stackEntry
 	for _, e := range s.ents {
 		if size < e.declines.Load() {
@@ -59,15 +62,17 @@ func (s *Stack) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader)
 	sinks := make([]*sink, len(cands))
 	errs := make([]error, len(cands))
 	results := make(chan int, len(cands))
-	for i, e := range cands {
+	for i := range cands {
 		sinks[i] = newSink(nil)
+	}
+	t := newTee(d, size, sinks...) // before any tier can read a sink
+	for i, e := range cands {
 		go func() {
 			errs[i] = e.Tier.Put(ctx, d, size, sinks[i])
 			sinks[i].Close()
 			results <- i
 		}()
 	}
-	t := newTee(d, size, sinks...)
 	srcErr := t.run(ctx, blob.NewVerifier(r, d, size, nil))
 	if errors.Is(srcErr, errNoReaders) {
 		// Every tier returned before the end (already held, declined or
@@ -169,8 +174,9 @@ func (s *Stack) putOutcome(cands []*stackEntry, size int64, errs []error) error 
 	}
 }
 
-// Delete removes d from every tier of the view, bottom-up (so a concurrent
-// fill cannot copy it back from below). Tiers that cannot delete
+// Delete removes d from every tier of the view, bottom-up (so a fill that
+// starts meanwhile cannot copy it back from below; one that already found d
+// still can, see Stack). Tiers that cannot delete
 // (blob.ErrUnsupported) are skipped. It returns blob.ErrNotFound only if no
 // tier held d, and an error joining every tier failure (unavailability
 // included: the blob may still be there) if any tier failed.
