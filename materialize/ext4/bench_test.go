@@ -33,9 +33,10 @@ type fileLayer struct {
 	size   int64
 }
 
-func (l *fileLayer) Digest() blob.Digest { return l.digest }
-func (l *fileLayer) MediaType() string   { return "application/vnd.oci.image.layer.v1.tar+gzip" }
-func (l *fileLayer) Size() int64         { return l.size }
+func (l *fileLayer) Digest() blob.Digest             { return l.digest }
+func (l *fileLayer) Authorize(context.Context) error { return nil }
+func (l *fileLayer) MediaType() string               { return "application/vnd.oci.image.layer.v1.tar+gzip" }
+func (l *fileLayer) Size() int64                     { return l.size }
 func (l *fileLayer) Open(ctx context.Context) (io.ReadCloser, error) {
 	f, err := os.Open(l.path)
 	if err != nil {

@@ -13,14 +13,19 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/Microsoft/hcsshim/ext4/tar2ext4"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/privdir"
+	"github.com/strata-oci/strata/internal/safego"
+	"github.com/strata-oci/strata/internal/sparse"
 	"github.com/strata-oci/strata/materialize"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 )
@@ -28,6 +33,16 @@ import (
 // ErrLayerTooLarge is wrapped when a layer decompresses to more than
 // Config.MaxLayerBytes.
 var ErrLayerTooLarge = layerio.ErrLimitExceeded
+
+// ErrTooManyLayers is wrapped when an image has more than Config.MaxLayers
+// layers. It wraps ErrLayerTooLarge (layerio.ErrLimitExceeded).
+var ErrTooManyLayers = fmt.Errorf("too many layers: %w", layerio.ErrLimitExceeded)
+
+// Defaults of the image-wide limits (see Config.MaxLayers).
+const (
+	DefaultMaxLayers  = 500
+	DefaultMaxEntries = 10_000_000
+)
 
 const (
 	// Version names the materializer's output format. It is part of every
@@ -50,10 +65,17 @@ type Config struct {
 	// Store is the tier (usually a tiers.Stack) that holds derived images
 	// and their refs. Required.
 	Store blob.Tier
+	// LocalStore holds what is derived from images whose caller may not use
+	// a shared tier (materialize.Image.LocalOnly: anonymous callers), usually
+	// the stack's Local view; nil means Store. The converter picks the store
+	// from the image, so no caller can pick the wrong one.
+	LocalStore blob.Tier
 	// WorkDir holds the images handed out (WorkDir/images), temporary files
 	// of conversions in progress and spooled content (WorkDir/tmp).
-	// Required; created if missing. New removes files older than a day
-	// from WorkDir/tmp (left by a crash). Several processes may share it.
+	// Required; created if missing. New makes it, images/ and tmp/ 0700
+	// and refuses them if another user owns them (images are private). New
+	// removes files older than a day from WorkDir/tmp (left by a crash).
+	// Several processes of one user may share it.
 	WorkDir string
 	// FreeBytes and FreeInodes are the default free space an image gets
 	// beyond its content, for Materialize calls with nil Options.
@@ -66,6 +88,21 @@ type Config struct {
 	// MaxLayerBytes bounds the uncompressed size of one layer (default
 	// 64 GiB): a decompression bomb fails with ErrLayerTooLarge.
 	MaxLayerBytes int64
+	// MaxLayers bounds the layers of an image (0: DefaultMaxLayers, as
+	// overlayfs stacks at most 500; negative: no bound): more fail with
+	// ErrTooManyLayers. MaxEntries bounds the tar entries of all layers
+	// together (0: DefaultMaxEntries; negative: no bound), MaxImageBytes
+	// the bytes of file content of all layers together, shadowed content
+	// included (0: twice MaxDiskSize; negative: no bound); exceeding
+	// either fails with an error wrapping layerio.ErrBudgetExceeded (and
+	// ErrLayerTooLarge).
+	MaxLayers     int
+	MaxEntries    int64
+	MaxImageBytes int64
+	// Budget bounds the disk space (holes excluded) of the images in
+	// WorkDir/images: after each Materialize the least recently used ones
+	// are removed until the rest fit (see ApplyBudget). 0 means no bound.
+	Budget int64
 	// Scope is the ref scope of derivation refs ("" = global). Materialize
 	// needs an Image, which the fetcher hands out only to callers that
 	// proved access to it, so a global scope shares conversion work
@@ -129,6 +166,17 @@ type Converter struct {
 	imgDir  string
 	tmpDir  string
 	flights singleflight.Group
+	failed  layerio.Failures // layers whose content failed a limit or was invalid
+
+	// Flights run on contexts of their own (a caller giving up does not
+	// stop work others wait for); base ends them all on Close, running
+	// counts them.
+	base    context.Context
+	stop    context.CancelFunc
+	mu      sync.Mutex
+	closed  bool
+	running sync.WaitGroup
+	work    workState // WorkDir's lock, work in flight (see RemoveStale)
 
 	conversions, failures, downloads, localHits, collapsed atomic.Int64
 
@@ -138,14 +186,17 @@ type Converter struct {
 }
 
 // New returns a Converter. It fails if Store or WorkDir is missing, if the
-// work directories cannot be created, or if the metrics cannot be
-// registered.
+// work directories cannot be created or belong to another user, or if the
+// metrics cannot be registered.
 func New(cfg Config) (*Converter, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("ext4: Config.Store is required")
 	}
 	if cfg.WorkDir == "" {
 		return nil, errors.New("ext4: Config.WorkDir is required")
+	}
+	if cfg.LocalStore == nil {
+		cfg.LocalStore = cfg.Store
 	}
 	if cfg.FreeBytes < 0 || cfg.FreeInodes < 0 || cfg.MaxDiskSize < 0 || cfg.MaxLayerBytes < 0 {
 		return nil, errors.New("ext4: negative size in Config")
@@ -168,12 +219,19 @@ func New(cfg Config) (*Converter, error) {
 		imgDir: filepath.Join(cfg.WorkDir, "images"),
 		tmpDir: filepath.Join(cfg.WorkDir, "tmp"),
 	}
+	c.base, c.stop = context.WithCancel(context.Background())
+	// The images are whole filesystems of images their callers may have had
+	// to prove access to: WorkDir, images/ and tmp/ are this user's only.
+	if err := privdir.Ensure(cfg.WorkDir, true, true); err != nil {
+		return nil, fmt.Errorf("ext4: WorkDir: %w (ext4 images are kept only in a directory of this user's own)", err)
+	}
 	for _, d := range []string{c.imgDir, c.tmpDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := privdir.Ensure(d, false, false); err != nil {
 			return nil, fmt.Errorf("ext4: %w", err)
 		}
 	}
 	removeStale(c.tmpDir, staleAfter)
+	c.work.lockWorkDir(cfg.WorkDir)
 	c.mOutcome = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "strata_ext4_materialize_total",
 		Help: "ext4 materializations by outcome (converted, downloaded, local, failed).",
@@ -210,6 +268,8 @@ func (c *Converter) Stats() Stats {
 
 // derivation is one (image, options) pair's identity.
 type derivation struct {
+	store  blob.Tier // Store or LocalStore, by the image's LocalOnly
+	flight string    // id of the collapsed work: see Materialize
 	key    blob.RefKey
 	id     string // hex sha256 of key.String(): local file names
 	free   growSpec
@@ -246,7 +306,13 @@ func (c *Converter) derive(img materialize.Image, opts *Options) (derivation, er
 	}
 	local := fmt.Sprintf("%s|free-blocks=%d,free-inodes=%d", key.String(), freeBlocks, o.FreeInodes)
 	sum := sha256.Sum256([]byte(local))
+	store := c.cfg.Store
+	if img.LocalOnly() {
+		store = c.cfg.LocalStore
+	}
 	return derivation{
+		store:  store,
+		flight: fmt.Sprintf("%x|%t|%s", sum, img.LocalOnly(), img.Origin()),
 		key:    key,
 		id:     hex.EncodeToString(sum[:]),
 		digest: d,
@@ -298,18 +364,26 @@ func (c *Converter) local(dv derivation) (*Result, bool) {
 
 // Materialize returns the ext4 image of img with opts (nil: the Config's
 // free space). In order it uses the image already in WorkDir, the derived
-// blob the Store holds (downloaded into WorkDir, holes for zero blocks), or
+// blob the store holds (downloaded into WorkDir, holes for zero blocks), or
 // converts: flattens the layers in one streaming pass straight into the ext4
 // writer, finishes the filesystem (see finishFS), stores the image in the
-// Store under its digest and then the derivation ref.
+// store under its digest and then the derivation ref. The store is
+// Config.LocalStore when img.LocalOnly(), else Config.Store.
 //
-// Identical concurrent calls share one piece of work, which runs on a
-// context detached from the callers' cancellation; each caller stops
-// waiting when its own ctx ends. A failed or interrupted conversion leaves
-// no image, no blob and no ref behind (temporary files are removed; a
-// crash leaves only files under WorkDir/tmp).
+// An image made before (in WorkDir or in the store, by any caller) is
+// handed out only after every layer of img authorized the caller
+// (materialize.Layer.Authorize): the manifest and config prove nothing
+// about who may have the layers. A conversion authorizes by reading.
 //
-// If the Store declines the image as too large (blob.ErrTooLarge), the
+// Identical concurrent calls of one origin (materialize.Image.Origin) share
+// one piece of work, which runs on a context detached from the callers'
+// cancellation; each caller stops waiting when its own ctx ends, and a
+// caller whose shared work failed tries once more on its own. A failed or
+// interrupted conversion leaves no image, no blob and no ref behind
+// (temporary files are removed; a crash leaves only files under
+// WorkDir/tmp).
+//
+// If the store declines the image as too large (blob.ErrTooLarge), the
 // image is still returned from WorkDir but not shared.
 func (c *Converter) Materialize(ctx context.Context, img materialize.Image, opts *Options) (*Result, error) {
 	dv, err := c.derive(img, opts)
@@ -317,41 +391,118 @@ func (c *Converter) Materialize(ctx context.Context, img materialize.Image, opts
 		return nil, err
 	}
 	if r, ok := c.local(dv); ok {
+		if err := c.authorize(ctx, img); err != nil {
+			return nil, err
+		}
 		c.localHits.Add(1)
 		c.mOutcome.WithLabelValues("local").Inc()
+		c.used(dv)
 		return r, nil
 	}
-	ch := c.flights.DoChan(dv.id, func() (any, error) {
-		return c.produce(context.WithoutCancel(ctx), img, dv)
-	})
-	select {
-	case res := <-ch:
-		if res.Shared {
-			c.collapsed.Add(1)
+	for attempt := 0; ; attempt++ {
+		ch := c.flights.DoChan(dv.flight, func() (_ any, err error) {
+			// singleflight re-panics on a goroutine of its own, which
+			// nothing could recover: end a panic here.
+			defer safego.Recover(&err, "ext4: materialize "+string(dv.digest))
+			fctx, done, err := c.flight(ctx)
+			if err != nil {
+				return nil, err
+			}
+			defer done()
+			return c.produce(fctx, img, dv)
+		})
+		select {
+		case res := <-ch:
+			if res.Shared {
+				c.collapsed.Add(1)
+			}
+			if res.Err != nil {
+				if res.Shared && attempt == 0 && ctx.Err() == nil && !contentError(res.Err) {
+					continue // the leader's failure is not this caller's answer
+				}
+				return nil, res.Err
+			}
+			r := *res.Val.(*Result)
+			c.used(dv)
+			return &r, nil
+		case <-ctx.Done():
+			return nil, fmt.Errorf("ext4: materialize %s: %w", dv.digest, ctx.Err())
 		}
-		if res.Err != nil {
-			return nil, res.Err
-		}
-		r := *res.Val.(*Result)
-		return &r, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("ext4: materialize %s: %w", dv.digest, ctx.Err())
 	}
 }
 
+// flight returns the context a flight runs on: ctx's values without its
+// cancellation, ended by Close; done must be called when the flight ends.
+func (c *Converter) flight(ctx context.Context) (fctx context.Context, done func(), err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, nil, fmt.Errorf("ext4: converter closed: %w", context.Canceled)
+	}
+	c.running.Add(1)
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(c.base, cancel)
+	return fctx, func() { stop(); cancel(); c.running.Done() }, nil
+}
+
+// Close stops the conversions and downloads in flight and waits until
+// they have ended and removed their temporary files. Materialize calls
+// waiting for them, and later ones that would start one, fail with an error
+// wrapping context.Canceled; images already made stay. Close is idempotent
+// and always returns nil.
+func (c *Converter) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.stop()
+	c.running.Wait()
+	c.work.unlockWorkDir()
+	return nil
+}
+
+// contentError reports whether err is a property of the image's (verified)
+// content, which every caller of one flight would meet again.
+func contentError(err error) bool {
+	return errors.Is(err, ErrInvalidLayer) || errors.Is(err, layerio.ErrLimitExceeded) ||
+		errors.Is(err, layerio.ErrUnknownMediaType)
+}
+
+// authorize has every layer of img authorize its caller (see
+// materialize.Layer.Authorize) before work derived from them is reused.
+func (c *Converter) authorize(ctx context.Context, img materialize.Image) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for _, l := range img.Layers() {
+		g.Go(func() error { return l.Authorize(gctx) })
+	}
+	if err := g.Wait(); err != nil {
+		c.mOutcome.WithLabelValues("refused").Inc()
+		return fmt.Errorf("ext4: image %s: not handed out: %w", img.Digest(), err)
+	}
+	return nil
+}
+
 func (c *Converter) produce(ctx context.Context, img materialize.Image, dv derivation) (*Result, error) {
+	// Work that writes WorkDir/tmp: see RemoveStale.
+	defer c.beginWork()()
 	if r, ok := c.local(dv); ok { // finished by a flight that just ended
+		if err := c.authorize(ctx, img); err != nil {
+			return nil, err
+		}
 		c.localHits.Add(1)
 		c.mOutcome.WithLabelValues("local").Inc()
 		return r, nil
 	}
 	start := time.Now()
-	ref, err := c.cfg.Store.GetRef(ctx, dv.key)
+	ref, err := dv.store.GetRef(ctx, dv.key)
 	if err == nil {
 		err = c.verifyRef(dv.key, ref)
 	}
 	switch {
 	case err == nil:
+		if err := c.authorize(ctx, img); err != nil {
+			return nil, err
+		}
 		r, derr := c.download(ctx, dv, ref)
 		if derr == nil {
 			c.downloads.Add(1)
@@ -366,7 +517,7 @@ func (c *Converter) produce(ctx context.Context, img materialize.Image, dv deriv
 		// image this version can finish: convert again (and replace the ref).
 	case blob.IsMiss(err):
 	default:
-		return nil, fmt.Errorf("ext4: get derivation ref for %s from %s: %w", dv.digest, c.cfg.Store.Name(), err)
+		return nil, fmt.Errorf("ext4: get derivation ref for %s from %s: %w", dv.digest, dv.store.Name(), err)
 	}
 
 	c.conversions.Add(1)
@@ -387,9 +538,9 @@ func (c *Converter) download(ctx context.Context, dv derivation, ref blob.Ref) (
 	if err := ref.Validate(); err != nil {
 		return nil, fmt.Errorf("ext4: derivation ref for %s: %w", dv.digest, err)
 	}
-	rc, _, err := c.cfg.Store.Open(ctx, ref.Digest)
+	rc, _, err := dv.store.Open(ctx, ref.Digest)
 	if err != nil {
-		return nil, fmt.Errorf("ext4: open derived image %s from %s: %w", ref.Digest, c.cfg.Store.Name(), err)
+		return nil, fmt.Errorf("ext4: open derived image %s from %s: %w", ref.Digest, dv.store.Name(), err)
 	}
 	defer rc.Close()
 	tmp, err := os.CreateTemp(c.tmpDir, "download-*.ext4")
@@ -407,7 +558,7 @@ func (c *Converter) download(ctx context.Context, dv derivation, ref blob.Ref) (
 	buf := make([]byte, 1<<20)
 	v := blob.NewVerifier(rc, ref.Digest, ref.Size, nil)
 	if _, err := io.CopyBuffer(sf, withCtx(ctx, v), buf); err != nil {
-		return nil, fmt.Errorf("ext4: download derived image %s from %s: %w", ref.Digest, c.cfg.Store.Name(), err)
+		return nil, fmt.Errorf("ext4: download derived image %s from %s: %w", ref.Digest, dv.store.Name(), err)
 	}
 	if _, err := sf.Finish(); err != nil {
 		return nil, fmt.Errorf("ext4: %w", err)
@@ -465,16 +616,16 @@ func (c *Converter) convert(ctx context.Context, img materialize.Image, dv deriv
 	r := &Result{Size: size, Digest: d}
 
 	// Blob first, then the ref that points at it.
-	err = c.cfg.Store.Put(ctx, d, size, hashedImage{io.NewSectionReader(tmp, 0, size), d})
+	err = dv.store.Put(ctx, d, size, hashedImage{io.NewSectionReader(tmp, 0, size), d})
 	switch {
 	case err == nil:
-		if err := c.cfg.Store.PutRef(ctx, dv.key, c.signedRef(dv.key, d, size)); err != nil {
-			return nil, fmt.Errorf("ext4: put derivation ref for %s to %s: %w", dv.digest, c.cfg.Store.Name(), err)
+		if err := dv.store.PutRef(ctx, dv.key, c.signedRef(dv.key, d, size)); err != nil {
+			return nil, fmt.Errorf("ext4: put derivation ref for %s to %s: %w", dv.digest, dv.store.Name(), err)
 		}
 	case errors.Is(err, blob.ErrTooLarge):
 		// Usable here, not shared.
 	default:
-		return nil, fmt.Errorf("ext4: put derived image %s to %s: %w", d, c.cfg.Store.Name(), err)
+		return nil, fmt.Errorf("ext4: put derived image %s to %s: %w", d, dv.store.Name(), err)
 	}
 	if r.Size, err = c.grow(tmp, dv); err != nil {
 		return nil, err
@@ -500,8 +651,37 @@ type hashedImage struct {
 func (h hashedImage) VerifiedBlob() (blob.Digest, int64) { return h.d, h.Size() }
 
 // build writes the ext4 image of img into f.
+//
+// It bounds the whole image's work (Config.MaxLayers, MaxEntries,
+// MaxImageBytes) and keeps the free space of WorkDir's file system (see
+// newSpaceCheckedFile). A layer whose content failed a per-layer limit or
+// was invalid is remembered per digest and origin (layerio.Failures): a
+// build with it fails at once, without reading anything, until the memory
+// expires. Each layer's read-ahead is released as soon as the layer is
+// consumed, so memory does not grow with the number of layers.
 func (c *Converter) build(ctx context.Context, img materialize.Image, f *os.File, free growSpec) error {
 	layers := img.Layers()
+	maxLayers := c.cfg.MaxLayers
+	if maxLayers == 0 {
+		maxLayers = DefaultMaxLayers
+	}
+	if maxLayers > 0 && len(layers) > maxLayers {
+		return fmt.Errorf("%w: %d layers (at most %d)", ErrTooManyLayers, len(layers), maxLayers)
+	}
+	origin := img.Origin()
+	for _, l := range layers {
+		if err := c.failed.Check(l.Digest(), origin); err != nil {
+			return fmt.Errorf("layer %s: %w", l.Digest(), err)
+		}
+	}
+	lim := FlattenLimits{MaxEntries: c.cfg.MaxEntries, MaxBytes: c.cfg.MaxImageBytes}
+	if lim.MaxEntries == 0 {
+		lim.MaxEntries = DefaultMaxEntries
+	}
+	if lim.MaxBytes == 0 {
+		lim.MaxBytes = 2 * c.cfg.MaxDiskSize
+	}
+	current := -1 // the layer Flatten reads; read after flatErr
 	ras := make([]*readahead, len(layers))
 	defer func() {
 		for _, r := range ras {
@@ -521,6 +701,7 @@ func (c *Converter) build(ctx context.Context, img materialize.Image, f *os.File
 	openers := make([]TarOpener, len(layers))
 	for i := range layers {
 		openers[i] = func(ctx context.Context) (io.ReadCloser, error) {
+			current = i
 			startRA(i)
 			startRA(i - 1) // decompress the next layer down while this one is written
 			return ras[i], nil
@@ -530,20 +711,26 @@ func (c *Converter) build(ctx context.Context, img materialize.Image, f *os.File
 	pr, pw := io.Pipe()
 	flatErr := make(chan error, 1)
 	go func() {
+		var err error
+		defer func() {
+			pw.CloseWithError(err)
+			flatErr <- err
+		}()
+		defer safego.Recover(&err, "ext4: flatten")
 		// Hand the writer large chunks: fewer goroutine switches per byte.
 		bw := bufio.NewWriterSize(pw, 1<<20)
-		_, err := Flatten(ctx, openers, bw, c.tmpDir)
-		if err == nil {
+		if _, err = FlattenLimited(ctx, openers, bw, c.tmpDir, lim); err == nil {
 			err = bw.Flush()
 		}
-		pw.CloseWithError(err)
-		flatErr <- err
 	}()
-	sf := newSparseFile(f)
+	sf := sparse.NewWriter(newSpaceCheckedFile(f, c.tmpDir), fsBlockSize)
 	convErr := tar2ext4.ConvertTarToExt4(pr, sf, tar2ext4.MaximumDiskSize(c.cfg.MaxDiskSize))
 	pr.CloseWithError(errWriterStopped)
 	ferr := <-flatErr
 	if ferr != nil && !(convErr != nil && errors.Is(ferr, errWriterStopped)) {
+		if current >= 0 && ctx.Err() == nil && (errors.Is(ferr, ErrInvalidLayer) || layerio.IsLayerLimit(ferr)) {
+			c.failed.Remember(layers[current].Digest(), origin, ferr)
+		}
 		return ferr
 	}
 	if convErr != nil {
@@ -571,10 +758,10 @@ func (c *Converter) grow(f *os.File, dv derivation) (int64, error) {
 	return fi.Size(), nil
 }
 
-// publish makes tmp the local image of dv: read-only, sidecar first, then
-// the image by rename.
+// publish makes tmp the local image of dv: read-only and this user's only
+// (0400), sidecar first, then the image by rename.
 func (c *Converter) publish(dv derivation, tmp *os.File, r *Result) error {
-	if err := tmp.Chmod(0o444); err != nil {
+	if err := tmp.Chmod(0o400); err != nil {
 		return fmt.Errorf("ext4: %w", err)
 	}
 	if err := tmp.Close(); err != nil {
@@ -616,7 +803,7 @@ func (c *Converter) IsMaterialized(ctx context.Context, img materialize.Image, o
 	if _, ok := c.local(dv); ok {
 		return true, nil
 	}
-	ref, err := c.cfg.Store.GetRef(ctx, dv.key)
+	ref, err := dv.store.GetRef(ctx, dv.key)
 	if err == nil {
 		err = c.verifyRef(dv.key, ref)
 	}
@@ -624,13 +811,13 @@ func (c *Converter) IsMaterialized(ctx context.Context, img materialize.Image, o
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("ext4: get derivation ref for %s from %s: %w", dv.digest, c.cfg.Store.Name(), err)
+		return false, fmt.Errorf("ext4: get derivation ref for %s from %s: %w", dv.digest, dv.store.Name(), err)
 	}
-	if _, err := c.cfg.Store.Stat(ctx, ref.Digest); err != nil {
+	if _, err := dv.store.Stat(ctx, ref.Digest); err != nil {
 		if blob.IsMiss(err) {
 			return false, nil
 		}
-		return false, fmt.Errorf("ext4: stat derived image %s in %s: %w", ref.Digest, c.cfg.Store.Name(), err)
+		return false, fmt.Errorf("ext4: stat derived image %s in %s: %w", ref.Digest, dv.store.Name(), err)
 	}
 	return true, nil
 }

@@ -54,6 +54,15 @@
 //     go-containerregistry's mutate.Extract); a tar applier keeps the last.
 //     A single streaming pass cannot know about a later duplicate, and
 //     layer writers do not produce them.
+//   - Symlink targets over 4095 bytes are refused (ErrInvalidLayer), and
+//     overlayfs's own xattrs (trusted.overlay.*, user.overlay.*) are
+//     dropped, as the overlay materializer does.
+//   - An image has at most Config.MaxLayers layers (500 by default, as
+//     overlayfs), and its layers together at most Config.MaxEntries tar
+//     entries and Config.MaxImageBytes bytes of file content; the
+//     conversion stops before the work directory's file system runs out
+//     of space. A layer that failed its own limit or was invalid fails
+//     again at once, without being read, for ten minutes.
 //   - Sparse tar entries are refused (ErrInvalidLayer); xattrs that do not
 //     fit in the inode and one extra block, names over 255 bytes and files
 //     over 128 GiB fail the conversion (limits of the ext4 writer).

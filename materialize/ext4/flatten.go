@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/materialize/internal/layerio"
 )
 
 // ErrInvalidLayer is wrapped by every error about a layer's tar content that
@@ -62,7 +63,10 @@ type FlattenStats struct {
 //
 // Names are cleaned and made relative; a name or hard-link target that
 // escapes the root ("..") fails with ErrInvalidLayer. Symlink targets are
-// kept verbatim (they resolve inside the image's root when used).
+// kept verbatim (they resolve inside the image's root when used); one over
+// MaxSymlinkTarget bytes fails with ErrInvalidLayer. Extended attributes
+// are kept, except overlayfs's own (trusted.overlay.*, user.overlay.*),
+// which the overlay applier does not let a layer set either.
 //
 // Memory stays bounded: Flatten keeps one small record per path and no file
 // content. A hard link comes after its target in the same layer, and by
@@ -76,10 +80,35 @@ type FlattenStats struct {
 //
 // Flatten does not close w. On error, w holds a partial stream.
 func Flatten(ctx context.Context, layers []TarOpener, w io.Writer, spoolDir string) (FlattenStats, error) {
+	return FlattenLimited(ctx, layers, w, spoolDir, FlattenLimits{})
+}
+
+// FlattenLimits bound the work of one Flatten call over all its layers
+// (each layer's own decompressed size is bounded by its TarOpener). Zero
+// fields mean no bound. Exceeding one fails with an error wrapping
+// layerio.ErrBudgetExceeded (and so layerio.ErrLimitExceeded): a property
+// of the image, not of one layer.
+type FlattenLimits struct {
+	// MaxEntries bounds the tar entries read, all layers together
+	// (whiteouts and shadowed entries included).
+	MaxEntries int64
+	// MaxBytes bounds the bytes of file content read, all layers
+	// together (shadowed content included: it is spooled to disk).
+	MaxBytes int64
+}
+
+// MaxSymlinkTarget is the longest symlink target an image may hold (Linux's
+// PATH_MAX less the terminating NUL); a longer one fails with
+// ErrInvalidLayer, as the kernel and e2fsck refuse it.
+const MaxSymlinkTarget = 4095
+
+// FlattenLimited is Flatten with limits on the whole image's work.
+func FlattenLimited(ctx context.Context, layers []TarOpener, w io.Writer, spoolDir string, lim FlattenLimits) (FlattenStats, error) {
 	f := &flattener{
 		tw:       tar.NewWriter(w),
 		paths:    make(map[string]*pathState),
 		spoolDir: spoolDir,
+		lim:      lim,
 	}
 	defer func() {
 		if f.spool != nil {
@@ -132,6 +161,9 @@ type flattener struct {
 	spool    *os.File // created when first needed
 	stats    FlattenStats
 	buf      []byte
+	lim      FlattenLimits
+	entries  int64 // tar entries read, all layers
+	bytes    int64 // file content read, all layers
 }
 
 func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) error {
@@ -171,6 +203,9 @@ func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if err := f.count(idx, hdr); err != nil {
+			return err
+		}
 		name, ok := cleanName(hdr.Name)
 		if !ok {
 			return fmt.Errorf("ext4: flatten: layer %d: %w: path %q escapes the root", idx, ErrInvalidLayer, hdr.Name)
@@ -185,6 +220,9 @@ func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) error {
 		case tar.TypeReg, tar.TypeDir, tar.TypeSymlink, tar.TypeLink, tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 		default:
 			continue // PAX global header, GNU volume label, ...: not files
+		}
+		if hdr.Typeflag == tar.TypeSymlink && len(hdr.Linkname) > MaxSymlinkTarget {
+			return fmt.Errorf("ext4: flatten: layer %d: %w: symlink %q has a target of %d bytes (at most %d)", idx, ErrInvalidLayer, name, len(hdr.Linkname), MaxSymlinkTarget)
 		}
 		dir, base := path.Split(name)
 		dir = strings.TrimSuffix(dir, "/")
@@ -323,6 +361,21 @@ func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) error {
 	return nil
 }
 
+// count adds hdr to the whole image's work and checks the limits.
+func (f *flattener) count(idx int, hdr *tar.Header) error {
+	f.entries++
+	if f.lim.MaxEntries > 0 && f.entries > f.lim.MaxEntries {
+		return fmt.Errorf("ext4: flatten: layer %d: %w: more than %d tar entries in the image", idx, layerio.ErrBudgetExceeded, f.lim.MaxEntries)
+	}
+	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+		f.bytes += hdr.Size
+		if f.lim.MaxBytes > 0 && (f.bytes > f.lim.MaxBytes || f.bytes < 0) {
+			return fmt.Errorf("ext4: flatten: layer %d: %w: more than %d bytes of file content in the image", idx, layerio.ErrBudgetExceeded, f.lim.MaxBytes)
+		}
+	}
+	return nil
+}
+
 // link handles a hard link entry name -> hdr.Linkname within layer idx.
 func (f *flattener) link(idx int, name string, hdr *tar.Header, visible bool, links map[string]*layerLink) error {
 	target, ok := cleanName(hdr.Linkname)
@@ -454,7 +507,13 @@ func outHeader(h *tar.Header, name string) *tar.Header {
 		out.Size = 0
 	}
 	for k, v := range h.PAXRecords {
-		if strings.HasPrefix(k, "SCHILY.xattr.") {
+		if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+			if strings.HasPrefix(name, "trusted.overlay.") || strings.HasPrefix(name, "user.overlay.") {
+				// overlayfs's own markers (opaque, redirect, metacopy): a
+				// layer must not forge them, as the overlay applier does
+				// not let it either.
+				continue
+			}
 			if out.PAXRecords == nil {
 				out.PAXRecords = make(map[string]string)
 			}

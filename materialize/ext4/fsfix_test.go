@@ -241,9 +241,10 @@ func newGenLayer(t *testing.T, write func(w io.Writer) error) *genLayer {
 	return &genLayer{write: write, digest: blob.NewDigestFromHash(h), size: cw.n}
 }
 
-func (l *genLayer) Digest() blob.Digest { return l.digest }
-func (l *genLayer) MediaType() string   { return "application/vnd.oci.image.layer.v1.tar" }
-func (l *genLayer) Size() int64         { return l.size }
+func (l *genLayer) Digest() blob.Digest             { return l.digest }
+func (l *genLayer) Authorize(context.Context) error { return nil }
+func (l *genLayer) MediaType() string               { return "application/vnd.oci.image.layer.v1.tar" }
+func (l *genLayer) Size() int64                     { return l.size }
 func (l *genLayer) Open(ctx context.Context) (io.ReadCloser, error) {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(l.write(pw)) }()

@@ -52,9 +52,10 @@ type rawLayer struct {
 
 var errInjected = errors.New("injected layer read failure")
 
-func (l *rawLayer) Digest() blob.Digest { return blob.FromBytes(l.data) }
-func (l *rawLayer) MediaType() string   { return "application/vnd.oci.image.layer.v1.tar" }
-func (l *rawLayer) Size() int64         { return int64(len(l.data)) }
+func (l *rawLayer) Digest() blob.Digest             { return blob.FromBytes(l.data) }
+func (l *rawLayer) Authorize(context.Context) error { return nil }
+func (l *rawLayer) MediaType() string               { return "application/vnd.oci.image.layer.v1.tar" }
+func (l *rawLayer) Size() int64                     { return int64(len(l.data)) }
 func (l *rawLayer) Open(ctx context.Context) (io.ReadCloser, error) {
 	var r io.Reader = bytes.NewReader(l.data)
 	if l.failAfter > 0 {
@@ -79,6 +80,8 @@ func (i *testImage) Digest() blob.Digest {
 	return blob.FromBytes([]byte("image:" + s))
 }
 func (i *testImage) Layers() []materialize.Layer { return i.layers }
+func (i *testImage) Origin() string              { return "test" }
+func (i *testImage) LocalOnly() bool             { return false }
 
 func imageOf(layers ...[]byte) *testImage {
 	img := &testImage{}

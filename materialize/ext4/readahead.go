@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"sync"
+
+	"github.com/strata-oci/strata/internal/safego"
 )
 
 const (
@@ -45,6 +47,10 @@ func startReadahead(ctx context.Context, open func(context.Context) (io.ReadClos
 func (r *readahead) produce(ctx context.Context, open func(context.Context) (io.ReadCloser, error)) {
 	defer close(r.done)
 	defer close(r.chunks)
+	// A panic opening or reading the stream (a decompressor, a verifier)
+	// becomes its error instead of ending the process; r.err is set before
+	// chunks and done close.
+	defer safego.Recover(&r.err, "ext4 layer read-ahead")
 	rc, err := open(ctx)
 	if err != nil {
 		r.err = err
@@ -110,13 +116,24 @@ func (r *readahead) finalErr() error {
 	return io.EOF
 }
 
-// Close stops the producer and waits for it to release the stream.
+// Close stops the producer, waits for it to release the stream, and drops
+// every buffer, so that a layer's read-ahead memory is freed as soon as the
+// layer is consumed (not when the whole image is done).
 func (r *readahead) Close() error {
 	r.once.Do(func() {
 		r.cancel()
 		for range r.chunks {
 		}
 		<-r.done
+		for {
+			select {
+			case <-r.free:
+				continue
+			default:
+			}
+			break
+		}
+		r.cur, r.buf = nil, nil
 	})
 	return nil
 }

@@ -1,109 +1,52 @@
 package ext4
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"os"
+	"syscall"
+
+	"github.com/strata-oci/strata/internal/sparse"
 )
 
-// sparseFile is an io.ReadWriteSeeker over a fresh, empty file that turns
-// all-zero 4 KiB blocks written past everything written so far into holes:
-// it skips them instead of writing them. Below that high-water mark every
-// write goes to disk, so overwriting data with zeros stays correct. Finish
-// sets the file's size to the logical size. Not safe for concurrent use.
-type sparseFile struct {
-	f   *os.File
-	pos int64 // logical offset of the next Read/Write
-	hwm int64 // end of the furthest Write (written or skipped)
+// newSparseFile returns a writer over the fresh, empty file f that turns
+// all-zero 4 KiB blocks written past everything written so far into holes
+// (see sparse.Writer); Finish sets the file's size to the logical size.
+func newSparseFile(f *os.File) *sparse.Writer { return sparse.NewWriter(f, fsBlockSize) }
+
+// Free space a conversion leaves on the file system of its work directory:
+// the smaller of freeReserveMax and freeReservePct percent of its size.
+// Free space is looked at again after every statfsEvery bytes written.
+const (
+	freeReserveMax = 256 << 20
+	freeReservePct = 2
+	statfsEvery    = 16 << 20
+)
+
+// spaceCheckedFile is f whose writes stop, with an error wrapping
+// syscall.ENOSPC, before the file system of dir would keep less than its
+// reserve of free space.
+type spaceCheckedFile struct {
+	*os.File
+	dir   string
+	since int64
 }
 
-func newSparseFile(f *os.File) *sparseFile { return &sparseFile{f: f} }
-
-var zeroBlock [fsBlockSize]byte
-
-func isZero(b []byte) bool {
-	for len(b) > 0 {
-		n := min(len(b), len(zeroBlock))
-		if string(b[:n]) != string(zeroBlock[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
+func newSpaceCheckedFile(f *os.File, dir string) *spaceCheckedFile {
+	return &spaceCheckedFile{File: f, dir: dir, since: statfsEvery}
 }
 
-// Write implements io.Writer.
-func (s *sparseFile) Write(p []byte) (int, error) {
-	written := 0
-	for len(p) > 0 {
-		// Split at block boundaries so that each piece is one block or less.
-		n := int(fsBlockSize - s.pos%fsBlockSize)
-		n = min(n, len(p))
-		chunk := p[:n]
-		if s.pos < s.hwm || !isZero(chunk) {
-			// Coalesce consecutive non-zero blocks into one write.
-			end := n
-			for end < len(p) {
-				m := min(fsBlockSize, len(p)-end)
-				if s.pos+int64(end) >= s.hwm && isZero(p[end:end+m]) {
-					break
-				}
-				end += m
-			}
-			chunk = p[:end]
-			if _, err := s.f.WriteAt(chunk, s.pos); err != nil {
-				return written, err
+// WriteAt implements io.WriterAt.
+func (f *spaceCheckedFile) WriteAt(p []byte, off int64) (int, error) {
+	if f.since += int64(len(p)); f.since >= statfsEvery {
+		f.since = 0
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(f.dir, &st); err == nil {
+			bs := int64(st.Bsize)
+			reserve := min(freeReserveMax, int64(st.Blocks)*bs*freeReservePct/100)
+			if avail := int64(st.Bavail) * bs; avail-int64(len(p)) < reserve {
+				return 0, fmt.Errorf("%w: %d bytes free on the file system of %s, %d kept in reserve", syscall.ENOSPC, avail, f.dir, reserve)
 			}
 		}
-		s.pos += int64(len(chunk))
-		s.hwm = max(s.hwm, s.pos)
-		written += len(chunk)
-		p = p[len(chunk):]
 	}
-	return written, nil
-}
-
-// Read implements io.Reader over the logical content.
-func (s *sparseFile) Read(p []byte) (int, error) {
-	if s.pos >= s.hwm {
-		return 0, io.EOF
-	}
-	if rem := s.hwm - s.pos; int64(len(p)) > rem {
-		p = p[:rem]
-	}
-	n, err := s.f.ReadAt(p, s.pos)
-	if errors.Is(err, io.EOF) {
-		// Skipped zeros past the file's current end.
-		clear(p[n:])
-		n, err = len(p), nil
-	}
-	s.pos += int64(n)
-	return n, err
-}
-
-// Seek implements io.Seeker.
-func (s *sparseFile) Seek(off int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		off += s.pos
-	case io.SeekEnd:
-		off += s.hwm
-	default:
-		return s.pos, fmt.Errorf("ext4: seek: bad whence %d", whence)
-	}
-	if off < 0 {
-		return s.pos, fmt.Errorf("ext4: seek to negative offset %d", off)
-	}
-	s.pos = off
-	return off, nil
-}
-
-// Finish sets the file's size to the logical size and returns it.
-func (s *sparseFile) Finish() (int64, error) {
-	if err := s.f.Truncate(s.hwm); err != nil {
-		return 0, err
-	}
-	return s.hwm, nil
+	return f.File.WriteAt(p, off)
 }

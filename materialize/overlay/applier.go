@@ -3,17 +3,23 @@ package overlay
 import (
 	"archive/tar"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/strata-oci/strata/internal/sparse"
 )
 
 // Overlayfs forms of the OCI whiteout markers.
@@ -28,19 +34,41 @@ const (
 type applyConfig struct {
 	opaqueXattr string
 	maxEntries  int64 // <= 0: unlimited
-	maxBytes    int64 // bytes of file content (sparse holes included); <= 0: unlimited
-	privileged  bool  // running with CAP_CHOWN/CAP_MKNOD etc. (euid 0)
-	umask       int   // the process umask, when umaskKnown
-	umaskKnown  bool  // without it every file gets a chmod
+	maxBytes    int64 // bytes of file content (holes included); <= 0: unlimited
+	// charge, when set, is called with the size of every write of file
+	// content before it is made (holes cost nothing); an error stops the
+	// extraction with that error. It carries the budgets that hold while
+	// writing: the cache's byte budget, the free space of the file system.
+	charge func(n int64) error
+	// chargeEntry, when set, is called for every tar entry before it is
+	// applied; an error stops the extraction with that error (an image's
+	// entry budget).
+	chargeEntry func() error
+	// sums, when set, receives the sha256 of the content of every regular
+	// file written, by inode (hard links share it), for the layer's
+	// manifest.
+	sums       fileSums
+	privileged bool // running with CAP_CHOWN/CAP_MKNOD etc. (euid 0)
+	umask      int  // the process umask, when umaskKnown
+	umaskKnown bool // without it every file gets a chmod
 }
 
 // applyStats counts what one layer's extraction created.
 type applyStats struct {
 	Entries int64 // tar entries processed
 	Files   int64 // regular files written
-	Bytes   int64 // bytes of regular file content written
+	Bytes   int64 // bytes of regular file content written to disk (holes excluded)
+	Logical int64 // bytes of regular file content, holes included
 	Skipped int64 // entries skipped (devices or ownership without privilege, overlay-internal xattrs)
 }
+
+// MaxSymlinkTarget is the longest symlink target Linux stores (PATH_MAX
+// less the terminating NUL); a longer one is refused with ErrInvalidLayer.
+const MaxSymlinkTarget = 4095
+
+// holeBlock is the size of the aligned all-zero blocks that become holes
+// in extracted files.
+const holeBlock = 4096
 
 // applier writes one layer's tar stream into a directory in overlayfs
 // form. Every path is resolved beneath the layer directory with openat2
@@ -53,7 +81,13 @@ type applier struct {
 	rootPath string
 	stats    applyStats
 	buf      []byte
+	hash     hash.Hash // of file content, for applyConfig.sums
 	dirTimes map[string]unix.Timespec
+	// Final modes of directories created without owner rwx: they stay
+	// writable by their owner (0700 added) while the layer is written, so
+	// that a 0555 directory with content extracts without privilege, and
+	// get their mode when the layer is done (finishDirs).
+	dirModes map[string]uint32
 
 	// A one-entry cache of the current parent directory. Entries of one
 	// directory come together in tar streams. The cached fd stays valid:
@@ -78,8 +112,11 @@ func applyLayer(ctx context.Context, rootPath string, r io.Reader, cfg applyConf
 	if err != nil {
 		return applyStats{}, &os.PathError{Op: "open", Path: rootPath, Err: err}
 	}
-	a := &applier{cfg: cfg, root: fd, rootPath: rootPath, buf: make([]byte, 256<<10), dirTimes: map[string]unix.Timespec{}, cacheFd: -1,
+	a := &applier{cfg: cfg, root: fd, rootPath: rootPath, buf: make([]byte, 256<<10), dirTimes: map[string]unix.Timespec{}, dirModes: map[string]uint32{}, cacheFd: -1,
 		euid: os.Geteuid(), egid: os.Getegid()}
+	if cfg.sums != nil {
+		a.hash = sha256.New()
+	}
 	defer a.close()
 	tr := tar.NewReader(r)
 	for {
@@ -97,11 +134,16 @@ func applyLayer(ctx context.Context, rootPath string, r io.Reader, cfg applyConf
 		if a.cfg.maxEntries > 0 && a.stats.Entries > a.cfg.maxEntries {
 			return a.stats, fmt.Errorf("%w: more than %d entries", ErrLimitExceeded, a.cfg.maxEntries)
 		}
+		if a.cfg.chargeEntry != nil {
+			if err := a.cfg.chargeEntry(); err != nil {
+				return a.stats, err
+			}
+		}
 		if err := a.entry(h, tr); err != nil {
 			return a.stats, fmt.Errorf("entry %q: %w", truncate(h.Name, 200), err)
 		}
 	}
-	if err := a.finishDirTimes(); err != nil {
+	if err := a.finishDirs(); err != nil {
 		return a.stats, err
 	}
 	// Read what follows the end-of-archive marker so the blob is verified.
@@ -273,7 +315,7 @@ func (a *applier) entry(h *tar.Header, tr io.Reader) error {
 	}
 	dir, base := splitRel(rel)
 	if strings.HasPrefix(base, whiteoutPrefix) {
-		return a.whiteout(dir, base)
+		return a.whiteout(dir, base, h)
 	}
 	if rel == "" {
 		if h.Typeflag != tar.TypeDir {
@@ -293,6 +335,9 @@ func (a *applier) entry(h *tar.Header, tr io.Reader) error {
 	case tar.TypeSymlink:
 		if strings.IndexByte(h.Linkname, 0) >= 0 {
 			return fmt.Errorf("%w: NUL byte in symlink target", ErrInvalidLayer)
+		}
+		if len(h.Linkname) > MaxSymlinkTarget {
+			return fmt.Errorf("%w: symlink target of %d bytes (at most %d)", ErrInvalidLayer, len(h.Linkname), MaxSymlinkTarget)
 		}
 		err := a.create(pfd, base, func() error { return unix.Symlinkat(h.Linkname, pfd, base) })
 		if err != nil {
@@ -357,7 +402,27 @@ func (a *applier) dir(pfd int, rel, base string, h *tar.Header) error {
 		return err
 	}
 	a.dirTimes[rel] = timespec(h.ModTime)
+	a.deferMode(rel, h)
 	return nil
+}
+
+// deferMode records the final mode of directory rel when it lacks owner
+// rwx (meta and rootDir give such a directory its mode with 0700 added).
+func (a *applier) deferMode(rel string, h *tar.Header) {
+	if mode := uint32(h.Mode) & 0o7777; mode&0o700 != 0o700 {
+		a.dirModes[rel] = mode
+	} else {
+		delete(a.dirModes, rel)
+	}
+}
+
+// writableMode is the mode a directory has while the layer is written.
+func writableMode(h *tar.Header) uint32 {
+	mode := uint32(h.Mode) & 0o7777
+	if h.Typeflag == tar.TypeDir {
+		mode |= 0o700
+	}
+	return mode
 }
 
 func (a *applier) rootDir(h *tar.Header) error {
@@ -368,17 +433,18 @@ func (a *applier) rootDir(h *tar.Header) error {
 	if err := a.xattrs(h, func(k string, v []byte) error { return unix.Fsetxattr(a.root, k, v, 0) }); err != nil {
 		return err
 	}
-	if err := unix.Fchmod(a.root, uint32(h.Mode)&0o7777); err != nil {
+	if err := unix.Fchmod(a.root, writableMode(h)); err != nil {
 		return &os.PathError{Op: "chmod", Path: "/", Err: err}
 	}
 	a.dirTimes[""] = timespec(h.ModTime)
+	a.deferMode("", h)
 	return nil
 }
 
 func (a *applier) file(pfd int, base string, h *tar.Header, tr io.Reader) error {
 	// The decompressed stream is bounded by layerio, but a sparse entry
-	// expands to its full size here.
-	if a.cfg.maxBytes > 0 && (h.Size < 0 || h.Size > a.cfg.maxBytes-a.stats.Bytes) {
+	// expands to its full size here: holes count against maxBytes.
+	if a.cfg.maxBytes > 0 && (h.Size < 0 || h.Size > a.cfg.maxBytes-a.stats.Logical) {
 		return fmt.Errorf("%w: file content over %d bytes", ErrLimitExceeded, a.cfg.maxBytes)
 	}
 	// Create with the final permissions when the umask leaves them intact
@@ -396,8 +462,22 @@ func (a *applier) file(pfd int, base string, h *tar.Header, tr io.Reader) error 
 	if err != nil {
 		return &os.PathError{Op: "create", Path: base, Err: err}
 	}
-	n, err := a.copyTo(fd, tr)
-	a.stats.Bytes += n
+	var tee io.Writer
+	if a.hash != nil {
+		a.hash.Reset()
+		tee = a.hash
+	}
+	n, written, err := a.copyTo(fd, tr, tee)
+	a.stats.Logical += n
+	a.stats.Bytes += written
+	if err == nil && a.hash != nil {
+		var st unix.Stat_t
+		if serr := unix.Fstat(fd, &st); serr != nil {
+			err = &os.PathError{Op: "stat", Path: base, Err: serr}
+		} else {
+			a.cfg.sums[fileID{uint64(st.Dev), st.Ino}] = [sha256.Size]byte(a.hash.Sum(nil))
+		}
+	}
 	if err == nil && (h.Uid != a.createUID || h.Gid != a.createGID) {
 		// pfd is the cached parent: a new file there is already owned by
 		// createUID:createGID, and chown is needed only to change that.
@@ -427,29 +507,84 @@ func (a *applier) file(pfd int, base string, h *tar.Header, tr io.Reader) error 
 	return err
 }
 
-func (a *applier) copyTo(fd int, r io.Reader) (int64, error) {
-	var total int64
+// copyTo writes r to the new, empty file fd, leaving holes for aligned
+// all-zero blocks (a run of zeros, or the holes of a sparse tar entry,
+// which archive/tar returns as zeros), and every byte to tee if not nil. It
+// returns the logical size and the bytes written to disk.
+func (a *applier) copyTo(fd int, r io.Reader, tee io.Writer) (logical, written int64, err error) {
+	sw := sparse.NewWriter(fdFile{fd: fd, charge: a.cfg.charge}, holeBlock)
 	for {
-		n, rerr := r.Read(a.buf)
-		for off := 0; off < n; {
-			w, err := unix.Write(fd, a.buf[off:n])
-			if err == unix.EINTR {
-				continue
+		// Whole buffers (a multiple of holeBlock) keep the blocks aligned.
+		n := 0
+		var rerr error
+		for n < len(a.buf) && rerr == nil {
+			var k int
+			k, rerr = r.Read(a.buf[n:])
+			n += k
+		}
+		if n > 0 {
+			if tee != nil {
+				tee.Write(a.buf[:n])
 			}
-			if err != nil {
-				return total, &os.PathError{Op: "write", Path: "", Err: err}
+			if _, err := sw.Write(a.buf[:n]); err != nil {
+				return sw.Size(), sw.Written(), err
 			}
-			off += w
-			total += int64(w)
 		}
 		if rerr == io.EOF {
-			return total, nil
+			break
 		}
 		if rerr != nil {
-			return total, rerr
+			return sw.Size(), sw.Written(), rerr
 		}
 	}
+	if sw.Written() < sw.Size() {
+		// A trailing hole: give the file its size.
+		if _, err := sw.Finish(); err != nil {
+			return sw.Size(), sw.Written(), &os.PathError{Op: "truncate", Path: "", Err: err}
+		}
+	}
+	return sw.Size(), sw.Written(), nil
 }
+
+// fdFile is a sparse.File over a file descriptor the applier owns; every
+// write is charged first (applyConfig.charge).
+type fdFile struct {
+	fd     int
+	charge func(n int64) error
+}
+
+func (f fdFile) WriteAt(p []byte, off int64) (int, error) {
+	if f.charge != nil {
+		if err := f.charge(int64(len(p))); err != nil {
+			return 0, err
+		}
+	}
+	done := 0
+	for done < len(p) {
+		w, err := unix.Pwrite(f.fd, p[done:], off+int64(done))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return done, &os.PathError{Op: "write", Path: "", Err: err}
+		}
+		done += w
+	}
+	return done, nil
+}
+
+func (f fdFile) ReadAt(p []byte, off int64) (int, error) {
+	n, err := unix.Pread(f.fd, p, off)
+	if err != nil {
+		return 0, err
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (f fdFile) Truncate(size int64) error { return unix.Ftruncate(f.fd, size) }
 
 func (a *applier) link(pfd int, base string, h *tar.Header) error {
 	target := cleanRel(h.Linkname)
@@ -488,7 +623,7 @@ func (a *applier) link(pfd int, base string, h *tar.Header) error {
 }
 
 // whiteout turns an OCI whiteout entry into its overlayfs form.
-func (a *applier) whiteout(dir, base string) error {
+func (a *applier) whiteout(dir, base string, h *tar.Header) error {
 	if base == opaqueMarker {
 		fd, err := a.openDir(dir, true)
 		if err != nil {
@@ -511,6 +646,12 @@ func (a *applier) whiteout(dir, base string) error {
 	err = a.create(pfd, name, func() error { return unix.Mknodat(pfd, name, unix.S_IFCHR, 0) })
 	if err != nil {
 		return &os.PathError{Op: "mknod whiteout", Path: path.Join(dir, name), Err: err}
+	}
+	// The marker's time, not the clock's: a layer extracts to the same
+	// tree every time (verify compares re-extractions).
+	ts := timespec(h.ModTime)
+	if err := unix.UtimesNanoAt(pfd, name, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &os.PathError{Op: "utimes whiteout", Path: path.Join(dir, name), Err: err}
 	}
 	return nil
 }
@@ -537,7 +678,7 @@ func (a *applier) meta(pfd int, base string, h *tar.Header, symlink bool) error 
 	}
 	if !symlink {
 		// The name was just created by this applier and is not a symlink.
-		if err := unix.Fchmodat(pfd, base, uint32(h.Mode)&0o7777, 0); err != nil {
+		if err := unix.Fchmodat(pfd, base, writableMode(h), 0); err != nil {
 			return &os.PathError{Op: "chmod", Path: base, Err: err}
 		}
 	}
@@ -587,7 +728,50 @@ func (a *applier) xattrs(h *tar.Header, set func(k string, v []byte) error) erro
 	return nil
 }
 
-// finishDirTimes sets directory times after their contents are written.
+// finishDirs sets directory times after their contents are written, then
+// the final modes deferred by deferMode (deepest first: a parent that
+// loses its owner's search permission no longer lets its children be
+// reached).
+func (a *applier) finishDirs() error {
+	if err := a.finishDirTimes(); err != nil {
+		return err
+	}
+	rels := make([]string, 0, len(a.dirModes))
+	for rel := range a.dirModes {
+		rels = append(rels, rel)
+	}
+	sort.Slice(rels, func(i, j int) bool {
+		if di, dj := strings.Count(rels[i], "/"), strings.Count(rels[j], "/"); di != dj {
+			return di > dj
+		}
+		return rels[i] > rels[j] // "" (the root) last
+	})
+	for _, rel := range rels {
+		mode := a.dirModes[rel]
+		if rel == "" {
+			if err := unix.Fchmod(a.root, mode); err != nil {
+				return &os.PathError{Op: "chmod", Path: "/", Err: err}
+			}
+			continue
+		}
+		dir, base := splitRel(rel)
+		pfd, err := a.openDir(dir, false)
+		if err != nil {
+			continue // replaced by a later entry
+		}
+		var st unix.Stat_t
+		if unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			// A directory, not a symlink: Fchmodat follows nothing here.
+			err = unix.Fchmodat(pfd, base, mode, 0)
+		}
+		unix.Close(pfd)
+		if err != nil {
+			return &os.PathError{Op: "chmod", Path: rel, Err: err}
+		}
+	}
+	return nil
+}
+
 func (a *applier) finishDirTimes() error {
 	for rel, ts := range a.dirTimes {
 		if rel == "" {
@@ -613,8 +797,53 @@ func (a *applier) finishDirTimes() error {
 	return nil
 }
 
+// removeAll removes path and everything under it, never following
+// symlinks, making directories writable by their owner first (a layer may
+// hold 0555 or 0000 directories, which keep an unprivileged owner from
+// removing their content). A missing path is not an error.
+func removeAll(p string) error {
+	p = filepath.Clean(p)
+	dir, base := filepath.Split(p)
+	if dir == "" {
+		dir = "."
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if err == unix.ENOENT {
+			return nil
+		}
+		return &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(fd)
+	if err := removeAllAt(fd, base); err != nil {
+		return fmt.Errorf("remove %s: %w", p, err)
+	}
+	return nil
+}
+
+// ownerWritable gives directory dirfd/name owner rwx if it lacks it, so
+// that its entries can be listed and removed. It never follows a symlink:
+// the directory is opened O_PATH|O_NOFOLLOW and changed through its
+// /proc/self/fd link.
+func ownerWritable(dirfd int, name string) error {
+	fd, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&0o700 == 0o700 {
+		return nil
+	}
+	return unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), (st.Mode&0o7777)|0o700)
+}
+
 // removeAllAt removes dirfd/name and, for a directory, everything in it,
-// never following symlinks.
+// never following symlinks; directories are made writable by their owner
+// first.
 func removeAllAt(dirfd int, name string) error {
 	err := unix.Unlinkat(dirfd, name, 0)
 	if err == nil || err == unix.ENOENT {
@@ -629,6 +858,9 @@ func removeAllAt(dirfd int, name string) error {
 	}
 	if err != unix.ENOTEMPTY && err != unix.EEXIST {
 		return &os.PathError{Op: "rmdir", Path: name, Err: err}
+	}
+	if err := ownerWritable(dirfd, name); err != nil && err != unix.ENOENT {
+		return &os.PathError{Op: "chmod", Path: name, Err: err}
 	}
 	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {

@@ -473,6 +473,8 @@ func FuzzApply(f *testing.F) {
 	f.Add(tartest.New().Symlink("x", "p/q").Symlink("s", "x/y/../../r").File("s/z/f", nil).Tar())
 	f.Add(tartest.New().Symlink("a", "b/c").Symlink("b", "a/..").File("a/x/y", nil).Tar())
 	f.Add(tartest.Fixtures()[0].Layers[0])
+	f.Add(tartest.New().Dir("ro", tartest.Mode(0o555)).File("ro/f", make([]byte, 3*holeBlock)).Dir("ro", tartest.Mode(0o500)).
+		Symlink("ro/s", string(bytes.Repeat([]byte("s"), MaxSymlinkTarget+1))).Link("ro/h", "nowhere").Tar())
 	privileged := os.Geteuid() == 0
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s := newSandbox(t)

@@ -14,6 +14,11 @@
 //	l/_, l/__      empty directories (padding: overlayfs needs two lower
 //	               layers when there is no upper one)
 //	meta/<hex>     "<id> <bytes>" for the cache index
+//	meta/<hex>.files  the layer's manifest: every entry's type, mode,
+//	               owner, size and link target, every file's sha256 (see
+//	               Verify); missing for layers extracted before it existed
+//	mounts/<id>.json  mount leases: layers held for a mount that outlives
+//	               the process which made it (see RecordMount)
 //	tmp/           extractions in progress (temp dir, then rename)
 //
 // One Materializer owns its Root: two processes must not share one.
@@ -27,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -42,6 +48,7 @@ import (
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/internal/privdir"
+	"github.com/strata-oci/strata/internal/safego"
 	"github.com/strata-oci/strata/materialize"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 )
@@ -55,6 +62,11 @@ var (
 	// ErrLimitExceeded: a layer exceeds Config.MaxLayerBytes or
 	// Config.MaxEntries. It is layerio.ErrLimitExceeded.
 	ErrLimitExceeded = layerio.ErrLimitExceeded
+	// ErrBudgetExceeded: the layers of one image exceed
+	// Config.MaxImageBytes or Config.MaxImageEntries. It wraps
+	// ErrLimitExceeded; unlike a layer's own limits it is not remembered
+	// per layer (it depends on the image). It is layerio.ErrBudgetExceeded.
+	ErrBudgetExceeded = layerio.ErrBudgetExceeded
 	// ErrTooManyLayers: overlayfs stacks at most MaxLayers lower layers.
 	ErrTooManyLayers = errors.New("too many layers for overlayfs")
 	// ErrNotPrivate: Root (or a directory under it) belongs to another
@@ -65,6 +77,12 @@ var (
 
 // MaxLayers is the most lower layers overlayfs accepts (OVL_MAX_STACK).
 const MaxLayers = 500
+
+// Defaults of the image-wide limits (see Config.MaxImageBytes).
+const (
+	DefaultMaxImageBytes   = 2 * layerio.DefaultMaxBytes
+	DefaultMaxImageEntries = 10_000_000
+)
 
 // Config configures a Materializer.
 type Config struct {
@@ -78,7 +96,10 @@ type Config struct {
 	// After each materialization and lease release, unleased layers are
 	// evicted least recently used first until the total fits. Leased layers
 	// are never evicted, so the total may exceed Budget while they are
-	// held. 0 means no bound.
+	// held. 0 means no bound. A layer whose files take more than Budget
+	// on disk (holes do not count) fails with ErrLimitExceeded while it is
+	// written, and extraction stops with an error wrapping unix.ENOSPC
+	// before the file system's free space falls under a small reserve.
 	Budget int64
 	// Parallelism bounds how many layers of one Materialize call extract at
 	// once. 0 means GOMAXPROCS.
@@ -90,6 +111,15 @@ type Config struct {
 	// ErrLimitExceeded.
 	MaxLayerBytes int64
 	MaxEntries    int64
+	// MaxImageBytes bounds the bytes of file content on disk (holes
+	// excluded) of all the layers of one Materialize call together:
+	// layers it extracts count while they are written, layers it reuses
+	// count their recorded size (0: DefaultMaxImageBytes, negative: no
+	// bound). MaxImageEntries bounds the tar entries of the layers it
+	// extracts (0: DefaultMaxImageEntries, negative: no bound). Exceeding
+	// either fails the call with an error wrapping ErrBudgetExceeded.
+	MaxImageBytes   int64
+	MaxImageEntries int64
 	// UserXattr marks opaque directories with user.overlay.opaque instead of
 	// trusted.overlay.opaque; such layers must be mounted with the
 	// "userxattr" option, which MountOptions then includes.
@@ -98,6 +128,11 @@ type Config struct {
 	// becomes visible, so a power loss cannot leave a partial layer. Without
 	// it a process crash is still safe: a layer appears only complete.
 	Durable bool
+	// NoEvict turns off budget eviction (the pass New runs and those after
+	// each Materialize and lease release) and keeps mount leases whose
+	// mount is gone: for a process that opens the cache only to look at
+	// it. Budget is then reported, never applied. Cleanup still works.
+	NoEvict bool
 	// Metrics, when set, receives the materializer's collectors
 	// (strata_overlay_*). Two Materializers need two registerers (for
 	// example prometheus.WrapRegistererWith with a distinguishing label).
@@ -117,12 +152,21 @@ type Materializer struct {
 	layers  map[blob.Digest]*layerEntry
 	lru     *list.List // of *layerEntry, most recently used first
 	total   int64
-	flights map[blob.Digest]*flight
+	flights map[flightKey]*flight
 	ids     map[string]blob.Digest // short id -> digest
+	mounts  map[string]*mountRec   // mount leases by id
+	// staleAtOpen are the mount leases New dropped, until DropStaleMounts
+	// reports them.
+	staleAtOpen []MountLease
 
 	// running counts extraction goroutines, including abandoned ones that
 	// are still cleaning up.
 	running sync.WaitGroup
+	// closed refuses new extractions once Close was called.
+	closed bool
+
+	failed layerio.Failures // layers whose content failed a limit or was invalid
+
 }
 
 type layerEntry struct {
@@ -134,13 +178,23 @@ type layerEntry struct {
 	elem   *list.Element
 }
 
-// flight is one extraction in progress; waiters share it.
+// flightKey names an extraction in progress: a layer, read from one
+// origin. Callers of another origin extract on their own (the first commit
+// wins, the others discard theirs), so a caller whose registry stalls or
+// lies never holds up or fails another's materialization.
+type flightKey struct {
+	digest blob.Digest
+	origin string
+}
+
+// flight is one extraction in progress; waiters of its origin share it.
 type flight struct {
 	done    chan struct{}
 	err     error
 	entry   *layerEntry
 	waiters int
 	cancel  context.CancelFunc
+	budget  *imageBudget // of the call that started it, charged while writing
 }
 
 // New opens (creating if needed) the layer cache under cfg.Root, removes
@@ -160,13 +214,20 @@ func New(cfg Config) (*Materializer, error) {
 	if cfg.MaxEntries == 0 {
 		cfg.MaxEntries = 10_000_000
 	}
+	if cfg.MaxImageBytes == 0 {
+		cfg.MaxImageBytes = DefaultMaxImageBytes
+	}
+	if cfg.MaxImageEntries == 0 {
+		cfg.MaxImageEntries = DefaultMaxImageEntries
+	}
 	met, err := newMetrics(cfg.Metrics)
 	if err != nil {
 		return nil, fmt.Errorf("overlay: metrics: %w", err)
 	}
 	m := &Materializer{
 		cfg: cfg, root: root, mountDir: filepath.Join(root, "l"), privileged: os.Geteuid() == 0, met: met,
-		layers: map[blob.Digest]*layerEntry{}, lru: list.New(), flights: map[blob.Digest]*flight{}, ids: map[string]blob.Digest{},
+		layers: map[blob.Digest]*layerEntry{}, lru: list.New(), flights: map[flightKey]*flight{}, ids: map[string]blob.Digest{},
+		mounts: map[string]*mountRec{},
 	}
 	if err := probeOpenat2(); err != nil {
 		return nil, err
@@ -181,7 +242,7 @@ func New(cfg Config) (*Materializer, error) {
 	for _, d := range []struct {
 		p    string
 		mode os.FileMode
-	}{{root, 0o700}, {m.path("layers"), 0o700}, {m.mountDir, 0o700}, {m.path("l", "_"), 0o755}, {m.path("l", "__"), 0o755}, {m.path("meta"), 0o700}, {m.path("tmp"), 0o700}} {
+	}{{root, 0o700}, {m.path("layers"), 0o700}, {m.mountDir, 0o700}, {m.path("l", "_"), 0o755}, {m.path("l", "__"), 0o755}, {m.path("meta"), 0o700}, {m.path("tmp"), 0o700}, {m.path(mountsDir), 0o700}} {
 		if d.mode == 0o700 {
 			if err := privateDir(d.p, d.p == root); err != nil {
 				return nil, fmt.Errorf("overlay: %w", err)
@@ -226,8 +287,10 @@ func (m *Materializer) load() error {
 		return err
 	}
 	for _, e := range tmp {
-		if err := os.RemoveAll(m.path("tmp", e.Name())); err != nil {
-			return err
+		// What cannot be removed is reported and left: it must not make
+		// the whole root unusable.
+		if err := removeAll(m.path("tmp", e.Name())); err != nil {
+			slog.Warn("overlay: cannot remove a leftover temporary directory; skipped", "err", err)
 		}
 	}
 	dirs, err := os.ReadDir(m.path("layers"))
@@ -244,8 +307,8 @@ func (m *Materializer) load() error {
 		h := de.Name()
 		d := blob.Digest("sha256:" + h)
 		if !de.IsDir() || blob.ValidateDigest(d) != nil {
-			if err := os.RemoveAll(m.path("layers", h)); err != nil {
-				return err
+			if err := removeAll(m.path("layers", h)); err != nil {
+				slog.Warn("overlay: cannot remove a stray entry; skipped", "err", err)
 			}
 			continue
 		}
@@ -286,7 +349,7 @@ func (m *Materializer) load() error {
 		return err
 	}
 	for _, de := range metas {
-		if !present[de.Name()] {
+		if !present[strings.TrimSuffix(de.Name(), manifestSuffix)] {
 			os.Remove(m.path("meta", de.Name()))
 		}
 	}
@@ -304,6 +367,17 @@ func (m *Materializer) load() error {
 	}
 	m.met.cachedBytes.Set(float64(m.total))
 	m.met.cachedLayers.Set(float64(len(m.layers)))
+	// Mount leases before the budget pass: a mounted layer is never evicted.
+	if err := m.loadMounts(); err != nil {
+		return err
+	}
+	if !m.cfg.NoEvict {
+		stale, err := m.DropStaleMounts()
+		if err != nil {
+			return err
+		}
+		m.staleAtOpen = stale
+	}
 	m.evict()
 	return nil
 }
@@ -396,11 +470,15 @@ func (m *Materializer) release(es []*layerEntry) {
 
 // Materialize makes sure every layer of img is extracted and returns the
 // lower directories, mount options and a lease the caller must Release.
-// Layers already extracted are reused; missing ones are extracted in
+// Layers already extracted are reused once the layer authorizes the caller
+// (materialize.Layer.Authorize: a layer directory is handed only to callers
+// that proved they may have its blob); missing ones are extracted in
 // parallel (at most Config.Parallelism at once), and concurrent requests
-// for one layer share a single extraction. A caller giving up (ctx done)
-// leaves the extraction running for the others; it stops when nobody waits
-// for it any more. On error nothing is leased and no partial layer is left.
+// for one layer from one origin (materialize.Image.Origin) share a single
+// extraction. A caller giving up (ctx done) leaves the extraction running
+// for the others; it stops when nobody waits for it any more. A caller
+// whose shared extraction failed tries once more on its own. On error
+// nothing is leased and no partial layer is left.
 func (m *Materializer) Materialize(ctx context.Context, img materialize.Image) (*Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("overlay: image %s: %w", img.Digest(), err)
@@ -414,12 +492,14 @@ func (m *Materializer) Materialize(ctx context.Context, img materialize.Image) (
 			return nil, fmt.Errorf("overlay: image %s: layer %d: %w", img.Digest(), i, err)
 		}
 	}
+	origin := img.Origin()
+	budget := &imageBudget{maxBytes: m.cfg.MaxImageBytes, maxEntries: m.cfg.MaxImageEntries}
 	entries := make([]*layerEntry, len(ls))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(m.cfg.Parallelism)
 	for i, l := range ls {
 		g.Go(func() error {
-			e, err := m.ensure(gctx, l)
+			e, err := m.ensure(gctx, l, origin, budget)
 			entries[i] = e
 			return err
 		})
@@ -453,25 +533,80 @@ func (m *Materializer) Materialize(ctx context.Context, img materialize.Image) (
 	return res, nil
 }
 
-// ensure returns the extracted layer with one lease taken on it.
-func (m *Materializer) ensure(ctx context.Context, l materialize.Layer) (*layerEntry, error) {
-	d := l.Digest()
-	m.mu.Lock()
-	if e := m.layers[d]; e != nil {
-		e.leases++
-		m.lru.MoveToFront(e.elem)
-		m.mu.Unlock()
-		m.met.layerHits.Inc()
-		return e, nil
+// ensure returns the extracted layer with one lease taken on it, its bytes
+// charged to budget.
+func (m *Materializer) ensure(ctx context.Context, l materialize.Layer, origin string, budget *imageBudget) (*layerEntry, error) {
+	authorized := false
+	for attempt := 0; ; attempt++ {
+		e, joined, charged, err := m.ensureOnce(ctx, l, origin, &authorized, budget)
+		if err == nil && !charged {
+			// Reused, or extracted by another call: its recorded size
+			// counts (the lease taken is released by the caller).
+			err = budget.reuse(e.size)
+			if err != nil {
+				err = fmt.Errorf("layer %s: %w", l.Digest(), err)
+			}
+			return e, err
+		}
+		if err == nil || !joined || attempt > 0 || ctx.Err() != nil || contentError(err) {
+			return e, err
+		}
+		// The extraction this caller joined failed: the leader's error
+		// (its context, a fault of that moment) is not this caller's
+		// answer. Try once more, leading a flight of its own if none runs.
 	}
-	f := m.flights[d]
+}
+
+// contentError reports whether err is a property of the layer's (verified)
+// content, which every caller of one flight would meet again (an image's
+// budget is not: it is the leader's image).
+func contentError(err error) bool {
+	return errors.Is(err, ErrInvalidLayer) || layerio.IsLayerLimit(err) ||
+		errors.Is(err, layerio.ErrUnknownMediaType)
+}
+
+// ensureOnce is one attempt of ensure. joined reports that the caller
+// waited for an extraction another caller started, charged that the
+// layer's bytes were charged to budget while it was written.
+func (m *Materializer) ensureOnce(ctx context.Context, l materialize.Layer, origin string, authorized *bool, budget *imageBudget) (_ *layerEntry, joined, charged bool, _ error) {
+	d := l.Digest()
+	for {
+		m.mu.Lock()
+		e := m.layers[d]
+		if e == nil {
+			break
+		}
+		if *authorized {
+			e.leases++
+			m.lru.MoveToFront(e.elem)
+			m.mu.Unlock()
+			m.met.layerHits.Inc()
+			return e, false, false, nil
+		}
+		// Extracted for someone: this caller gets it only after proving
+		// it may have the blob (without the lock: it may download).
+		m.mu.Unlock()
+		if err := l.Authorize(ctx); err != nil {
+			m.met.refused.Inc()
+			return nil, false, false, fmt.Errorf("layer %s: not handed out: %w", d, err)
+		}
+		*authorized = true
+		// Look again: the layer may have been evicted meanwhile.
+	}
+	k := flightKey{digest: d, origin: origin}
+	f := m.flights[k]
 	if f == nil {
+		if m.closed {
+			m.mu.Unlock()
+			return nil, false, false, fmt.Errorf("overlay: materializer closed: %w", context.Canceled)
+		}
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		f = &flight{done: make(chan struct{}), cancel: cancel}
-		m.flights[d] = f
+		f = &flight{done: make(chan struct{}), cancel: cancel, budget: budget}
+		m.flights[k] = f
 		m.running.Add(1)
-		go m.run(fctx, f, l)
+		go m.run(fctx, k, f, l)
 	} else {
+		joined = true
 		m.met.collapsed.Inc()
 	}
 	f.waiters++
@@ -480,9 +615,9 @@ func (m *Materializer) ensure(ctx context.Context, l materialize.Layer) (*layerE
 	select {
 	case <-f.done:
 		if f.err != nil {
-			return nil, f.err
+			return nil, joined, false, f.err
 		}
-		return f.entry, nil // the flight took our lease
+		return f.entry, joined, f.budget == budget, nil // the flight took our lease
 	case <-ctx.Done():
 		m.mu.Lock()
 		defer m.mu.Unlock()
@@ -495,29 +630,48 @@ func (m *Materializer) ensure(ctx context.Context, l materialize.Layer) (*layerE
 			f.waiters--
 			if f.waiters == 0 {
 				f.cancel()
-				if m.flights[d] == f {
-					delete(m.flights, d)
+				if m.flights[k] == f {
+					delete(m.flights, k)
 				}
 			}
 		}
-		return nil, ctx.Err()
+		return nil, joined, false, ctx.Err()
 	}
 }
 
-func (m *Materializer) run(ctx context.Context, f *flight, l materialize.Layer) {
+// Close stops the extractions in flight and waits until they have ended
+// and removed their partial layers. Materialize calls waiting for them,
+// and later ones that would start one, fail with an error wrapping
+// context.Canceled; extracted layers and leases stay. Close is idempotent
+// and always returns nil.
+func (m *Materializer) Close() error {
+	m.mu.Lock()
+	m.closed = true
+	for _, f := range m.flights {
+		f.cancel()
+	}
+	m.mu.Unlock()
+	m.running.Wait()
+	return nil
+}
+
+func (m *Materializer) run(ctx context.Context, k flightKey, f *flight, l materialize.Layer) {
 	defer m.running.Done()
 	defer f.cancel()
-	d := l.Digest()
+	d := k.digest
 	start := time.Now()
-	tmp, size, err := m.extract(ctx, l)
+	tmp, size, err := m.extract(ctx, l, k.origin, f.budget)
 	m.met.extractSeconds.Observe(time.Since(start).Seconds())
 
 	m.mu.Lock()
-	if m.flights[d] == f {
-		delete(m.flights, d)
+	if m.flights[k] == f {
+		delete(m.flights, k)
 	}
 	var e *layerEntry
 	if err == nil {
+		// The flight's own read of the blob (from its origin, verified)
+		// authorized its callers: an entry another origin committed
+		// meanwhile is theirs too.
 		e, err = m.commitLocked(d, tmp, size)
 	}
 	if err == nil {
@@ -532,7 +686,8 @@ func (m *Materializer) run(ctx context.Context, f *flight, l materialize.Layer) 
 	close(f.done)
 	m.mu.Unlock()
 	if tmp != "" && err != nil {
-		os.RemoveAll(tmp)
+		removeAll(tmp)
+		os.Remove(tmp + manifestSuffix)
 	}
 }
 
@@ -540,25 +695,104 @@ func (m *Materializer) run(ctx context.Context, f *flight, l materialize.Layer) 
 // only in benchmarks that measure what it brings).
 var readahead = true
 
-// extract writes layer l into a new temp dir and returns it with the bytes
-// of file content written. On error the temp dir is removed.
-func (m *Materializer) extract(ctx context.Context, l materialize.Layer) (string, int64, error) {
+// extract writes layer l into a new temp dir, and its manifest next to it
+// (the dir's name plus manifestSuffix), and returns the dir with the bytes
+// of file content written, charged to budget. On error neither is left.
+func (m *Materializer) extract(ctx context.Context, l materialize.Layer, origin string, budget *imageBudget) (string, int64, error) {
 	h := l.Digest().Encoded()
 	tmp, err := os.MkdirTemp(m.path("tmp"), h[:16]+"-")
 	if err != nil {
 		return "", 0, fmt.Errorf("layer %s: %w", l.Digest(), err)
 	}
-	stats, err := m.extractInto(ctx, l, tmp)
+	var stats applyStats
+	for attempt := 0; ; attempt++ {
+		err = safego.Call("overlay: extract layer "+string(l.Digest()), func() (err error) {
+			sums := fileSums{}
+			if stats, err = m.extractInto(ctx, l, origin, tmp, budget, sums); err != nil {
+				return err
+			}
+			return writeManifest(ctx, tmp, sums, tmp+manifestSuffix)
+		})
+		if attempt > 0 || !errors.Is(err, blob.ErrMismatch) || ctx.Err() != nil {
+			break
+		}
+		// The bytes were wrong (a corrupt cached copy, found out by
+		// settling the stream): the tier that served them skips and
+		// repairs that copy, so read the layer once more.
+		m.met.extractions.WithLabelValues("corrupt").Inc()
+		removeAll(tmp)
+		os.Remove(tmp + manifestSuffix)
+		if err := os.Mkdir(tmp, 0o700); err != nil {
+			return "", 0, fmt.Errorf("layer %s: %w", l.Digest(), err)
+		}
+	}
 	m.met.extractBytes.Add(float64(stats.Bytes))
 	m.met.extractFiles.Add(float64(stats.Files))
 	if err != nil {
-		os.RemoveAll(tmp)
+		removeAll(tmp)
+		os.Remove(tmp + manifestSuffix)
 		return "", 0, fmt.Errorf("layer %s: %w", l.Digest(), err)
 	}
 	return tmp, stats.Bytes, nil
 }
 
-func (m *Materializer) extractInto(ctx context.Context, l materialize.Layer, dir string) (applyStats, error) {
+// extractInto writes layer l, read from origin, into the empty directory
+// dir. A layer whose content failed a per-layer limit or was invalid is
+// remembered (per digest and origin, layerio.Failures) and fails again at
+// once, without being read, until the memory expires.
+func (m *Materializer) extractInto(ctx context.Context, l materialize.Layer, origin, dir string, budget *imageBudget, sums fileSums) (applyStats, error) {
+	if err := m.failed.Check(l.Digest(), origin); err != nil {
+		return applyStats{}, err
+	}
+	stats, err := m.extractLayer(ctx, l, dir, budget, sums)
+	if err != nil && ctx.Err() == nil && (errors.Is(err, ErrInvalidLayer) || layerio.IsLayerLimit(err)) {
+		m.failed.Remember(l.Digest(), origin, err)
+	}
+	return stats, err
+}
+
+// Free space the extraction leaves on the file system of Root: the
+// smaller of freeReserveMax and freeReservePct percent of its size. Writes
+// stop (an error wrapping unix.ENOSPC) when less would remain; free space
+// is looked at again after every statfsEvery bytes written.
+const (
+	freeReserveMax = 256 << 20
+	freeReservePct = 2
+	statfsEvery    = 16 << 20
+)
+
+// chargeFunc returns the applier's write check of one extraction into
+// dir (see applyConfig.charge). It holds while writing, not after: the
+// bytes the layer writes to disk (holes excluded) stay within
+// Config.Budget, as a layer larger than the whole cache can never be kept
+// (ErrLimitExceeded, as for MaxLayerBytes), and the file system keeps its
+// reserve of free space (an error wrapping unix.ENOSPC).
+func (m *Materializer) chargeFunc(dir string) func(int64) error {
+	var written int64
+	sinceStatfs := int64(statfsEvery)
+	return func(n int64) error {
+		if m.cfg.Budget > 0 && written+n > m.cfg.Budget {
+			return fmt.Errorf("%w: the layer writes more than the overlay budget of %d bytes", ErrLimitExceeded, m.cfg.Budget)
+		}
+		if sinceStatfs += n; sinceStatfs >= statfsEvery {
+			sinceStatfs = 0
+			var st unix.Statfs_t
+			if err := unix.Statfs(dir, &st); err == nil {
+				bs := int64(st.Bsize)
+				reserve := min(freeReserveMax, int64(st.Blocks)*bs*freeReservePct/100)
+				if avail := int64(st.Bavail) * bs; avail-n < reserve {
+					return fmt.Errorf("%w: %d bytes free on the file system of %s, %d kept in reserve", unix.ENOSPC, avail, m.root, reserve)
+				}
+			}
+		}
+		written += n
+		return nil
+	}
+}
+
+// extractLayer applies l to dir, charging budget (nil: no image budget)
+// and recording the sha256 of every file written in sums (nil: none).
+func (m *Materializer) extractLayer(ctx context.Context, l materialize.Layer, dir string, budget *imageBudget, sums fileSums) (applyStats, error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return applyStats{}, err
 	}
@@ -581,8 +815,26 @@ func (m *Materializer) extractInto(ctx context.Context, l materialize.Layer, dir
 		maxBytes = layerio.DefaultMaxBytes
 	}
 	umask, umaskKnown := processUmask()
+	charge := m.chargeFunc(dir)
+	var chargeEntry func() error
+	if budget != nil {
+		layerCharge := charge
+		charge = func(n int64) error {
+			if err := layerCharge(n); err != nil {
+				return err
+			}
+			return budget.charge(n)
+		}
+		chargeEntry = budget.entry
+	}
 	stats, err := applyLayer(ctx, dir, rc, applyConfig{opaqueXattr: opaque, maxEntries: m.cfg.MaxEntries, maxBytes: maxBytes,
-		privileged: m.privileged, umask: umask, umaskKnown: umaskKnown})
+		charge: charge, chargeEntry: chargeEntry, sums: sums, privileged: m.privileged, umask: umask, umaskKnown: umaskKnown})
+	if err != nil && ctx.Err() == nil && layerio.MaySettle(err) {
+		// Wrong bytes (a rotten cached copy) show up as a refused entry or
+		// a decompression error long before the digest check at the end:
+		// read the rest of the blob to tell them from a bad layer.
+		err = layerio.Settle(rc, err)
+	}
 	if err != nil {
 		return stats, err
 	}
@@ -605,13 +857,21 @@ func (m *Materializer) extractInto(ctx context.Context, l materialize.Layer, dir
 // the temp dir is discarded and the existing entry returned.
 func (m *Materializer) commitLocked(d blob.Digest, tmp string, size int64) (*layerEntry, error) {
 	if e := m.layers[d]; e != nil {
-		os.RemoveAll(tmp)
+		removeAll(tmp)
+		os.Remove(tmp + manifestSuffix)
 		return e, nil
 	}
 	h := d.Encoded()
 	dst := m.path("layers", h)
 	if err := os.Rename(tmp, dst); err != nil {
 		return nil, fmt.Errorf("layer %s: commit: %w", d, err)
+	}
+	// The manifest before the index: a layer indexed without it would be
+	// reported unverifiable. (A crash between the two renames leaves a
+	// manifest of the layer now in place.)
+	if err := os.Rename(tmp+manifestSuffix, m.manifestPath(h)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		removeAll(dst)
+		return nil, fmt.Errorf("layer %s: commit manifest: %w", d, err)
 	}
 	e := &layerEntry{digest: d, hex: h, size: size}
 	id, err := m.allocID(h)
@@ -620,7 +880,7 @@ func (m *Materializer) commitLocked(d blob.Digest, tmp string, size int64) (*lay
 		err = m.writeMeta(e)
 	}
 	if err != nil {
-		os.RemoveAll(dst)
+		removeAll(dst)
 		return nil, fmt.Errorf("layer %s: commit: %w", d, err)
 	}
 	m.ids[id] = d
@@ -632,10 +892,11 @@ func (m *Materializer) commitLocked(d blob.Digest, tmp string, size int64) (*lay
 	return e, nil
 }
 
-// evict removes unleased layers, least recently used first, until the
-// total fits the budget.
+// evict removes unleased layers (a mount lease is a lease), least recently
+// used first, until the total fits the budget. With Config.NoEvict it does
+// nothing.
 func (m *Materializer) evict() {
-	if m.cfg.Budget <= 0 {
+	if m.cfg.Budget <= 0 || m.cfg.NoEvict {
 		return
 	}
 	m.mu.Lock()
@@ -651,7 +912,7 @@ func (m *Materializer) evict() {
 	}
 	m.mu.Unlock()
 	for _, p := range trash {
-		os.RemoveAll(p)
+		removeAll(p)
 	}
 }
 
@@ -668,6 +929,7 @@ func (m *Materializer) unindexLocked(e *layerEntry) (string, error) {
 	}
 	os.Remove(filepath.Join(m.mountDir, e.id))
 	os.Remove(m.path("meta", e.hex))
+	os.Remove(m.manifestPath(e.hex))
 	delete(m.ids, e.id)
 	delete(m.layers, e.digest)
 	m.lru.Remove(e.elem)
@@ -693,7 +955,9 @@ func (m *Materializer) IsMaterialized(ctx context.Context, img materialize.Image
 
 // Cleanup removes layer directories no lease holds: those of imgs, or,
 // with no images, every unleased one. Layers shared with a leased image
-// stay. It returns the first removal error.
+// stay, and so do those of a mount lease (see RecordMount; DropStaleMounts
+// first to let go of mounts that are gone). It returns the first removal
+// error.
 func (m *Materializer) Cleanup(ctx context.Context, imgs ...materialize.Image) error {
 	m.mu.Lock()
 	var victims []*layerEntry
@@ -730,7 +994,7 @@ func (m *Materializer) Cleanup(ctx context.Context, imgs ...materialize.Image) e
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := os.RemoveAll(p); err != nil && firstErr == nil {
+		if err := removeAll(p); err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("overlay: cleanup: %w", err)
 		}
 	}

@@ -11,6 +11,7 @@ type metrics struct {
 	extractions    *prometheus.CounterVec // result: ok, error
 	layerHits      prometheus.Counter
 	collapsed      prometheus.Counter
+	refused        prometheus.Counter
 	evictions      prometheus.Counter
 	cachedBytes    prometheus.Gauge
 	cachedLayers   prometheus.Gauge
@@ -43,6 +44,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "strata", Subsystem: "overlay", Name: "singleflight_collapsed_total",
 			Help: "Layer requests that joined an extraction already in flight.",
 		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "strata", Subsystem: "overlay", Name: "reuse_refused_total",
+			Help: "Extracted layers not handed to a caller that could not prove it may have the layer's blob.",
+		}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "strata", Subsystem: "overlay", Name: "evictions_total",
 			Help: "Layer directories removed to stay under the byte budget or by Cleanup.",
@@ -58,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.extractBytes, m.extractFiles, m.extractSeconds, m.extractions,
-			m.layerHits, m.collapsed, m.evictions, m.cachedBytes, m.cachedLayers} {
+			m.layerHits, m.collapsed, m.refused, m.evictions, m.cachedBytes, m.cachedLayers} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

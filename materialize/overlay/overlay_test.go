@@ -551,9 +551,10 @@ type lyingLayer struct {
 	mt string
 }
 
-func (l lyingLayer) Digest() blob.Digest { return l.d }
-func (l lyingLayer) MediaType() string   { return l.mt }
-func (l lyingLayer) Size() int64         { return int64(len(l.b)) }
+func (l lyingLayer) Digest() blob.Digest             { return l.d }
+func (l lyingLayer) MediaType() string               { return l.mt }
+func (l lyingLayer) Size() int64                     { return int64(len(l.b)) }
+func (l lyingLayer) Authorize(context.Context) error { return nil }
 func (l lyingLayer) Open(context.Context) (io.ReadCloser, error) {
 	return blob.NewVerifier(io.NopCloser(bytes.NewReader(l.b)), l.d, int64(len(l.b)), nil), nil
 }

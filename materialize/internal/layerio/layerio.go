@@ -8,10 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"syscall"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/materialize"
 )
 
@@ -114,12 +117,19 @@ func Open(ctx context.Context, l materialize.Layer, lim Limits) (io.ReadCloser, 
 		rc.Close()
 		return nil, fmt.Errorf("layer %s: %w", l.Digest(), err)
 	}
-	return &named{ReadCloser: d, name: string(l.Digest())}, nil
+	n := &named{ReadCloser: d, name: string(l.Digest())}
+	if st, ok := d.(*stream); ok {
+		n.raw = st.src
+	}
+	return n, nil
 }
 
 type named struct {
 	io.ReadCloser
-	name string
+	name  string
+	raw   io.Reader // the layer blob under the decompressor
+	close sync.Once
+	cerr  error
 }
 
 func (n *named) Read(p []byte) (int, error) {
@@ -128,6 +138,66 @@ func (n *named) Read(p []byte) (int, error) {
 		err = fmt.Errorf("layer %s: %w", n.name, err)
 	}
 	return k, err
+}
+
+func (n *named) Close() error {
+	n.close.Do(func() { n.cerr = n.ReadCloser.Close() })
+	return n.cerr
+}
+
+// settle reads the rest of the layer blob, undecompressed, so that the
+// verifying reader under it checks the digest, and closes n.
+func (n *named) settle(cause error) error {
+	defer n.Close()
+	if n.raw == nil {
+		return cause
+	}
+	_, err := io.Copy(io.Discard, n.raw)
+	return verdict(n.name, cause, err)
+}
+
+// verdict is Settle's answer once the blob was read to its end with err.
+func verdict(name string, cause, err error) error {
+	switch {
+	case err == nil:
+		return cause // the bytes were the blob's: the cause stands
+	case errors.Is(err, blob.ErrMismatch):
+		return fmt.Errorf("layer %s: %w (which explains: %v)", name, err, cause)
+	default:
+		// Unknown whether the bytes were right: not a property of the
+		// layer, so not to be remembered as one.
+		return fmt.Errorf("layer %s: %v; and the blob could not be verified: %w", name, cause, err)
+	}
+}
+
+// MaySettle reports whether a consumer that stopped on err should Settle:
+// err may come from the bytes (a refused entry, a decompression error, a
+// per-layer limit) rather than from the context, the blob's own
+// verification, its source, or the space to write to.
+func MaySettle(err error) bool {
+	return err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) &&
+		!errors.Is(err, blob.ErrMismatch) && !errors.Is(err, blob.ErrUnavailable) &&
+		!errors.Is(err, ErrBudgetExceeded) && !errors.Is(err, syscall.ENOSPC) && !errors.Is(err, syscall.EDQUOT)
+}
+
+// Settle is called by a consumer that stopped reading r, a stream from
+// Open (possibly behind Readahead), because of cause: a tar entry it
+// refused, a decompression error, a limit. Those may come from wrong bytes
+// (a corrupt cached copy) that the verifying reader under the stream would
+// only report at the blob's end. Settle reads the rest of the blob (not
+// decompressing it) and returns an error wrapping the *blob.MismatchError
+// when the blob did not verify, cause when it did (the layer really is
+// so), or an error that is neither when the blob could not be read to its
+// end. It closes r. Reading the rest costs at most the blob's size.
+func Settle(r io.ReadCloser, cause error) error {
+	switch r := r.(type) {
+	case *named:
+		return r.settle(cause)
+	case *readahead:
+		return r.settle(cause)
+	}
+	r.Close()
+	return cause
 }
 
 // Decompress wraps r, a layer blob compressed with c, and returns the
@@ -195,8 +265,10 @@ func (s *stream) Read(p []byte) (int, error) {
 	}
 	if s.max >= 0 {
 		// Allow one byte beyond the limit so an overlong stream is seen.
-		if rem := s.max - s.n + 1; int64(len(p)) > rem {
-			p = p[:rem]
+		// s.n <= s.max holds here (passing it is a sticky error), so rem >=
+		// 0; max+1 is never computed, as max may be MaxInt64.
+		if rem := s.max - s.n; int64(len(p)) > rem {
+			p = p[:rem+1] // rem < len(p): no overflow
 		}
 	}
 	n, err := s.dec.Read(p)

@@ -21,9 +21,10 @@ type fakeLayer struct {
 	mediaType string
 }
 
-func (l fakeLayer) Digest() blob.Digest { return l.digest }
-func (l fakeLayer) MediaType() string   { return l.mediaType }
-func (l fakeLayer) Size() int64         { return int64(len(l.b)) }
+func (l fakeLayer) Digest() blob.Digest             { return l.digest }
+func (l fakeLayer) Authorize(context.Context) error { return nil }
+func (l fakeLayer) MediaType() string               { return l.mediaType }
+func (l fakeLayer) Size() int64                     { return int64(len(l.b)) }
 func (l fakeLayer) Open(context.Context) (io.ReadCloser, error) {
 	return blob.NewVerifier(io.NopCloser(bytes.NewReader(l.b)), l.digest, int64(len(l.b)), nil), nil
 }

@@ -3,6 +3,8 @@ package layerio
 import (
 	"io"
 	"sync"
+
+	"github.com/strata-oci/strata/internal/safego"
 )
 
 // Readahead returns a reader that reads r ahead of its consumer on its own
@@ -10,11 +12,12 @@ import (
 // stream (downloading, verifying, decompressing) overlaps with consuming it
 // (writing files).
 //
-// The goroutine alone reads and closes r. The returned reader yields r's
-// bytes in order and then r's terminal error (io.EOF at a clean end). Close
-// stops the read-ahead without waiting for a Read of r in progress to
-// return (r is closed by the goroutine once it does, so r's reads should
-// honour a context the caller cancels). The returned reader is not safe
+// The goroutine alone reads r. The returned reader yields r's bytes in
+// order and then r's terminal error (io.EOF at a clean end, when r is
+// closed at once). Close stops the read-ahead without waiting for a Read of
+// r in progress to return (r is closed once it does, so r's reads should
+// honour a context the caller cancels); Settle instead waits for it and
+// takes r over. The returned reader is not safe
 // for concurrent Reads; Close may be called concurrently with Read and more
 // than once.
 func Readahead(r io.ReadCloser, chunk, depth int) io.ReadCloser {
@@ -25,9 +28,10 @@ func Readahead(r io.ReadCloser, chunk, depth int) io.ReadCloser {
 		depth = 4
 	}
 	ra := &readahead{
-		full: make(chan []byte, depth),
-		free: make(chan []byte, depth+1),
-		done: make(chan struct{}),
+		full:   make(chan []byte, depth),
+		free:   make(chan []byte, depth+1),
+		done:   make(chan struct{}),
+		exited: make(chan io.ReadCloser, 1),
 	}
 	for i := 0; i < depth+1; i++ {
 		ra.free <- make([]byte, chunk)
@@ -42,14 +46,27 @@ type readahead struct {
 	done chan struct{}
 	err  error // terminal error of r; read only after full is closed
 
+	// exited receives r when the goroutine has stopped reading it: the
+	// first of Close and settle takes it over.
+	exited chan io.ReadCloser
+
 	cur     []byte // unread part of the chunk being consumed
 	curBuf  []byte // the whole chunk, to return to free
 	closeMu sync.Once
 }
 
 func (ra *readahead) run(r io.ReadCloser) {
-	defer r.Close()
+	defer func() {
+		if ra.err == io.EOF { // verified to its end: nothing to settle
+			r.Close()
+			r = nil
+		}
+		ra.exited <- r
+	}()
 	defer close(ra.full)
+	// A panic reading r (a decompressor, a verifier) becomes the stream's
+	// error instead of ending the process; it is set before full closes.
+	defer safego.Recover(&ra.err, "layer read-ahead")
 	for {
 		var buf []byte
 		select {
@@ -96,7 +113,34 @@ func (ra *readahead) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// settle stops the read-ahead, waits for its goroutine, and settles the
+// stream it read (see Settle).
+func (ra *readahead) settle(cause error) error {
+	first := false
+	ra.closeMu.Do(func() {
+		close(ra.done)
+		first = true
+	})
+	if !first {
+		return cause // closed before: the stream is gone
+	}
+	r := <-ra.exited
+	if r == nil {
+		return cause
+	}
+	return Settle(r, cause)
+}
+
 func (ra *readahead) Close() error {
-	ra.closeMu.Do(func() { close(ra.done) })
+	ra.closeMu.Do(func() {
+		close(ra.done)
+		// r is closed once the goroutine's Read in progress returns,
+		// without making the caller wait for it.
+		go func() {
+			if r := <-ra.exited; r != nil {
+				r.Close()
+			}
+		}()
+	})
 	return nil
 }

@@ -157,6 +157,10 @@ type v1Image struct {
 func (i *v1Image) Digest() blob.Digest         { return i.digest }
 func (i *v1Image) Layers() []materialize.Layer { return i.layers }
 
+// Origin is one name for every test image: they hold their bytes.
+func (i *v1Image) Origin() string  { return "tartest" }
+func (i *v1Image) LocalOnly() bool { return false }
+
 type v1Layer struct {
 	l         v1.Layer
 	digest    blob.Digest
@@ -167,6 +171,9 @@ type v1Layer struct {
 func (l *v1Layer) Digest() blob.Digest { return l.digest }
 func (l *v1Layer) MediaType() string   { return l.mediaType }
 func (l *v1Layer) Size() int64         { return l.size }
+
+// Authorize: the test holds the layer's bytes.
+func (l *v1Layer) Authorize(context.Context) error { return nil }
 func (l *v1Layer) Open(ctx context.Context) (io.ReadCloser, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -219,6 +226,9 @@ type rawLayer struct {
 func (l *rawLayer) Digest() blob.Digest { return l.digest }
 func (l *rawLayer) MediaType() string   { return l.mediaType }
 func (l *rawLayer) Size() int64         { return int64(len(l.b)) }
+
+// Authorize: the test holds the layer's bytes.
+func (l *rawLayer) Authorize(context.Context) error { return nil }
 func (l *rawLayer) Open(ctx context.Context) (io.ReadCloser, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err

@@ -1,0 +1,517 @@
+package overlay
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-oci/strata/blob"
+)
+
+// A layer's manifest (meta/<hex>.files) lists every entry of its directory
+// in walk order (a directory, then its entries by name, depth first), one
+// line each:
+//
+//	"path" type mode uid gid size rdev sha256 xattrs ["link target"]
+//
+// path is relative to the layer directory ("." for it), quoted (Go
+// syntax); type is one of d f l c b p s; mode the permission bits in
+// octal; size and sha256 those of a regular file's content ("-" for
+// others); rdev a device's number; xattrs a digest of the extended
+// attributes ("-" for none; security.selinux is left out, as a relabel
+// is no tampering); the link target that of a symlink. A directory whose
+// entries could not be listed is followed by a line "path/" !. The first
+// line names the format.
+const (
+	manifestSuffix = ".files"
+	manifestHeader = "strata-overlay-files 1"
+)
+
+// fileID names an inode.
+type fileID struct{ dev, ino uint64 }
+
+// fileSums are the sha256 of the files an applier wrote, by inode.
+type fileSums map[fileID][sha256.Size]byte
+
+func (m *Materializer) manifestPath(hex string) string {
+	return m.path("meta", hex+manifestSuffix)
+}
+
+// manifestEntry is one line of a manifest.
+type manifestEntry struct {
+	path   string
+	fields string // everything after the path
+}
+
+func (e manifestEntry) line() string { return strconv.Quote(e.path) + " " + e.fields }
+
+func parseManifestLine(line string) (manifestEntry, error) {
+	q, err := strconv.QuotedPrefix(line)
+	if err != nil || len(line) < len(q)+2 || line[len(q)] != ' ' {
+		return manifestEntry{}, fmt.Errorf("malformed manifest line %q", truncate(line, 200))
+	}
+	p, err := strconv.Unquote(q)
+	if err != nil {
+		return manifestEntry{}, fmt.Errorf("malformed manifest line %q", truncate(line, 200))
+	}
+	return manifestEntry{path: p, fields: line[len(q)+1:]}, nil
+}
+
+// hashFunc returns the hex sha256 of the regular file at rel (with its
+// lstat st), or "" when its content cannot be read (permission).
+type hashFunc func(rel string, st *syscall.Stat_t) (string, error)
+
+// walkLayer calls emit with the manifest entry of every entry of dir, in
+// walk order.
+func walkLayer(ctx context.Context, dir string, sum hashFunc, emit func(manifestEntry) error) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		rel, rerr := filepath.Rel(dir, p)
+		if rerr != nil {
+			return rerr
+		}
+		if err != nil {
+			if d != nil && d.IsDir() && errors.Is(err, fs.ErrPermission) {
+				// Entries of a directory this process may not list.
+				if err := emit(manifestEntry{path: rel + "/", fields: "!"}); err != nil {
+					return err
+				}
+				return fs.SkipDir
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return fmt.Errorf("%s: no stat", rel)
+		}
+		typ, size, rdev, hsum, link := "", "-", uint64(0), "-", ""
+		switch st.Mode & syscall.S_IFMT {
+		case syscall.S_IFDIR:
+			typ = "d"
+		case syscall.S_IFREG:
+			typ, size = "f", strconv.FormatInt(st.Size, 10)
+			s, err := sum(rel, st)
+			if err != nil {
+				return err
+			}
+			if s == "" {
+				s = "?"
+			}
+			hsum = s
+		case syscall.S_IFLNK:
+			typ = "l"
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		case syscall.S_IFCHR:
+			typ, rdev = "c", uint64(st.Rdev)
+		case syscall.S_IFBLK:
+			typ, rdev = "b", uint64(st.Rdev)
+		case syscall.S_IFIFO:
+			typ = "p"
+		case syscall.S_IFSOCK:
+			typ = "s"
+		default:
+			typ = "?"
+		}
+		xs, err := xattrDigest(p)
+		if err != nil {
+			return err
+		}
+		fields := fmt.Sprintf("%s %o %d %d %s %d %s %s", typ, st.Mode&0o7777, st.Uid, st.Gid, size, rdev, hsum, xs)
+		if typ == "l" {
+			fields += " " + strconv.Quote(link)
+		}
+		return emit(manifestEntry{path: rel, fields: fields})
+	})
+}
+
+// xattrDigest returns a digest of the extended attributes of p (not
+// following a symlink), security.selinux left out, or "-" for none.
+func xattrDigest(p string) (string, error) {
+	n, err := unix.Llistxattr(p, nil)
+	if err != nil {
+		if err == unix.ENOTSUP {
+			return "-", nil
+		}
+		return "", &os.PathError{Op: "listxattr", Path: p, Err: err}
+	}
+	if n == 0 {
+		return "-", nil
+	}
+	buf := make([]byte, n)
+	if n, err = unix.Llistxattr(p, buf); err != nil {
+		return "", &os.PathError{Op: "listxattr", Path: p, Err: err}
+	}
+	var names []string
+	for _, k := range strings.Split(string(buf[:n]), "\x00") {
+		if k != "" && k != "security.selinux" {
+			names = append(names, k)
+		}
+	}
+	if len(names) == 0 {
+		return "-", nil
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, k := range names {
+		v := make([]byte, 256)
+		for {
+			vn, err := unix.Lgetxattr(p, k, v)
+			if err == unix.ERANGE {
+				v = make([]byte, len(v)*4)
+				continue
+			}
+			if err != nil {
+				return "", &os.PathError{Op: "getxattr " + truncate(k, 100), Path: p, Err: err}
+			}
+			v = v[:vn]
+			break
+		}
+		fmt.Fprintf(h, "%d:%s%d:", len(k), k, len(v))
+		h.Write(v)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16]), nil
+}
+
+// writeManifest writes the manifest of the extracted layer dir to path,
+// with the file digests the applier recorded in sums.
+func writeManifest(ctx context.Context, dir string, sums fileSums, path string) (err error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("manifest: %w", cerr)
+		}
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
+	w := bufio.NewWriterSize(f, 64<<10)
+	fmt.Fprintln(w, manifestHeader)
+	sum := func(rel string, st *syscall.Stat_t) (string, error) {
+		s, ok := sums[fileID{uint64(st.Dev), st.Ino}]
+		if !ok {
+			return "", fmt.Errorf("manifest: %s: no digest recorded", rel)
+		}
+		return hex.EncodeToString(s[:]), nil
+	}
+	err = walkLayer(ctx, dir, sum, func(e manifestEntry) error {
+		_, err := fmt.Fprintln(w, e.line())
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	return nil
+}
+
+// Statuses of LayerCheck.
+const (
+	// LayerOK: the layer directory is as extracted.
+	LayerOK = "ok"
+	// LayerModified: a file was modified, added or removed (or its type,
+	// mode, owner, extended attributes or link target changed) since
+	// extraction.
+	LayerModified = "modified"
+	// LayerUnverifiable: the layer has no manifest (extracted by a version
+	// that wrote none) or an unreadable one.
+	LayerUnverifiable = "unverifiable"
+)
+
+// maxDifferences bounds LayerCheck.Differences.
+const maxDifferences = 10
+
+// LayerCheck is what Verify found in one extracted layer.
+type LayerCheck struct {
+	Digest blob.Digest
+	Bytes  int64 // bytes of file content, as recorded at extraction
+	Status string
+	// Differences describe what changed ("modified usr/bin/sh: content"),
+	// at most ten, then "and K more".
+	Differences []string
+	// Unreadable counts files whose content this process may not read
+	// (mode without the owner's read permission, verified without
+	// privilege): their metadata is compared, their content is not.
+	Unreadable int
+	// Leased: the layer is modified or unverifiable but held by a lease
+	// (a running sandbox, a mount lease), so it was kept. Release the
+	// lease (unmount) and verify again to drop it.
+	Leased bool
+	// Removed: the layer was dropped; the next Materialize that needs it
+	// extracts it again.
+	Removed bool
+}
+
+// Layers returns the digests of the extracted layers, sorted.
+func (m *Materializer) Layers() []blob.Digest {
+	m.mu.Lock()
+	out := make([]blob.Digest, 0, len(m.layers))
+	for d := range m.layers {
+		out = append(out, d)
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// Verify re-checks the extracted layer d against the manifest written when
+// it was extracted: it walks the layer directory, hashes every regular
+// file, and compares every entry's type, mode, owner, size, content,
+// device number, extended attributes and link target, and the set of
+// paths. A modified layer is dropped (unless a lease holds it: then it is
+// reported Leased and kept), so the next Materialize extracts it again. A
+// layer without a manifest is reported LayerUnverifiable, and dropped only
+// with removeUnverifiable. A layer that is not extracted is an error
+// wrapping blob.ErrNotFound. Safe for concurrent use; the walk runs
+// without the materializer's lock.
+func (m *Materializer) Verify(ctx context.Context, d blob.Digest, removeUnverifiable bool) (LayerCheck, error) {
+	m.mu.Lock()
+	e := m.layers[d]
+	m.mu.Unlock()
+	if e == nil {
+		return LayerCheck{}, fmt.Errorf("overlay: verify layer %s: %w: not extracted", d, blob.ErrNotFound)
+	}
+	res := LayerCheck{Digest: d, Bytes: e.size, Status: LayerOK}
+	dir := m.path("layers", e.hex)
+	diffs, unreadable, err := compareManifest(ctx, dir, m.manifestPath(e.hex))
+	switch {
+	case errors.Is(err, errNoManifest):
+		res.Status = LayerUnverifiable
+		res.Differences = []string{err.Error()}
+	case err != nil:
+		m.mu.Lock()
+		gone := m.layers[d] != e
+		m.mu.Unlock()
+		if gone {
+			return LayerCheck{}, fmt.Errorf("overlay: verify layer %s: %w: evicted while it was verified", d, blob.ErrNotFound)
+		}
+		return LayerCheck{}, fmt.Errorf("overlay: verify layer %s: %w", d, err)
+	case len(diffs) > 0:
+		res.Status = LayerModified
+		res.Differences = diffs
+	}
+	res.Unreadable = unreadable
+	if res.Status == LayerOK || (res.Status == LayerUnverifiable && !removeUnverifiable) {
+		return res, nil
+	}
+	m.mu.Lock()
+	var trash string
+	switch {
+	case m.layers[d] != e:
+		// Evicted or replaced meanwhile: nothing of what was checked stays.
+	case e.leases > 0:
+		res.Leased = true
+	default:
+		trash, err = m.unindexLocked(e)
+		res.Removed = err == nil
+	}
+	m.mu.Unlock()
+	if err != nil {
+		return res, fmt.Errorf("overlay: drop layer %s: %w", d, err)
+	}
+	if trash != "" {
+		if err := removeAll(trash); err != nil {
+			return res, fmt.Errorf("overlay: drop layer %s: %w", d, err)
+		}
+	}
+	return res, nil
+}
+
+// errNoManifest: the layer has no manifest to compare with.
+var errNoManifest = errors.New("no manifest (extracted before manifests were written, or the manifest is damaged)")
+
+// compareManifest walks dir and compares it with the manifest at path. It
+// returns the differences (at most maxDifferences, then "and K more") and
+// how many files could not be read.
+func compareManifest(ctx context.Context, dir, path string) (diffs []string, unreadable int, err error) {
+	mf, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, errNoManifest
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	defer mf.Close()
+	sc := bufio.NewScanner(mf)
+	sc.Buffer(make([]byte, 64<<10), 64<<10) // a line holds at most two paths of PATH_MAX
+	if !sc.Scan() || sc.Text() != manifestHeader {
+		return nil, 0, errNoManifest
+	}
+	var next *manifestEntry
+	var scanErr error
+	advance := func() {
+		next = nil
+		if scanErr != nil || !sc.Scan() {
+			if scanErr == nil {
+				scanErr = sc.Err()
+			}
+			return
+		}
+		e, err := parseManifestLine(sc.Text())
+		if err != nil {
+			scanErr = err
+			return
+		}
+		next = &e
+	}
+	advance()
+
+	total := 0
+	note := func(format string, args ...any) {
+		total++
+		if len(diffs) < maxDifferences {
+			diffs = append(diffs, fmt.Sprintf(format, args...))
+		}
+	}
+	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, 0, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(root)
+	buf := make([]byte, 256<<10)
+	sum := func(rel string, st *syscall.Stat_t) (string, error) {
+		s, err := hashBeneath(root, rel, st, buf)
+		if errors.Is(err, unix.EACCES) {
+			unreadable++
+			return "", nil
+		}
+		return s, err
+	}
+	err = walkLayer(ctx, dir, sum, func(got manifestEntry) error {
+		for next != nil && walkBefore(next.path, got.path) {
+			note("removed %s", next.path)
+			advance()
+		}
+		if next == nil || next.path != got.path {
+			note("added %s", got.path)
+			return nil
+		}
+		if want := next.fields; want != got.fields {
+			if what := fieldDiff(want, got.fields); what != "" {
+				note("modified %s: %s", got.path, what)
+			}
+		}
+		advance()
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	for next != nil {
+		note("removed %s", next.path)
+		advance()
+	}
+	if scanErr != nil {
+		return nil, 0, fmt.Errorf("%w: %v", errNoManifest, scanErr)
+	}
+	if total > len(diffs) {
+		diffs = append(diffs, fmt.Sprintf("and %d more", total-len(diffs)))
+	}
+	return diffs, unreadable, nil
+}
+
+// manifestFields names the fields after the path, in order.
+var manifestFields = []string{"type", "mode", "owner", "group", "size", "device", "content", "xattrs", "link target"}
+
+// fieldDiff names the fields in which two entries differ ("" when the only
+// difference is content this process could not read, "?").
+func fieldDiff(want, got string) string {
+	w, g := strings.SplitN(want, " ", len(manifestFields)), strings.SplitN(got, " ", len(manifestFields))
+	var out []string
+	for i, name := range manifestFields {
+		var a, b string
+		if i < len(w) {
+			a = w[i]
+		}
+		if i < len(g) {
+			b = g[i]
+		}
+		if a == b || (name == "content" && b == "?") {
+			continue
+		}
+		out = append(out, name)
+	}
+	return strings.Join(out, ", ")
+}
+
+// walkBefore reports whether path a comes before b in walk order: "." first,
+// then by components (a directory before its entries).
+func walkBefore(a, b string) bool {
+	if a == b {
+		return false
+	}
+	if a == "." {
+		return true
+	}
+	if b == "." {
+		return false
+	}
+	as, bs := strings.Split(a, "/"), strings.Split(b, "/")
+	for i := 0; i < len(as) && i < len(bs); i++ {
+		if as[i] != bs[i] {
+			return as[i] < bs[i]
+		}
+	}
+	return len(as) < len(bs)
+}
+
+// hashBeneath returns the hex sha256 of regular file rel beneath root,
+// opened without following any symlink and checked to be the inode st
+// describes (a swapped path is reported, never read outside the layer).
+func hashBeneath(root int, rel string, st *syscall.Stat_t, buf []byte) (string, error) {
+	how := unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	}
+	var fd int
+	var err error
+	for i := 0; ; i++ {
+		fd, err = unix.Openat2(root, rel, &how)
+		if (err == unix.EINTR || err == unix.EAGAIN) && i < 16 {
+			continue
+		}
+		break
+	}
+	if err != nil {
+		return "", &os.PathError{Op: "open", Path: rel, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), rel)
+	defer f.Close()
+	var fst unix.Stat_t
+	if err := unix.Fstat(fd, &fst); err != nil {
+		return "", &os.PathError{Op: "stat", Path: rel, Err: err}
+	}
+	if fst.Ino != st.Ino || fst.Mode&unix.S_IFMT != unix.S_IFREG {
+		return "changed-while-verified", nil
+	}
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, f, buf); err != nil {
+		return "", &os.PathError{Op: "read", Path: rel, Err: err}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
