@@ -3,8 +3,6 @@ package manifest
 import (
 	"fmt"
 	"maps"
-	"slices"
-	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -81,7 +79,7 @@ func (ix *Index) Platforms() []Platform {
 // v4 > v3 > v2 > v1, arm64 v9 > v8), as containerd does. It only considers the entries
 // Platforms lists: attestation manifests (unknown/unknown) are never
 // selected. No match is an error wrapping ErrNoMatchingPlatform that lists
-// the platforms the index offers.
+// the platforms the index offers (the first ten, then how many more).
 func (ix *Index) Select(want Platform) (Descriptor, error) {
 	want = want.Normalize()
 	candidates := []Platform{want}
@@ -97,17 +95,7 @@ func (ix *Index) Select(want Platform) (Descriptor, error) {
 			}
 		}
 	}
-	var offered []string
-	for _, p := range ix.Platforms() {
-		if s := p.Normalize().String(); !slices.Contains(offered, s) {
-			offered = append(offered, s)
-		}
-	}
-	list := "none"
-	if len(offered) > 0 {
-		list = strings.Join(offered, ", ")
-	}
-	return Descriptor{}, fmt.Errorf("%w: want %s; index %s offers %s", ErrNoMatchingPlatform, want, ix.Digest, list)
+	return Descriptor{}, fmt.Errorf("%w: want %s; index %s offers %s", ErrNoMatchingPlatform, want, ix.Digest, platformList(ix.Platforms()))
 }
 
 func newIndex(top *wireTop, mt types.MediaType, dg blob.Digest, raw []byte) (*Index, error) {

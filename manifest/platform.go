@@ -215,3 +215,42 @@ func fallbackVariants(want Platform) []string {
 func unknownPlatform(p Platform) bool {
 	return p.OS == "unknown" || p.Architecture == "unknown" || p.OS == "" || p.Architecture == ""
 }
+
+// Bounds of the platform list an error message carries: an index may list
+// tens of thousands of entries, the message stays a few hundred bytes.
+const (
+	maxListedPlatforms = 10
+	maxPlatformChars   = 80
+)
+
+// platformList names the distinct platforms of ps, normalized, in order:
+// at most maxListedPlatforms of them, each clipped to maxPlatformChars,
+// then "and K more"; "none" when ps is empty.
+func platformList(ps []Platform) string {
+	seen := make(map[string]bool, len(ps))
+	var shown []string
+	more := 0
+	for _, p := range ps {
+		s := p.Normalize().String()
+		if seen[s] {
+			continue
+		}
+		seen[s] = true
+		if len(shown) == maxListedPlatforms {
+			more++
+			continue
+		}
+		if len(s) > maxPlatformChars {
+			s = s[:maxPlatformChars] + "..."
+		}
+		shown = append(shown, s)
+	}
+	if len(shown) == 0 {
+		return "none"
+	}
+	list := strings.Join(shown, ", ")
+	if more > 0 {
+		list += fmt.Sprintf(" and %d more", more)
+	}
+	return list
+}

@@ -109,7 +109,7 @@ func (b *blobReader) resume() error {
 		start, end, size, err := parseContentRange(resp.Header.Get("Content-Range"))
 		if err != nil || start != b.off || (b.total >= 0 && (end != b.total-1 || (size >= 0 && size != b.total))) {
 			resp.Body.Close()
-			return fmt.Errorf("GET blob %s %s/%s: %w: asked for %s, got Content-Range %q", b.d, host, rname, ErrProtocol, rng, resp.Header.Get("Content-Range"))
+			return fmt.Errorf("GET blob %s %s/%s: %w: asked for %s, got Content-Range %q", b.d, host, rname, ErrProtocol, rng, clip(resp.Header.Get("Content-Range")))
 		}
 	case http.StatusOK:
 		if _, err := io.CopyN(io.Discard, resp.Body, b.off); err != nil {
