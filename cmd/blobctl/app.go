@@ -32,7 +32,20 @@ type app struct {
 	username   string
 	passStdin  bool
 	json       bool
+	verbose    bool
+	quiet      bool
+	progress   string // --progress: auto, plain or none
 	exit       int
+
+	// image is the IMAGE argument of fetch or materialize, which error
+	// messages name.
+	image string
+
+	// REAPI headers whose values come from the environment or stdin, never
+	// from argv; headerArgv records a refused --remote-header.
+	headerEnv   []string
+	headerStdin string
+	headerArgv  bool
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *app {
@@ -76,7 +89,21 @@ func (a *app) rootCommand() *cobra.Command {
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			return a.loadConfig(cmd)
 		},
+		// blobctl alone prints the help; a word that is no command is a
+		// usage error (cobra's own check would make it a plain failure).
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return cmd.Help()
+			}
+			hint := "see blobctl --help for the commands"
+			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+				hint = "did you mean " + strings.Join(s, " or ") + "?"
+			}
+			return usagef("unknown command %q: %s", args[0], hint)
+		},
 	}
+	root.SuggestionsMinimumDistance = 2
 	root.SetIn(a.stdin)
 	root.SetOut(a.stdout)
 	root.SetErr(a.stderr)
@@ -86,9 +113,16 @@ func (a *app) rootCommand() *cobra.Command {
 	bindConfigFlags(pf, &a.flagCfg)
 	pf.StringVar(&a.username, "username", "", "registry user name (the password comes from --password-stdin)")
 	pf.BoolVar(&a.passStdin, "password-stdin", false, "read the registry password from the first line of stdin")
+	pf.StringArrayVar(&a.headerEnv, "remote-header-env", nil, "send the REAPI server header KEY with the value of environment variable ENVVAR, given as `KEY=ENVVAR` (repeatable; e.g. an API key)")
+	pf.StringVar(&a.headerStdin, "remote-header-stdin", "", "send header `KEY` to the REAPI server with the value read from the first line of stdin")
+	pf.Var(refusedFlag{&a.headerArgv}, "remote-header", "refused: header values never come from argv (use --remote-header-env, --remote-header-stdin or the config file)")
+	_ = pf.MarkHidden("remote-header")
 	pf.BoolVar(&a.json, "json", false, "print records as JSON")
+	pf.BoolVar(&a.verbose, "verbose", false, "on failure, print the detailed error chain after the one-line explanation")
+	pf.StringVar(&a.progress, "progress", "auto", "progress of long steps on stderr: auto (bars on a terminal, else nothing), plain (one line per step, for logs) or none")
+	pf.BoolVar(&a.quiet, "quiet", false, "print no progress and no per-blob lines: only results, warnings and errors")
 	root.AddCommand(a.fetchCommand(), a.materializeCommand(), a.lsCommand(), a.statCommand(), a.catCommand(),
-		a.duCommand(), a.evictCommand(), a.verifyCommand(), a.gcCommand(), a.refsCommand(), a.metricsCommand())
+		a.duCommand(), a.evictCommand(), a.verifyCommand(), a.gcCommand(), a.refsCommand(), a.metricsCommand(), a.versionCommand(), a.unmountCommand())
 	return root
 }
 
@@ -102,24 +136,26 @@ func bindConfigFlags(fs *pflag.FlagSet, c *host.Config) {
 	fs.Var(&c.Disk.Budget, "disk-budget", "disk tier budget `SIZE` (0: unbounded)")
 	fs.StringVar(&c.Remote.Endpoint, "remote", c.Remote.Endpoint, "shared REAPI tier `grpc://HOST:PORT` or grpcs://HOST[:PORT]")
 	fs.StringVar(&c.Remote.Instance, "remote-instance", c.Remote.Instance, "REAPI instance `NAME`")
-	fs.Var(kvFlag{&c.Remote.Headers}, "remote-header", "`KEY=VALUE` header sent to the REAPI server (repeatable; e.g. an API key)")
 	fs.StringVar(&c.Remote.TLSCA, "remote-tls-ca", c.Remote.TLSCA, "PEM `FILE` of CAs for a grpcs:// remote")
 	fs.StringVar(&c.Remote.TLSCert, "remote-tls-cert", c.Remote.TLSCert, "PEM client certificate `FILE` (mTLS)")
 	fs.StringVar(&c.Remote.TLSKey, "remote-tls-key", c.Remote.TLSKey, "PEM client key `FILE` (mTLS)")
 	fs.StringVar(&c.Remote.TLSServerName, "remote-tls-server-name", c.Remote.TLSServerName, "server `NAME` to verify in the remote's certificate")
+	fs.Var(&c.Remote.StallTimeout, "remote-stall-timeout", "fail over from a remote read or write that makes no progress for `DURATION` (default 5s)")
 	fs.BoolVar(&c.Remote.AnonymousShared, "remote-anonymous-shared", c.Remote.AnonymousShared, "let anonymous pulls read and write the shared remote tier")
 	fs.Var(mirrorFlag{&c.Registry.Mirrors}, "mirror", "`REGISTRY=MIRROR` tried before REGISTRY (repeatable, in order)")
 	fs.StringArrayVar(&c.Registry.AllowCIDRs, "allow-cidr", c.Registry.AllowCIDRs, "open the network policy to `CIDR` (repeatable; e.g. 127.0.0.0/8 for a local registry)")
 	fs.BoolVar(&c.Registry.Keychain, "keychain", c.Registry.Keychain, "use the Docker/Podman keychain (~/.docker/config.json, credential helpers)")
+	fs.Var(&c.Registry.MaxBlobSize, "max-blob-size", "largest blob `SIZE` read from a registry (default 64GiB)")
 	fs.Var(&c.Fetch.TagTTL, "tag-ttl", "how long a resolved tag is trusted without asking the registry")
 	fs.Var(&c.Fetch.ProofTTL, "proof-ttl", "how long an access proof admits a caller without asking the registry")
-	fs.StringVar(&c.Fetch.Platform, "platform", c.Fetch.Platform, "`os/arch[/variant]` to select from multi-platform images (default: this machine)")
+	fs.StringVar(&c.Fetch.Platform, "platform", c.Fetch.Platform, "`os/arch[/variant]` to select from multi-platform images (default: this machine; fetch also takes all)")
 	fs.StringVar(&c.Overlay.Root, "overlay-root", c.Overlay.Root, "`DIR` of extracted overlay layers (default ROOT/overlay)")
 	fs.Var(&c.Overlay.Budget, "overlay-budget", "budget `SIZE` of unleased extracted layers (0: unbounded)")
 	fs.BoolVar(&c.Overlay.UserXattr, "overlay-userxattr", c.Overlay.UserXattr, "mark opaque dirs with user.overlay.opaque (mount with userxattr)")
 	fs.StringVar(&c.Ext4.WorkDir, "ext4-dir", c.Ext4.WorkDir, "`DIR` of ext4 images handed out (default ROOT/ext4)")
 	fs.Var(&c.Ext4.FreeBytes, "ext4-free", "free space `SIZE` every ext4 image gets")
 	fs.Int64Var(&c.Ext4.FreeInodes, "ext4-free-inodes", c.Ext4.FreeInodes, "free inodes every ext4 image gets")
+	fs.Var(&c.Ext4.Budget, "ext4-budget", "budget `SIZE` of the ext4 images kept in ext4-dir (LRU; 0: unbounded)")
 	fs.BoolVar(&c.NoAdmin, "no-admin", c.NoAdmin, "do not serve the admin socket while this blobctl holds the root")
 }
 
@@ -150,11 +186,22 @@ func (a *app) loadConfig(cmd *cobra.Command) error {
 	if err := errors.Join(errs...); err != nil {
 		return usageError{err}
 	}
+	if err := a.remoteHeaders(&cfg); err != nil {
+		return err
+	}
+	if err := a.storedBudgets(cmd, &cfg); err != nil {
+		return err
+	}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}
 	if a.passStdin && a.username == "" {
 		return usagef("--password-stdin needs --username")
+	}
+	switch a.progress {
+	case "auto", "plain", "none":
+	default:
+		return usagef("--progress %q: want auto, plain or none", a.progress)
 	}
 	a.cfg = cfg
 	return nil
@@ -218,44 +265,73 @@ func (a *app) printJSON(v any) error {
 	return enc.Encode(v)
 }
 
-// kvFlag is a repeatable KEY=VALUE flag filling a map.
-type kvFlag struct{ m *map[string]string }
+// refusedFlag is a flag whose every use is refused later with a clear
+// message (see remoteHeaders). Set keeps nothing of its argument and never
+// fails: pflag would quote the argument, a secret, in its error.
+type refusedFlag struct{ used *bool }
 
-func (f kvFlag) String() string {
-	if f.m == nil {
-		return ""
-	}
-	return strings.Join(f.GetSlice(), ",")
-}
-func (f kvFlag) Type() string { return "key=value" }
-func (f kvFlag) Set(s string) error {
-	k, v, ok := strings.Cut(s, "=")
-	if !ok || k == "" {
-		return fmt.Errorf("want KEY=VALUE, got a value without '=' or without a key")
-	}
-	if *f.m == nil {
-		*f.m = map[string]string{}
-	}
-	(*f.m)[k] = v
+func (f refusedFlag) String() string { return "" }
+func (f refusedFlag) Type() string   { return "refused" }
+func (f refusedFlag) Set(string) error {
+	*f.used = true
 	return nil
 }
-func (f kvFlag) Append(s string) error { return f.Set(s) }
-func (f kvFlag) Replace(ss []string) error {
-	*f.m = nil
-	for _, s := range ss {
-		if err := f.Set(s); err != nil {
-			return err
+
+// remoteHeaders adds the REAPI headers of --remote-header-env and
+// --remote-header-stdin to cfg, each replacing a header of the same name
+// (in any case) from the config file. Header values come only from the
+// config file, the environment or stdin: a value on the command line is
+// visible to every local user (ps, /proc/PID/cmdline), so --remote-header is
+// refused. Errors name header keys, never values nor variable names (a
+// misplaced value would be one).
+func (a *app) remoteHeaders(cfg *host.Config) error {
+	if a.headerArgv {
+		return usagef("--remote-header is refused: a header value on the command line is visible to every local user; " +
+			"put it under remote-header in the --config file (mode 0600), or pass --remote-header-env KEY=ENVVAR " +
+			"(the value of environment variable ENVVAR) or --remote-header-stdin KEY (the first line of stdin)")
+	}
+	if a.headerEnv == nil && a.headerStdin == "" {
+		return nil
+	}
+	headers := map[string]string{}
+	for k, v := range cfg.Remote.Headers {
+		headers[k] = v
+	}
+	set := func(key, value string) {
+		for k := range headers {
+			if strings.EqualFold(k, key) {
+				delete(headers, k)
+			}
 		}
+		headers[key] = value
 	}
+	for _, kv := range a.headerEnv {
+		key, env, ok := strings.Cut(kv, "=")
+		if !ok || key == "" || env == "" {
+			return usagef("--remote-header-env wants KEY=ENVVAR, the header name and the name of the environment variable holding its value")
+		}
+		v := os.Getenv(env)
+		if v == "" {
+			return usagef("--remote-header-env %s=…: the environment variable named after '=' is unset or empty", key)
+		}
+		set(key, v)
+	}
+	if a.headerStdin != "" {
+		if a.passStdin {
+			return usagef("--remote-header-stdin and --password-stdin both read stdin; pass the header with --remote-header-env or the config file")
+		}
+		line, err := bufio.NewReader(a.stdin).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("--remote-header-stdin: read stdin: %w", err)
+		}
+		v := strings.TrimRight(line, "\r\n")
+		if v == "" {
+			return usagef("--remote-header-stdin %s: stdin held no value", a.headerStdin)
+		}
+		set(a.headerStdin, v)
+	}
+	cfg.Remote.Headers = headers
 	return nil
-}
-func (f kvFlag) GetSlice() []string {
-	var out []string
-	for k, v := range *f.m {
-		out = append(out, k+"="+v)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // mirrorFlag is a repeatable REGISTRY=MIRROR flag.

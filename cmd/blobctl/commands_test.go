@@ -102,7 +102,7 @@ func TestLsStatCatDuRefs(t *testing.T) {
 	}
 
 	du := decode[[]host.UsageRecord](t, must(t, f.args("du", "--json")...))
-	if len(du) != 3 || du[0].Tier != "memory" || du[1].Tier != "disk" || du[2].Tier != "overlay" {
+	if len(du) != 5 || du[0].Tier != "memory" || du[1].Tier != "disk" || du[2].Tier != "overlay" || du[3].Tier != host.UsageExt4 || du[4].Tier != host.UsageRoot {
 		t.Fatalf("du tiers: %+v", du)
 	}
 	var want int64
@@ -272,7 +272,8 @@ func TestMaterializeAndGC(t *testing.T) {
 	if len(img) < 2048 || img[1080] != 0x53 || img[1081] != 0xef {
 		t.Fatal("output is not an ext4 filesystem (no superblock magic)")
 	}
-	r2 := decode[ext4Result](t, must(t, f.args("materialize", f.ref, "--format", "ext4", "--out", out, "--json")...))
+	// --keep leaves the image in ext4-dir too, for gc below.
+	r2 := decode[ext4Result](t, must(t, f.args("materialize", f.ref, "--format", "ext4", "--out", out, "--keep", "--json")...))
 	if !r2.FromCache || r2.Ext4 != r1.Ext4 {
 		t.Fatalf("second ext4: %+v, want from cache with digest %s", r2, r1.Ext4)
 	}
@@ -342,6 +343,7 @@ func TestConfigFileAndFlags(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("root: "+root+"\nmemory: 8MiB\ndisk-budget: 5MiB\noverlay-budget: 1GiB\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	must(t, "--config", cfg, "gc") // makes the root (du, an inspection, never does)
 	du := decode[[]host.UsageRecord](t, must(t, "--config", cfg, "du", "--json"))
 	if du[0].Budget != 8<<20 || du[1].Budget != 5<<20 || du[2].Budget != 1<<30 {
 		t.Fatalf("budgets from the file: %+v", du)
@@ -356,6 +358,7 @@ func TestConfigFileAndFlags(t *testing.T) {
 	}
 	// Defaults with neither: the XDG cache directory.
 	t.Setenv("XDG_CACHE_HOME", filepath.Join(dir, "xdg"))
+	must(t, "gc")
 	du = decode[[]host.UsageRecord](t, must(t, "du", "--json"))
 	if du[0].Budget != int64(host.DefaultMemory) || du[1].Budget != int64(host.DefaultDiskBudget) {
 		t.Fatalf("defaults: %+v", du)

@@ -1,16 +1,19 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/materialize/host"
@@ -73,7 +76,7 @@ memberships, access proofs, derivations) as "blobctl refs" does.`,
   blobctl ls --root /var/cache/strata   # also while an executor holds the root`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			adm, err := a.openAdmin(cmd.Context())
+			adm, err := a.openInspect(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -132,7 +135,7 @@ func (a *app) statCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			adm, err := a.openAdmin(cmd.Context())
+			adm, err := a.openInspect(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -165,7 +168,7 @@ bytes read so far (so pipe into a file and check the exit code).`,
 			if err != nil {
 				return err
 			}
-			adm, err := a.openAdmin(cmd.Context())
+			adm, err := a.openInspect(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -182,12 +185,22 @@ func (a *app) duCommand() *cobra.Command {
 		Short: "Show each tier's usage against its budget",
 		Long: `du prints, per tier, the number of blobs and refs and the bytes held against
 the tier's budget; "overlay" is the overlay materializer's extracted layers
-(LAYERS in the blobs column). A remote tier reports what it cannot tell.`,
+(layers in the blobs column), "ext4" the ext4 images handed out in ext4-dir
+(images in the blobs column, their disk space against ext4-budget),
+and "root" every byte on disk under the root (blobs, layers, images, the
+index, temporary files), as "du -sb" counts them. A remote tier reports what
+it cannot tell.
+
+Like every inspection command (ls, stat, cat, du, refs, verify without
+--remove or --overlay, metrics) it never changes what it looks at: it evicts nothing and
+applies no budget (the budgets shown are the root owner's, recorded in the
+root, unless given on the command line), and a --root that holds no Strata
+root is an error (exit 2), never created.`,
 		Example: `  blobctl du
   blobctl du --json`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			adm, err := a.openAdmin(cmd.Context())
+			adm, err := a.openInspect(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -210,6 +223,14 @@ the tier's budget; "overlay" is the overlay materializer's extracted layers
 					rows = append(rows, []string{r.Tier, "-", "-", "-", "-", "-", r.Error})
 					continue
 				}
+				switch r.Tier {
+				case host.UsageRoot:
+					rows = append(rows, []string{r.Tier, "-", "-", humanBytes(r.Bytes), "-", "-", "all files under the roots"})
+					continue
+				case host.UsageExt4:
+					rows = append(rows, []string{r.Tier, fmt.Sprint(r.Blobs), "-", humanBytes(r.Bytes), budget, pct, "images in ext4-dir"})
+					continue
+				}
 				rows = append(rows, []string{r.Tier, fmt.Sprint(r.Blobs), fmt.Sprint(r.Refs), humanBytes(r.Bytes), budget, pct, ""})
 			}
 			a.table("TIER\tBLOBS\tREFS\tBYTES\tBUDGET\tUSED\tNOTE", rows)
@@ -229,14 +250,16 @@ func (a *app) evictCommand() *cobra.Command {
 
   DIGEST           that blob, from every tier holding it (or --tier)
   --image REF      the image's tag, membership and access proofs from every tier,
-                   and its blobs from the local tiers unless another cached
-                   image uses them
+                   its blobs from the local tiers unless another cached image
+                   uses them, and the ext4 images derived from it (derived
+                   blob, derivation ref, images in ext4-dir); exit code 3
+                   when the image is not cached
   --older-than D   blobs last accessed more than D ago (e.g. 36h, 7d)
   --to-size S      least recently used blobs until each local tier (or --tier)
                    holds at most S bytes (e.g. 1GiB; 0 empties it)
 
 A remote REAPI tier cannot delete; its server evicts by its own policy.
-It prints what each tier freed.`,
+It prints what each tier freed ("ext4": images removed from ext4-dir).`,
 		Example: `  blobctl evict sha256:4bcff63911fcb4448bd4fdacec207030997caf25e9bea4045fa6c8c44de311d1
   blobctl evict --image docker.io/library/alpine:3.20
   blobctl evict --older-than 7d --tier disk
@@ -306,13 +329,28 @@ func (a *app) verifyCommand() *cobra.Command {
 digest. It prints each corrupt or missing blob (every blob with --all or
 --json) and a summary. With --remove, corrupt entries are dropped so the next
 read fetches them again. Exit code 1 when any blob was corrupt or missing,
-even if removed.`,
+even if removed.
+
+With --overlay it also re-checks every extracted overlay layer (tier
+"overlay") against the manifest written when it was extracted: every file's
+content, type, mode, owner and extended attributes, every link target, and
+the set of paths. A modified layer (a file changed, added or removed) is
+reported corrupt and dropped at once, so the next materialize extracts it
+again; a layer a lease holds (a running sandbox, a mounted overlay) is kept
+and reported. Layers extracted before manifests were written are reported
+"unverifiable" (no exit code 1) and dropped with --remove. As it may drop
+layers, --overlay is not an inspection command.`,
 		Example: `  blobctl verify
   blobctl verify --remove
+  blobctl verify --overlay
   blobctl verify --tier disk --json`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			adm, err := a.openAdmin(cmd.Context())
+			open := a.openInspect
+			if req.Remove || req.Overlay {
+				open = a.openAdmin
+			}
+			adm, err := open(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -321,9 +359,16 @@ even if removed.`,
 			if err != nil {
 				return err
 			}
-			bad := 0
+			bad, unverifiable, layers := 0, 0, 0
 			for _, r := range recs {
-				if r.Status != host.StatusOK {
+				if r.Tier == host.UsageOverlay {
+					layers++
+				}
+				switch r.Status {
+				case host.StatusOK:
+				case host.StatusUnverifiable:
+					unverifiable++
+				default:
 					bad++
 				}
 			}
@@ -346,7 +391,16 @@ even if removed.`,
 				if len(rows) > 0 {
 					a.table("TIER\tDIGEST\tSIZE\tSTATUS\tACTION", rows)
 				}
-				fmt.Fprintf(a.stdout, "verified %d blobs: %d ok, %d corrupt or missing\n", len(recs), len(recs)-bad, bad)
+				for _, r := range recs {
+					if r.Tier == host.UsageOverlay && r.Status != host.StatusOK && r.Error != "" {
+						fmt.Fprintf(a.stdout, "overlay layer %s: %s\n", r.Digest, r.Error)
+					}
+				}
+				if req.Overlay {
+					fmt.Fprintf(a.stdout, "verified %d blobs and %d overlay layers: %d ok, %d corrupt or missing, %d unverifiable\n", len(recs)-layers, layers, len(recs)-bad-unverifiable, bad, unverifiable)
+				} else {
+					fmt.Fprintf(a.stdout, "verified %d blobs: %d ok, %d corrupt or missing\n", len(recs), len(recs)-bad, bad)
+				}
 			}
 			if bad > 0 {
 				a.exit = exitCheckFailed
@@ -354,7 +408,8 @@ even if removed.`,
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&req.Remove, "remove", false, "drop corrupt and missing entries")
+	cmd.Flags().BoolVar(&req.Remove, "remove", false, "drop corrupt and missing entries (and unverifiable overlay layers)")
+	cmd.Flags().BoolVar(&req.Overlay, "overlay", false, "also re-check the extracted overlay layers; modified ones are dropped")
 	cmd.Flags().BoolVar(&all, "all", false, "list good blobs too")
 	cmd.Flags().StringVar(&req.Tier, "tier", "", "only this tier (memory, disk)")
 	return cmd
@@ -364,10 +419,17 @@ func (a *app) gcCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "gc",
 		Short: "Remove expired and orphaned refs, unleased layer directories and unreferenced ext4 images",
-		Long: `gc removes expired refs from the disk tier, tag, membership and derivation
-refs whose blob no tier holds any more, extracted overlay layers that no
-lease holds (when another process holds the root, its leased layers stay),
-and ext4 images in ext4-dir whose derivation ref is gone.`,
+		Long: `gc first drops the mount leases whose overlay is no longer mounted (see
+"blobctl unmount"), then removes expired refs from the disk tier, tag,
+membership and derivation refs whose blob no tier holds any more, extracted
+overlay layers that no lease holds (layers of a mounted overlay stay, and when
+another process holds the root, so do the layers it uses), and ext4 images in
+ext4-dir whose derivation ref is gone, then the least recently used ext4 images
+beyond ext4-budget (those handed out in the last 30 seconds stay), and the
+temporary files that killed ext4 conversions left in ext4-dir/tmp (of any age
+when no other process uses ext4-dir, else those a day old). It applies the
+budgets recorded in the root by its owner unless --disk-budget,
+--overlay-budget, --ext4-budget or --memory is given.`,
 		Example: `  blobctl gc
   blobctl gc --json`,
 		Args: exactArgs(0),
@@ -384,8 +446,8 @@ and ext4 images in ext4-dir whose derivation ref is gone.`,
 			if a.json {
 				return a.printJSON(res)
 			}
-			fmt.Fprintf(a.stdout, "expired refs removed:  %d\norphan refs removed:   %d\nlayer dirs removed:    %d (%s)\nlayer dirs leased:     %d\next4 images removed:   %d (%s)\n",
-				res.ExpiredRefs, res.OrphanRefs, res.Layers, humanBytes(res.LayerBytes), res.LayersLeased, res.Ext4Images, humanBytes(res.Ext4Bytes))
+			fmt.Fprintf(a.stdout, "stale mounts dropped:  %d\nmounts kept:           %d\nexpired refs removed:  %d\norphan refs removed:   %d\nlayer dirs removed:    %d (%s)\nlayer dirs leased:     %d\next4 images removed:   %d (%s)\next4 temp removed:     %d (%s)\n",
+				res.StaleMounts, res.Mounts, res.ExpiredRefs, res.OrphanRefs, res.Layers, humanBytes(res.LayerBytes), res.LayersLeased, res.Ext4Images, humanBytes(res.Ext4Bytes), res.Ext4TempFiles, humanBytes(res.Ext4TempBytes))
 			return nil
 		},
 	}
@@ -405,7 +467,7 @@ hash, never the credential), derived (image + format + options -> derived blob).
   blobctl refs --namespace derived --json`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			adm, err := a.openAdmin(cmd.Context())
+			adm, err := a.openInspect(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -440,7 +502,7 @@ until interrupted, asking the holder afresh on every scrape.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			adm, err := a.openAdmin(ctx)
+			adm, err := a.openInspect(ctx)
 			if err != nil {
 				return err
 			}
@@ -476,3 +538,73 @@ until interrupted, asking the holder afresh on every scrape.`,
 }
 
 var _ io.Writer
+
+// openInspect is openAdmin for the inspection commands: a root blobctl opens
+// itself is opened with host.Config.Inspect (no eviction pass, no budget
+// applied, nothing created), and one that is not there is a usage error.
+// Through the admin socket nothing changes: the holder's budgets apply.
+func (a *app) openInspect(ctx context.Context) (host.Admin, error) {
+	saved := a.cfg
+	a.cfg.Inspect = true
+	defer func() { a.cfg = saved }()
+	adm, err := a.openAdmin(ctx)
+	if errors.Is(err, host.ErrNoRoot) {
+		return nil, usagef("%s; check --root", strings.TrimPrefix(err.Error(), "host: "))
+	}
+	return adm, err
+}
+
+// storedBudgets sets in cfg the budgets that the root's owner recorded
+// (host.StoredBudgets), except those the command line or the config file
+// set: blobctl run on an executor's root applies the executor's budgets, not
+// its own defaults.
+func (a *app) storedBudgets(cmd *cobra.Command, cfg *host.Config) error {
+	b, ok, err := host.StoredBudgets(cfg.Disk.Root)
+	if err != nil {
+		// Not worth failing every command (version, help) for.
+		fmt.Fprintf(a.stderr, "blobctl: warning: %v; using the configured budgets\n", err)
+		return nil
+	}
+	if !ok {
+		return nil
+	}
+	inFile, err := configFileKeys(a.configPath)
+	if err != nil {
+		return err
+	}
+	explicit := func(key string) bool { return cmd.Flags().Changed(key) || inFile[key] }
+	if !explicit("memory") {
+		cfg.Memory.Size = b.Memory
+	}
+	if !explicit("disk-budget") {
+		cfg.Disk.Budget = b.Disk
+	}
+	if !explicit("overlay-budget") {
+		cfg.Overlay.Budget = b.Overlay
+	}
+	if !explicit("ext4-budget") {
+		cfg.Ext4.Budget = b.Ext4
+	}
+	return nil
+}
+
+// configFileKeys returns the top-level keys of the config file at path
+// (none without one), lower-cased.
+func configFileKeys(path string) (map[string]bool, error) {
+	keys := map[string]bool{}
+	if path == "" {
+		return keys, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("config: %w", err)}
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		return nil, usageError{fmt.Errorf("config %s: %w", path, err)}
+	}
+	for k := range m {
+		keys[strings.ToLower(k)] = true
+	}
+	return keys, nil
+}

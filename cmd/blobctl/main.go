@@ -31,6 +31,7 @@ const (
 	exitUnavailable = 5 // registry, remote tier or admin endpoint unreachable
 	exitLocked      = 6 // the root is held by a process that serves no admin endpoint
 	exitFailure     = 7 // any other failure
+	// An interrupted command exits 128 + the signal: 130 (SIGINT), 143 (SIGTERM).
 )
 
 const exitCodesHelp = `Exit codes:
@@ -42,26 +43,84 @@ const exitCodesHelp = `Exit codes:
   5  unavailable: registry, remote tier or admin endpoint unreachable
   6  the root is held by another process that serves no admin endpoint
      (materialize: held by any other process)
-  7  any other failure`
+  7  any other failure (also: output that could not be written)
+  8  fetch read the image but could not store all of it in the disk tier
+     (no space left on device, or a blob larger than the tier accepts)
+  130  interrupted (SIGINT): cancelled, temporary files removed
+  143  terminated (SIGTERM), likewise`
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := (<-sigs).(syscall.Signal)
+		// The command's context ends: it stops, removes its temp files
+		// and returns; run reports the signal.
+		cancel(interrupted{s})
+		// A second signal stops at once.
+		s = (<-sigs).(syscall.Signal)
+		os.Exit(128 + int(s))
+	}()
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
-	stop()
 	os.Exit(code)
 }
 
-// run executes blobctl with args and returns its exit code.
+// interrupted is the cause of a context canceled by SIGINT or SIGTERM.
+type interrupted struct{ sig syscall.Signal }
+
+func (i interrupted) Error() string { return "interrupted (" + i.sig.String() + ")" }
+
+// run executes blobctl with args and returns its exit code. When ctx ends
+// because of a signal (its cause is an interrupted), the command is
+// reported as interrupted and the exit code is 128 + the signal number
+// (130 for SIGINT, 143 for SIGTERM), whatever the command returned.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	app := newApp(stdin, stdout, stderr)
+	out := &outWriter{w: stdout}
+	app := newApp(stdin, out, stderr)
 	cmd := app.rootCommand()
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(ctx)
+	var sig interrupted
+	if errors.As(context.Cause(ctx), &sig) {
+		fmt.Fprintln(stderr, "blobctl: interrupted")
+		if app.verbose && err != nil {
+			fmt.Fprintf(stderr, "  detail: %v\n", err)
+		}
+		return 128 + int(sig.sig)
+	}
+	if out.err != nil {
+		// Output that did not reach its destination is a failure, even
+		// for a command that reported none (a table on a full disk).
+		err = errors.Join(err, fmt.Errorf("%w: %w", errOutput, out.err))
+	}
 	if err == nil {
 		return app.exit
 	}
-	fmt.Fprintf(stderr, "blobctl: %v\n", err)
+	app.report(err)
 	return exitCode(err)
+}
+
+// errOutput marks a failure to write the command's output to stdout.
+var errOutput = errors.New("cannot write the output")
+
+// outWriter is stdout, remembering its first write error: commands print
+// through fmt and tabwriter, whose errors they do not all check, and run
+// turns the error into a failure.
+type outWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (o *outWriter) Write(p []byte) (int, error) {
+	if o.err != nil {
+		return 0, o.err
+	}
+	n, err := o.w.Write(p)
+	if err != nil {
+		o.err = err
+	}
+	return n, err
 }
 
 // usageError marks errors in how blobctl was called.

@@ -54,8 +54,9 @@ func TestSharedRemoteTier(t *testing.T) {
 	if ra.FromCache {
 		t.Fatalf("first host: %+v, want a conversion", ra)
 	}
+	must(t, append(b, "gc")...) // creates b's root: inspection never does
 	du := decode[[]host.UsageRecord](t, must(t, append(b, "du", "--json")...))
-	if len(du) != 4 || du[2].Tier != host.TierRemote || !du[2].Shared || du[2].Error == "" {
+	if len(du) != 6 || du[2].Tier != host.TierRemote || !du[2].Shared || du[2].Error == "" {
 		t.Fatalf("du with a remote tier: %+v", du)
 	}
 	res := decode[fetchResult](t, must(t, append(b, "fetch", f.ref, "--json")...))

@@ -33,17 +33,35 @@ type Admin interface {
 	// Cat writes the blob's bytes to w, verified against d: on a mismatch
 	// it fails with a *blob.MismatchError after writing what it read.
 	Cat(ctx context.Context, d blob.Digest, w io.Writer) (int64, error)
-	// Usage reports each tier's occupancy against its budget, and the
-	// overlay materializer's layer directories as the pseudo-tier "overlay".
+	// Usage reports each tier's occupancy against its budget, the overlay
+	// materializer's layer directories as the pseudo-tier "overlay", the
+	// ext4 images handed out as "ext4", and as "root" every byte under the
+	// disk root (and under the overlay root and ext4 directory when they
+	// lie outside it): blobs, layers, images, the index, temporary files.
 	Usage(ctx context.Context) ([]UsageRecord, error)
 	// Evict removes blobs (see EvictRequest) and reports what each tier freed.
 	Evict(ctx context.Context, req EvictRequest) ([]EvictRecord, error)
 	// Verify re-hashes every blob of the local tiers (or of req.Tier) and
-	// reports each; with req.Remove, corrupt entries are dropped.
+	// reports each; with req.Remove, corrupt entries are dropped. With
+	// req.Overlay it also re-checks the extracted overlay layers and drops
+	// modified ones (see VerifyRequest.Overlay). Blobs the
+	// disk tier found missing when it was opened (their row was forgotten)
+	// are reported as missing by the first Verify after the open.
 	Verify(ctx context.Context, req VerifyRequest) ([]VerifyRecord, error)
-	// GC removes expired refs, refs whose blob no tier holds, and extracted
-	// overlay layers no lease holds.
+	// GC drops mount leases whose mount is gone, then removes expired refs,
+	// refs whose blob no tier holds, extracted overlay layers no lease
+	// (mount leases included) holds, unreferenced ext4 images and those
+	// beyond the ext4 budget, and what killed ext4 conversions left in
+	// ext4-dir/tmp (see ext4.Converter.RemoveStale).
 	GC(ctx context.Context) (GCResult, error)
+	// Mounts lists the mount leases: overlays mounted by materialize
+	// --mount, whose layers stay until ReleaseMount.
+	Mounts(ctx context.Context) ([]MountRecord, error)
+	// ReleaseMount ends the mount lease of dir, which the caller has
+	// unmounted. It fails with an error wrapping blob.ErrNotFound when no
+	// lease names dir, and with one wrapping ErrInvalidRequest while an
+	// overlay is still mounted there.
+	ReleaseMount(ctx context.Context, dir string) (MountRecord, error)
 	// Metrics writes the Prometheus text exposition of the host's registry.
 	Metrics(ctx context.Context, w io.Writer) error
 	// Close releases what the Admin holds (for a Host: the whole host).
@@ -113,8 +131,15 @@ type EvictRecord struct {
 type VerifyRequest struct {
 	// Tier restricts verification to one local tier.
 	Tier string `json:"tier,omitempty"`
-	// Remove drops corrupt and missing entries.
+	// Remove drops corrupt and missing entries (and, with Overlay,
+	// unverifiable layers).
 	Remove bool `json:"remove,omitempty"`
+	// Overlay also re-checks every extracted overlay layer against the
+	// manifest written when it was extracted (overlay.Materializer.Verify),
+	// reported as tier "overlay": a modified layer (a file changed, added
+	// or removed) is "corrupt" and dropped unless a lease holds it, a layer
+	// without a manifest "unverifiable".
+	Overlay bool `json:"overlay,omitempty"`
 }
 
 // Verify statuses.
@@ -123,6 +148,9 @@ const (
 	StatusCorrupt = "corrupt"
 	StatusMissing = "missing"
 	StatusError   = "error"
+	// StatusUnverifiable: an overlay layer without a manifest (extracted
+	// before manifests were written); it cannot be checked.
+	StatusUnverifiable = "unverifiable"
 )
 
 // VerifyRecord is the result for one blob.
@@ -135,15 +163,35 @@ type VerifyRecord struct {
 	Removed bool   `json:"removed,omitempty"`
 }
 
+// MountRecord is one mount lease (see overlay.MountLease).
+type MountRecord struct {
+	Target  string    `json:"target"`
+	Image   string    `json:"image,omitempty"`
+	Layers  []string  `json:"layers"`
+	Created time.Time `json:"created,omitzero"`
+}
+
 // GCResult reports what GC removed.
 type GCResult struct {
+	// StaleMounts counts mount leases dropped because their mount was gone;
+	// Mounts counts those that remain (their layers are kept).
+	StaleMounts  int   `json:"stale_mounts"`
+	Mounts       int   `json:"mounts"`
 	ExpiredRefs  int   `json:"expired_refs"`
 	OrphanRefs   int   `json:"orphan_refs"`
 	Layers       int   `json:"layers"`
 	LayerBytes   int64 `json:"layer_bytes"`
 	LayersLeased int   `json:"layers_leased"`
-	Ext4Images   int   `json:"ext4_images"`
-	Ext4Bytes    int64 `json:"ext4_bytes"`
+	// Ext4Images counts the ext4 images removed from ext4-dir (those
+	// whose derivation ref is gone, then the least recently used beyond
+	// the ext4 budget); Ext4Bytes is their size.
+	Ext4Images int   `json:"ext4_images"`
+	Ext4Bytes  int64 `json:"ext4_bytes"`
+	// Ext4TempFiles counts the leftovers of killed conversions removed
+	// from ext4-dir/tmp (ext4.Converter.RemoveStale), Ext4TempBytes the
+	// disk space they took.
+	Ext4TempFiles int   `json:"ext4_temp_files"`
+	Ext4TempBytes int64 `json:"ext4_temp_bytes"`
 }
 
 var (

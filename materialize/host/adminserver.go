@@ -33,6 +33,8 @@ import (
 //	POST /v1/evict    EvictRequest     -> []EvictRecord
 //	POST /v1/verify   VerifyRequest    -> []VerifyRecord
 //	POST /v1/gc                        -> GCResult
+//	GET  /v1/mounts                    -> []MountRecord
+//	POST /v1/mounts/release releaseMountRequest -> MountRecord
 //	POST /v1/warm     warmRequest      -> FetchResult (fetch and read every layer)
 //	GET  /metrics                      -> Prometheus text exposition
 //
@@ -198,6 +200,16 @@ func (a *adminServer) handler(h *Host) http.Handler {
 	mux.HandleFunc("POST /v1/gc", func(w http.ResponseWriter, r *http.Request) {
 		reply(w)(unpack(h.GC(r.Context())))
 	})
+	mux.HandleFunc("GET /v1/mounts", func(w http.ResponseWriter, r *http.Request) {
+		reply(w)(unpack(h.Mounts(r.Context())))
+	})
+	mux.HandleFunc("POST /v1/mounts/release", func(w http.ResponseWriter, r *http.Request) {
+		var req releaseMountRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		reply(w)(unpack(h.ReleaseMount(r.Context(), req.Dir)))
+	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		if err := h.Metrics(r.Context(), w); err != nil {
@@ -212,6 +224,11 @@ func (a *adminServer) handler(h *Host) http.Handler {
 		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// releaseMountRequest is the body of POST /v1/mounts/release.
+type releaseMountRequest struct {
+	Dir string `json:"dir"`
 }
 
 // reply writes v, or err as an error body (with the partial records, if any,

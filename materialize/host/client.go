@@ -206,6 +206,18 @@ func (c *Client) GC(ctx context.Context) (GCResult, error) {
 	return out, c.do(ctx, http.MethodPost, "/v1/gc", struct{}{}, &out)
 }
 
+// Mounts implements Admin.
+func (c *Client) Mounts(ctx context.Context) ([]MountRecord, error) {
+	var out []MountRecord
+	return out, c.do(ctx, http.MethodGet, "/v1/mounts", nil, &out)
+}
+
+// ReleaseMount implements Admin.
+func (c *Client) ReleaseMount(ctx context.Context, dir string) (MountRecord, error) {
+	var out MountRecord
+	return out, c.do(ctx, http.MethodPost, "/v1/mounts/release", releaseMountRequest{Dir: dir}, &out)
+}
+
 // Metrics implements Admin.
 func (c *Client) Metrics(ctx context.Context, w io.Writer) error {
 	resp, err := c.send(ctx, http.MethodGet, "/metrics", nil)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -63,18 +64,20 @@ type Host struct {
 	fetcher *fetcher.Fetcher
 	overlay *overlay.Materializer
 	ext4    *ext4.Converter
-	ext4Loc *ext4.Converter // over the stack's local tiers, for LocalOnly images
 	admin   *adminServer
 
-	closeOnce sync.Once
-	closeErr  error
+	closeOnce     sync.Once
+	closeErr      error
+	forgottenOnce sync.Once // see takeForgotten
 }
 
 // Open builds the host described by cfg and registers its metrics on reg
 // (nil: none are registered; if reg is also a prometheus.Gatherer the admin
 // endpoint serves it at /metrics). It fails with an error wrapping ErrLocked
 // when another process holds cfg's disk root; use Dial then. Nothing is left
-// open on failure.
+// open on failure. Unless cfg.Inspect is set, it records cfg's budgets in
+// the root (see StoredBudgets; where the root cannot be written, a warning
+// is logged and the previous record stays).
 func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("host: %w", err)
@@ -84,6 +87,11 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 		return nil, fmt.Errorf("host: root: %w", err)
 	}
 	cfg.Disk.Root = root
+	if cfg.Inspect {
+		if err := checkInspectRoot(root); err != nil {
+			return nil, fmt.Errorf("host: %w", err)
+		}
+	}
 	if cfg.Overlay.Root == "" {
 		cfg.Overlay.Root = filepath.Join(root, "overlay")
 	}
@@ -116,16 +124,21 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 		h.memory = memory.New(memory.Config{Name: TierMemory, MaxBytes: int64(cfg.Memory.Size), MaxBlobBytes: min(int64(cfg.Memory.MaxBlob), int64(cfg.Memory.Size))})
 		entries = append(entries, tiers.Entry{Tier: h.memory})
 	}
-	h.disk, err = disk.Open(disk.Config{Root: root, Name: TierDisk, Budget: int64(cfg.Disk.Budget)})
+	h.disk, err = disk.Open(disk.Config{Root: root, Name: TierDisk, Budget: int64(cfg.Disk.Budget), NoEvict: cfg.Inspect, Logger: diskLogger()})
 	if err != nil {
 		return nil, fmt.Errorf("host: %w", err)
+	}
+	if err := registerDiskMetrics(reg, h.disk); err != nil {
+		_ = h.disk.Close()
+		return nil, fmt.Errorf("host: metrics: %w", err)
 	}
 	entries = append(entries, tiers.Entry{Tier: h.disk})
 	if cfg.Remote.Endpoint != "" {
 		h.remote, err = reapi.New(ctx, reapi.Config{
-			Endpoint: cfg.Remote.Endpoint,
-			Instance: cfg.Remote.Instance,
-			Headers:  cfg.Remote.Headers,
+			Endpoint:     cfg.Remote.Endpoint,
+			Instance:     cfg.Remote.Instance,
+			Headers:      cfg.Remote.Headers,
+			StallTimeout: time.Duration(cfg.Remote.StallTimeout),
 			TLS: reapi.TLSConfig{
 				CAFile: cfg.Remote.TLSCA, CertFile: cfg.Remote.TLSCert, KeyFile: cfg.Remote.TLSKey,
 				ServerName: cfg.Remote.TLSServerName,
@@ -152,7 +165,7 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 
 	key := cfg.Registry.IdentityKey
 	if key.IsZero() {
-		if key, err = loadOrCreateKey(filepath.Join(root, IdentityKeyName)); err != nil {
+		if key, err = identityKey(filepath.Join(root, IdentityKeyName), cfg.Inspect); err != nil {
 			return nil, fmt.Errorf("host: identity key: %w", err)
 		}
 	}
@@ -170,7 +183,7 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 			mirrors[reg] = append(mirrors[reg], registry.Mirror{Endpoint: m})
 		}
 	}
-	h.reg, err = registry.New(registry.Config{Mirrors: mirrors, AllowCIDRs: cfg.Registry.AllowCIDRs, Metrics: reg, UserAgent: "strata"})
+	h.reg, err = registry.New(registry.Config{Mirrors: mirrors, AllowCIDRs: cfg.Registry.AllowCIDRs, MaxBlobSize: cfg.Registry.maxBlobSize(), Metrics: reg, UserAgent: "strata"})
 	if err != nil {
 		return nil, fmt.Errorf("host: registry: %w", err)
 	}
@@ -188,25 +201,29 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 	if err != nil {
 		return nil, fmt.Errorf("host: fetcher: %w", err)
 	}
-	h.overlay, err = overlay.New(overlay.Config{Root: cfg.Overlay.Root, Budget: int64(cfg.Overlay.Budget), UserXattr: cfg.Overlay.UserXattr, Metrics: reg})
+	h.overlay, err = overlay.New(overlay.Config{Root: cfg.Overlay.Root, Budget: int64(cfg.Overlay.Budget), UserXattr: cfg.Overlay.UserXattr, NoEvict: cfg.Inspect, Metrics: reg})
 	if err != nil {
 		return nil, fmt.Errorf("host: overlay: %w", err)
 	}
 	// Derivation refs are signed with a key derived from the identity key:
 	// hosts that share derived images through a remote tier must share it.
 	signingKey := key.Derive("ext4-derivation-refs")
-	// The ext4 metrics carry store="stack" or store="local" (see below).
-	h.ext4, err = ext4.New(ext4.Config{Store: h.stack, WorkDir: cfg.Ext4.WorkDir, FreeBytes: int64(cfg.Ext4.FreeBytes), FreeInodes: cfg.Ext4.FreeInodes, SigningKey: signingKey, Registerer: storeLabel(reg, "stack")})
+	// Images of callers who may not use the shared tier (anonymous ones)
+	// are converted and stored through the local tiers only: the converter
+	// picks the store from the image (materialize.Image.LocalOnly).
+	localStore := blob.Tier(h.stack)
+	if h.remote != nil && !cfg.Remote.AnonymousShared {
+		localStore = h.stack.Local()
+	}
+	h.ext4, err = ext4.New(ext4.Config{Store: h.stack, LocalStore: localStore, WorkDir: cfg.Ext4.WorkDir, FreeBytes: int64(cfg.Ext4.FreeBytes), FreeInodes: cfg.Ext4.FreeInodes, Budget: int64(cfg.Ext4.Budget), SigningKey: signingKey, Registerer: reg})
 	if err != nil {
 		return nil, fmt.Errorf("host: ext4: %w", err)
 	}
-	// Images of callers who may not use the shared tier (anonymous ones)
-	// are converted and stored through the local tiers only.
-	h.ext4Loc = h.ext4
-	if h.remote != nil && !cfg.Remote.AnonymousShared {
-		h.ext4Loc, err = ext4.New(ext4.Config{Store: h.stack.Local(), WorkDir: cfg.Ext4.WorkDir, FreeBytes: int64(cfg.Ext4.FreeBytes), FreeInodes: cfg.Ext4.FreeInodes, SigningKey: signingKey, Registerer: storeLabel(reg, "local")})
-		if err != nil {
-			return nil, fmt.Errorf("host: ext4 (local): %w", err)
+	if !cfg.Inspect {
+		// Best effort: a root on a full filesystem still opens, keeping
+		// the budgets it recorded before.
+		if err := writeBudgets(root, budgetsOf(cfg)); err != nil {
+			slog.Warn("strata host: cannot record the budgets in the root", "root", root, "err", err)
 		}
 	}
 	if !cfg.NoAdmin {
@@ -236,29 +253,28 @@ func (h *Host) Credentials() *credential.Resolver { return h.creds }
 // Overlay returns the overlay materializer.
 func (h *Host) Overlay() *overlay.Materializer { return h.overlay }
 
-// Ext4 returns the ext4 materializer.
+// Ext4 returns the ext4 materializer. It stores what it derives from an
+// anonymous caller's image through the local tiers only, and hands out an
+// image made before only to callers whose image proves access to every
+// layer (see ext4.Converter.Materialize).
 func (h *Host) Ext4() *ext4.Converter { return h.ext4 }
-
-// Ext4For returns the ext4 converter for img: the one over the local tiers
-// when img's caller may not use the shared tier (fetcher.Image.LocalOnly),
-// so that nothing derived for an anonymous caller is written to it.
-func (h *Host) Ext4For(img *fetcher.Image) *ext4.Converter {
-	if img.LocalOnly {
-		return h.ext4Loc
-	}
-	return h.ext4
-}
 
 // Platform returns the platform the fetcher selects.
 func (h *Host) Platform() manifest.Platform { return h.platform }
 
-// Close stops the admin endpoint (removing its socket) and closes the tiers,
-// releasing the disk root. Later calls return the first call's result.
+// Close stops the admin endpoint (removing its socket), cancels the ext4
+// conversions and overlay extractions in flight and waits for them to end
+// (removing their temporary files), and closes the tiers, releasing the
+// disk root. Later calls return the first call's result.
 func (h *Host) Close() error {
 	h.closeOnce.Do(func() {
 		if h.admin != nil {
 			h.admin.close()
 		}
+		// Conversions and extractions run on contexts of their own: stop
+		// them and wait until their temporary files are gone.
+		_ = h.ext4.Close()
+		_ = h.overlay.Close()
 		h.closeErr = h.stack.Close()
 	})
 	return h.closeErr
@@ -286,7 +302,9 @@ func loadOrCreateKey(path string) (credential.SecretKey, error) {
 		return credential.SecretKey{}, err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(key); err == nil {
+	// (err, not a new one: a short write on a full disk must not link an
+	// empty key into place.)
+	if _, err = tmp.Write(key); err == nil {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
@@ -325,10 +343,51 @@ func (h *Host) tierNames() string {
 
 var _ blob.Tier = (*tiers.Stack)(nil)
 
-// storeLabel labels every metric registered through reg with store=name.
-func storeLabel(reg prometheus.Registerer, name string) prometheus.Registerer {
+// diskLogger is the disk tier's logger: warnings and errors (a rebuilt
+// index, a full filesystem, failed evictions) through slog's default
+// logger; its routine reports are left out.
+func diskLogger() *slog.Logger {
+	return slog.New(minLevel{slog.Default().Handler(), slog.LevelWarn})
+}
+
+// minLevel drops records below min.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{h.Handler.WithAttrs(a), h.min}
+}
+func (h minLevel) WithGroup(n string) slog.Handler { return minLevel{h.Handler.WithGroup(n), h.min} }
+
+// registerDiskMetrics registers the disk tier's index health on reg (nil:
+// nothing).
+func registerDiskMetrics(reg prometheus.Registerer, d *disk.Tier) error {
 	if reg == nil {
 		return nil
 	}
-	return prometheus.WrapRegistererWith(prometheus.Labels{"store": name}, reg)
+	for _, c := range []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "strata_disk_index_rebuilds_total",
+			Help: "Times the disk tier found its index damaged or missing and rebuilt it from the blob files (refs in it were lost).",
+		}, func() float64 { return float64(d.IndexRebuilds()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "strata_disk_index_read_only",
+			Help: "1 while the disk tier's index is not written to disk because the filesystem is full (nothing new is stored).",
+		}, func() float64 {
+			if d.IndexReadOnly() {
+				return 1
+			}
+			return 0
+		}),
+	} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }

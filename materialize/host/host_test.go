@@ -84,7 +84,7 @@ allow-cidr: [127.0.0.0/8]
 mirror: {docker.io: [mirror.local:5000]}
 credentials:
   ghcr.io: {username: alice, password: s3cret-pass}
-identity-key: s3cret-key-0123456789abcdef
+identity-key: s3cret-key-0123456789abcdef-0123456789abcdef
 tag-ttl: 5m
 proof-ttl: 1h
 platform: linux/arm64
@@ -329,6 +329,15 @@ func TestDocsConfigExample(t *testing.T) {
 	if err := os.WriteFile(path, []byte(example), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Copied as it is, the example is refused: its identity key is the
+	// placeholder an operator must replace.
+	if _, err := Load(path, Default()); err == nil || !strings.Contains(err.Error(), "placeholder") {
+		t.Fatalf("the documented placeholder identity key loads: %v", err)
+	}
+	example = strings.Replace(example, identityKeyPlaceholder, "a fleet secret of at least thirty-two bytes, shared", 1)
+	if err := os.WriteFile(path, []byte(example), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg, err := Load(path, Default())
 	if err != nil {
 		t.Fatalf("the documented config does not load: %v", err)
@@ -347,7 +356,9 @@ func TestDocsConfigExample(t *testing.T) {
 				continue
 			}
 			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			m[name] = true
+			if name != "-" { // not a config key (set by blobctl, not by files)
+				m[name] = true
+			}
 		}
 	}
 	collect(reflect.TypeOf(Config{}))

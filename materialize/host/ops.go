@@ -5,7 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"path/filepath"
 	"sort"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -14,7 +18,16 @@ import (
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/fetcher"
 	"github.com/strata-oci/strata/manifest"
+	"github.com/strata-oci/strata/materialize/overlay"
+	"github.com/strata-oci/strata/registry"
 	"github.com/strata-oci/strata/tiers"
+)
+
+// Names of the pseudo-tiers of Usage and Evict records.
+const (
+	UsageOverlay = "overlay" // extracted overlay layers
+	UsageExt4    = "ext4"    // ext4 images handed out (ext4-dir/images)
+	UsageRoot    = "root"    // every byte under the roots
 )
 
 // maxManifestRead bounds a manifest read to learn media types.
@@ -184,8 +197,102 @@ func (h *Host) Usage(ctx context.Context) ([]UsageRecord, error) {
 		out = append(out, r)
 	}
 	ou := h.overlay.Usage()
-	out = append(out, UsageRecord{Tier: "overlay", Blobs: int64(ou.Layers), Bytes: ou.Bytes, Budget: int64(h.cfg.Overlay.Budget)})
+	out = append(out, UsageRecord{Tier: UsageOverlay, Blobs: int64(ou.Layers), Bytes: ou.Bytes, Budget: int64(h.cfg.Overlay.Budget)})
+	er := UsageRecord{Tier: UsageExt4}
+	if eu, err := h.ext4.Usage(); err != nil {
+		er.Error = err.Error()
+	} else {
+		er.Blobs, er.Bytes, er.Budget = int64(eu.Images), eu.Bytes, eu.Budget
+	}
+	out = append(out, er)
+	rr := UsageRecord{Tier: UsageRoot}
+	if rr.Bytes, err = treeBytes(ctx, h.cfg.Disk.Root, h.cfg.Overlay.Root, h.cfg.Ext4.WorkDir); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		rr.Error = err.Error()
+	}
+	out = append(out, rr)
 	return out, nil
+}
+
+// treeBytes adds up what "du -sb" counts under dirs: the apparent size of
+// every file, directory and symlink, a file with several hard links once,
+// a directory nested in another of dirs once. The exception is the disk
+// tier's index (Badger): its memtable (*.mem) and value-log (*.vlog) files
+// are sparse files of a fixed size while the index is open, written out or
+// cut to their content when it closes, so for them the allocated size
+// counts when it is smaller (what du -sb finds after the close). Entries
+// that vanish during the walk are skipped.
+func treeBytes(ctx context.Context, dirs ...string) (int64, error) {
+	var roots []string
+	for _, d := range dirs {
+		if d == "" {
+			continue
+		}
+		nested := false
+		for _, o := range dirs {
+			if o != "" && o != d && strings.HasPrefix(d, o+string(filepath.Separator)) {
+				nested = true
+			}
+		}
+		if !nested && !slicesContains(roots, d) {
+			roots = append(roots, d)
+		}
+	}
+	type inode struct{ dev, ino uint64 }
+	seen := map[inode]bool{}
+	var total int64
+	for _, root := range roots {
+		index := filepath.Join(root, "index") + string(filepath.Separator)
+		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
+				return err
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			fi, err := d.Info()
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
+				return err
+			}
+			size := fi.Size()
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				if st.Nlink > 1 && !fi.IsDir() {
+					k := inode{uint64(st.Dev), st.Ino}
+					if seen[k] {
+						return nil
+					}
+					seen[k] = true
+				}
+				if strings.HasPrefix(p, index) && (strings.HasSuffix(p, ".mem") || strings.HasSuffix(p, ".vlog")) &&
+					fi.Mode().IsRegular() && st.Blocks*512 < size {
+					size = st.Blocks * 512
+				}
+			}
+			total += size
+			return nil
+		})
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return total, fmt.Errorf("du %s: %w", root, err)
+		}
+	}
+	return total, nil
+}
+
+func slicesContains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
 }
 
 // Evict implements Admin.
@@ -281,36 +388,151 @@ func tierList(sel []tiers.Entry) string {
 	return s
 }
 
+// evictImage forgets the image ref names (fetcher.InvalidateCache), then
+// the ext4 images derived from its manifests where no cached image keeps
+// those manifests: their derivation refs and derived blobs in the local
+// tiers, and the images handed out in the ext4 directory. It reports, per
+// local tier, the blobs that were there before and are gone after (so
+// never a negative count), then the ext4 images removed as the pseudo-tier
+// "ext4". An image no tier records (no tag ref, no membership, no
+// manifest) is an error wrapping blob.ErrNotFound.
 func (h *Host) evictImage(ctx context.Context, ref string) ([]EvictRecord, error) {
-	before, err := h.localUsage(ctx)
+	r, err := registry.ParseReference(ref)
+	if err != nil {
+		return nil, err
+	}
+	if ok, err := h.imageRecorded(ctx, r); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, fmt.Errorf("image %s: %w: it is not cached here", ref, blob.ErrNotFound)
+	}
+	local := h.stack.Local()
+	before, err := localBlobs(ctx, local)
 	if err != nil {
 		return nil, err
 	}
 	if err := h.fetcher.InvalidateCache(ctx, ref); err != nil {
 		return nil, err
 	}
-	after, err := h.localUsage(ctx)
+	mid, err := localBlobs(ctx, local)
+	if err != nil {
+		return nil, err
+	}
+	gone := map[blob.Digest]bool{}
+	for _, held := range before {
+		for d := range held {
+			if !heldByAny(mid, d) {
+				gone[d] = true
+			}
+		}
+	}
+	if err := h.forgetDerived(ctx, local, gone); err != nil {
+		return nil, err
+	}
+	after, err := localBlobs(ctx, local)
 	if err != nil {
 		return nil, err
 	}
 	var out []EvictRecord
-	for _, b := range before {
-		a := after[b.Tier]
-		out = append(out, EvictRecord{Tier: b.Tier, Blobs: int(b.Blobs - a.Blobs), Bytes: b.Bytes - a.Bytes})
+	for _, e := range local.Tiers() {
+		name := e.Tier.Name()
+		rec := EvictRecord{Tier: name}
+		for d, size := range before[name] {
+			if _, still := after[name][d]; !still {
+				rec.Blobs++
+				rec.Bytes += size
+			}
+		}
+		out = append(out, rec)
+	}
+	n, freed, err := h.ext4.Prune(ctx)
+	if err != nil {
+		return out, fmt.Errorf("evict: ext4 images: %w", err)
+	}
+	return append(out, EvictRecord{Tier: UsageExt4, Blobs: n, Bytes: freed}), nil
+}
+
+// imageRecorded reports whether some tier records the image r names: its
+// tag ref, or for a digest reference its membership ref or its manifest.
+func (h *Host) imageRecorded(ctx context.Context, r registry.Reference) (bool, error) {
+	var err error
+	if d := r.Digest(); d != "" {
+		_, err = h.stack.GetRef(ctx, blob.RefKey{Namespace: fetcher.NamespaceMember, Name: r.Repo().String() + "@" + string(d)})
+		if errors.Is(err, blob.ErrNotFound) {
+			_, err = h.stack.Stat(ctx, d)
+		}
+	} else {
+		_, err = h.stack.GetRef(ctx, blob.RefKey{Namespace: blob.NamespaceTag, Name: r.Repo().String() + ":" + r.Tag()})
+	}
+	if errors.Is(err, blob.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// forgetDerived removes from the local tiers the derivation refs of the
+// images whose manifest is in gone, and the derived blobs no remaining
+// derivation ref points at.
+func (h *Host) forgetDerived(ctx context.Context, local *tiers.Stack, gone map[blob.Digest]bool) error {
+	type derived struct {
+		t blob.Tier
+		k blob.RefKey
+		d blob.Digest
+	}
+	var drop []derived
+	keep := map[blob.Digest]bool{}
+	for _, e := range local.Tiers() {
+		err := e.Tier.WalkRefs(ctx, blob.NamespaceDerived, func(k blob.RefKey, r blob.Ref) error {
+			img, _, _ := strings.Cut(k.Name, "|")
+			if gone[blob.Digest(img)] {
+				drop = append(drop, derived{e.Tier, k, r.Digest})
+			} else {
+				keep[r.Digest] = true
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, blob.ErrUnsupported) {
+			return fmt.Errorf("evict: derivation refs of %s: %w", e.Tier.Name(), err)
+		}
+	}
+	for _, x := range drop {
+		if err := x.t.DeleteRef(ctx, x.k); err != nil && !errors.Is(err, blob.ErrNotFound) {
+			return fmt.Errorf("evict: %w", err)
+		}
+		if keep[x.d] {
+			continue
+		}
+		if err := x.t.Delete(ctx, x.d); err != nil && !errors.Is(err, blob.ErrNotFound) {
+			return fmt.Errorf("evict: derived image %s: %w", x.d, err)
+		}
+	}
+	return nil
+}
+
+// localBlobs lists the blobs of each tier of local: tier -> digest -> size.
+func localBlobs(ctx context.Context, local *tiers.Stack) (map[string]map[blob.Digest]int64, error) {
+	out := map[string]map[blob.Digest]int64{}
+	for _, e := range local.Tiers() {
+		infos, err := walkAll(ctx, e.Tier)
+		if err != nil {
+			return nil, err
+		}
+		m := make(map[blob.Digest]int64, len(infos))
+		for _, i := range infos {
+			m[i.Digest] = i.Size
+		}
+		out[e.Tier.Name()] = m
 	}
 	return out, nil
 }
 
-func (h *Host) localUsage(ctx context.Context) (map[string]UsageRecord, error) {
-	tu, err := h.stack.Local().TierUsage(ctx)
-	if err != nil {
-		return nil, err
+func heldByAny(held map[string]map[blob.Digest]int64, d blob.Digest) bool {
+	for _, m := range held {
+		if _, ok := m[d]; ok {
+			return true
+		}
 	}
-	out := map[string]UsageRecord{}
-	for _, t := range tu {
-		out[t.Name] = UsageRecord{Tier: t.Name, Blobs: t.Usage.Blobs, Bytes: t.Usage.Bytes}
-	}
-	return out, nil
+	return false
 }
 
 // evictOlder removes blobs of one tier last accessed before cutoff.
@@ -397,6 +619,13 @@ func (h *Host) Verify(ctx context.Context, req VerifyRequest) ([]VerifyRecord, e
 			return nil, fmt.Errorf("verify %s: %w (a shared tier verifies on every read)", name, blob.ErrUnsupported)
 		}
 		if name == TierDisk && h.disk != nil {
+			// Blobs whose file had vanished before the tier was opened: its
+			// reconciliation forgot their rows, so the walk below cannot
+			// meet them. Reported once.
+			for _, d := range h.takeForgotten() {
+				out = append(out, VerifyRecord{Tier: name, Digest: d.String(), Status: StatusMissing, Removed: true,
+					Error: fmt.Sprintf("%s: %v: its file was missing or truncated when the disk tier was opened, and its index row was dropped", d, blob.ErrNotFound)})
+			}
 			err := h.disk.Verify(ctx, req.Remove, func(i blob.Info, err error) {
 				out = append(out, verifyRecord(name, i.Digest, i.Size, err, req.Remove))
 			})
@@ -420,6 +649,44 @@ func (h *Host) Verify(ctx context.Context, req VerifyRequest) ([]VerifyRecord, e
 			}
 			out = append(out, rec)
 		}
+	}
+	if req.Overlay {
+		recs, err := h.verifyOverlay(ctx, req.Remove)
+		out = append(out, recs...)
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// verifyOverlay re-checks every extracted overlay layer (see
+// overlay.Materializer.Verify): modified layers are dropped unless leased,
+// unverifiable ones only with remove.
+func (h *Host) verifyOverlay(ctx context.Context, remove bool) ([]VerifyRecord, error) {
+	var out []VerifyRecord
+	for _, d := range h.overlay.Layers() {
+		chk, err := h.overlay.Verify(ctx, d, remove)
+		if ctx.Err() != nil {
+			return out, ctx.Err()
+		}
+		rec := VerifyRecord{Tier: UsageOverlay, Digest: d.String(), Size: chk.Bytes, Status: StatusOK, Removed: chk.Removed}
+		switch {
+		case errors.Is(err, blob.ErrNotFound):
+			continue // evicted meanwhile
+		case err != nil:
+			rec.Status, rec.Error = StatusError, err.Error()
+		case chk.Status == overlay.LayerModified:
+			rec.Status = StatusCorrupt
+			rec.Error = "layer directory modified since extraction: " + strings.Join(chk.Differences, "; ")
+		case chk.Status == overlay.LayerUnverifiable:
+			rec.Status = StatusUnverifiable
+			rec.Error = strings.Join(chk.Differences, "; ")
+		}
+		if chk.Leased {
+			rec.Error += " (kept: a lease holds it; release it and verify again)"
+		}
+		out = append(out, rec)
 	}
 	return out, nil
 }
@@ -451,9 +718,23 @@ func verifyRecord(tier string, d blob.Digest, size int64, err error, removed boo
 	return rec
 }
 
+// takeForgotten returns the disk tier's forgotten blobs (see
+// disk.Tier.Forgotten) the first time it is called, then nothing.
+func (h *Host) takeForgotten() []blob.Digest {
+	var out []blob.Digest
+	h.forgottenOnce.Do(func() { out = h.disk.Forgotten() })
+	return out
+}
+
 // GC implements Admin.
 func (h *Host) GC(ctx context.Context) (GCResult, error) {
 	var res GCResult
+	stale, err := h.overlay.DropStaleMounts()
+	if err != nil {
+		return res, fmt.Errorf("gc: %w", err)
+	}
+	res.StaleMounts = len(stale)
+	res.Mounts = len(h.overlay.Mounts())
 	n, err := h.disk.PurgeExpiredRefs(ctx)
 	if err != nil {
 		return res, fmt.Errorf("gc: expired refs: %w", err)
@@ -497,7 +778,53 @@ func (h *Host) GC(ctx context.Context) (GCResult, error) {
 	if res.Ext4Images, res.Ext4Bytes, err = h.ext4.Prune(ctx); err != nil {
 		return res, fmt.Errorf("gc: ext4 images: %w", err)
 	}
+	n, freed, err := h.ext4.ApplyBudget(ctx)
+	res.Ext4Images += n
+	res.Ext4Bytes += freed
+	if err != nil {
+		return res, fmt.Errorf("gc: ext4 budget: %w", err)
+	}
+	// Leftovers of killed conversions: of any age when no other process
+	// uses ext4-dir (the converter knows; ext4-dir may lie outside the
+	// root and be shared), else those a day old.
+	if res.Ext4TempFiles, res.Ext4TempBytes, err = h.ext4.RemoveStale(ctx); err != nil {
+		return res, fmt.Errorf("gc: %w", err)
+	}
 	return res, nil
+}
+
+// Mounts implements Admin.
+func (h *Host) Mounts(ctx context.Context) ([]MountRecord, error) {
+	out := []MountRecord{}
+	for _, ml := range h.overlay.Mounts() {
+		out = append(out, mountRecord(ml))
+	}
+	return out, nil
+}
+
+// ReleaseMount implements Admin.
+func (h *Host) ReleaseMount(ctx context.Context, dir string) (MountRecord, error) {
+	if !filepath.IsAbs(dir) {
+		return MountRecord{}, fmt.Errorf("%w: mount directory %q is not absolute", ErrInvalidRequest, dir)
+	}
+	ml, err := h.overlay.ReleaseMount(dir)
+	switch {
+	case errors.Is(err, overlay.ErrNoMountLease):
+		return MountRecord{}, fmt.Errorf("%w: %w (nothing was mounted there by materialize --mount)", blob.ErrNotFound, err)
+	case errors.Is(err, overlay.ErrStillMounted):
+		return MountRecord{}, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	case err != nil:
+		return MountRecord{}, err
+	}
+	return mountRecord(ml), nil
+}
+
+func mountRecord(ml overlay.MountLease) MountRecord {
+	r := MountRecord{Target: ml.Target, Image: ml.Image, Created: ml.Created, Layers: []string{}}
+	for _, d := range ml.Layers {
+		r.Layers = append(r.Layers, d.String())
+	}
+	return r
 }
 
 // Metrics implements Admin.

@@ -28,7 +28,7 @@ type FetchResult struct {
 	Reference string        `json:"reference"`
 	Digest    string        `json:"digest"`
 	Index     string        `json:"index,omitempty"`
-	Platform  string        `json:"platform"`
+	Platform  string        `json:"platform"` // the image's, see ImagePlatform
 	FromCache bool          `json:"from_cache"`
 	Blobs     []FetchRecord `json:"blobs"`
 	Bytes     int64         `json:"bytes"`
@@ -47,6 +47,18 @@ type WarmHooks struct {
 	Layer func(l *fetcher.Layer, rec FetchRecord, err error)
 }
 
+// ImagePlatform is the platform img is built for, as its config states it
+// (normalized, "os/arch[/variant]"), or "unknown" when the config states no
+// os and architecture. It is the image's, not the one requested: a
+// reference to a single-platform manifest is served whatever was asked.
+func ImagePlatform(img *fetcher.Image) string {
+	p := img.Config.Platform
+	if p.OS == "" || p.Architecture == "" {
+		return "unknown"
+	}
+	return p.Normalize().String()
+}
+
 // Warm fetches ref for cred and reads every layer to the end, verified, at
 // most parallel at once, so that the whole image is in the local tiers
 // afterwards. It reports the tier each blob came from.
@@ -59,7 +71,7 @@ func (h *Host) Warm(ctx context.Context, ref string, cred credential.Credential,
 	if err != nil {
 		return nil, err
 	}
-	res := &FetchResult{Reference: img.Reference.String(), Digest: img.Digest.String(), Platform: h.platform.String(), FromCache: img.FromCache}
+	res := &FetchResult{Reference: img.Reference.String(), Digest: img.Digest.String(), Platform: ImagePlatform(img), FromCache: img.FromCache}
 	if img.Index != "" {
 		res.Index = img.Index.String()
 		var size int64
