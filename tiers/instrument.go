@@ -25,10 +25,11 @@ const (
 	opPutRef
 	opDeleteRef
 	opWalkRefs
+	opRepair
 	numOps
 )
 
-var opNames = [numOps]string{"stat", "open", "put", "delete", "walk", "get_ref", "put_ref", "delete_ref", "walk_refs"}
+var opNames = [numOps]string{"stat", "open", "put", "delete", "walk", "get_ref", "put_ref", "delete_ref", "walk_refs", "repair"}
 
 // result is the outcome of an operation; its name is the "result" label value.
 type result int
@@ -81,7 +82,9 @@ func classify(err error, lookup bool) result {
 // read (counted as the caller reads the returned reader, not at Open), bytes
 // written by Put, and errors met while reading. The wrapper changes no
 // behaviour: results, errors and readers are t's own. Name, Usage and Close
-// pass straight through. If m is nil, Instrument returns t unchanged.
+// pass straight through. If t is a Repairer, so is the wrapper (its Repair
+// is measured like Put, as op "repair"). If m is nil, Instrument returns t
+// unchanged.
 //
 // The wrapper is as safe for concurrent use as t.
 func Instrument(t blob.Tier, m *Metrics) blob.Tier {
@@ -96,10 +99,32 @@ func Instrument(t blob.Tier, m *Metrics) blob.Tier {
 		readBytes: m.readBytes.WithLabelValues(name),
 		written:   m.writeBytes.WithLabelValues(name),
 	}
-	for o := range numOps {
+	for o := range opRepair {
 		it.duration[o] = m.duration.WithLabelValues(name, opNames[o])
 	}
+	if rp, ok := t.(Repairer); ok {
+		it.duration[opRepair] = m.duration.WithLabelValues(name, opNames[opRepair])
+		return &instrumentedRepairer{instrumented: it, rp: rp}
+	}
 	return it
+}
+
+// instrumentedRepairer is the wrapper of a tier that is a Repairer.
+type instrumentedRepairer struct {
+	*instrumented
+	rp Repairer
+}
+
+// Repair implements Repairer.
+func (it *instrumentedRepairer) Repair(ctx context.Context, d blob.Digest, size int64, r io.Reader) error {
+	start := time.Now()
+	cr := &countingSource{r: r}
+	err := it.rp.Repair(ctx, d, size, cr)
+	if n := cr.n.Load(); n > 0 {
+		it.written.Add(float64(n))
+	}
+	it.done(opRepair, start, err, false)
+	return err
 }
 
 // instrumented embeds the tier it measures and overrides the operations.

@@ -20,6 +20,9 @@ type Metrics struct {
 	readErrors *prometheus.CounterVec   // tier, result
 	collapsed  *prometheus.CounterVec   // stack
 	writeBacks *prometheus.CounterVec   // stack, tier, result
+	failovers  *prometheus.CounterVec   // stack, tier
+	badCopies  *prometheus.CounterVec   // tier
+	repairs    *prometheus.CounterVec   // tier, result
 }
 
 // Metric names registered by NewMetrics.
@@ -31,6 +34,9 @@ const (
 	MetricReadErrors = "strata_tier_reader_errors_total"
 	MetricCollapsed  = "strata_stack_collapsed_total"
 	MetricWriteBacks = "strata_stack_writebacks_total"
+	MetricFailovers  = "strata_stack_failovers_total"
+	MetricBadCopies  = "strata_tier_bad_copies_total"
+	MetricRepairs    = "strata_tier_repairs_total"
 )
 
 // NewMetrics creates the collectors and registers them on reg. Nothing is
@@ -47,6 +53,9 @@ const (
 //	strata_tier_reader_errors_total{tier,result}
 //	strata_stack_collapsed_total{stack}    Opens that joined another's flight
 //	strata_stack_writebacks_total{stack,tier,result}
+//	strata_stack_failovers_total{stack,tier}  reads that went on past a tier failing mid-stream
+//	strata_tier_bad_copies_total{tier}        copies found wrong (then skipped until repaired)
+//	strata_tier_repairs_total{tier,result}    bad copies written over (ok, refused, error)
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -79,12 +88,24 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: MetricWriteBacks,
 			Help: "Write-backs of blobs and refs found in a lower tier into an upper one, by stack, upper tier and result (ok, declined, error).",
 		}, []string{"stack", "tier", "result"}),
+		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricFailovers,
+			Help: "Stack reads whose source tier failed mid-stream (error, stall, wrong bytes) and that went on from the next source, by stack and failed tier.",
+		}, []string{"stack", "tier"}),
+		badCopies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricBadCopies,
+			Help: "Blobs a tier served with wrong content, by tier; the stack skips such a copy until it is repaired or 10 minutes have passed.",
+		}, []string{"tier"}),
+		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricRepairs,
+			Help: "Bad copies the stack wrote verified bytes over, by tier and result (ok, refused: the tier kept its copy, error).",
+		}, []string{"tier", "result"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	var done []prometheus.Collector
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.readBytes, m.writeBytes, m.readErrors, m.collapsed, m.writeBacks} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.readBytes, m.writeBytes, m.readErrors, m.collapsed, m.writeBacks, m.failovers, m.badCopies, m.repairs} {
 		if err := reg.Register(c); err != nil {
 			for _, r := range done { // leave the registry as it was
 				reg.Unregister(r)

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +25,13 @@ type Entry struct {
 	// tier). Local() views leave it out, so an anonymous caller never reads
 	// or writes it.
 	Shared bool
+	// Trusted marks a tier whose readers never yield wrong bytes, only
+	// fewer (the memory tier: it verified every blob as it was stored, and
+	// memory does not rot). The stack does not hash what it streams from a
+	// trusted tier; when such a read breaks, the bytes it delivered are
+	// taken as the blob's and the next source is verified from its first
+	// byte instead. A tier that can serve wrong bytes must not be marked.
+	Trusted bool
 }
 
 // StackConfig configures a Stack.
@@ -33,8 +42,12 @@ type StackConfig struct {
 	// unique: Without selects by name.
 	Tiers []Entry
 	// Metrics, if set, wraps every tier with Instrument and counts the
-	// stack's collapsed reads and write-backs.
+	// stack's collapsed reads, write-backs, fail-overs, bad copies and
+	// repairs.
 	Metrics *Metrics
+	// Logger receives a line for every tier that fails mid-read, serves a
+	// bad copy, or is repaired (default: discard).
+	Logger *slog.Logger
 }
 
 // Stack is an ordered list of tiers that is itself a blob.Tier.
@@ -42,10 +55,34 @@ type StackConfig struct {
 // Reads (Stat, Open, GetRef) go top-down and return the first hit. A tier
 // that is unavailable or fails is skipped, not fatal; a miss everywhere wraps
 // blob.ErrNotFound and names the tiers that were skipped. A tier's Open that
-// fails with a mismatch counts as that tier's miss (the tier drops the
-// entry). A mismatch met while reading a stream reaches the caller as a
-// *blob.MismatchError, since bytes already delivered cannot be taken back;
-// the tier that served them drops its entry, so opening again falls through.
+// fails with a mismatch counts as that tier's miss.
+//
+// A broken tier does not fail a read that another source can serve. Every
+// reader Open returns hashes what it delivers (except from a Trusted tier)
+// and ends with io.EOF only after exactly the blob was delivered (it is a
+// blob.VerifiedReader, over any tier). When the tier serving it fails
+// mid-stream — an error, a reset, blob.ErrUnavailable from a tier's
+// progress timeout, wrong bytes shown at the end — the read goes on from
+// the next tier (or the view's source) in the same call: from the start if
+// nothing was delivered yet, else at the offset delivered, after the next
+// source's first bytes were read and found to hash like those delivered.
+// If they differ, or the failing tier had already delivered the whole blob
+// and it did not verify, the bytes the caller holds are wrong and cannot be
+// taken back: the read fails with an error wrapping blob.ErrMismatch (never
+// io.EOF), and a new Open succeeds from the remaining sources. Blobs of at
+// most 64 KiB that are filled are read whole before anyone sees a byte, so
+// any failing source is replaced transparently. The caller sees one correct
+// stream, or one error naming the failed tier and the sources tried after
+// it.
+//
+// A tier that served wrong bytes for a blob (a mismatch) has its copy
+// marked bad for 10 minutes (at most 4096 marks): reads and Stat skip it,
+// strata_tier_bad_copies_total counts it and the Logger says so. Once
+// verified bytes were read from another tier or source, the stack writes
+// them over the bad copy — with the tier's Repair when it is a Repairer,
+// else Delete and Put — while filling (the copy is a fill's upper tier), or
+// afterwards in the background from the tiers that now hold the blob (never
+// from a source), and clears the mark when the tier took them.
 //
 // Open of a blob that the top tier lacks is a fill: concurrent fills of one
 // digest in one view collapse into one flight, which re-checks the tiers
@@ -53,11 +90,11 @@ type StackConfig struct {
 // to the caller that started the flight (the leader) while tee-ing it into
 // the Put of every upper tier that missed it. Each upper Put verifies and
 // commits on its own; none of them is fed a byte beyond what the source
-// verified, and a source that fails, or a leader that stops reading with
-// nobody else waiting, ends the fill with nothing committed above. The
-// leader's reader reports io.EOF only after the upper tiers have committed
-// (or failed), so once it has read a blob to the end, the blob is in the
-// tiers above. Callers that joined the flight wait for it and then read
+// verified, and a source that fails without another to go on from (see
+// above), or a leader that stops reading with nobody else waiting, ends the
+// fill with nothing committed above. The leader's reader reports io.EOF
+// only after the upper tiers have committed (or failed), so once it has
+// read a blob to the end, the blob is in the tiers above. Callers that joined the flight wait for it and then read
 // top-down themselves: from the upper tier the flight filled, or, when no
 // upper tier took the blob (too large for all of them), from the lower tier
 // directly. A waiter whose context ends leaves alone; the flight runs on its
@@ -114,6 +151,14 @@ type stackRoot struct {
 	closed    atomic.Bool
 	collapsed prometheus.Counter // nil without metrics
 	metrics   *Metrics
+	log       *slog.Logger
+	bad       badCopies
+
+	// Background repairs (see repairLater); Close stops and waits for them.
+	repairMu      sync.Mutex
+	repairsClosed bool
+	repairStop    chan struct{}
+	repairs       sync.WaitGroup
 }
 
 type stackEntry struct {
@@ -122,10 +167,11 @@ type stackEntry struct {
 	name string
 	// declines is the smallest size the tier declined with ErrTooLarge
 	// (math.MaxInt64 while it has declined nothing).
-	declines atomic.Int64
-	wbOK     prometheus.Counter // write-back counters; nil without metrics
-	wbNo     prometheus.Counter
-	wbErr    prometheus.Counter
+	declines  atomic.Int64
+	wbOK      prometheus.Counter // write-back counters; nil without metrics
+	wbNo      prometheus.Counter
+	wbErr     prometheus.Counter
+	badCopies prometheus.Counter // nil without metrics
 }
 
 var _ blob.Tier = (*Stack)(nil)
@@ -137,7 +183,11 @@ func NewStack(cfg StackConfig) *Stack {
 	if name == "" {
 		name = "stack"
 	}
-	root := &stackRoot{name: name, metrics: cfg.Metrics}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	root := &stackRoot{name: name, metrics: cfg.Metrics, log: log, repairStop: make(chan struct{})}
 	if cfg.Metrics != nil {
 		root.collapsed = cfg.Metrics.collapsed.WithLabelValues(name)
 	}
@@ -152,6 +202,7 @@ func NewStack(cfg StackConfig) *Stack {
 			se.wbOK = m.writeBacks.WithLabelValues(name, se.name, "ok")
 			se.wbNo = m.writeBacks.WithLabelValues(name, se.name, "declined")
 			se.wbErr = m.writeBacks.WithLabelValues(name, se.name, "error")
+			se.badCopies = m.badCopies.WithLabelValues(se.name)
 		}
 		root.all = append(root.all, se)
 	}
@@ -304,6 +355,10 @@ func (s *Stack) Stat(ctx context.Context, d blob.Digest) (blob.Info, error) {
 		ents = ents[len(ents)-1:]
 	}
 	for _, e := range ents {
+		if s.root.bad.has(e, d) {
+			m.notFound = true // a bad copy is no copy
+			continue
+		}
 		info, err := e.Tier.Stat(ctx, d)
 		if err == nil {
 			return served(info, e), nil
@@ -316,8 +371,10 @@ func (s *Stack) Stat(ctx context.Context, d blob.Digest) (blob.Info, error) {
 }
 
 // Open returns a reader over d from the highest tier holding it, filling the
-// tiers above on the way (see Stack). Info.Tier names the tier that served
-// the bytes. The caller must Close the reader; reads fail once ctx ends.
+// tiers above on the way and failing over to lower tiers mid-stream (see
+// Stack). Info.Tier names the tier that started serving the bytes. The
+// reader is a blob.VerifiedReader of d. The caller must Close it; reads
+// fail once ctx ends.
 func (s *Stack) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Info, error) {
 	if err := s.check(ctx, "open"); err != nil {
 		return nil, blob.Info{}, err
@@ -328,13 +385,15 @@ func (s *Stack) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.In
 	if len(s.ents) < 2 {
 		return s.openDirect(ctx, d)
 	}
-	if !s.origin {
+	if top := s.ents[0]; !s.origin && !s.root.bad.has(top, d) {
 		// Fast path: a hit at the top needs no flight.
-		top := s.ents[0]
 		rc, info, err := top.Tier.Open(ctx, d)
 		if err == nil {
-			return rc, served(info, top), nil
+			fo := s.newFailover(ctx, d, info.Size, top, rc, s.ents[1:])
+			fo.repairAtEOF = true
+			return fo, served(info, top), nil
 		}
+		s.noteOpenErr(top, d, err)
 		var m misses
 		if !m.note(ctx, top, err) {
 			return nil, blob.Info{}, s.stop(ctx, "open", string(d), err)
@@ -386,19 +445,19 @@ func (s *Stack) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.In
 	}
 }
 
-// openDirect reads top-down without a flight and without write-back.
+// openDirect reads top-down without a flight and without write-back (a
+// bad copy met on the way is repaired once the read verified).
 func (s *Stack) openDirect(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Info, error) {
 	var m misses
-	for _, e := range s.ents {
-		rc, info, err := e.Tier.Open(ctx, d)
-		if err == nil {
-			return rc, served(info, e), nil
-		}
-		if !m.note(ctx, e, err) {
-			return nil, blob.Info{}, s.stop(ctx, "open", string(d), err)
-		}
+	fo, info, err := s.openFrom(ctx, d, s.ents, &m)
+	if err != nil {
+		return nil, blob.Info{}, s.stop(ctx, "open", string(d), err)
 	}
-	return nil, blob.Info{}, m.err(s.root.name, "open", string(d))
+	if fo == nil {
+		return nil, blob.Info{}, m.err(s.root.name, "open", string(d))
+	}
+	fo.repairAtEOF = true
+	return fo, info, nil
 }
 
 // fill is a flight's work; it runs on its own goroutine and f.ctx.
@@ -407,7 +466,9 @@ func (s *Stack) fill(f *flight, d blob.Digest) {
 	var (
 		m      misses
 		uppers []*stackEntry // tiers above the hit that missed it
+		repair []bool        // per upper: its copy is bad, repair it
 		hit    *stackEntry
+		rest   []*stackEntry // the sources below the hit
 		rc     io.ReadCloser
 		info   blob.Info
 	)
@@ -419,19 +480,24 @@ func (s *Stack) fill(f *flight, d blob.Digest) {
 	// Re-checked inside the flight: a fill that an earlier one of the same
 	// origin made unnecessary reads the tiers like any fill.
 	originOnly := s.origin && (s.proven == nil || !s.proven(ctx, d))
-	for _, e := range s.ents {
-		if originOnly && e.idx >= 0 {
+	for i, e := range s.ents {
+		if bad := s.root.bad.has(e, d); bad || (originOnly && e.idx >= 0) {
 			// An origin view reads its source only; every tier is
 			// filled (a tier that holds the blob already returns from
-			// its Put at once).
-			uppers = append(uppers, e)
+			// its Put at once). A tier whose copy is bad is not read:
+			// it is written over.
+			uppers, repair = append(uppers, e), append(repair, bad)
+			if bad {
+				m.notFound = true
+			}
 			continue
 		}
 		r, inf, err := e.Tier.Open(ctx, d)
 		if err == nil {
-			hit, rc, info = e, r, served(inf, e)
+			hit, rc, info, rest = e, r, served(inf, e), s.ents[i+1:]
 			break
 		}
+		s.noteOpenErr(e, d, err)
 		if !m.note(ctx, e, err) {
 			// The flight's context ended (everyone left) or the input
 			// is invalid: only the former is worth retrying.
@@ -439,7 +505,7 @@ func (s *Stack) fill(f *flight, d blob.Digest) {
 			return
 		}
 		if errors.Is(err, blob.ErrNotFound) || errors.Is(err, blob.ErrMismatch) {
-			uppers = append(uppers, e)
+			uppers, repair = append(uppers, e), append(repair, s.root.bad.has(e, d))
 		}
 	}
 	if hit == nil {
@@ -449,32 +515,71 @@ func (s *Stack) fill(f *flight, d blob.Digest) {
 		fail(m.err(s.root.name, "open", string(d)), !m.clean() || s.hasSource())
 		return
 	}
-	uppers = slices.DeleteFunc(uppers, func(e *stackEntry) bool { return info.Size >= e.declines.Load() })
+	for i := len(uppers) - 1; i >= 0; i-- {
+		if info.Size >= uppers[i].declines.Load() {
+			uppers, repair = slices.Delete(uppers, i, i+1), slices.Delete(repair, i, i+1)
+		}
+	}
+	fo := s.newFailover(ctx, d, info.Size, hit, rc, rest)
 	if len(uppers) == 0 || info.Size < 0 {
 		// Nothing to fill: hand the reader over as it is. The flight is
 		// over for everyone else; its context now belongs to that reader.
 		f.finish(nil, false)
-		fr := &flightReader{rc: rc, stop: f.stop}
+		fo.repairAtEOF = true
+		fr := &flightReader{rc: fo, stop: f.stop}
 		if !f.handOff(leadResult{rc: fr, info: info, interrupt: f.stop}) {
 			fr.Close()
 		}
 		return
 	}
 	if info.Size <= smallBlob {
-		s.fillSmall(f, d, rc, info, uppers)
+		s.fillSmall(f, d, fo, info, uppers, repair)
 		return
 	}
-	s.tee(f, d, rc, info, uppers)
+	s.tee(f, d, fo, info, uppers, repair)
 }
 
 // fillSmall reads a small blob whole and verified, puts it into the upper
 // tiers, and hands the leader the bytes: cheaper than a tee at this size.
-func (s *Stack) fillSmall(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, uppers []*stackEntry) {
+// As no byte has reached anyone before the blob verified, a source that
+// fails is simply replaced by the next one, from the start.
+func (s *Stack) fillSmall(f *flight, d blob.Digest, fo *failover, info blob.Info, uppers []*stackEntry, repair []bool) {
 	defer f.stop()
-	buf, err := readVerified(rc, d, info.Size)
-	rc.Close()
-	if err != nil {
-		err = fmt.Errorf("stack %q: open %s from tier %q: %w", s.root.name, d, info.Tier, err)
+	ctx := f.ctx
+	var (
+		buf      []byte
+		bad      []*stackEntry
+		firstErr error
+	)
+	for {
+		fo.noResume = true
+		b, err := readVerified(fo, d, info.Size)
+		fo.Close()
+		bad = append(bad, fo.bad...)
+		if err == nil {
+			buf = b
+			break
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		var m misses
+		next, _, stopErr := s.openFrom(ctx, d, fo.next, &m)
+		if stopErr != nil || next == nil {
+			break
+		}
+		if next.size != info.Size {
+			next.Close()
+			break
+		}
+		s.countFailover(fo.cur, next.cur)
+		fo = next
+	}
+	if buf == nil {
+		err := fmt.Errorf("stack %q: open %s from tier %q: %w", s.root.name, d, info.Tier, firstErr)
 		f.finish(err, true)
 		f.handOff(leadResult{err: err})
 		return
@@ -482,21 +587,26 @@ func (s *Stack) fillSmall(f *flight, d blob.Digest, rc io.ReadCloser, info blob.
 	f.settle()
 	errs := make([]error, len(uppers))
 	for i, e := range uppers {
-		errs[i] = e.Tier.Put(f.ctx, d, info.Size, bytes.NewReader(buf))
+		errs[i] = s.putUpper(f.ctx, e, repair[i], d, info.Size, bytes.NewReader(buf))
+	}
+	for _, e := range bad {
+		if !slices.Contains(uppers, e) {
+			s.putUpper(f.ctx, e, true, d, info.Size, bytes.NewReader(buf))
+		}
 	}
 	s.root.flights.wrote(d)
 	s.noteWriteBacks(uppers, info.Size, errs)
-	s.noteFilled(f.ctx, d, info)
+	s.noteFilled(f.ctx, d, fo.source())
 	f.finish(nil, false)
 	f.handOff(leadResult{rc: io.NopCloser(bytes.NewReader(buf)), info: info, interrupt: func() {}})
 }
 
-// tee streams the lower tier's reader rc to the leader while tee-ing it into
-// the Puts of the upper tiers, and ends the flight.
-func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, uppers []*stackEntry) {
+// tee streams the source fo to the leader while tee-ing it into the Puts
+// (or repairs) of the upper tiers, and ends the flight.
+func (s *Stack) tee(f *flight, d blob.Digest, fo *failover, info blob.Info, uppers []*stackEntry, repair []bool) {
 	ctx := f.ctx
 	defer f.stop()
-	defer rc.Close()
+	defer fo.Close()
 
 	type putResult struct {
 		i   int
@@ -517,7 +627,7 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 	for i, e := range uppers {
 		sk := sinks[i]
 		go func() {
-			err := e.Tier.Put(ctx, d, info.Size, sk)
+			err := s.putUpper(ctx, e, repair[i], d, info.Size, sk)
 			sk.Close()
 			results <- putResult{i, err}
 		}()
@@ -532,11 +642,15 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 			ls.Close()
 		}
 	}
-	err := t.run(ctx, blob.NewVerifier(rc, d, info.Size, nil))
+	// fo verifies, and fails over mid-stream (see failover).
+	err := t.run(ctx, fo)
 	end := io.EOF
-	if err == nil {
+	switch {
+	case err == nil:
 		f.settle() // the source verified: let the commits finish whoever is left
-	} else {
+	case err == fo.err:
+		end = err // names the stack, the digest and the sources
+	default:
 		end = fmt.Errorf("stack %q: open %s from tier %q: %w", s.root.name, d, info.Tier, err)
 	}
 	for i := range uppers {
@@ -550,7 +664,10 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 	if err == nil {
 		s.root.flights.wrote(d) // before the leader's EOF
 		s.noteWriteBacks(uppers, info.Size, putErrs)
-		s.noteFilled(ctx, d, info)
+		s.noteFilled(ctx, d, fo.source())
+		if len(fo.bad) > 0 {
+			s.repairLater(d, info.Size, fo.bad) // from the tiers just filled
+		}
 	}
 	if leaderIdx >= 0 {
 		t.terminate(leaderIdx, end)
@@ -563,9 +680,12 @@ func (s *Stack) tee(f *flight, d blob.Digest, rc io.ReadCloser, info blob.Info, 
 	}
 }
 
-// noteFilled calls the view's filled hook when a fill read its source.
-func (s *Stack) noteFilled(ctx context.Context, d blob.Digest, info blob.Info) {
-	if s.filled != nil && s.hasSource() && info.Tier == s.ents[len(s.ents)-1].name {
+// noteFilled calls the view's filled hook when a fill read its source: src,
+// the source whose bytes ended the stream, is the view's source. (A stream
+// that failed over to the source read the source's whole copy: the prefix
+// delivered before was compared with it.)
+func (s *Stack) noteFilled(ctx context.Context, d blob.Digest, src *stackEntry) {
+	if s.filled != nil && s.hasSource() && src.idx < 0 {
 		s.filled(ctx, d)
 	}
 }

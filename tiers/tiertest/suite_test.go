@@ -107,3 +107,15 @@ func TestSuiteCatchesBugs(t *testing.T) {
 		})
 	}
 }
+
+// TestConformanceFaulty runs the suite against the fault injector with no
+// fault armed: a pass-through wrapper, as every wrapper must be.
+func TestConformanceFaulty(t *testing.T) {
+	cfg := naiveConfig("")
+	newTier := cfg.New
+	cfg.New = func(t *testing.T) blob.Tier { return tiertest.NewFaulty(newTier(t)) }
+	cfg.Corrupt = func(t *testing.T, tier blob.Tier, d blob.Digest) {
+		tier.(*tiertest.Faulty).Tier.(*naive).corrupt(d)
+	}
+	tiertest.Run(t, cfg)
+}

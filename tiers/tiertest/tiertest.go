@@ -24,7 +24,9 @@
 //
 // The package also exports helpers for other tests: RandomBlob and
 // RandomBytes make deterministic content, PutBytes, PutRandom, ReadAll and
-// StreamDigest store and read blobs and fail the test on error.
+// StreamDigest store and read blobs and fail the test on error, and Faulty
+// wraps a tier to inject read faults (breaks, flipped bytes, truncation,
+// lost entries) for tests of what sits above a tier.
 package tiertest
 
 import (
