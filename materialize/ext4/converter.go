@@ -593,8 +593,23 @@ func (c *Converter) convert(ctx context.Context, img materialize.Image, dv deriv
 		}
 	}()
 
-	if err := c.build(ctx, img, tmp, growSpec{GDTBlocks: dv.free.GDTBlocks}); err != nil {
-		return nil, fmt.Errorf("ext4: convert %s: %w", dv.digest, err)
+	for attempt := 0; ; attempt++ {
+		err := c.build(ctx, img, tmp, growSpec{GDTBlocks: dv.free.GDTBlocks})
+		if err == nil {
+			break
+		}
+		if attempt > 0 || !errors.Is(err, blob.ErrMismatch) || ctx.Err() != nil {
+			return nil, fmt.Errorf("ext4: convert %s: %w", dv.digest, err)
+		}
+		// A layer's bytes were wrong (a corrupt cached copy, which the
+		// tier that served it has dropped or marked): convert once more.
+		c.mOutcome.WithLabelValues("corrupt").Inc()
+		if err := tmp.Truncate(0); err != nil {
+			return nil, fmt.Errorf("ext4: %w", err)
+		}
+		if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+			return nil, fmt.Errorf("ext4: %w", err)
+		}
 	}
 	size, err := tmp.Seek(0, io.SeekEnd)
 	if err != nil {
@@ -686,7 +701,7 @@ func (c *Converter) build(ctx context.Context, img materialize.Image, f *os.File
 	defer func() {
 		for _, r := range ras {
 			if r != nil {
-				r.Close()
+				r.dispose()
 			}
 		}
 	}()
@@ -728,6 +743,12 @@ func (c *Converter) build(ctx context.Context, img materialize.Image, f *os.File
 	pr.CloseWithError(errWriterStopped)
 	ferr := <-flatErr
 	if ferr != nil && !(convErr != nil && errors.Is(ferr, errWriterStopped)) {
+		if current >= 0 && ras[current] != nil && ctx.Err() == nil && layerio.MaySettle(ferr) {
+			// Wrong bytes (a rotten cached copy) show up as an invalid
+			// entry or a decompression error long before the digest
+			// check at the end: read the rest of the blob to tell.
+			ferr = ras[current].settle(ferr)
+		}
 		if current >= 0 && ctx.Err() == nil && (errors.Is(ferr, ErrInvalidLayer) || layerio.IsLayerLimit(ferr)) {
 			c.failed.Remember(layers[current].Digest(), origin, ferr)
 		}

@@ -2,10 +2,12 @@ package ext4
 
 import (
 	"context"
+	"errors"
 	"io"
 	"sync"
 
 	"github.com/strata-oci/strata/internal/safego"
+	"github.com/strata-oci/strata/materialize/internal/layerio"
 )
 
 const (
@@ -28,7 +30,16 @@ type readahead struct {
 	buf    []byte // backing array of cur, returned to free when used up
 	eof    bool
 	once   sync.Once
+
+	// stop, closed by settle, ends the producer without cancelling the
+	// stream's context; handover then receives the stream, which the
+	// producer leaves open when it stopped before a clean end.
+	stop     chan struct{}
+	handover chan io.ReadCloser
 }
+
+// errSettling ends a producer that settle stopped.
+var errSettling = errors.New("ext4 read-ahead stopped to settle the stream")
 
 // startReadahead opens the stream with open(ctx) in a new goroutine and
 // starts reading it. Errors from open or from reading surface from Read.
@@ -39,6 +50,9 @@ func startReadahead(ctx context.Context, open func(context.Context) (io.ReadClos
 		chunks: make(chan []byte, readaheadDepth),
 		free:   make(chan []byte, readaheadDepth+2),
 		done:   make(chan struct{}),
+
+		stop:     make(chan struct{}),
+		handover: make(chan io.ReadCloser, 1),
 	}
 	go r.produce(ctx, open)
 	return r
@@ -56,7 +70,13 @@ func (r *readahead) produce(ctx context.Context, open func(context.Context) (io.
 		r.err = err
 		return
 	}
-	defer rc.Close()
+	defer func() {
+		if r.err == nil { // a clean end: verified, nothing to settle
+			rc.Close()
+			return
+		}
+		r.handover <- rc // closed by Close, or settled by settle
+	}()
 	for {
 		var b []byte
 		select {
@@ -70,6 +90,9 @@ func (r *readahead) produce(ctx context.Context, open func(context.Context) (io.
 			case r.chunks <- b[:n]:
 			case <-ctx.Done():
 				r.err = ctx.Err()
+				return
+			case <-r.stop:
+				r.err = errSettling
 				return
 			}
 		}
@@ -118,22 +141,67 @@ func (r *readahead) finalErr() error {
 
 // Close stops the producer, waits for it to release the stream, and drops
 // every buffer, so that a layer's read-ahead memory is freed as soon as the
-// layer is consumed (not when the whole image is done).
+// layer is consumed (not when the whole image is done). A stream that
+// failed is kept, uncancelled, for settle until dispose.
 func (r *readahead) Close() error {
 	r.once.Do(func() {
-		r.cancel()
-		for range r.chunks {
-		}
-		<-r.done
-		for {
+		select {
+		case <-r.done: // ended on its own: a failed stream stays for settle
+			r.release()
+		default:
+			r.cancel() // interrupt a read in progress: nothing to settle
+			r.release()
 			select {
-			case <-r.free:
-				continue
+			case rc := <-r.handover:
+				rc.Close()
 			default:
 			}
-			break
 		}
-		r.cur, r.buf = nil, nil
 	})
 	return nil
+}
+
+// settle settles the stream the producer read, which stopped because of
+// cause (see layerio.Settle): the rest of the layer blob is read to learn
+// whether its bytes were right. It works before or after Close, until
+// dispose; it returns cause when there is nothing to settle.
+func (r *readahead) settle(cause error) error {
+	r.once.Do(func() {
+		close(r.stop) // end the producer without cancelling its stream
+		r.release()
+	})
+	select {
+	case rc := <-r.handover:
+		return layerio.Settle(rc, cause)
+	default: // the stream ended cleanly, never opened, or was cancelled
+		return cause
+	}
+}
+
+// dispose closes r for good: it cancels the stream's context and closes a
+// stream kept for settle.
+func (r *readahead) dispose() {
+	r.Close()
+	r.cancel()
+	select {
+	case rc := <-r.handover:
+		rc.Close()
+	default:
+	}
+}
+
+// release waits for the producer to end and drops every buffer.
+func (r *readahead) release() {
+	for range r.chunks {
+	}
+	<-r.done
+	for {
+		select {
+		case <-r.free:
+			continue
+		default:
+		}
+		break
+	}
+	r.cur, r.buf = nil, nil
 }

@@ -122,9 +122,11 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 	}()
 	if cfg.Memory.Size > 0 {
 		h.memory = memory.New(memory.Config{Name: TierMemory, MaxBytes: int64(cfg.Memory.Size), MaxBlobBytes: min(int64(cfg.Memory.MaxBlob), int64(cfg.Memory.Size))})
-		entries = append(entries, tiers.Entry{Tier: h.memory})
+		// Trusted: the memory tier verified every blob as it was stored
+		// and memory does not rot, so the stack does not hash its hits.
+		entries = append(entries, tiers.Entry{Tier: h.memory, Trusted: true})
 	}
-	h.disk, err = disk.Open(disk.Config{Root: root, Name: TierDisk, Budget: int64(cfg.Disk.Budget), NoEvict: cfg.Inspect, Logger: diskLogger()})
+	h.disk, err = disk.Open(disk.Config{Root: root, Name: TierDisk, Budget: int64(cfg.Disk.Budget), NoEvict: cfg.Inspect, Logger: tierLogger()})
 	if err != nil {
 		return nil, fmt.Errorf("host: %w", err)
 	}
@@ -154,7 +156,7 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 	if err != nil {
 		return nil, fmt.Errorf("host: metrics: %w", err)
 	}
-	h.stack = tiers.NewStack(tiers.StackConfig{Name: "strata", Tiers: entries, Metrics: metrics})
+	h.stack = tiers.NewStack(tiers.StackConfig{Name: "strata", Tiers: entries, Metrics: metrics, Logger: tierLogger()})
 	// From here on the stack owns the tiers.
 	entries = nil
 	defer func() {
@@ -343,10 +345,10 @@ func (h *Host) tierNames() string {
 
 var _ blob.Tier = (*tiers.Stack)(nil)
 
-// diskLogger is the disk tier's logger: warnings and errors (a rebuilt
-// index, a full filesystem, failed evictions) through slog's default
-// logger; its routine reports are left out.
-func diskLogger() *slog.Logger {
+// tierLogger is the tiers' logger: warnings and errors (a rebuilt index,
+// a full filesystem, failed evictions, bad copies skipped and repaired)
+// through slog's default logger; routine reports are left out.
+func tierLogger() *slog.Logger {
 	return slog.New(minLevel{slog.Default().Handler(), slog.LevelWarn})
 }
 

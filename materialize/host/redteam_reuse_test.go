@@ -48,6 +48,7 @@ type victimImage struct {
 	config   []byte
 	digest   v1.Hash
 	layers   []v1.Descriptor
+	base     []byte // the bytes of layers[0], which is not secret
 }
 
 func newVictim(t *testing.T, reg string) *victimImage {
@@ -56,7 +57,7 @@ func newVictim(t *testing.T, reg string) *victimImage {
 	secret := tartest.New().Dir("etc").File(secretFile, secretBytes, tartest.Mode(0o600)).Gzip()
 	img := registrytest.Image(t, base, secret)
 	registrytest.Push(t, reg, "private/secret:v1", img, basicAuth("alice", "alice-pw"))
-	v := &victimImage{img: img, ref: reg + "/private/secret:v1"}
+	v := &victimImage{img: img, ref: reg + "/private/secret:v1", base: base}
 	var err error
 	if v.manifest, err = img.RawManifest(); err != nil {
 		t.Fatal(err)
@@ -379,6 +380,9 @@ func TestRedteamForeignFlights(t *testing.T) {
 			vimg := e.aliceFetches(t)
 			ref := e.replay(t) // same manifest digest: ext4 work is keyed by it
 			target := e.victim.layers[1].Digest.String()
+			// The base layer is public: mallory's registry has its bytes, so
+			// her work gets as far as the secret layer and waits there.
+			e.evil.Blob(e.victim.layers[0].Digest.String(), e.victim.base)
 			if tc.lie {
 				e.evil.Blob(target, bytes.Repeat([]byte{0x1f}, int(e.victim.layers[1].Size)))
 			}
@@ -402,7 +406,11 @@ func TestRedteamForeignFlights(t *testing.T) {
 				}
 				malloryDone <- err
 			}()
-			<-reached // mallory's work is in flight, held by her registry
+			select {
+			case <-reached: // mallory's work is in flight, held by her registry
+			case err := <-malloryDone:
+				t.Fatalf("mallory's work ended before it reached her registry: %v", err)
+			}
 
 			aliceDone := make(chan error, 1)
 			go func() {

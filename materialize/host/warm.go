@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -112,7 +113,18 @@ func (h *Host) Warm(ctx context.Context, ref string, cred credential.Credential,
 	return res, nil
 }
 
+// warmLayer reads layer l whole. A read that delivered wrong bytes (a
+// corrupt copy found out only at the end: the stack has marked it and
+// skips it now) is read once more.
 func warmLayer(ctx context.Context, l *fetcher.Layer, hooks *WarmHooks) (FetchRecord, error) {
+	rec, err := warmLayerOnce(ctx, l, hooks)
+	if errors.Is(err, blob.ErrMismatch) && ctx.Err() == nil {
+		rec, err = warmLayerOnce(ctx, l, hooks)
+	}
+	return rec, err
+}
+
+func warmLayerOnce(ctx context.Context, l *fetcher.Layer, hooks *WarmHooks) (FetchRecord, error) {
 	start := time.Now()
 	rc, info, err := l.OpenInfo(ctx)
 	if err != nil {

@@ -152,7 +152,7 @@ func (n *named) settle(cause error) error {
 	if n.raw == nil {
 		return cause
 	}
-	_, err := io.Copy(io.Discard, n.raw)
+	_, err := io.Copy(io.Discard, n.raw) // a sticky reader: ends as the blob ended
 	return verdict(n.name, cause, err)
 }
 
@@ -214,10 +214,15 @@ func Decompress(r io.Reader, c Compression, lim Limits) (io.ReadCloser, error) {
 	if win == 0 {
 		win = DefaultZstdMaxWindow
 	}
-	s := &stream{src: r, max: max}
+	var closer io.Closer
 	if cl, ok := r.(io.Closer); ok {
-		s.srcClose = cl
+		closer = cl
 	}
+	// The blob reader's errors are kept: a decompressor that buffers may
+	// read a verifier's mismatch at the blob's end and report only its
+	// own complaint (a bad checksum); Settle looks at what the blob said.
+	r = &stickyReader{r: r}
+	s := &stream{src: r, srcClose: closer, max: max}
 	switch c {
 	case Uncompressed:
 		s.dec = r
@@ -246,6 +251,23 @@ func Decompress(r io.Reader, c Compression, lim Limits) (io.ReadCloser, error) {
 	}
 	s.compression = c
 	return s, nil
+}
+
+// stickyReader returns, once r has failed or ended, that error forever.
+type stickyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *stickyReader) Read(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	n, err := s.r.Read(p)
+	if err != nil {
+		s.err = err
+	}
+	return n, err
 }
 
 type stream struct {
