@@ -229,7 +229,7 @@ type blobAccess struct {
 // view returns the stack view to read d through.
 func (b *blobAccess) view(ctx context.Context, d blob.Digest) *tiers.Stack {
 	if b.member(ctx, d) {
-		return b.st.WithSource(b.src)
+		return b.st.WithSource(b.src, b.repo.String())
 	}
 	// Asked again inside the fill, so that callers who decided on an
 	// origin read just before another fill proved membership do not

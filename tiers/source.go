@@ -17,24 +17,27 @@ import (
 // caller, exactly like a hit in a lower tier, so an origin is never read
 // twice for one fill.
 //
-// Fills of source views collapse with each other by digest whatever their
-// source: content is content, so a caller may join a fill that another
-// caller's source started. The caller must therefore have established its
-// own right to the blob before opening it (the fetcher authorizes every
-// caller first). Only views over the same tiers collapse: a Local view with
-// a source never joins a fill of the full stack.
+// Fills collapse only among source views with the same key over the same
+// tiers: key names the source (for a registry, host and repository), so a
+// caller never waits for, or inherits the failure of, a fill that another
+// caller's source leads (a registry that stalls or lies). The caller must
+// have established its own right to the blob before opening it (the
+// fetcher authorizes every caller first). A Local view with a source never
+// joins a fill of the full stack.
 //
 // src is never written: Put, Delete and the ref operations of the view act on
 // its tiers only (src answers them as unavailable or unsupported, which the
 // stack skips), and Walk does not list it.
-func (s *Stack) WithSource(src blob.Tier) *Stack {
+func (s *Stack) WithSource(src blob.Tier, key string) *Stack {
 	e := &stackEntry{
 		Entry: Entry{Tier: Instrument(readOnly{src}, s.root.metrics)},
-		idx:   -1, // every source has the same place: fills collapse across sources
+		idx:   -1, // below every tier
 		name:  src.Name(),
 	}
 	e.declines.Store(math.MaxInt64)
-	return s.root.view(append(slices.Clone(s.ents), e))
+	v := s.root.view(append(slices.Clone(s.ents), e))
+	v.key += "|source=" + key
+	return v
 }
 
 // WithOrigin returns a view of s whose reads come from src only, never from
@@ -57,7 +60,7 @@ func (s *Stack) WithSource(src blob.Tier) *Stack {
 // src completely and verified, after the tiers committed it and before the
 // fill's waiters go on: the moment to record that the origin holds d.
 func (s *Stack) WithOrigin(src blob.Tier, key string, proven func(context.Context, blob.Digest) bool, filled func(context.Context, blob.Digest)) *Stack {
-	v := s.WithSource(src)
+	v := s.WithSource(src, key)
 	v.origin = true
 	v.proven, v.filled = proven, filled
 	v.key += "|origin=" + key

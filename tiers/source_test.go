@@ -43,7 +43,7 @@ func TestWithSourceCollapsesAcrossSources(t *testing.T) {
 		if i%2 == 1 {
 			src = srcB
 		}
-		view := s.WithSource(src)
+		view := s.WithSource(src, "")
 		wg.Go(func() {
 			got, _, err := readAll(context.Background(), view, d)
 			if err == nil && !bytes.Equal(got, want) {
@@ -83,7 +83,7 @@ func TestWithSourceIsReadOnly(t *testing.T) {
 	want := []byte("from the origin")
 	d := put(t, src.Tier, want)
 
-	view := s.Local().WithSource(src)
+	view := s.Local().WithSource(src, "")
 	got, info, err := readAll(ctx, view, d)
 	if err != nil || !bytes.Equal(got, want) || info.Tier != "registry" {
 		t.Fatalf("read through source = %q, %+v, %v", got, info, err)
@@ -130,7 +130,7 @@ func TestWithSourceErrorIsTheAnswer(t *testing.T) {
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			src := failingSource{Tier: newMem(t, "registry", 0), err: tc.err}
-			_, _, err := s.WithSource(src).Open(ctx, d)
+			_, _, err := s.WithSource(src, "").Open(ctx, d)
 			if !errors.Is(err, tc.err) {
 				t.Fatalf("Open = %v, want the source's error %v", err, tc.err)
 			}

@@ -225,7 +225,8 @@ func (r *stackRoot) view(ents []*stackEntry) *Stack {
 func (s *Stack) isView() bool { return s.view }
 
 // hasSource reports whether the view reads a source (see WithSource), whose
-// fills other views with other sources join.
+// fills other callers of the same source key join (with credentials of
+// their own: a miss through one caller's is not another's answer).
 func (s *Stack) hasSource() bool {
 	return slices.ContainsFunc(s.ents, func(e *stackEntry) bool { return e.idx < 0 })
 }

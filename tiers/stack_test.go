@@ -732,13 +732,13 @@ func TestStackSourceMissIsNotSharedAnswer(t *testing.T) {
 
 	bErr := make(chan error, 1)
 	go func() {
-		_, _, err := readAll(context.Background(), s.WithSource(srcB), d)
+		_, _, err := readAll(context.Background(), s.WithSource(srcB, ""), d)
 		bErr <- err
 	}()
 	<-srcB.entered
 	aRes := make(chan error, 1)
 	go func() {
-		got, _, err := readAll(context.Background(), s.WithSource(srcA), d)
+		got, _, err := readAll(context.Background(), s.WithSource(srcA, ""), d)
 		if err == nil && !bytes.Equal(got, want) {
 			err = errors.New("wrong bytes")
 		}
@@ -751,6 +751,37 @@ func TestStackSourceMissIsNotSharedAnswer(t *testing.T) {
 	}
 	if err := <-aRes; err != nil {
 		t.Errorf("caller of source a = %v, want its blob", err)
+	}
+}
+
+// A fill led through one source is never joined by a caller of another
+// source (key): a registry that stalls holds up its own callers only.
+func TestStackSourcesDoNotCollapseAcrossKeys(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, _ := tiers.NewMetrics(reg)
+	top := newMem(t, "top", 0)
+	s := tiers.NewStack(tiers.StackConfig{Name: "test", Tiers: []tiers.Entry{{Tier: top}}, Metrics: m})
+	want := []byte("in both sources; b's stalls")
+	srcA := newProbe(newMem(t, "a", 0))
+	srcB := newProbe(newMem(t, "b", 0))
+	d := put(t, srcA.Tier, want)
+	put(t, srcB.Tier, want)
+	srcB.gate = make(chan struct{})
+	srcB.entered = make(chan struct{}, 1)
+	defer close(srcB.gate)
+
+	bErr := make(chan error, 1)
+	go func() {
+		_, _, err := readAll(context.Background(), s.WithSource(srcB, "registry-b/repo"), d)
+		bErr <- err
+	}()
+	<-srcB.entered // b's fill is in flight, held by its source
+	got, _, err := readAll(context.Background(), s.WithSource(srcA, "registry-a/repo"), d)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("caller of source a: %q, %v (it waited for b's fill?)", got, err)
+	}
+	if n := metricValue(t, reg, tiers.MetricCollapsed, nil); n != 0 {
+		t.Errorf("%v collapsed reads across source keys, want 0", n)
 	}
 }
 
