@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -496,5 +497,69 @@ func TestRedteamReuseErrorsNameNoSecret(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "not handed out") {
 		t.Errorf("error does not say the image was refused: %v", err)
+	}
+}
+
+// TestSameRepositoryReusesWithoutDownload: the rule costs a proven member
+// nothing. Bob, another user with access to alice's repository, gets the
+// layers alice extracted and the image she converted from the cache, with
+// no blob request to the registry (his credentials make one manifest HEAD:
+// his own access proof).
+func TestSameRepositoryReusesWithoutDownload(t *testing.T) {
+	ctx := context.Background()
+	var count registrytest.Counter
+	users := map[string]string{"alice": "alice-pw", "bob": "bob-pw"}
+	auth := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if u, p, ok := r.BasicAuth(); !ok || users[u] != p {
+				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+	reg := registrytest.InProcess(t, count.Wrap, auth)
+	v := newVictim(t, reg)
+	h, err := Open(ctx, testConfig(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	aimg, err := h.Fetcher().FetchImage(ctx, v.ref, alice())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ares, err := h.Overlay().Materialize(ctx, materialize.Fetched(aimg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ares.Lease.Release()
+	if _, err := h.Ext4().Materialize(ctx, materialize.Fetched(aimg), nil); err != nil {
+		t.Fatal(err)
+	}
+
+	before := count.Count("GET", "blob")
+	bimg, err := h.Fetcher().FetchImage(ctx, v.ref, credential.Basic("", "bob", "bob-pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bres, err := h.Overlay().Materialize(ctx, materialize.Fetched(bimg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bres.Lease.Release()
+	if !hasSecret(bres.LowerDirs) {
+		t.Error("bob's layers lack the content")
+	}
+	r, err := h.Ext4().Materialize(ctx, materialize.Fetched(bimg), nil)
+	if err != nil || !r.FromCache {
+		t.Fatalf("bob's ext4: %+v, %v; want alice's converted image", r, err)
+	}
+	if got := count.Count("GET", "blob") - before; got != 0 {
+		t.Errorf("a proven member's reuse made %d blob GETs, want 0", got)
+	}
+	if got := count.Count("HEAD", "manifest"); got < 2 {
+		t.Errorf("%d manifest HEADs: bob's access was not proven at the registry", got)
 	}
 }
