@@ -25,6 +25,7 @@ type Hostile struct {
 	mu        sync.Mutex
 	manifests map[string]hostileDoc // by tag and by digest
 	blobs     map[string][]byte     // by digest
+	chunked   map[string]bool       // blobs sent without a Content-Length
 	gates     map[string]*gate
 	user      string
 	pass      string
@@ -47,7 +48,7 @@ type hostileDoc struct {
 func NewHostile(t testing.TB) *Hostile {
 	t.Helper()
 	h := &Hostile{
-		manifests: map[string]hostileDoc{}, blobs: map[string][]byte{},
+		manifests: map[string]hostileDoc{}, blobs: map[string][]byte{}, chunked: map[string]bool{},
 		gates: map[string]*gate{}, requests: map[string]int{},
 	}
 	srv := httptest.NewServer(http.HandlerFunc(h.serve))
@@ -90,6 +91,15 @@ func (h *Hostile) Blob(digest string, data []byte) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.blobs[digest] = data
+}
+
+// BlobChunked serves data under digest without a Content-Length, so the
+// client knows its size only from the manifest that lists it.
+func (h *Hostile) BlobChunked(digest string, data []byte) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.blobs[digest] = data
+	h.chunked[digest] = true
 }
 
 // Gate holds every GET of blob digest until the returned release is
@@ -174,9 +184,19 @@ func (h *Hostile) serve(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, `{"errors":[{"code":"BLOB_UNKNOWN"}]}`, http.StatusNotFound)
 			return
 		}
-		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		h.mu.Lock()
+		chunked := h.chunked[name]
+		h.mu.Unlock()
+		if !chunked {
+			w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		}
 		w.Header().Set("Docker-Content-Digest", name)
 		w.WriteHeader(http.StatusOK)
+		if chunked {
+			// Flushed before the body: net/http would otherwise add the
+			// Content-Length of a small body itself.
+			w.(http.Flusher).Flush()
+		}
 		if r.Method == http.MethodGet {
 			w.Write(data)
 		}
