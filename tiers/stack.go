@@ -450,7 +450,15 @@ func (s *Stack) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.In
 // bad copy met on the way is repaired once the read verified).
 func (s *Stack) openDirect(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Info, error) {
 	var m misses
-	fo, info, err := s.openFrom(ctx, d, s.ents, &m)
+	ents := s.ents
+	if s.origin && (s.proven == nil || !s.proven(ctx, d)) {
+		// An origin view reads its source only, until the origin has
+		// proven it holds d (see WithOrigin): a caller that gave up
+		// waiting for fills, or joined one that found nothing to fill,
+		// must not fall back on copies other origins cached.
+		ents = ents[len(ents)-1:]
+	}
+	fo, info, err := s.openFrom(ctx, d, ents, &m)
 	if err != nil {
 		return nil, blob.Info{}, s.stop(ctx, "open", string(d), err)
 	}
