@@ -166,12 +166,20 @@ type flattener struct {
 	bytes    int64 // file content read, all layers
 }
 
-func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) error {
+func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) (err error) {
 	rc, err := open(ctx)
 	if err != nil {
 		return fmt.Errorf("ext4: flatten: open layer %d: %w", idx, err)
 	}
-	defer rc.Close()
+	defer func() {
+		// An entry refused for its content may come from wrong bytes (a
+		// rotten cached copy) that the blob's digest check, at its end,
+		// would tell: settle the stream before it is closed.
+		if s, ok := rc.(interface{ settle(error) error }); ok && err != nil && ctx.Err() == nil && layerio.MaySettle(err) {
+			err = s.settle(err)
+		}
+		rc.Close()
+	}()
 	if f.spool != nil {
 		if _, err := f.spool.Seek(0, io.SeekStart); err != nil {
 			return err

@@ -1,11 +1,19 @@
 package host
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/strata-oci/strata/internal/registrytest"
@@ -85,4 +93,90 @@ func TestCorruptCachedLayerIsRefetched(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRottenCopyWithAValidLookingEntry: the rotten bytes of an
+// uncompressed layer form a well-formed tar header that the flattener
+// refuses (a path escaping the root). That refusal is the copy's fault,
+// not the layer's: the conversion settles the stream, finds the mismatch,
+// converts again from the registry, and does not remember the layer as
+// invalid.
+func TestRottenCopyWithAValidLookingEntry(t *testing.T) {
+	ctx := context.Background()
+	var count registrytest.Counter
+	reg := registrytest.InProcess(t, count.Wrap)
+	layer := tartest.New().Dir("data").File("data/a", tartest.Content("a", 64<<10)).File("data/b", tartest.Content("b", 1<<20)).Tar()
+	img := mutateLayerType(t, registrytest.Image(t, layer))
+	registrytest.Push(t, reg, "app:v1", img, nil)
+	cfg := testConfig(t)
+	cfg.Memory.Size = 0
+	h, err := Open(ctx, cfg, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	fimg, err := h.Fetcher().FetchImage(ctx, reg+"/app:v1", credential.Anonymous)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := fimg.Layers()[0]
+	if err := l.Authorize(ctx); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(cfg.Disk.Root, "blobs", "sha256", l.Digest().Encoded()[:2], l.Digest().Encoded())
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(b, []byte("data/b\x00"))
+	if i < 0 || i%512 != 0 {
+		t.Fatalf("no header for data/b at a block boundary (%d)", i)
+	}
+	copy(b[i:i+100], append([]byte("../../escape"), make([]byte, 88)...))
+	retar(b[i : i+512])
+	if err := os.WriteFile(file, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := count.Count("GET", "blob")
+	if _, err := h.Ext4().Materialize(ctx, materialize.Fetched(fimg), nil); err != nil {
+		t.Fatalf("ext4 over a rotten copy with a well-formed refused entry: %v", err)
+	}
+	if got := count.Count("GET", "blob") - before; got != 1 {
+		t.Errorf("registry blob GETs after the corruption: %d, want 1", got)
+	}
+}
+
+// retar recomputes the checksum of the tar header h (512 bytes).
+func retar(h []byte) {
+	copy(h[148:156], []byte("        "))
+	var sum int64
+	for _, c := range h {
+		sum += int64(c)
+	}
+	copy(h[148:156], []byte(fmt.Sprintf("%06o\x00 ", sum)))
+}
+
+// mutateLayerType relabels img's layers as uncompressed tar.
+func mutateLayerType(t *testing.T, img v1.Image) v1.Image {
+	t.Helper()
+	ls, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	out = mutate.ConfigMediaType(out, types.OCIConfigJSON)
+	for _, l := range ls {
+		b, err := l.Compressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err = mutate.AppendLayers(out, static.NewLayer(data, types.OCIUncompressedLayer)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
 }
