@@ -162,9 +162,12 @@ func checkTable(path string, tm badger.TableManifest, opts badger.Options) (err 
 				err = &indexDamage{fmt.Errorf("%s: %s", filepath.Base(path), panicText(r))}
 			}
 		}
-		// OpenTable may have closed it already; a second Close fails
-		// harmlessly (msync of an unmapped range) before unmapping.
-		_ = mf.Close(-1)
+		// OpenTable closes (and unmaps) the file itself when it fails: a
+		// second Close would unmap the range again, by then possibly
+		// memory of someone else. A closed file's Fd is ^uintptr(0).
+		if mf.Fd != nil && mf.Fd.Fd() != ^uintptr(0) {
+			_ = mf.Close(-1)
+		}
 	}()
 	_, err = table.OpenTable(mf, table.Options{
 		ReadOnly:    true,
