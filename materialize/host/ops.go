@@ -683,7 +683,10 @@ func (h *Host) verifyOverlay(ctx context.Context, remove bool) ([]VerifyRecord, 
 			rec.Status = StatusUnverifiable
 			rec.Error = strings.Join(chk.Differences, "; ")
 		}
-		if chk.Leased {
+		switch {
+		case chk.Leased && chk.Removed:
+			rec.Error += " (taken out of service; removed when its leases and mounts are released)"
+		case chk.Leased:
 			rec.Error += " (kept: a lease holds it; release it and verify again)"
 		}
 		out = append(out, rec)

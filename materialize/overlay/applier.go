@@ -3,10 +3,8 @@ package overlay
 import (
 	"archive/tar"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"path"
@@ -81,7 +79,7 @@ type applier struct {
 	rootPath string
 	stats    applyStats
 	buf      []byte
-	hash     hash.Hash // of file content, for applyConfig.sums
+	hasher   *fileHasher // of file content, for applyConfig.sums
 	dirTimes map[string]unix.Timespec
 	// Final modes of directories created without owner rwx: they stay
 	// writable by their owner (0700 added) while the layer is written, so
@@ -114,10 +112,12 @@ func applyLayer(ctx context.Context, rootPath string, r io.Reader, cfg applyConf
 	}
 	a := &applier{cfg: cfg, root: fd, rootPath: rootPath, buf: make([]byte, 256<<10), dirTimes: map[string]unix.Timespec{}, dirModes: map[string]uint32{}, cacheFd: -1,
 		euid: os.Geteuid(), egid: os.Getegid()}
-	if cfg.sums != nil {
-		a.hash = sha256.New()
-	}
 	defer a.close()
+	if cfg.sums != nil {
+		a.hasher = newFileHasher(cfg.sums, len(a.buf))
+		// Every file's sum is in cfg.sums once applyLayer returns.
+		defer a.hasher.stop()
+	}
 	tr := tar.NewReader(r)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -462,21 +462,19 @@ func (a *applier) file(pfd int, base string, h *tar.Header, tr io.Reader) error 
 	if err != nil {
 		return &os.PathError{Op: "create", Path: base, Err: err}
 	}
-	var tee io.Writer
-	if a.hash != nil {
-		a.hash.Reset()
-		tee = a.hash
-	}
-	n, written, err := a.copyTo(fd, tr, tee)
-	a.stats.Logical += n
-	a.stats.Bytes += written
-	if err == nil && a.hash != nil {
+	var id fileID
+	if a.hasher != nil {
 		var st unix.Stat_t
 		if serr := unix.Fstat(fd, &st); serr != nil {
 			err = &os.PathError{Op: "stat", Path: base, Err: serr}
-		} else {
-			a.cfg.sums[fileID{uint64(st.Dev), st.Ino}] = [sha256.Size]byte(a.hash.Sum(nil))
 		}
+		id = fileID{uint64(st.Dev), st.Ino}
+	}
+	if err == nil {
+		var n, written int64
+		n, written, err = a.copyTo(fd, tr, id)
+		a.stats.Logical += n
+		a.stats.Bytes += written
 	}
 	if err == nil && (h.Uid != a.createUID || h.Gid != a.createGID) {
 		// pfd is the cached parent: a new file there is already owned by
@@ -509,32 +507,39 @@ func (a *applier) file(pfd int, base string, h *tar.Header, tr io.Reader) error 
 
 // copyTo writes r to the new, empty file fd, leaving holes for aligned
 // all-zero blocks (a run of zeros, or the holes of a sparse tar entry,
-// which archive/tar returns as zeros), and every byte to tee if not nil. It
-// returns the logical size and the bytes written to disk.
-func (a *applier) copyTo(fd int, r io.Reader, tee io.Writer) (logical, written int64, err error) {
+// which archive/tar returns as zeros), and, with a hasher, hands every
+// byte to it as the content of file id, whose sum it records once the
+// whole content was handed over. It returns the logical size and the
+// bytes written to disk.
+func (a *applier) copyTo(fd int, r io.Reader, id fileID) (logical, written int64, err error) {
 	sw := sparse.NewWriter(fdFile{fd: fd, charge: a.cfg.charge}, holeBlock)
-	for {
+	for first := true; ; first = false {
+		buf := a.buf
+		if a.hasher != nil {
+			buf = a.hasher.buffer()
+		}
 		// Whole buffers (a multiple of holeBlock) keep the blocks aligned.
 		n := 0
 		var rerr error
-		for n < len(a.buf) && rerr == nil {
+		for n < len(buf) && rerr == nil {
 			var k int
-			k, rerr = r.Read(a.buf[n:])
+			k, rerr = r.Read(buf[n:])
 			n += k
 		}
 		if n > 0 {
-			if tee != nil {
-				tee.Write(a.buf[:n])
-			}
-			if _, err := sw.Write(a.buf[:n]); err != nil {
+			if _, err := sw.Write(buf[:n]); err != nil {
+				a.hasher.discard(buf)
 				return sw.Size(), sw.Written(), err
 			}
 		}
+		if rerr != nil && rerr != io.EOF {
+			a.hasher.discard(buf)
+			return sw.Size(), sw.Written(), rerr
+		}
+		// The file's sum is recorded only if all of it was read.
+		a.hasher.hash(buf[:n], id, first, rerr == io.EOF)
 		if rerr == io.EOF {
 			break
-		}
-		if rerr != nil {
-			return sw.Size(), sw.Written(), rerr
 		}
 	}
 	if sw.Written() < sw.Size() {

@@ -176,6 +176,25 @@ type layerEntry struct {
 	size   int64
 	leases int
 	elem   *list.Element
+	// quarantine, once set, is where a layer found tampered with while
+	// leased was moved out of service (see Verify): removed when the last
+	// lease goes.
+	quarantine string
+}
+
+// unleaseLocked drops one lease of e; the last lease of a quarantined
+// layer removes its directory (in the background: it may be large).
+func (m *Materializer) unleaseLocked(e *layerEntry) {
+	e.leases--
+	if e.leases == 0 && e.quarantine != "" {
+		q := e.quarantine
+		e.quarantine = ""
+		m.running.Add(1)
+		go func() {
+			defer m.running.Done()
+			removeAll(q)
+		}()
+	}
 }
 
 // flightKey names an extraction in progress: a layer, read from one
@@ -463,7 +482,7 @@ func (m *Materializer) release(es []*layerEntry) {
 	defer m.mu.Unlock()
 	for _, e := range es {
 		if e != nil {
-			e.leases--
+			m.unleaseLocked(e)
 		}
 	}
 }
@@ -624,7 +643,7 @@ func (m *Materializer) ensureOnce(ctx context.Context, l materialize.Layer, orig
 		select {
 		case <-f.done:
 			if f.err == nil {
-				f.entry.leases--
+				m.unleaseLocked(f.entry)
 			}
 		default:
 			f.waiters--

@@ -115,7 +115,7 @@ func (m *Materializer) RecordMount(r *Result, target, image string) (MountLease,
 	m.mounts[ml.ID] = &mountRec{lease: ml, entries: entries}
 	if old != nil {
 		for _, e := range old.entries {
-			e.leases--
+			m.unleaseLocked(e)
 		}
 	}
 	m.mu.Unlock()
@@ -203,7 +203,7 @@ func (m *Materializer) dropMount(rec *mountRec) error {
 	}
 	delete(m.mounts, rec.lease.ID)
 	for _, e := range rec.entries {
-		e.leases--
+		m.unleaseLocked(e)
 	}
 	return nil
 }

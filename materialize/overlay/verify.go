@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -45,6 +46,96 @@ type fileID struct{ dev, ino uint64 }
 
 // fileSums are the sha256 of the files an applier wrote, by inode.
 type fileSums map[fileID][sha256.Size]byte
+
+// fileHasher hashes the content of the files an applier writes on a
+// goroutine of its own, so that hashing overlaps reading and writing the
+// layer, and records each file's sha256 in sums. Its methods are for one
+// goroutine (the applier's); sums is complete, and only then safe to read,
+// once stop has returned. A nil *fileHasher hashes nothing.
+type fileHasher struct {
+	sums fileSums
+	work chan hashChunk
+	free chan []byte // buffers the hasher is done with
+	done chan struct{}
+}
+
+// hashChunk is a part of one file's content, in order.
+type hashChunk struct {
+	buf   []byte
+	id    fileID
+	first bool // the file's first chunk
+	last  bool // the file's last chunk: record its sum
+}
+
+// hashBuffers is how many buffers a fileHasher cycles through: the one
+// being filled, and those queued or being hashed.
+const hashBuffers = 4
+
+// hashBufPool holds the buffers of fileHashers that stopped.
+var hashBufPool sync.Pool
+
+func newFileHasher(sums fileSums, size int) *fileHasher {
+	h := &fileHasher{sums: sums, work: make(chan hashChunk, hashBuffers), free: make(chan []byte, hashBuffers), done: make(chan struct{})}
+	for range hashBuffers {
+		b, _ := hashBufPool.Get().(*[]byte)
+		if b == nil || len(*b) != size {
+			nb := make([]byte, size)
+			b = &nb
+		}
+		h.free <- *b
+	}
+	go h.run()
+	return h
+}
+
+func (h *fileHasher) run() {
+	defer close(h.done)
+	d := sha256.New()
+	var sum [sha256.Size]byte
+	for c := range h.work {
+		if c.first {
+			d.Reset()
+		}
+		d.Write(c.buf)
+		h.free <- c.buf[:cap(c.buf)]
+		if c.last {
+			h.sums[c.id] = [sha256.Size]byte(d.Sum(sum[:0]))
+		}
+	}
+}
+
+// buffer returns a buffer to fill with content, for hash or discard.
+func (h *fileHasher) buffer() []byte { return <-h.free }
+
+// hash hands over buf (from buffer), the next part of file id's content;
+// first says it is the file's first part, last its last (the file's sum
+// is recorded then, and only then).
+func (h *fileHasher) hash(buf []byte, id fileID, first, last bool) {
+	if h != nil {
+		h.work <- hashChunk{buf: buf, id: id, first: first, last: last}
+	}
+}
+
+// discard gives back a buffer that is not to be hashed.
+func (h *fileHasher) discard(buf []byte) {
+	if h != nil {
+		h.free <- buf[:cap(buf)]
+	}
+}
+
+// stop waits until everything handed over is hashed and recorded.
+func (h *fileHasher) stop() {
+	close(h.work)
+	<-h.done
+	for {
+		select {
+		case b := <-h.free:
+			hashBufPool.Put(&b)
+		default:
+			return // all given back (or one held by a Read that panicked)
+		}
+	}
+}
 
 func (m *Materializer) manifestPath(hex string) string {
 	return m.path("meta", hex+manifestSuffix)
@@ -258,9 +349,10 @@ type LayerCheck struct {
 	// (mode without the owner's read permission, verified without
 	// privilege): their metadata is compared, their content is not.
 	Unreadable int
-	// Leased: the layer is modified or unverifiable but held by a lease
-	// (a running sandbox, a mount lease), so it was kept. Release the
-	// lease (unmount) and verify again to drop it.
+	// Leased: the layer is held by a lease (a running sandbox, a mount
+	// lease). A modified one is still taken out of service (Removed: no
+	// new caller gets it) and its directory removed when the last lease
+	// goes; an unverifiable one is kept.
 	Leased bool
 	// Removed: the layer was dropped; the next Materialize that needs it
 	// extracts it again.
@@ -283,8 +375,9 @@ func (m *Materializer) Layers() []blob.Digest {
 // it was extracted: it walks the layer directory, hashes every regular
 // file, and compares every entry's type, mode, owner, size, content,
 // device number, extended attributes and link target, and the set of
-// paths. A modified layer is dropped (unless a lease holds it: then it is
-// reported Leased and kept), so the next Materialize extracts it again. A
+// paths. A modified layer is dropped, so the next Materialize extracts it
+// again; if a lease holds it, it is taken out of service at once and its
+// directory removed when the last lease goes (reported Leased). A
 // layer without a manifest is reported LayerUnverifiable, and dropped only
 // with removeUnverifiable. A layer that is not extracted is an error
 // wrapping blob.ErrNotFound. Safe for concurrent use; the walk runs
@@ -324,6 +417,16 @@ func (m *Materializer) Verify(ctx context.Context, d blob.Digest, removeUnverifi
 	switch {
 	case m.layers[d] != e:
 		// Evicted or replaced meanwhile: nothing of what was checked stays.
+	case e.leases > 0 && res.Status == LayerModified:
+		// Out of service at once, so no new caller gets it (the next
+		// Materialize extracts it again); its directory stays where the
+		// leases' mounts see it until the last lease goes.
+		var q string
+		if q, err = m.unindexLocked(e); err == nil {
+			e.quarantine = q
+			res.Removed = true
+		}
+		res.Leased = true
 	case e.leases > 0:
 		res.Leased = true
 	default:

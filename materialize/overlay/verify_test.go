@@ -164,16 +164,35 @@ func TestVerifyLeasedAndUnverifiable(t *testing.T) {
 	}
 	writeFile(t, filepath.Join(res.LowerDirs[0], "etc/passwd"), "changed")
 	chk, err := m.Verify(ctx, d, false)
-	if err != nil || chk.Status != LayerModified || chk.Removed || !chk.Leased {
-		t.Fatalf("Verify of a leased tampered layer = %+v, %v; want modified, leased, kept", chk, err)
+	if err != nil || chk.Status != LayerModified || !chk.Removed || !chk.Leased {
+		t.Fatalf("Verify of a leased tampered layer = %+v, %v; want modified, leased, out of service", chk, err)
+	}
+	// Out of service at once: no new caller gets the tampered directory,
+	// while the lease holder (its mount) still sees it.
+	if _, err := m.Verify(ctx, d, false); !errors.Is(err, blob.ErrNotFound) {
+		t.Fatalf("Verify of a layer out of service = %v, want ErrNotFound", err)
+	}
+	res2, err := m.Materialize(ctx, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(res2.LowerDirs[0], "etc/passwd")); err != nil || string(got) == "changed" {
+		t.Fatalf("a new caller got the tampered layer (%q, %v)", got, err)
+	}
+	res2.Lease.Release()
+	quarantined := func() int {
+		ents, _ := os.ReadDir(filepath.Join(root, "tmp"))
+		return len(ents)
+	}
+	if quarantined() == 0 {
+		t.Fatal("the leased tampered directory was removed under its lease")
 	}
 	res.Lease.Release()
-	if chk, err := m.Verify(ctx, d, false); err != nil || !chk.Removed {
-		t.Fatalf("Verify after the release = %+v, %v; want removed", chk, err)
+	m.Close() // waits for the removal the last release started
+	if n := quarantined(); n != 0 {
+		t.Fatalf("%d entries left in tmp/ after the last lease of the tampered layer went", n)
 	}
-	if _, err := m.Verify(ctx, d, false); !errors.Is(err, blob.ErrNotFound) {
-		t.Fatalf("Verify of a dropped layer = %v, want ErrNotFound", err)
-	}
+	m = newMaterializer(t, Config{Root: root})
 
 	// Extracted again; the manifest survives a reopen of the root.
 	res, err = m.Materialize(ctx, img)
