@@ -120,7 +120,7 @@ func (b *blobReader) resume() error {
 		resp.Body.Close()
 		return blobStatusError("GET blob "+string(b.d)+" (resume)", host, rname, resp)
 	}
-	b.c.m.resumes.WithLabelValues(host).Inc()
+	b.c.m.resumes.WithLabelValues(b.c.m.host(host)).Inc()
 	b.body = resp.Body
 	return nil
 }

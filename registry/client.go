@@ -89,7 +89,11 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := newMetrics(cfg.Metrics)
+	hosts, err := metricHosts(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Metrics, hosts)
 	if err != nil {
 		return nil, fmt.Errorf("registry: registering metrics: %w", err)
 	}
@@ -287,7 +291,7 @@ func (c *Client) fallback(repo Repository, ep endpoint, err error, timedOut bool
 	case errors.Is(err, ErrUnreachable):
 		reason = "unreachable"
 	}
-	c.m.fallbacks.WithLabelValues(repo.Registry(), ep.host(), reason).Inc()
+	c.m.fallbacks.WithLabelValues(c.m.host(repo.Registry()), c.m.host(ep.host()), reason).Inc()
 }
 
 func (c *Client) markBad(ep endpoint, d blob.Digest) {
@@ -480,7 +484,7 @@ func (c *Client) Blob(ctx context.Context, repo Repository, d blob.Digest, size 
 	eps := c.endpoints(repo, auth)
 	for i, ep := range eps {
 		if ep.mirror && c.isBad(ep, d) {
-			c.m.fallbacks.WithLabelValues(repo.Registry(), ep.host(), "bad_content").Inc()
+			c.m.fallbacks.WithLabelValues(c.m.host(repo.Registry()), c.m.host(ep.host()), "bad_content").Inc()
 			continue
 		}
 		rc, timedOut, err := c.openBlob(ctx, ep, eps[i+1:], repo, d, size)

@@ -34,7 +34,7 @@ func TestResolveManifestBlobInProcess(t *testing.T) {
 	var cnt registrytest.Counter
 	host := registrytest.InProcess(t, cnt.Wrap)
 	p := pushImage(t, host, "app/one:v1", 4096)
-	r := newClient(t, nil)
+	r := newClient(t, func(c *registry.Config) { c.MetricHosts = []string{host} })
 	ctx := context.Background()
 	cnt.Reset()
 

@@ -114,6 +114,13 @@ type Config struct {
 
 	// Metrics, if not nil, receives the client's Prometheus collectors.
 	Metrics prometheus.Registerer
+	// MetricHosts are hosts ("host[:port]") that label the metrics by
+	// name, besides the registries named in Mirrors and their mirrors'
+	// endpoints (Docker Hub's aliases count as one). Requests to any other
+	// host, including token servers and the storage a registry redirects
+	// to, are labelled OtherHost: a caller chooses the hosts it fetches
+	// from, and must not be able to add metric series without bound.
+	MetricHosts []string
 
 	// Sleep waits between retries; nil uses a timer. Tests inject one to
 	// count and record waits instead of sleeping. It must return ctx.Err()

@@ -247,7 +247,7 @@ func TestHostileRegistries(t *testing.T) {
 			h := newHostileRegistry(t, tc.target, tc.how)
 			h.token, h.pingStatus = tc.token, tc.pingStatus
 			blobSize = int64(len(h.layer))
-			r := newClient(t, hostileConfig)
+			r := newClient(t, func(c *registry.Config) { hostileConfig(c); c.MetricHosts = []string{h.host} })
 			ctx, cancel := context.WithTimeout(context.Background(), sanityDeadline)
 			defer cancel()
 			ref := mustRef(t, h.host+"/app:v1")

@@ -50,7 +50,7 @@ func (t *progressTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		rc:      resp.Body,
 		cancel:  cancel,
 		what:    describeRequest(req),
-		host:    req.URL.Host,
+		host:    t.m.host(req.URL.Host),
 		idle:    t.cfg.IdleTimeout,
 		minRate: t.cfg.MinRate,
 		window:  t.cfg.MinRateWindow,

@@ -71,7 +71,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if !haveWait {
 			wait = backoff(t.cfg.BaseDelay, t.cfg.MaxDelay, attempt)
 		}
-		t.m.retries.WithLabelValues(req.URL.Host, reason).Inc()
+		t.m.retries.WithLabelValues(t.m.host(req.URL.Host), reason).Inc()
 		if serr := t.cfg.Sleep(req.Context(), wait); serr != nil {
 			return nil, serr
 		}

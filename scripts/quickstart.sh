@@ -34,11 +34,11 @@ blobctl materialize "$ref" --format overlay
 if [ "$(id -u)" = 0 ]; then
 	mnt="$out/mnt"
 	mkdir -p "$mnt"
-	mountpoint -q "$mnt" && umount "$mnt"
+	mountpoint -q "$mnt" && { "$out/blobctl" unmount "$mnt" 2>/dev/null || umount "$mnt"; }
 	blobctl materialize "$ref" --format overlay --mount "$mnt" >/dev/null
 	echo "== the merged read-only view at $mnt:"
 	ls "$mnt"
-	umount "$mnt"
+	blobctl unmount "$mnt"
 fi
 echo "== what the tiers hold"
 blobctl du

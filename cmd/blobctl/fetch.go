@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/fetcher"
 	"github.com/strata-oci/strata/materialize/host"
 	"github.com/strata-oci/strata/registry/credential"
@@ -68,8 +69,8 @@ For each blob it prints its digest, the tier that served it ("registry" when it
 came from the registry), its size and, for layers, the read time (--quiet:
 only the summary). The downloads show their progress on stderr: bars when
 stderr is a terminal, one line per layer with --progress plain (for logs),
-nothing with --progress none. Through the admin socket of a process holding
-the root there is no byte progress.
+nothing with --progress none, also when another process holding the root
+does the work (it reports its progress over the admin socket).
 
 The summary names the platform the image is built for, from its config. When
 that is not the requested --platform (a reference to a single-platform image
@@ -169,15 +170,17 @@ func (a *app) fetch(ctx context.Context, w warmer, ref string, cred credential.C
 			}
 		}
 	}
-	if direct {
-		if !deferLines { // a spinner would run through the document lines
+	if !deferLines { // a spinner would run through the document lines
+		if direct {
 			prog.stepf("resolving %s", ref)
+		} else {
+			prog.stepf("resolving %s through the process holding the root", ref)
 		}
-		hooks.Reader = func(l *fetcher.Layer, source string, r io.Reader) io.Reader {
-			return prog.reader("download", l.Digest(), l.Size(), r)
-		}
-	} else {
-		prog.stepf("fetching %s through the process holding the root (it reports no progress)", ref)
+	}
+	// Through the admin socket, the holder reports how far its reads got
+	// and the same bars and lines show it.
+	hooks.Reader = func(d blob.Digest, size int64, source string, r io.Reader) io.Reader {
+		return prog.reader("download", d, size, r)
 	}
 	res, err := w.Warm(ctx, ref, cred, parallel, hooks)
 	prog.close()

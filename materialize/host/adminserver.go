@@ -35,7 +35,10 @@ import (
 //	POST /v1/gc                        -> GCResult
 //	GET  /v1/mounts                    -> []MountRecord
 //	POST /v1/mounts/release releaseMountRequest -> MountRecord
-//	POST /v1/warm     warmRequest      -> FetchResult (fetch and read every layer)
+//	POST /v1/warm     warmRequest      -> FetchResult (fetch and read every layer);
+//	                                      with "Accept: application/x-ndjson", a
+//	                                      stream of warm events, the result last
+//	                                      (see warmEvent)
 //	GET  /metrics                      -> Prometheus text exposition
 //
 // Errors are {"error": message, "kind": kind} with kind one of the errKind
@@ -193,6 +196,10 @@ func (a *adminServer) handler(h *Host) http.Handler {
 		cred, err := req.credential()
 		if err != nil {
 			writeError(w, err)
+			return
+		}
+		if wantsWarmEvents(r) {
+			serveWarmEvents(w, r, h, req, cred)
 			return
 		}
 		reply(w)(unpack(h.Warm(r.Context(), req.Image, cred, req.Parallel, nil)))

@@ -185,7 +185,15 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 			mirrors[reg] = append(mirrors[reg], registry.Mirror{Endpoint: m})
 		}
 	}
-	h.reg, err = registry.New(registry.Config{Mirrors: mirrors, AllowCIDRs: cfg.Registry.AllowCIDRs, MaxBlobSize: cfg.Registry.maxBlobSize(), Metrics: reg, UserAgent: "strata"})
+	// The registry metrics name the registries with mirrors or credentials
+	// configured ("*.domain" patterns name none); the rest are "other".
+	var metricHosts []string
+	for r := range cfg.Registry.Credentials {
+		if n, err := credential.NormalizeRegistry(r); err == nil {
+			metricHosts = append(metricHosts, n)
+		}
+	}
+	h.reg, err = registry.New(registry.Config{Mirrors: mirrors, AllowCIDRs: cfg.Registry.AllowCIDRs, MaxBlobSize: cfg.Registry.maxBlobSize(), Metrics: reg, MetricHosts: metricHosts, UserAgent: "strata"})
 	if err != nil {
 		return nil, fmt.Errorf("host: registry: %w", err)
 	}
@@ -220,6 +228,11 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 	h.ext4, err = ext4.New(ext4.Config{Store: h.stack, LocalStore: localStore, WorkDir: cfg.Ext4.WorkDir, FreeBytes: int64(cfg.Ext4.FreeBytes), FreeInodes: cfg.Ext4.FreeInodes, Budget: int64(cfg.Ext4.Budget), SigningKey: signingKey, Registerer: reg})
 	if err != nil {
 		return nil, fmt.Errorf("host: ext4: %w", err)
+	}
+	if reg != nil {
+		if err := reg.Register(usageCollector{h: h}); err != nil {
+			return nil, fmt.Errorf("host: metrics: %w", err)
+		}
 	}
 	if !cfg.Inspect {
 		// Best effort: a root on a full filesystem still opens, keeping

@@ -2,9 +2,12 @@ package host
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"mime"
+	"net/http"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -36,15 +39,19 @@ type FetchResult struct {
 	Seconds   float64       `json:"seconds"`
 }
 
-// WarmHooks let a caller watch Warm (progress bars). Both may be nil; they
-// are called from several goroutines at once.
+// WarmHooks let a caller watch Warm (progress bars). Any may be nil; Host
+// calls them from several goroutines at once, Client from one.
 type WarmHooks struct {
 	// Documents is called once with the records of the index, manifest and
 	// config, before any layer is read.
 	Documents func([]FetchRecord)
-	// Reader wraps the reader of a layer served by source (for progress).
-	Reader func(l *fetcher.Layer, source string, r io.Reader) io.Reader
-	// Layer is called when a layer has been read, or failed.
+	// Reader wraps the reader of layer d (size bytes) served by source, for
+	// progress; it is called again if the layer is read again. Through a
+	// Client, the reader it wraps yields zero bytes as the holder of the
+	// root reads the layer (only the counts are real), then io.EOF.
+	Reader func(d blob.Digest, size int64, source string, r io.Reader) io.Reader
+	// Layer is called when a layer has been read, or failed. Through a
+	// Client, l is nil.
 	Layer func(l *fetcher.Layer, rec FetchRecord, err error)
 }
 
@@ -133,7 +140,7 @@ func warmLayerOnce(ctx context.Context, l *fetcher.Layer, hooks *WarmHooks) (Fet
 	defer rc.Close()
 	var r io.Reader = rc
 	if hooks.Reader != nil {
-		r = hooks.Reader(l, info.Tier, rc)
+		r = hooks.Reader(l.Digest(), l.Size(), info.Tier, rc)
 	}
 	n, err := blob.Copy(io.Discard, r, l.Digest(), l.Size())
 	if err != nil {
@@ -166,8 +173,10 @@ func (w warmRequest) credential() (credential.Credential, error) {
 	return credential.Basic("", w.Username, w.Password), nil
 }
 
-// Warm asks the holder of the root to warm ref (see Host.Warm). Hooks are
-// called after the holder answered: Documents once, then Layer per layer.
+// Warm asks the holder of the root to warm ref (see Host.Warm), and calls
+// hooks as the holder reports its progress. A holder that does not report
+// progress (an older version) answers only at the end: then Documents is
+// called once and Layer per layer, after the fact, and Reader never.
 func (c *Client) Warm(ctx context.Context, ref string, cred credential.Credential, parallel int, hooks *WarmHooks) (*FetchResult, error) {
 	req := warmRequest{Image: ref, Parallel: parallel}
 	if !cred.IsAnonymous() {
@@ -177,9 +186,25 @@ func (c *Client) Warm(ctx context.Context, ref string, cred credential.Credentia
 		}
 		req.Username, req.Password, req.IdentityToken, req.RegistryToken = ac.Username, ac.Password, ac.IdentityToken, ac.RegistryToken
 	}
-	var res FetchResult
-	if err := c.do(ctx, "POST", "/v1/warm", req, &res); err != nil {
+	resp, err := c.sendAccept(ctx, http.MethodPost, "/v1/warm", req, warmEventsType)
+	if err != nil {
 		return nil, err
+	}
+	defer resp.Body.Close()
+	if t, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); t == warmEventsType {
+		res, err := readWarmEvents(resp.Body, hooks)
+		var re *remoteError
+		if err != nil && !errors.As(err, &re) {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("admin endpoint of %s: %w", c.root, ctx.Err())
+			}
+			return nil, fmt.Errorf("admin endpoint of %s: %w: %v", c.root, blob.ErrUnavailable, err)
+		}
+		return res, err
+	}
+	var res FetchResult
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+		return nil, fmt.Errorf("admin endpoint /v1/warm: bad answer: %w", err)
 	}
 	if hooks != nil {
 		var docs []FetchRecord
