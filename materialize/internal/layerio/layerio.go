@@ -101,8 +101,11 @@ const (
 // The returned reader yields io.EOF only after the whole blob has been read
 // from l (so a verifying reader under it has checked the digest): when the
 // decompressor ends, the rest of the blob is read and must be empty. Errors
-// name the layer digest. The caller closes the reader, which closes the
-// blob reader. Cancelling ctx fails later reads if l honours it.
+// name the layer digest. A compression header that does not decode fails
+// Open only after the rest of the blob was read, as Settle does: with an
+// error wrapping the *blob.MismatchError when the bytes were not the blob's.
+// The caller closes the reader, which closes the blob reader. Cancelling
+// ctx fails later reads if l honours it.
 func Open(ctx context.Context, l materialize.Layer, lim Limits) (io.ReadCloser, error) {
 	c, err := CompressionOf(l.MediaType())
 	if err != nil {
@@ -114,7 +117,13 @@ func Open(ctx context.Context, l materialize.Layer, lim Limits) (io.ReadCloser, 
 	}
 	d, err := Decompress(rc, c, lim)
 	if err != nil {
-		rc.Close()
+		defer rc.Close()
+		if ctx.Err() == nil && MaySettle(err) {
+			// A bad compression header may be a rotten cached copy's
+			// first bytes: read the rest of the blob to tell (see Settle).
+			_, rerr := io.Copy(io.Discard, rc)
+			return nil, verdict(string(l.Digest()), fmt.Errorf("layer %s: %w", l.Digest(), err), rerr)
+		}
 		return nil, fmt.Errorf("layer %s: %w", l.Digest(), err)
 	}
 	n := &named{ReadCloser: d, name: string(l.Digest())}
