@@ -2,6 +2,7 @@ package blob
 
 import (
 	"crypto/sha256"
+	"encoding"
 	"errors"
 	"hash"
 	"io"
@@ -23,6 +24,9 @@ import (
 // bytes through and checks their count, but does not hash them again (a
 // blob crossing a stack of tiers would otherwise be hashed once per hop).
 //
+// A Verifier is a PrefixHasher: it can tell the hash of the bytes it has
+// passed through so far (when it trusts its reader, if that reader can).
+//
 // A Verifier is not safe for concurrent Reads (no io.Reader is).
 type Verifier struct {
 	r          io.Reader
@@ -30,8 +34,9 @@ type Verifier struct {
 	want       Digest
 	size       int64
 	h          hash.Hash // nil when r is trusted (see VerifiedReader)
-	n          int64
-	err        error // sticky terminal error (io.EOF after success)
+	n          int64     // bytes read from r
+	dropped    int64     // of them, not passed on (the overlong read)
+	err        error     // sticky terminal error (io.EOF after success)
 	onMismatch func(error)
 	closeOnce  sync.Once
 	closeErr   error
@@ -101,13 +106,17 @@ func (v *Verifier) Read(p []byte) (int, error) {
 	}
 	n, err := v.r.Read(p)
 	if n > 0 {
+		if v.size >= 0 && int64(n) > v.size-v.n {
+			// Overlong: these bytes are not passed on, so they are not
+			// hashed either (the hash is of the bytes passed on).
+			v.n += int64(n)
+			v.dropped = int64(n)
+			return 0, v.fail(&MismatchError{Want: v.want, WantSize: v.size, GotSize: v.n})
+		}
 		if v.h != nil {
 			v.h.Write(p[:n])
 		}
 		v.n += int64(n)
-		if v.size >= 0 && v.n > v.size {
-			return 0, v.fail(&MismatchError{Want: v.want, WantSize: v.size, GotSize: v.n})
-		}
 	}
 	if err == io.EOF {
 		if verr := v.check(); verr != nil {
@@ -147,6 +156,76 @@ func (v *Verifier) fail(err error) error {
 		v.onMismatch(err)
 	}
 	return err
+}
+
+// PrefixHasher is a reader that can tell the sha256 state of the bytes it
+// has yielded so far. A stream that reads a VerifiedReader and must, after
+// it failed, check another copy against the bytes already delivered asks
+// it instead of hashing every byte a second time.
+//
+// Implement it only with that guarantee, and in a wrapper only by
+// forwarding to a PrefixHasher whose bytes it passes through unchanged
+// (PrefixStateOf).
+type PrefixHasher interface {
+	// PrefixState returns a sha256 hash holding exactly the first n bytes
+	// the reader has yielded so far, and n. The hash is a copy the caller
+	// owns (writing to it changes nothing in the reader). It returns nil,
+	// 0 when the reader cannot tell. It may be called after the reader
+	// failed, not concurrently with Read.
+	PrefixState() (h hash.Hash, n int64)
+}
+
+// PrefixStateOf returns r's PrefixState when r is a PrefixHasher, and
+// nil, 0 otherwise.
+func PrefixStateOf(r io.Reader) (hash.Hash, int64) {
+	if ph, ok := r.(PrefixHasher); ok {
+		return ph.PrefixState()
+	}
+	return nil, 0
+}
+
+// PrefixState implements PrefixHasher: the hash of the bytes passed
+// through so far. A Verifier that trusts its reader (see NewVerifier)
+// hashes nothing itself: it forwards the reader's PrefixState, and returns
+// nil when the reader is no PrefixHasher or yielded other bytes than were
+// passed on (an overlong stream).
+func (v *Verifier) PrefixState() (hash.Hash, int64) {
+	n := v.n - v.dropped
+	if v.h == nil {
+		h, in := PrefixStateOf(v.r)
+		if h == nil || in != n {
+			return nil, 0
+		}
+		return h, n
+	}
+	h := cloneHash(v.h)
+	if h == nil {
+		return nil, 0
+	}
+	return h, n
+}
+
+// cloneHash returns an independent copy of h, or nil when h cannot be
+// copied.
+func cloneHash(h hash.Hash) hash.Hash {
+	if c, ok := h.(hash.Cloner); ok {
+		if cl, err := c.Clone(); err == nil {
+			return cl
+		}
+	}
+	m, ok := h.(encoding.BinaryMarshaler)
+	if !ok {
+		return nil
+	}
+	state, err := m.MarshalBinary()
+	if err != nil {
+		return nil
+	}
+	out := sha256.New()
+	if err := out.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
+		return nil
+	}
+	return out
 }
 
 // Verified reports whether the whole content has been read and matched.

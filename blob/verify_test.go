@@ -2,6 +2,7 @@ package blob_test
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"math"
@@ -139,6 +140,13 @@ func FuzzVerifier(f *testing.F) {
 		}
 		if !bytes.HasPrefix(data, got) {
 			t.Fatalf("passed %d bytes through that are not a prefix of the source", len(got))
+		}
+		if h, k := v.PrefixState(); trusted {
+			if h != nil {
+				t.Fatalf("a Verifier trusting a reader without a prefix state gave one")
+			}
+		} else if want := sha256.Sum256(got); h == nil || k != int64(len(got)) || !bytes.Equal(h.Sum(nil), want[:]) {
+			t.Fatalf("PrefixState = %v, %d; want the hash of the %d bytes passed through", h, k, len(got))
 		}
 		sizeOK := size < 0 || size == int64(len(data))
 		// A trusted source checks the digest itself (claims does not).

@@ -17,20 +17,30 @@ import (
 // from one source (a tier of the view, or its source) and, when that source
 // fails mid-stream, continues from the next one in the same read.
 //
-// It hashes every byte it delivers and returns io.EOF only after exactly
-// size bytes hashing to d were delivered, so it is a blob.VerifiedReader of
-// d whatever its sources are. (Bytes from a trusted tier, Entry.Trusted,
-// are not hashed: while every byte came from one, the end checks the size
-// only; when one breaks after k bytes, the next source's first k bytes are
-// hashed instead of compared, so the end verifies that source's whole
-// copy.) When source A fails after k bytes were
-// delivered, the next source B is opened and its first k bytes are read and
-// hashed: only if they hash like A's delivered prefix does the stream go on
-// with B's remaining bytes (into the same running hash, which the end
-// checks); otherwise the read fails with an error wrapping blob.ErrMismatch
-// (the caller was handed bytes that B does not hold, and never gets an
-// io.EOF for them). When A fails after delivering size bytes, those bytes
-// are the blob or they are not: no other source is asked.
+// It returns io.EOF only after exactly size bytes hashing to d were
+// delivered, so it is a blob.VerifiedReader of d whatever its sources are.
+// Each byte is hashed once, by whoever checks it (see check):
+//   - a source whose reader verifies itself (a blob.VerifiedReader of d and
+//     size that is also a blob.PrefixHasher: the disk and REAPI tiers') is
+//     not hashed again: its io.EOF is the check, and when it fails after k
+//     bytes its PrefixState is the hash of the k bytes delivered;
+//   - bytes from a trusted tier (Entry.Trusted) are not hashed: while every
+//     byte came from one, the end checks the size only;
+//   - any other source is hashed as it is delivered, and the end checks
+//     the hash.
+//
+// When source A fails after k bytes were delivered, the next source B is
+// opened and its first k bytes are read and hashed (by B itself when it
+// verifies itself): only if they hash like A's delivered prefix does the
+// stream go on with B's remaining bytes, so the bytes delivered are B's
+// from its first byte on, which B (or the running hash, continued from B's
+// first k bytes) verifies at the end; otherwise the read fails with an
+// error wrapping blob.ErrMismatch (the caller was handed bytes that B does
+// not hold, and never gets an io.EOF for them). A prefix from a trusted
+// tier is the blob's: B is not compared with it, but verified from its
+// first byte. When A fails after delivering size bytes, those bytes are the
+// blob or they are not: no other source is asked. When A verifies itself
+// but cannot tell the hash of the k bytes it delivered, the read fails.
 //
 // A source that served wrong bytes is marked bad in the stack (see
 // badCopies) and remembered in bad, for the owner of the stream to repair.
@@ -47,11 +57,9 @@ type failover struct {
 	rc   io.ReadCloser // cur's reader; nil once closed
 	next []*stackEntry // the sources still to try, in order
 
-	h hash.Hash // of the bytes delivered, while hashing
-	n int64     // bytes delivered
-	// hashing is false while every byte delivered came from a trusted
-	// tier (Entry.Trusted): then nothing is hashed.
-	hashing bool
+	h     hash.Hash // of the bytes delivered, while check is checkHash
+	n     int64     // bytes delivered
+	check check     // who checks the bytes delivered
 
 	pend error // the current source's end (io.EOF or its error), acted on at the next Read
 	err  error // sticky: io.EOF after success, or the error that ended the read
@@ -67,10 +75,48 @@ type failover struct {
 	noResume bool
 }
 
+// check says who checks the bytes a failover delivers.
+type check uint8
+
+const (
+	// checkHash: the failover hashes them (h), and checks the hash at the
+	// end.
+	checkHash check = iota
+	// checkTrusted: every byte delivered came from a trusted tier: the end
+	// checks the size only.
+	checkTrusted
+	// checkSource: the bytes delivered are the current source's from its
+	// first byte on (or were proven to hash like them), and its reader
+	// verifies them (selfVerifying): its io.EOF is the check.
+	checkSource
+)
+
 // newFailover returns the stream of d from cur (whose reader is rc and
 // whose Info said size), failing over to next in order.
 func (s *Stack) newFailover(ctx context.Context, d blob.Digest, size int64, cur *stackEntry, rc io.ReadCloser, next []*stackEntry) *failover {
-	return &failover{s: s, ctx: ctx, d: d, size: size, cur: cur, rc: rc, next: next, h: sha256.New(), hashing: !cur.Trusted}
+	f := &failover{s: s, ctx: ctx, d: d, size: size, cur: cur, rc: rc, next: next}
+	switch {
+	case cur.Trusted:
+		f.check = checkTrusted
+	case f.selfVerifying(rc):
+		f.check = checkSource
+	default:
+		f.h = sha256.New()
+	}
+	return f
+}
+
+// selfVerifying reports whether rc, just opened, verifies d itself (a
+// blob.VerifiedReader of d and f's size, or of d when f's size is unknown)
+// and can tell the hash of what it yields (a blob.PrefixHasher that
+// answers).
+func (f *failover) selfVerifying(rc io.Reader) bool {
+	vd, vn := blob.VerifiedBlobOf(rc)
+	if f.d == "" || vd != f.d || (vn != f.size && f.size >= 0) {
+		return false
+	}
+	h, n := blob.PrefixStateOf(rc)
+	return h != nil && n == 0
 }
 
 // openFrom opens d from the first of ents that holds it (skipping tiers
@@ -132,7 +178,7 @@ func (f *failover) Read(p []byte) (int, error) {
 			n = int(f.size - f.n) // deliver the blob's bytes only
 		}
 		if n > 0 {
-			if f.hashing {
+			if f.check == checkHash {
 				f.h.Write(p[:n])
 			}
 			f.n += int64(n)
@@ -146,14 +192,31 @@ func (f *failover) Read(p []byte) (int, error) {
 	}
 }
 
-// sum reports whether the bytes delivered are the blob (or, when they all
-// came from a trusted tier, have its size).
+// sum reports, at the current source's io.EOF, whether the bytes delivered
+// are the blob (or, when they all came from a trusted tier, have its size;
+// or, when the source verifies itself, have its size: its io.EOF says they
+// are the blob).
 func (f *failover) sum() (blob.Digest, bool) {
-	if !f.hashing {
+	if f.check != checkHash {
 		return f.d, f.size < 0 || f.n == f.size
 	}
 	got := blob.NewDigestFromHash(f.h)
 	return got, got == f.d && (f.size < 0 || f.n == f.size)
+}
+
+// deliveredHash returns the hash of the bytes delivered, from the current
+// source (which must not be closed yet) when it checks them itself, or nil
+// when it is unknown (trusted bytes, or a source that cannot tell).
+func (f *failover) deliveredHash() hash.Hash {
+	switch f.check {
+	case checkHash:
+		return f.h
+	case checkSource:
+		if h, n := blob.PrefixStateOf(f.rc); h != nil && n == f.n {
+			return h
+		}
+	}
+	return nil
 }
 
 // recover acts on the current source's end: it verifies at io.EOF, or moves
@@ -177,11 +240,14 @@ func (f *failover) recover() error {
 	if err := f.ctx.Err(); err != nil {
 		return f.wrap(failed, err)
 	}
+	// The hash of what was delivered, asked of the source before it is
+	// closed.
+	prefix := f.deliveredHash()
 	f.closeSource()
 	f.noteFailure(failed, srcErr, false)
 	if f.size >= 0 && f.n == f.size {
 		// Every byte was delivered: they are the blob or they are not.
-		if _, ok := f.sum(); ok {
+		if f.check == checkTrusted || (prefix != nil && blob.NewDigestFromHash(prefix) == f.d) {
 			f.succeed()
 			return nil
 		}
@@ -190,9 +256,14 @@ func (f *failover) recover() error {
 	if f.noResume {
 		return f.wrap(failed, srcErr)
 	}
-	var prefix []byte
-	if f.n > 0 && f.hashing {
-		prefix = f.h.Sum(nil)
+	if f.n > 0 && f.check != checkTrusted && prefix == nil {
+		// The source verified itself but cannot tell what it delivered:
+		// nothing to compare another copy with.
+		return f.wrap(failed, srcErr)
+	}
+	var prefixSum []byte
+	if prefix != nil {
+		prefixSum = prefix.Sum(nil)
 	}
 	for len(f.next) > 0 {
 		e := f.next[0]
@@ -214,12 +285,17 @@ func (f *failover) recover() error {
 			f.tried = append(f.tried, fmt.Sprintf("%s (holds %d bytes, want %d)", e.name, info.Size, f.size))
 			continue
 		}
-		if f.n > 0 && !f.hashing {
-			// The prefix came from a trusted tier: it is the blob's.
-			// Hash e's copy from its first byte, so the end verifies
-			// e's whole copy.
-			f.h.Reset()
-			if _, err := io.CopyN(f.h, rc, f.n); err != nil {
+		// e's first f.n bytes, hashed by e itself when it verifies itself
+		// (it checks them again at its end), else here.
+		self := f.selfVerifying(rc)
+		var hb hash.Hash
+		if f.n > 0 {
+			var sink io.Writer = io.Discard
+			if !self {
+				hb = sha256.New()
+				sink = hb
+			}
+			if _, err := io.CopyN(sink, rc, f.n); err != nil {
 				rc.Close()
 				if cerr := f.ctx.Err(); cerr != nil {
 					return f.wrap(failed, cerr)
@@ -227,18 +303,18 @@ func (f *failover) recover() error {
 				f.noteFailure(e, err, true)
 				continue
 			}
-			f.hashing = true
-		} else if f.n > 0 {
-			hb := sha256.New()
-			if _, err := io.CopyN(hb, rc, f.n); err != nil {
-				rc.Close()
-				if cerr := f.ctx.Err(); cerr != nil {
-					return f.wrap(failed, cerr)
+			if self && prefixSum != nil {
+				var n int64
+				if hb, n = blob.PrefixStateOf(rc); hb == nil || n != f.n {
+					rc.Close()
+					f.tried = append(f.tried, e.name+" (cannot tell the hash of its first bytes)")
+					continue
 				}
-				f.noteFailure(e, err, true)
-				continue
 			}
-			if !bytes.Equal(hb.Sum(nil), prefix) {
+			// A prefix from a trusted tier is the blob's: e's own copy is
+			// verified from its first byte instead (by e itself, or by
+			// hashing it on from hb).
+			if prefixSum != nil && !bytes.Equal(hb.Sum(nil), prefixSum) {
 				rc.Close()
 				return fmt.Errorf("stack %q: read %s: %w: the first %d bytes, served by tier %q before it failed (%v), differ from tier %q's copy",
 					f.s.root.name, f.d, blob.ErrMismatch, f.n, failed.name, srcErr, e.name)
@@ -248,7 +324,14 @@ func (f *failover) recover() error {
 		f.s.root.log.Warn("tier failed mid-read; continuing from the next source",
 			"stack", f.s.root.name, "digest", string(f.d), "tier", failed.name, "offset", f.n, "next", e.name, "err", srcErr)
 		f.cur, f.rc = e, rc
-		f.hashing = true
+		if self {
+			f.check, f.h = checkSource, nil
+		} else {
+			if hb == nil {
+				hb = sha256.New()
+			}
+			f.check, f.h = checkHash, hb
+		}
 		return nil
 	}
 	return f.wrap(failed, srcErr)

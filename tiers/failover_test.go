@@ -139,7 +139,12 @@ func TestStackFailover(t *testing.T) {
 				}
 			}
 			if tt.bad {
-				waitFor(t, "the bad copy to be repaired", func() bool { return !fs.tier(tt.at).Faulted(d) })
+				// A repair by Delete and Put clears the fault at the Delete:
+				// wait for the repair to be counted too.
+				waitFor(t, "the bad copy to be repaired", func() bool {
+					return !fs.tier(tt.at).Faulted(d) &&
+						metricValue(t, fs.reg, tiers.MetricRepairs, map[string]string{"tier": tt.at}) > 0
+				})
 				if n := metricValue(t, fs.reg, tiers.MetricBadCopies, map[string]string{"tier": tt.at}); n != 1 {
 					t.Errorf("%s{tier=%s} = %v, want 1", tiers.MetricBadCopies, tt.at, n)
 				}

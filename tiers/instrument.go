@@ -3,6 +3,7 @@ package tiers
 import (
 	"context"
 	"errors"
+	"hash"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -249,6 +250,10 @@ type countingReader struct {
 
 // VerifiedBlob implements blob.VerifiedReader when the tier's reader does.
 func (c *countingReader) VerifiedBlob() (blob.Digest, int64) { return blob.VerifiedBlobOf(c.rc) }
+
+// PrefixState implements blob.PrefixHasher when the tier's reader does
+// (Read and WriteTo pass its bytes through unchanged).
+func (c *countingReader) PrefixState() (hash.Hash, int64) { return blob.PrefixStateOf(c.rc) }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.rc.Read(p)

@@ -58,9 +58,11 @@ type StackConfig struct {
 // fails with a mismatch counts as that tier's miss.
 //
 // A broken tier does not fail a read that another source can serve. Every
-// reader Open returns hashes what it delivers (except from a Trusted tier)
-// and ends with io.EOF only after exactly the blob was delivered (it is a
-// blob.VerifiedReader, over any tier). When the tier serving it fails
+// reader Open returns hashes what it delivers (except from a Trusted tier,
+// or from a tier whose reader verifies itself and can tell the hash of what
+// it yielded: a blob.VerifiedReader and blob.PrefixHasher, as the disk and
+// REAPI tiers' are) and ends with io.EOF only after exactly the blob was
+// delivered (it is a blob.VerifiedReader, over any tier). When the tier serving it fails
 // mid-stream — an error, a reset, blob.ErrUnavailable from a tier's
 // progress timeout, wrong bytes shown at the end — the read goes on from
 // the next tier (or the view's source) in the same call: from the start if

@@ -147,8 +147,6 @@ type manifestEntry struct {
 	fields string // everything after the path
 }
 
-func (e manifestEntry) line() string { return strconv.Quote(e.path) + " " + e.fields }
-
 func parseManifestLine(line string) (manifestEntry, error) {
 	q, err := strconv.QuotedPrefix(line)
 	if err != nil || len(line) < len(q)+2 || line[len(q)] != ' ' {
@@ -161,22 +159,29 @@ func parseManifestLine(line string) (manifestEntry, error) {
 	return manifestEntry{path: p, fields: line[len(q)+1:]}, nil
 }
 
-// hashFunc returns the hex sha256 of the regular file at rel (with its
-// lstat st), or "" when its content cannot be read (permission).
-type hashFunc func(rel string, st *syscall.Stat_t) (string, error)
+// hashFunc appends to dst the hex sha256 of the regular file at rel (with
+// its lstat st), or nothing when its content cannot be read (permission).
+type hashFunc func(dst []byte, rel string, st *syscall.Stat_t) ([]byte, error)
 
-// walkLayer calls emit with the manifest entry of every entry of dir, in
-// walk order.
-func walkLayer(ctx context.Context, dir string, sum hashFunc, emit func(manifestEntry) error) error {
+// walkLayer calls emit with the path and the fields of the manifest entry
+// of every entry of dir, in walk order. fields is valid only during the
+// call.
+func walkLayer(ctx context.Context, dir string, sum hashFunc, emit func(path string, fields []byte) error) error {
+	dir = filepath.Clean(dir)
+	prefix := dir + string(filepath.Separator)
+	var fields []byte // reused from entry to entry
 	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		rel, rerr := filepath.Rel(dir, p)
-		if rerr != nil {
-			return rerr
+		rel, ok := strings.CutPrefix(p, prefix)
+		if !ok {
+			var rerr error
+			if rel, rerr = filepath.Rel(dir, p); rerr != nil {
+				return rerr
+			}
 		}
 		if err != nil {
 			if d != nil && d.IsDir() && errors.Is(err, fs.ErrPermission) {
 				// Entries of a directory this process may not list.
-				if err := emit(manifestEntry{path: rel + "/", fields: "!"}); err != nil {
+				if err := emit(rel+"/", []byte("!")); err != nil {
 					return err
 				}
 				return fs.SkipDir
@@ -186,54 +191,76 @@ func walkLayer(ctx context.Context, dir string, sum hashFunc, emit func(manifest
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
+		var st syscall.Stat_t
+		if err := syscall.Lstat(p, &st); err != nil {
+			return &os.PathError{Op: "lstat", Path: p, Err: err}
 		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return fmt.Errorf("%s: no stat", rel)
-		}
-		typ, size, rdev, hsum, link := "", "-", uint64(0), "-", ""
+		typ, rdev, link := byte('?'), uint64(0), ""
 		switch st.Mode & syscall.S_IFMT {
 		case syscall.S_IFDIR:
-			typ = "d"
+			typ = 'd'
 		case syscall.S_IFREG:
-			typ, size = "f", strconv.FormatInt(st.Size, 10)
-			s, err := sum(rel, st)
-			if err != nil {
-				return err
-			}
-			if s == "" {
-				s = "?"
-			}
-			hsum = s
+			typ = 'f'
 		case syscall.S_IFLNK:
-			typ = "l"
+			typ = 'l'
 			if link, err = os.Readlink(p); err != nil {
 				return err
 			}
 		case syscall.S_IFCHR:
-			typ, rdev = "c", uint64(st.Rdev)
+			typ, rdev = 'c', uint64(st.Rdev)
 		case syscall.S_IFBLK:
-			typ, rdev = "b", uint64(st.Rdev)
+			typ, rdev = 'b', uint64(st.Rdev)
 		case syscall.S_IFIFO:
-			typ = "p"
+			typ = 'p'
 		case syscall.S_IFSOCK:
-			typ = "s"
-		default:
-			typ = "?"
+			typ = 's'
 		}
-		xs, err := xattrDigest(p)
-		if err != nil {
+		// "type mode uid gid size rdev sha256 xattrs" (see manifestHeader).
+		fields = append(fields[:0], typ, ' ')
+		fields = strconv.AppendUint(fields, uint64(st.Mode&0o7777), 8)
+		fields = append(fields, ' ')
+		fields = strconv.AppendUint(fields, uint64(st.Uid), 10)
+		fields = append(fields, ' ')
+		fields = strconv.AppendUint(fields, uint64(st.Gid), 10)
+		fields = append(fields, ' ')
+		if typ == 'f' {
+			fields = strconv.AppendInt(fields, st.Size, 10)
+		} else {
+			fields = append(fields, '-')
+		}
+		fields = append(fields, ' ')
+		fields = strconv.AppendUint(fields, rdev, 10)
+		fields = append(fields, ' ')
+		if typ == 'f' {
+			n := len(fields)
+			if fields, err = sum(fields, rel, &st); err != nil {
+				return err
+			}
+			if len(fields) == n {
+				fields = append(fields, '?')
+			}
+		} else {
+			fields = append(fields, '-')
+		}
+		fields = append(fields, ' ')
+		if fields, err = appendXattrDigest(fields, p); err != nil {
 			return err
 		}
-		fields := fmt.Sprintf("%s %o %d %d %s %d %s %s", typ, st.Mode&0o7777, st.Uid, st.Gid, size, rdev, hsum, xs)
-		if typ == "l" {
-			fields += " " + strconv.Quote(link)
+		if typ == 'l' {
+			fields = append(fields, ' ')
+			fields = strconv.AppendQuote(fields, link)
 		}
-		return emit(manifestEntry{path: rel, fields: fields})
+		if rel == "" {
+			rel = "."
+		}
+		return emit(rel, fields)
 	})
+}
+
+// appendXattrDigest appends xattrDigest(p) to dst.
+func appendXattrDigest(dst []byte, p string) ([]byte, error) {
+	s, err := xattrDigest(p)
+	return append(dst, s...), err
 }
 
 // xattrDigest returns a digest of the extended attributes of p (not
@@ -301,15 +328,20 @@ func writeManifest(ctx context.Context, dir string, sums fileSums, path string) 
 	}()
 	w := bufio.NewWriterSize(f, 64<<10)
 	fmt.Fprintln(w, manifestHeader)
-	sum := func(rel string, st *syscall.Stat_t) (string, error) {
+	sum := func(dst []byte, rel string, st *syscall.Stat_t) ([]byte, error) {
 		s, ok := sums[fileID{uint64(st.Dev), st.Ino}]
 		if !ok {
-			return "", fmt.Errorf("manifest: %s: no digest recorded", rel)
+			return dst, fmt.Errorf("manifest: %s: no digest recorded", rel)
 		}
-		return hex.EncodeToString(s[:]), nil
+		return hex.AppendEncode(dst, s[:]), nil
 	}
-	err = walkLayer(ctx, dir, sum, func(e manifestEntry) error {
-		_, err := fmt.Fprintln(w, e.line())
+	var line []byte // reused from entry to entry
+	err = walkLayer(ctx, dir, sum, func(path string, fields []byte) error {
+		line = strconv.AppendQuote(line[:0], path)
+		line = append(line, ' ')
+		line = append(line, fields...)
+		line = append(line, '\n')
+		_, err := w.Write(line)
 		return err
 	})
 	if err != nil {
@@ -497,26 +529,26 @@ func compareManifest(ctx context.Context, dir, path string) (diffs []string, unr
 	}
 	defer unix.Close(root)
 	buf := make([]byte, 256<<10)
-	sum := func(rel string, st *syscall.Stat_t) (string, error) {
+	sum := func(dst []byte, rel string, st *syscall.Stat_t) ([]byte, error) {
 		s, err := hashBeneath(root, rel, st, buf)
 		if errors.Is(err, unix.EACCES) {
 			unreadable++
-			return "", nil
+			return dst, nil
 		}
-		return s, err
+		return append(dst, s...), err
 	}
-	err = walkLayer(ctx, dir, sum, func(got manifestEntry) error {
-		for next != nil && walkBefore(next.path, got.path) {
+	err = walkLayer(ctx, dir, sum, func(path string, fields []byte) error {
+		for next != nil && walkBefore(next.path, path) {
 			note("removed %s", next.path)
 			advance()
 		}
-		if next == nil || next.path != got.path {
-			note("added %s", got.path)
+		if next == nil || next.path != path {
+			note("added %s", path)
 			return nil
 		}
-		if want := next.fields; want != got.fields {
-			if what := fieldDiff(want, got.fields); what != "" {
-				note("modified %s: %s", got.path, what)
+		if want := next.fields; want != string(fields) {
+			if what := fieldDiff(want, string(fields)); what != "" {
+				note("modified %s: %s", path, what)
 			}
 		}
 		advance()

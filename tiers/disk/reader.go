@@ -3,6 +3,7 @@ package disk
 import (
 	"context"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 
@@ -41,6 +42,10 @@ func (r *reader) Read(p []byte) (int, error) {
 
 // VerifiedBlob implements blob.VerifiedReader.
 func (r *reader) VerifiedBlob() (blob.Digest, int64) { return r.v.VerifiedBlob() }
+
+// PrefixState implements blob.PrefixHasher (Read passes the verifier's
+// bytes through unchanged).
+func (r *reader) PrefixState() (hash.Hash, int64) { return r.v.PrefixState() }
 
 // WriteTo implements io.WriterTo so io.Copy streams in large chunks.
 func (r *reader) WriteTo(w io.Writer) (int64, error) {

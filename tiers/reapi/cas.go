@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
@@ -166,6 +167,10 @@ type blobReader struct {
 
 // VerifiedBlob implements blob.VerifiedReader.
 func (r *blobReader) VerifiedBlob() (blob.Digest, int64) { return r.v.VerifiedBlob() }
+
+// PrefixState implements blob.PrefixHasher (Read passes the verifier's
+// bytes through unchanged).
+func (r *blobReader) PrefixState() (hash.Hash, int64) { return r.v.PrefixState() }
 
 func (r *blobReader) Read(p []byte) (int, error) {
 	n, err := r.v.Read(p)
