@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"mime"
 	"net"
@@ -565,3 +566,7 @@ func (s *blobStream) Close() error { return s.v.Close() }
 
 // VerifiedBlob implements blob.VerifiedReader.
 func (s *blobStream) VerifiedBlob() (blob.Digest, int64) { return s.v.VerifiedBlob() }
+
+// PrefixState implements blob.PrefixHasher: a stack reading this stream
+// need not hash it again.
+func (s *blobStream) PrefixState() (hash.Hash, int64) { return s.v.PrefixState() }
