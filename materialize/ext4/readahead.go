@@ -15,6 +15,19 @@ const (
 	readaheadDepth = 4
 )
 
+// chunkPool recycles read-ahead chunks across layers and conversions: an
+// image of hundreds of small layers would otherwise leave a few MiB of
+// garbage per layer for the collector to catch up with.
+var chunkPool = sync.Pool{New: func() any { return new([readaheadChunk]byte) }}
+
+func getChunk() []byte { return chunkPool.Get().(*[readaheadChunk]byte)[:] }
+
+func putChunk(b []byte) {
+	if cap(b) == readaheadChunk {
+		chunkPool.Put((*[readaheadChunk]byte)(b[:readaheadChunk]))
+	}
+}
+
 // readahead reads a stream in its own goroutine, at most readaheadDepth
 // chunks of readaheadChunk bytes ahead of its consumer, so that
 // decompressing one layer overlaps with flattening and writing the previous
@@ -82,7 +95,7 @@ func (r *readahead) produce(ctx context.Context, open func(context.Context) (io.
 		select {
 		case b = <-r.free:
 		default:
-			b = make([]byte, readaheadChunk)
+			b = getChunk()
 		}
 		n, err := io.ReadFull(rc, b[:cap(b)])
 		if n > 0 {
@@ -113,6 +126,7 @@ func (r *readahead) Read(p []byte) (int, error) {
 			select {
 			case r.free <- r.buf[:cap(r.buf)]:
 			default:
+				putChunk(r.buf)
 			}
 			r.buf = nil
 		}
@@ -192,16 +206,21 @@ func (r *readahead) dispose() {
 
 // release waits for the producer to end and drops every buffer.
 func (r *readahead) release() {
-	for range r.chunks {
+	for b := range r.chunks {
+		putChunk(b)
 	}
 	<-r.done
 	for {
 		select {
-		case <-r.free:
+		case b := <-r.free:
+			putChunk(b)
 			continue
 		default:
 		}
 		break
+	}
+	if r.buf != nil {
+		putChunk(r.buf)
 	}
 	r.cur, r.buf = nil, nil
 }
