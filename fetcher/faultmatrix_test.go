@@ -6,38 +6,20 @@ import (
 	"errors"
 	"io"
 	"os"
-	"path/filepath"
 	"testing"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/fetcher"
+	"github.com/strata-oci/strata/internal/faulttest"
 	"github.com/strata-oci/strata/internal/reapitest"
 	"github.com/strata-oci/strata/internal/registrytest"
-	"github.com/strata-oci/strata/registry"
 	"github.com/strata-oci/strata/tiers"
-	"github.com/strata-oci/strata/tiers/disk"
-	"github.com/strata-oci/strata/tiers/memory"
-	"github.com/strata-oci/strata/tiers/reapi"
 	"github.com/strata-oci/strata/tiers/tiertest"
 )
 
-// faultEnv is the tier stack a host builds (memory over disk over a shared
-// REAPI tier) with the registry as the last source: the memory tier behind
-// a fault-injecting wrapper, the REAPI server behind reapitest's fault
-// injector, the in-process registry behind registrytest's proxy.
+// faultEnv is faulttest's stack (the tiers a host builds, each behind a
+// fault injector, the registry last) holding a private image.
 type faultEnv struct {
-	reg    *prometheus.Registry
-	mem    *tiertest.Faulty
-	disk   *disk.Tier
-	root   string
-	remote *reapi.Tier
-	srv    *reapitest.Server
-	proxy  *registrytest.Proxy
-	stack  *tiers.Stack
-	f      *fetcher.Fetcher
+	*faulttest.Stack
 	ref    string
 	layers [][]byte
 }
@@ -51,63 +33,18 @@ const (
 func newFaultEnv(t *testing.T) *faultEnv {
 	t.Helper()
 	ctx := context.Background()
-	e := &faultEnv{reg: prometheus.NewRegistry(), root: t.TempDir()}
-	mt := memory.New(memory.Config{Name: "memory"})
-	e.mem = tiertest.NewFaulty(mt)
-	var err error
-	if e.disk, err = disk.Open(disk.Config{Root: e.root, Name: "disk"}); err != nil {
-		t.Fatal(err)
-	}
-	e.srv = reapitest.NewServer(t, reapitest.Options{})
-	e.remote, err = reapi.New(ctx, reapi.Config{
-		Endpoint: e.srv.Endpoint(), Instance: reapitest.Instance, Name: "remote",
-		CallTimeout:  time.Minute,
-		StallTimeout: 200 * time.Millisecond, // bounds the stall row; asserts nothing about speed
-		Retries:      reapi.RetryConfig{BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond},
-		Breaker:      reapi.BreakerConfig{Failures: -1},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := tiers.NewMetrics(e.reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.stack = tiers.NewStack(tiers.StackConfig{Name: "strata", Metrics: m, Tiers: []tiers.Entry{
-		{Tier: e.mem}, {Tier: e.disk}, {Tier: e.remote, Shared: true},
-	}})
-	t.Cleanup(func() { e.stack.Close() })
-
 	// A private repository: anonymous callers never use the shared tier.
-	regHost := registrytest.InProcess(t, basicAuthFor("/v2/private/"))
-	e.proxy = registrytest.NewProxy(t, regHost)
-	client, err := registry.New(registry.Config{
-		AllowCIDRs:  []string{"127.0.0.0/8"},
-		MaxAttempts: 2,
-		Sleep:       func(context.Context, time.Duration) error { return nil },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := fetcher.DefaultConfig()
-	cfg.Store, cfg.Registry, cfg.Metrics = e.stack, client, prometheus.NewRegistry()
-	if e.f, err = fetcher.New(cfg); err != nil {
-		t.Fatal(err)
-	}
+	e := &faultEnv{Stack: faulttest.New(t, t.TempDir(), basicAuthFor("/v2/private/"))}
 	e.layers = [][]byte{registrytest.RandomBytes(t, 4<<10), registrytest.RandomBytes(t, faultLayerSize)}
-	registrytest.Push(t, e.proxy.Host(), "private/web:v1", registrytest.Image(t, e.layers...), aliceAuth())
-	e.ref = e.proxy.Host() + "/private/web:v1"
+	registrytest.Push(t, e.Proxy.Host(), "private/web:v1", registrytest.Image(t, e.layers...), aliceAuth())
+	e.ref = e.Proxy.Host() + "/private/web:v1"
 
 	// Warm every tier: the first fetch reads everything from the registry.
 	if err := e.fetch(ctx); err != nil {
 		t.Fatalf("warm-up fetch: %v", err)
 	}
-	for _, tier := range []blob.Tier{mt, e.disk, e.remote} {
-		if _, err := tier.Stat(ctx, e.digest()); err != nil {
-			t.Fatalf("after the warm-up, tier %s lacks the layer: %v", tier.Name(), err)
-		}
-	}
-	e.proxy.Reset()
+	e.RequireEverywhere(t, e.digest())
+	e.Proxy.Reset()
 	return e
 }
 
@@ -116,7 +53,7 @@ func (e *faultEnv) digest() blob.Digest { return blob.FromBytes(e.layers[faultLa
 // fetch fetches the image and reads every layer to the end, checking the
 // bytes: no call may return wrong bytes without an error.
 func (e *faultEnv) fetch(ctx context.Context) error {
-	im, err := e.f.FetchImage(ctx, e.ref, alice())
+	im, err := e.Fetcher.FetchImage(ctx, e.ref, alice())
 	if err != nil {
 		return err
 	}
@@ -138,81 +75,6 @@ func (e *faultEnv) fetch(ctx context.Context) error {
 }
 
 var errWrongBytes = errors.New("wrong bytes served with io.EOF")
-
-// counter returns the sum of the counter series name with labels.
-func (e *faultEnv) counter(t *testing.T, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := e.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if labelsMatch(m, labels) {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
-}
-
-func labelsMatch(m *dto.Metric, want map[string]string) bool {
-	n := 0
-	for _, lp := range m.GetLabel() {
-		if v, ok := want[lp.GetName()]; ok {
-			if v != lp.GetValue() {
-				return false
-			}
-			n++
-		}
-	}
-	return n == len(want)
-}
-
-// opens counts the Opens of the layer in tier (for disk and remote: all
-// Opens, as the other blobs of the image are served from memory).
-func (e *faultEnv) opens(t *testing.T, tier string) float64 {
-	if tier == "memory" {
-		return float64(e.mem.Opens(e.digest()))
-	}
-	return e.counter(t, tiers.MetricRequests, map[string]string{"tier": tier, "op": "open"})
-}
-
-// remove takes the layer out of the tiers above the one a row disturbs, so
-// that tier serves it.
-func (e *faultEnv) remove(t *testing.T, above string) {
-	t.Helper()
-	ctx := context.Background()
-	d := e.digest()
-	order := []string{"memory", "disk", "remote", "registry"}
-	for _, name := range order {
-		if name == above {
-			return
-		}
-		switch name {
-		case "memory":
-			if err := e.mem.Delete(ctx, d); err != nil {
-				t.Fatal(err)
-			}
-		case "disk":
-			if err := e.disk.Delete(ctx, d); err != nil {
-				t.Fatal(err)
-			}
-		case "remote":
-			e.srv.Lose(d.Encoded())
-		}
-	}
-}
-
-// blobFile is the disk tier's file of the layer.
-func (e *faultEnv) blobFile() string {
-	h := e.digest().Encoded()
-	return filepath.Join(e.root, "blobs", "sha256", h[:2], h)
-}
 
 // TestFaultMatrix: for each fault on each tier (memory, disk, the shared
 // REAPI tier, the registry) while fetching an image and reading its
@@ -245,46 +107,46 @@ func TestFaultMatrix(t *testing.T) {
 		// memory (fault-injecting wrapper)
 		{desc: "memory: read fails after 300 KiB", tier: "memory",
 			inject: func(t *testing.T, e *faultEnv) {
-				e.mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultBreak, At: 300 << 10, Times: 1})
+				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultBreak, At: 300 << 10, Times: 1})
 			}},
 		{desc: "memory: read ends early (truncated)", tier: "memory",
 			inject: func(t *testing.T, e *faultEnv) {
-				e.mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultTruncate, At: 300 << 10})
+				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultTruncate, At: 300 << 10})
 			}, bad: true},
 		{desc: "memory: open fails", tier: "memory",
 			inject: func(t *testing.T, e *faultEnv) {
-				e.mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultOpenError, Times: 1})
+				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultOpenError, Times: 1})
 			}},
 		{desc: "memory: flipped byte", tier: "memory",
 			inject: func(t *testing.T, e *faultEnv) {
-				e.mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultFlip, At: 12345})
+				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultFlip, At: 12345})
 			}, firstErr: blob.ErrMismatch, bad: true},
 		{desc: "memory: entry lost", tier: "memory",
 			inject: func(t *testing.T, e *faultEnv) {
-				e.mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultLose, Times: 1})
+				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultLose, Times: 1})
 			}},
 
 		// disk (real damage to the blob file)
 		{desc: "disk: flipped byte in the blob file", tier: "disk",
 			inject: func(t *testing.T, e *faultEnv) {
-				b, err := os.ReadFile(e.blobFile())
+				b, err := os.ReadFile(e.BlobFile(e.digest()))
 				if err != nil {
 					t.Fatal(err)
 				}
 				b[len(b)/2] ^= 0xff
-				if err := os.WriteFile(e.blobFile(), b, 0o600); err != nil {
+				if err := os.WriteFile(e.BlobFile(e.digest()), b, 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}, firstErr: blob.ErrMismatch, bad: true},
 		{desc: "disk: blob file truncated", tier: "disk",
 			inject: func(t *testing.T, e *faultEnv) {
-				if err := os.Truncate(e.blobFile(), 500<<10); err != nil {
+				if err := os.Truncate(e.BlobFile(e.digest()), 500<<10); err != nil {
 					t.Fatal(err)
 				}
 			}, bad: true},
 		{desc: "disk: blob file lost", tier: "disk",
 			inject: func(t *testing.T, e *faultEnv) {
-				if err := os.Remove(e.blobFile()); err != nil {
+				if err := os.Remove(e.BlobFile(e.digest())); err != nil {
 					t.Fatal(err)
 				}
 			}},
@@ -292,44 +154,44 @@ func TestFaultMatrix(t *testing.T) {
 		// the shared REAPI tier (fault injector in front of the server)
 		{desc: "remote: stream aborted after 100 KiB on every try", tier: "remote",
 			inject: func(t *testing.T, e *faultEnv) {
-				e.srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Abort, AfterBytes: 100 << 10})
+				e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Abort, AfterBytes: 100 << 10})
 			}, gets: 1},
 		{desc: "remote: connection dropped once (the tier resumes)", tier: "remote",
 			inject: func(t *testing.T, e *faultEnv) {
-				e.srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Drop, AfterBytes: 300 << 10, Times: 1})
+				e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Drop, AfterBytes: 300 << 10, Times: 1})
 			}},
 		{desc: "remote: stalled mid-read", tier: "remote",
 			inject: func(t *testing.T, e *faultEnv) {
-				in := e.srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Stall, AfterBytes: 300 << 10, Times: 1})
+				in := e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Stall, AfterBytes: 300 << 10, Times: 1})
 				t.Cleanup(in.Release)
 			}, gets: 1},
 		{desc: "remote: UNAVAILABLE on every read", tier: "remote",
 			inject: func(t *testing.T, e *faultEnv) {
-				e.srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Fail})
+				e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Fail})
 			}, gets: 1},
 		{desc: "remote: flipped byte", tier: "remote",
 			inject: func(t *testing.T, e *faultEnv) {
-				e.srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Flip, AfterBytes: 1 << 20, Times: 1})
+				e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Flip, AfterBytes: 1 << 20, Times: 1})
 			}, firstErr: blob.ErrMismatch, gets: 1, bad: true},
 		{desc: "remote: entry lost", tier: "remote",
-			inject: func(t *testing.T, e *faultEnv) { e.srv.Lose(e.digest().Encoded()) }, gets: 1},
+			inject: func(t *testing.T, e *faultEnv) { e.Srv.Lose(e.digest().Encoded()) }, gets: 1},
 
 		// the registry (proxy in front of it)
 		{desc: "registry: body cut after 300 KiB (the client resumes with a Range)", tier: "registry",
 			inject: func(t *testing.T, e *faultEnv) {
-				e.proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", TruncateAfter: 300 << 10, Times: 1})
+				e.Proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", TruncateAfter: 300 << 10, Times: 1})
 			}, gets: 2},
 		{desc: "registry: connection reset", tier: "registry",
 			inject: func(t *testing.T, e *faultEnv) {
-				e.proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Abort: true, Times: 1})
+				e.Proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Abort: true, Times: 1})
 			}, gets: 2},
 		{desc: "registry: 503 once", tier: "registry",
 			inject: func(t *testing.T, e *faultEnv) {
-				e.proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Status: 503, Times: 1})
+				e.Proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Status: 503, Times: 1})
 			}, gets: 2},
 		{desc: "registry: flipped byte (no source below it)", tier: "registry",
 			inject: func(t *testing.T, e *faultEnv) {
-				e.proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Corrupt: true, Times: 1})
+				e.Proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Corrupt: true, Times: 1})
 			}, firstErr: blob.ErrMismatch, gets: 2},
 	}
 	for _, tt := range tests {
@@ -337,7 +199,7 @@ func TestFaultMatrix(t *testing.T) {
 			ctx := context.Background()
 			e := newFaultEnv(t)
 			d := e.digest()
-			e.remove(t, tt.tier)
+			e.Remove(t, e.digest(), tt.tier)
 			tt.inject(t, e)
 
 			err := e.fetch(ctx)
@@ -351,34 +213,34 @@ func TestFaultMatrix(t *testing.T) {
 			}
 
 			// The next call succeeds, without reading a bad copy.
-			opens := e.opens(t, tt.tier)
+			opens := e.Opens(t, e.digest(), tt.tier)
 			if err := e.fetch(ctx); err != nil {
 				t.Fatalf("second call = %v", err)
 			}
 			if tt.bad {
-				if n := e.counter(t, tiers.MetricBadCopies, map[string]string{"tier": tt.tier}); n != 1 {
+				if n := e.Counter(t, tiers.MetricBadCopies, map[string]string{"tier": tt.tier}); n != 1 {
 					t.Errorf("%s{tier=%q} = %v, want 1", tiers.MetricBadCopies, tt.tier, n)
 				}
 				if tt.firstErr != nil {
-					if n := e.opens(t, tt.tier) - opens; n != 0 {
+					if n := e.Opens(t, e.digest(), tt.tier) - opens; n != 0 {
 						t.Errorf("the second call opened the bad copy in %s (%v opens)", tt.tier, n)
 					}
 				}
-				waitRepaired(t, e, tt.tier)
-			} else if n := e.counter(t, tiers.MetricBadCopies, nil); n != 0 {
+				e.WaitRepaired(t, tt.tier)
+			} else if n := e.Counter(t, tiers.MetricBadCopies, nil); n != 0 {
 				t.Errorf("%s = %v, want 0", tiers.MetricBadCopies, n)
 			}
-			if n := e.proxy.Count("GET", "blob"); n != tt.gets {
+			if n := e.Proxy.Count("GET", "blob"); n != tt.gets {
 				t.Errorf("registry blob GETs = %d, want %d", n, tt.gets)
 			}
 
 			// No tier holds wrong bytes, and the local tiers hold the
 			// layer again.
-			e.mem.Clear(d)
-			for _, tier := range []blob.Tier{e.mem, e.disk, e.remote} {
+			e.Mem.Clear(d)
+			for _, tier := range []blob.Tier{e.Mem, e.Disk, e.Remote} {
 				rc, _, err := tier.Open(ctx, d)
 				if err != nil {
-					if tier != blob.Tier(e.remote) {
+					if tier != blob.Tier(e.Remote) {
 						t.Errorf("tier %s lacks the layer after the calls: %v", tier.Name(), err)
 					}
 					continue
@@ -390,26 +252,11 @@ func TestFaultMatrix(t *testing.T) {
 					t.Errorf("tier %s served wrong bytes with io.EOF", tier.Name())
 				case errors.Is(err, blob.ErrMismatch):
 					t.Errorf("tier %s holds a bad copy: %v", tier.Name(), err)
-				case err != nil && tier != blob.Tier(e.remote):
+				case err != nil && tier != blob.Tier(e.Remote):
 					// The remote row's fault may still be armed.
 					t.Errorf("tier %s: read: %v", tier.Name(), err)
 				}
 			}
 		})
-	}
-}
-
-// waitRepaired waits until the stack has repaired the bad copy in tier.
-func waitRepaired(t *testing.T, e *faultEnv, tier string) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second) // only keeps a broken test from hanging
-	for e.counter(t, tiers.MetricRepairs, map[string]string{"tier": tier, "result": "ok"}) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the bad copy in %s was not repaired (repairs: ok %v, error %v, refused %v)", tier,
-				e.counter(t, tiers.MetricRepairs, map[string]string{"tier": tier, "result": "ok"}),
-				e.counter(t, tiers.MetricRepairs, map[string]string{"tier": tier, "result": "error"}),
-				e.counter(t, tiers.MetricRepairs, map[string]string{"tier": tier, "result": "refused"}))
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

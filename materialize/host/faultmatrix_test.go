@@ -11,14 +11,12 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/fetcher"
+	"github.com/strata-oci/strata/internal/faulttest"
 	"github.com/strata-oci/strata/internal/reapitest"
 	"github.com/strata-oci/strata/internal/registrytest"
 	"github.com/strata-oci/strata/internal/testenv"
@@ -26,11 +24,8 @@ import (
 	"github.com/strata-oci/strata/materialize/ext4"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 	"github.com/strata-oci/strata/materialize/overlay"
-	"github.com/strata-oci/strata/registry"
 	"github.com/strata-oci/strata/tiers"
-	"github.com/strata-oci/strata/tiers/disk"
 	"github.com/strata-oci/strata/tiers/memory"
-	"github.com/strata-oci/strata/tiers/reapi"
 	"github.com/strata-oci/strata/tiers/tiertest"
 )
 
@@ -60,20 +55,10 @@ func matLayers(compress bool) (layers [][]byte, content []byte) {
 	return [][]byte{base.Tar(), top.Tar()}, content
 }
 
-// matEnv is fetcher.TestFaultMatrix's stack (memory behind a fault
-// injector, over disk, over REAPI behind reapitest's fault injector; the
-// private registry behind registrytest's proxy) with both materializers
-// over it, built as Open builds them.
+// matEnv is faulttest's stack (fetcher.TestFaultMatrix's) with both
+// materializers over it, built as Open builds them.
 type matEnv struct {
-	reg    *prometheus.Registry
-	mem    *tiertest.Faulty
-	disk   *disk.Tier
-	root   string
-	remote *reapi.Tier
-	srv    *reapitest.Server
-	proxy  *registrytest.Proxy
-	stack  *tiers.Stack
-	f      *fetcher.Fetcher
+	*faulttest.Stack
 	ov     *overlay.Materializer
 	conv   *ext4.Converter
 	ref    string
@@ -86,59 +71,20 @@ const matFault = 1
 func newMatEnv(t *testing.T, v1img v1.Image, layers [][]byte) *matEnv {
 	t.Helper()
 	ctx := context.Background()
-	e := &matEnv{reg: prometheus.NewRegistry(), root: t.TempDir(), layers: layers}
-	mt := memory.New(memory.Config{Name: TierMemory})
-	e.mem = tiertest.NewFaulty(mt)
+	root := t.TempDir()
+	e := &matEnv{Stack: faulttest.New(t, filepath.Join(root, "disk"), registrytest.BasicAuthHandler("alice", "alice-pw")), layers: layers}
 	var err error
-	if e.disk, err = disk.Open(disk.Config{Root: filepath.Join(e.root, "disk"), Name: TierDisk}); err != nil {
-		t.Fatal(err)
-	}
-	e.srv = reapitest.NewServer(t, reapitest.Options{})
-	e.remote, err = reapi.New(ctx, reapi.Config{
-		Endpoint: e.srv.Endpoint(), Instance: reapitest.Instance, Name: TierRemote,
-		CallTimeout:  time.Minute,
-		StallTimeout: 200 * time.Millisecond, // bounds the stall row; asserts nothing about speed
-		Retries:      reapi.RetryConfig{BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond},
-		Breaker:      reapi.BreakerConfig{Failures: -1},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := tiers.NewMetrics(e.reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.stack = tiers.NewStack(tiers.StackConfig{Name: "strata", Metrics: m, Tiers: []tiers.Entry{
-		{Tier: e.mem}, {Tier: e.disk}, {Tier: e.remote, Shared: true},
-	}})
-	t.Cleanup(func() { e.stack.Close() })
-
-	regHost := registrytest.InProcess(t, registrytest.BasicAuthHandler("alice", "alice-pw"))
-	e.proxy = registrytest.NewProxy(t, regHost)
-	client, err := registry.New(registry.Config{
-		AllowCIDRs:  []string{"127.0.0.0/8"},
-		MaxAttempts: 2,
-		Sleep:       func(context.Context, time.Duration) error { return nil },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := fetcher.DefaultConfig()
-	cfg.Store, cfg.Registry, cfg.Metrics = e.stack, client, prometheus.NewRegistry()
-	if e.f, err = fetcher.New(cfg); err != nil {
-		t.Fatal(err)
-	}
-	if e.ov, err = overlay.New(overlay.Config{Root: filepath.Join(e.root, "overlay"), Metrics: e.reg}); err != nil {
+	if e.ov, err = overlay.New(overlay.Config{Root: filepath.Join(root, "overlay"), Metrics: e.Reg}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.ov.Close() })
-	if e.conv, err = ext4.New(ext4.Config{Store: e.stack, LocalStore: e.stack, WorkDir: filepath.Join(e.root, "ext4"), Registerer: e.reg}); err != nil {
+	if e.conv, err = ext4.New(ext4.Config{Store: e.Stack.Stack, LocalStore: e.Stack.Stack, WorkDir: filepath.Join(root, "ext4"), Registerer: e.Reg}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.conv.Close() })
 
-	registrytest.Push(t, e.proxy.Host(), "alice/app:v1", v1img, basicAuth("alice", "alice-pw"))
-	e.ref = e.proxy.Host() + "/alice/app:v1"
+	registrytest.Push(t, e.Proxy.Host(), "alice/app:v1", v1img, basicAuth("alice", "alice-pw"))
+	e.ref = e.Proxy.Host() + "/alice/app:v1"
 
 	// Warm every tier: the first read takes every layer from the registry.
 	im := e.fetchImage(t)
@@ -153,12 +99,8 @@ func newMatEnv(t *testing.T, v1img v1.Image, layers [][]byte) *matEnv {
 			t.Fatalf("warm-up read of layer %d: %v", i, err)
 		}
 	}
-	for _, tier := range []blob.Tier{mt, e.disk, e.remote} {
-		if _, err := tier.Stat(ctx, e.digest()); err != nil {
-			t.Fatalf("after the warm-up, tier %s lacks the layer: %v", tier.Name(), err)
-		}
-	}
-	e.proxy.Reset()
+	e.RequireEverywhere(t, e.digest())
+	e.Proxy.Reset()
 	return e
 }
 
@@ -166,85 +108,11 @@ func (e *matEnv) digest() blob.Digest { return blob.FromBytes(e.layers[matFault]
 
 func (e *matEnv) fetchImage(t *testing.T) *fetcher.Image {
 	t.Helper()
-	im, err := e.f.FetchImage(context.Background(), e.ref, alice())
+	im, err := e.Fetcher.FetchImage(context.Background(), e.ref, alice())
 	if err != nil {
 		t.Fatalf("fetch: %v", err)
 	}
 	return im
-}
-
-// counter returns the sum of the counter series name with labels.
-func (e *matEnv) counter(t *testing.T, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := e.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if matLabels(m, labels) {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
-}
-
-func matLabels(m *dto.Metric, want map[string]string) bool {
-	n := 0
-	for _, lp := range m.GetLabel() {
-		if v, ok := want[lp.GetName()]; ok {
-			if v != lp.GetValue() {
-				return false
-			}
-			n++
-		}
-	}
-	return n == len(want)
-}
-
-// opens counts the Opens of the fault layer in tier (for disk and remote:
-// all Opens through the stack; the other blobs are served from memory).
-func (e *matEnv) opens(t *testing.T, tier string) float64 {
-	if tier == TierMemory {
-		return float64(e.mem.Opens(e.digest()))
-	}
-	return e.counter(t, tiers.MetricRequests, map[string]string{"tier": tier, "op": "open"})
-}
-
-// remove takes the fault layer out of the tiers above the one a row
-// disturbs, so that tier serves it.
-func (e *matEnv) remove(t *testing.T, above string) {
-	t.Helper()
-	ctx := context.Background()
-	d := e.digest()
-	for _, name := range []string{TierMemory, TierDisk, TierRemote} {
-		if name == above {
-			return
-		}
-		switch name {
-		case TierMemory:
-			if err := e.mem.Delete(ctx, d); err != nil {
-				t.Fatal(err)
-			}
-		case TierDisk:
-			if err := e.disk.Delete(ctx, d); err != nil {
-				t.Fatal(err)
-			}
-		case TierRemote:
-			e.srv.Lose(d.Encoded())
-		}
-	}
-}
-
-// blobFile is the disk tier's file of the fault layer.
-func (e *matEnv) blobFile() string {
-	h := e.digest().Encoded()
-	return filepath.Join(e.root, "disk", "blobs", "sha256", h[:2], h)
 }
 
 // cleanExt4 returns the digest of the ext4 image of v1img converted from
@@ -307,46 +175,46 @@ func TestFaultMatrixMaterialize(t *testing.T) {
 		// memory (fault-injecting wrapper)
 		{desc: "memory: read fails after 300 KiB", tier: TierMemory,
 			inject: func(t *testing.T, e *matEnv) {
-				e.mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultBreak, At: 300 << 10, Times: 1})
+				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultBreak, At: 300 << 10, Times: 1})
 			}},
 		{desc: "memory: read ends early (truncated)", tier: TierMemory,
 			inject: func(t *testing.T, e *matEnv) {
-				e.mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultTruncate, At: 300 << 10})
+				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultTruncate, At: 300 << 10})
 			}, bad: true},
 		{desc: "memory: open fails", tier: TierMemory,
 			inject: func(t *testing.T, e *matEnv) {
-				e.mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultOpenError, Times: 1})
+				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultOpenError, Times: 1})
 			}},
 		{desc: "memory: flipped byte", tier: TierMemory,
 			inject: func(t *testing.T, e *matEnv) {
-				e.mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultFlip, At: 600 << 10})
+				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultFlip, At: 600 << 10})
 			}, wrong: true, bad: true},
 		{desc: "memory: entry lost", tier: TierMemory,
 			inject: func(t *testing.T, e *matEnv) {
-				e.mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultLose, Times: 1})
+				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultLose, Times: 1})
 			}},
 
 		// disk (real damage to the blob file)
 		{desc: "disk: flipped byte in the blob file", tier: TierDisk,
 			inject: func(t *testing.T, e *matEnv) {
-				b, err := os.ReadFile(e.blobFile())
+				b, err := os.ReadFile(e.BlobFile(e.digest()))
 				if err != nil {
 					t.Fatal(err)
 				}
 				b[len(b)/2] ^= 0xff
-				if err := os.WriteFile(e.blobFile(), b, 0o600); err != nil {
+				if err := os.WriteFile(e.BlobFile(e.digest()), b, 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}, wrong: true, bad: true},
 		{desc: "disk: blob file truncated", tier: TierDisk,
 			inject: func(t *testing.T, e *matEnv) {
-				if err := os.Truncate(e.blobFile(), 500<<10); err != nil {
+				if err := os.Truncate(e.BlobFile(e.digest()), 500<<10); err != nil {
 					t.Fatal(err)
 				}
 			}, bad: true},
 		{desc: "disk: blob file lost", tier: TierDisk,
 			inject: func(t *testing.T, e *matEnv) {
-				if err := os.Remove(e.blobFile()); err != nil {
+				if err := os.Remove(e.BlobFile(e.digest())); err != nil {
 					t.Fatal(err)
 				}
 			}},
@@ -354,44 +222,44 @@ func TestFaultMatrixMaterialize(t *testing.T) {
 		// the shared REAPI tier (fault injector in front of the server)
 		{desc: "remote: stream aborted after 100 KiB on every try", tier: TierRemote,
 			inject: func(t *testing.T, e *matEnv) {
-				e.srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Abort, AfterBytes: 100 << 10})
+				e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Abort, AfterBytes: 100 << 10})
 			}, gets: 1},
 		{desc: "remote: connection dropped once (the tier resumes)", tier: TierRemote,
 			inject: func(t *testing.T, e *matEnv) {
-				e.srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Drop, AfterBytes: 300 << 10, Times: 1})
+				e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Drop, AfterBytes: 300 << 10, Times: 1})
 			}},
 		{desc: "remote: stalled mid-read", tier: TierRemote,
 			inject: func(t *testing.T, e *matEnv) {
-				in := e.srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Stall, AfterBytes: 300 << 10, Times: 1})
+				in := e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Stall, AfterBytes: 300 << 10, Times: 1})
 				t.Cleanup(in.Release)
 			}, gets: 1},
 		{desc: "remote: UNAVAILABLE on every read", tier: TierRemote,
 			inject: func(t *testing.T, e *matEnv) {
-				e.srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Fail})
+				e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Fail})
 			}, gets: 1},
 		{desc: "remote: flipped byte", tier: TierRemote,
 			inject: func(t *testing.T, e *matEnv) {
-				e.srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Flip, AfterBytes: 600 << 10, Times: 1})
+				e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Flip, AfterBytes: 600 << 10, Times: 1})
 			}, wrong: true, bad: true, gets: 1},
 		{desc: "remote: entry lost", tier: TierRemote,
-			inject: func(t *testing.T, e *matEnv) { e.srv.Lose(e.digest().Encoded()) }, gets: 1},
+			inject: func(t *testing.T, e *matEnv) { e.Srv.Lose(e.digest().Encoded()) }, gets: 1},
 
 		// the registry (proxy in front of it)
 		{desc: "registry: body cut after 300 KiB (the client resumes with a Range)", tier: "registry",
 			inject: func(t *testing.T, e *matEnv) {
-				e.proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", TruncateAfter: 300 << 10, Times: 1})
+				e.Proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", TruncateAfter: 300 << 10, Times: 1})
 			}, gets: 2},
 		{desc: "registry: connection reset", tier: "registry",
 			inject: func(t *testing.T, e *matEnv) {
-				e.proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Abort: true, Times: 1})
+				e.Proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Abort: true, Times: 1})
 			}, gets: 2},
 		{desc: "registry: 503 once", tier: "registry",
 			inject: func(t *testing.T, e *matEnv) {
-				e.proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Status: 503, Times: 1})
+				e.Proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Status: 503, Times: 1})
 			}, gets: 2},
 		{desc: "registry: flipped first byte (no source below it)", tier: "registry",
 			inject: func(t *testing.T, e *matEnv) {
-				e.proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Corrupt: true, Times: 1})
+				e.Proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Corrupt: true, Times: 1})
 			}, wrong: true, gets: 2},
 	}
 	for _, kind := range []struct {
@@ -411,9 +279,9 @@ func TestFaultMatrixMaterialize(t *testing.T) {
 					e := newMatEnv(t, v1img, layers)
 					d := e.digest()
 					im := e.fetchImage(t)
-					e.remove(t, tt.tier)
+					e.Remove(t, e.digest(), tt.tier)
 					tt.inject(t, e)
-					opens := e.opens(t, tt.tier)
+					opens := e.Opens(t, e.digest(), tt.tier)
 
 					// The first call succeeds, with the right content.
 					switch format {
@@ -446,35 +314,35 @@ func TestFaultMatrixMaterialize(t *testing.T) {
 
 					// Wrong bytes made the materializer read the layer
 					// once more; nothing else did.
-					retries := e.counter(t, "strata_overlay_layer_extractions_total", map[string]string{"result": "corrupt"}) +
-						e.counter(t, "strata_ext4_materialize_total", map[string]string{"outcome": "corrupt"})
+					retries := e.Counter(t, "strata_overlay_layer_extractions_total", map[string]string{"result": "corrupt"}) +
+						e.Counter(t, "strata_ext4_materialize_total", map[string]string{"outcome": "corrupt"})
 					if want := map[bool]float64{true: 1}[tt.wrong]; retries != want {
 						t.Errorf("reads again after wrong bytes = %v, want %v", retries, want)
 					}
 					if tt.bad {
-						if n := e.counter(t, tiers.MetricBadCopies, map[string]string{"tier": tt.tier}); n != 1 {
+						if n := e.Counter(t, tiers.MetricBadCopies, map[string]string{"tier": tt.tier}); n != 1 {
 							t.Errorf("%s{tier=%q} = %v, want 1", tiers.MetricBadCopies, tt.tier, n)
 						}
 						// The second read (the stack's failover, or the
 						// materializer's retry) skipped the bad copy.
-						if n := e.opens(t, tt.tier) - opens; n != 1 {
+						if n := e.Opens(t, e.digest(), tt.tier) - opens; n != 1 {
 							t.Errorf("the call opened the layer in %s %v times, want 1 (the bad copy skipped after)", tt.tier, n)
 						}
-						waitMatRepaired(t, e, tt.tier)
-					} else if n := e.counter(t, tiers.MetricBadCopies, nil); n != 0 {
+						e.WaitRepaired(t, tt.tier)
+					} else if n := e.Counter(t, tiers.MetricBadCopies, nil); n != 0 {
 						t.Errorf("%s = %v, want 0", tiers.MetricBadCopies, n)
 					}
-					if n := e.proxy.Count("GET", "blob"); n != tt.gets {
+					if n := e.Proxy.Count("GET", "blob"); n != tt.gets {
 						t.Errorf("registry blob GETs = %d, want %d", n, tt.gets)
 					}
 
 					// No tier holds wrong bytes, and the local tiers hold
 					// the layer again.
-					e.mem.Clear(d)
-					for _, tier := range []blob.Tier{e.mem, e.disk, e.remote} {
+					e.Mem.Clear(d)
+					for _, tier := range []blob.Tier{e.Mem, e.Disk, e.Remote} {
 						rc, _, err := tier.Open(ctx, d)
 						if err != nil {
-							if tier != blob.Tier(e.remote) {
+							if tier != blob.Tier(e.Remote) {
 								t.Errorf("tier %s lacks the layer after the call: %v", tier.Name(), err)
 							}
 							continue
@@ -486,7 +354,7 @@ func TestFaultMatrixMaterialize(t *testing.T) {
 							t.Errorf("tier %s served wrong bytes with io.EOF", tier.Name())
 						case errors.Is(err, blob.ErrMismatch):
 							t.Errorf("tier %s holds a bad copy: %v", tier.Name(), err)
-						case err != nil && tier != blob.Tier(e.remote):
+						case err != nil && tier != blob.Tier(e.Remote):
 							// The remote row's fault may still be armed.
 							t.Errorf("tier %s: read: %v", tier.Name(), err)
 						}
@@ -494,20 +362,5 @@ func TestFaultMatrixMaterialize(t *testing.T) {
 				})
 			}
 		}
-	}
-}
-
-// waitMatRepaired waits until the stack has repaired the bad copy in tier.
-func waitMatRepaired(t *testing.T, e *matEnv, tier string) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second) // only keeps a broken test from hanging
-	for e.counter(t, tiers.MetricRepairs, map[string]string{"tier": tier, "result": "ok"}) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the bad copy in %s was not repaired (repairs: ok %v, error %v, refused %v)", tier,
-				e.counter(t, tiers.MetricRepairs, map[string]string{"tier": tier, "result": "ok"}),
-				e.counter(t, tiers.MetricRepairs, map[string]string{"tier": tier, "result": "error"}),
-				e.counter(t, tiers.MetricRepairs, map[string]string{"tier": tier, "result": "refused"}))
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
