@@ -743,12 +743,9 @@ func (c *Converter) build(ctx context.Context, img materialize.Image, f *os.File
 	pr.CloseWithError(errWriterStopped)
 	ferr := <-flatErr
 	if ferr != nil && !(convErr != nil && errors.Is(ferr, errWriterStopped)) {
-		if current >= 0 && ras[current] != nil && ctx.Err() == nil && layerio.MaySettle(ferr) {
-			// Wrong bytes (a rotten cached copy) show up as an invalid
-			// entry or a decompression error long before the digest
-			// check at the end: read the rest of the blob to tell.
-			ferr = ras[current].settle(ferr)
-		}
+		// Flatten settled the layer's stream before closing it (see
+		// flattener.layer): a rotten cached copy is a mismatch by now, and
+		// only what the layer's bytes really are is remembered.
 		if current >= 0 && ctx.Err() == nil && (errors.Is(ferr, ErrInvalidLayer) || layerio.IsLayerLimit(ferr)) {
 			c.failed.Remember(layers[current].Digest(), origin, ferr)
 		}
