@@ -753,25 +753,12 @@ func (a *applier) finishDirs() error {
 	})
 	for _, rel := range rels {
 		mode := a.dirModes[rel]
-		if rel == "" {
-			if err := unix.Fchmod(a.root, mode); err != nil {
-				return &os.PathError{Op: "chmod", Path: "/", Err: err}
-			}
-			continue
-		}
-		dir, base := splitRel(rel)
-		pfd, err := a.openDir(dir, false)
-		if err != nil {
-			continue // replaced by a later entry
-		}
-		var st unix.Stat_t
-		if unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		err := a.atDir(rel, "chmod",
+			func() error { return unix.Fchmod(a.root, mode) },
 			// A directory, not a symlink: Fchmodat follows nothing here.
-			err = unix.Fchmodat(pfd, base, mode, 0)
-		}
-		unix.Close(pfd)
+			func(pfd int, base string) error { return unix.Fchmodat(pfd, base, mode, 0) })
 		if err != nil {
-			return &os.PathError{Op: "chmod", Path: rel, Err: err}
+			return err
 		}
 	}
 	return nil
@@ -779,24 +766,40 @@ func (a *applier) finishDirs() error {
 
 func (a *applier) finishDirTimes() error {
 	for rel, ts := range a.dirTimes {
-		if rel == "" {
-			if err := unix.UtimesNanoAt(a.root, ".", []unix.Timespec{ts, ts}, 0); err != nil {
-				return &os.PathError{Op: "utimes", Path: "/", Err: err}
-			}
-			continue
-		}
-		dir, base := splitRel(rel)
-		pfd, err := a.openDir(dir, false)
+		times := []unix.Timespec{ts, ts}
+		err := a.atDir(rel, "utimes",
+			func() error { return unix.UtimesNanoAt(a.root, ".", times, 0) },
+			func(pfd int, base string) error {
+				return unix.UtimesNanoAt(pfd, base, times, unix.AT_SYMLINK_NOFOLLOW)
+			})
 		if err != nil {
-			continue // replaced by a later entry
+			return err
 		}
-		var st unix.Stat_t
-		if unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
-			err = unix.UtimesNanoAt(pfd, base, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	return nil
+}
+
+// atDir applies a finishing step to the directory rel of the layer: root
+// for the layer's root (rel ""), else at on its parent's fd and base name,
+// only while rel is still a directory (not a symlink a later entry put
+// there; a path a later entry replaced is skipped). Errors name op and rel.
+func (a *applier) atDir(rel, op string, root func() error, at func(pfd int, base string) error) error {
+	if rel == "" {
+		if err := root(); err != nil {
+			return &os.PathError{Op: op, Path: "/", Err: err}
 		}
-		unix.Close(pfd)
-		if err != nil {
-			return &os.PathError{Op: "utimes", Path: rel, Err: err}
+		return nil
+	}
+	dir, base := splitRel(rel)
+	pfd, err := a.openDir(dir, false)
+	if err != nil {
+		return nil // replaced by a later entry
+	}
+	defer unix.Close(pfd)
+	var st unix.Stat_t
+	if unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		if err := at(pfd, base); err != nil {
+			return &os.PathError{Op: op, Path: rel, Err: err}
 		}
 	}
 	return nil
