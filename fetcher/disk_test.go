@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/strata-oci/strata/fetcher"
 	"github.com/strata-oci/strata/registry/credential"
 	"github.com/strata-oci/strata/tiers/disk"
 )
@@ -54,7 +55,7 @@ func TestCorruptDiskBlobIsRefetched(t *testing.T) {
 		e.counter.Reset()
 		var got []byte
 		for attempt := 0; attempt < 2; attempt++ {
-			rc, info, err := im.Layers()[1].OpenInfo(ctx)
+			rc, info, err := im.Layers()[1].(*fetcher.Layer).OpenInfo(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -157,7 +157,7 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{Reference: r, Sources: map[blob.Digest]string{}, FromCache: acc.fromCache, LocalOnly: f.localOnly(cred)}
+	img := &Image{Reference: r, Sources: map[blob.Digest]string{}, FromCache: acc.fromCache, localOnly: f.localOnly(cred)}
 	doc, err := f.readDocument(ctx, ba, acc.target, img)
 	if err != nil {
 		return nil, err
@@ -180,7 +180,7 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 		}
 	}
 	m := doc.Manifest
-	img.Digest, img.Manifest = m.Digest, m
+	img.digest, img.Manifest = m.Digest, m
 	if m.IsArtifact() {
 		return nil, fmt.Errorf("%s: %w: %s is an artifact (config %s), not a runnable image", r, manifest.ErrInvalid, m.Digest, m.Config.MediaType)
 	}

@@ -104,7 +104,7 @@ func TestPrivateImageNeedsProof(t *testing.T) {
 		{"another user", credential.Basic("", "mallory", password)},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
-			for _, r := range []string{ref, e.ref("private/app@" + string(a.Digest))} {
+			for _, r := range []string{ref, e.ref("private/app@" + string(a.Digest()))} {
 				_, err := e.f.FetchImage(ctx, r, tc.cred)
 				if !errors.Is(err, registry.ErrDenied) {
 					t.Fatalf("FetchImage(%s) = %v, want ErrDenied", r, err)

@@ -189,7 +189,7 @@ func readLayers(ctx context.Context, img *fetcher.Image) ([][]byte, []string, er
 	var out [][]byte
 	var tiersServed []string
 	for _, l := range img.Layers() {
-		rc, info, err := l.OpenInfo(ctx)
+		rc, info, err := l.(*fetcher.Layer).OpenInfo(ctx)
 		if err != nil {
 			return nil, nil, err
 		}

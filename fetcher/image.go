@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/registry"
@@ -17,8 +18,6 @@ import (
 type Image struct {
 	// Reference is the reference the image was fetched by.
 	Reference registry.Reference
-	// Digest is the digest of the platform manifest.
-	Digest blob.Digest
 	// Index is the digest of the index the manifest was selected from, or
 	// empty when the reference named a manifest.
 	Index blob.Digest
@@ -31,17 +30,29 @@ type Image struct {
 	// FromCache reports that resolving and authorizing made no network
 	// request.
 	FromCache bool
-	// LocalOnly reports that the image's caller may not use the stack's
-	// shared tiers (an anonymous caller without Config.AnonymousShared): its
-	// layers are read through Store.Local(), and whatever is derived from the
-	// image for this caller (an ext4 image) must be stored there too.
-	LocalOnly bool
-
-	layers []*Layer
+	digest    blob.Digest
+	localOnly bool
+	layers    []manifest.Layer
 }
 
-// Layers returns the image's layers bottom-first.
-func (img *Image) Layers() []*Layer { return img.layers }
+var _ manifest.Image = (*Image)(nil)
+
+// Digest is the digest of the platform manifest.
+func (img *Image) Digest() blob.Digest { return img.digest }
+
+// Layers returns the image's layers bottom-first, each a *Layer.
+func (img *Image) Layers() []manifest.Layer { return img.layers }
+
+// Origin is the repository the image was fetched from
+// ("registry/repository"): work derived from its layers in progress is
+// shared only between images of one origin.
+func (img *Image) Origin() string { return img.Reference.Repo().String() }
+
+// LocalOnly reports that the image's caller may not use the stack's shared
+// tiers (an anonymous caller without Config.AnonymousShared): its layers are
+// read through Store.Local(), and whatever is derived from the image for
+// this caller (an ext4 image) must be stored there too.
+func (img *Image) LocalOnly() bool { return img.localOnly }
 
 // Layer is one layer of a fetched Image.
 type Layer struct {
@@ -54,7 +65,7 @@ type Layer struct {
 func (l *Layer) Digest() blob.Digest { return l.desc.Digest }
 
 // MediaType is the layer's media type.
-func (l *Layer) MediaType() string { return string(l.desc.MediaType) }
+func (l *Layer) MediaType() types.MediaType { return l.desc.MediaType }
 
 // Size is the size of the layer blob.
 func (l *Layer) Size() int64 { return l.desc.Size }

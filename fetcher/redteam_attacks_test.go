@@ -93,8 +93,8 @@ func leaked(t *testing.T, im *fetcher.Image, err error, a *fetcher.Image, want [
 		t.Logf("attacker's fetch: %v", err)
 		return // refused or failed: nothing handed out
 	}
-	if im.Digest == a.Digest {
-		t.Errorf("attacker got the victim's private manifest %s", a.Digest)
+	if im.Digest() == a.Digest() {
+		t.Errorf("attacker got the victim's private manifest %s", a.Digest())
 	}
 	if im.Config != nil && im.Manifest.Config.Digest == a.Manifest.Config.Digest {
 		t.Errorf("attacker got the victim's private config %s", a.Manifest.Config.Digest)
@@ -176,7 +176,7 @@ func TestRedteamHeadLies(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	a, want := victim(t, e)
 	ev := newEvilRegistry(t)
-	ev.headDig, ev.headSize, ev.headType = a.Digest, a.Manifest.Size(), string(a.Manifest.MediaType)
+	ev.headDig, ev.headSize, ev.headType = a.Digest(), a.Manifest.Size(), string(a.Manifest.MediaType)
 
 	im, err := e.f.FetchImage(ctx, ev.host+"/evil/app:latest", credential.Anonymous)
 	leaked(t, im, err, a, want)
@@ -216,7 +216,7 @@ func TestRedteamForgedSharedProof(t *testing.T) {
 
 	// The forger writes two action-cache entries straight into the shared tier.
 	repo := a.Reference.Repo().String()
-	r := blob.Ref{Digest: a.Digest, Size: a.Manifest.Size(), MediaType: string(a.Manifest.MediaType), Expires: e.clock.Now().Add(time.Hour)}
+	r := blob.Ref{Digest: a.Digest(), Size: a.Manifest.Size(), MediaType: string(a.Manifest.MediaType), Expires: e.clock.Now().Add(time.Hour)}
 	if err := shared.PutRef(ctx, blob.RefKey{Namespace: blob.NamespaceProof, Scope: credential.AnonymousIdentity, Name: repo}, r); err != nil {
 		t.Fatal(err)
 	}

@@ -172,7 +172,7 @@ func TestRedteamMirrorAnswersMissingTag(t *testing.T) {
 	if !errors.Is(err, registry.ErrNotFound) {
 		got := blob.Digest("")
 		if im != nil {
-			got = im.Digest
+			got = im.Digest()
 		}
 		t.Fatalf("fetch of a tag only the mirror has: image %s, err %v; want registry.ErrNotFound", got, err)
 	}
@@ -209,8 +209,8 @@ func TestRedteamMirrorSubstitutesTag(t *testing.T) {
 	if err != nil {
 		t.Fatalf("fetch after the tag expired: %v", err)
 	}
-	if im.Digest != od {
-		t.Fatalf("tag resolved to %s (mirror's is %s), want the origin's %s", im.Digest, md, od)
+	if im.Digest() != od {
+		t.Fatalf("tag resolved to %s (mirror's is %s), want the origin's %s", im.Digest(), md, od)
 	}
 	got, _, err := readLayers(ctx, im)
 	if err != nil {
@@ -245,7 +245,7 @@ func TestRedteamMirrorVouchesForDigest(t *testing.T) {
 	if !errors.Is(err, registry.ErrNotFound) {
 		got := blob.Digest("")
 		if im != nil {
-			got = im.Digest
+			got = im.Digest()
 		}
 		t.Fatalf("fetch of a digest only the mirror holds: image %s, err %v; want registry.ErrNotFound", got, err)
 	}
@@ -287,8 +287,8 @@ func TestMirrorServesDigestsTheOriginVouchedFor(t *testing.T) {
 			t.Fatalf("layer %d differs", i)
 		}
 	}
-	if im.Digest != od {
-		t.Fatalf("digest %s, want %s", im.Digest, od)
+	if im.Digest() != od {
+		t.Fatalf("digest %s, want %s", im.Digest(), od)
 	}
 	if h, g, b := m.oc.Count("HEAD", "manifest"), m.oc.Count("GET", "manifest"), m.oc.Count("GET", "blob"); h != 1 || g != 0 || b != 0 {
 		t.Errorf("origin: manifest HEAD %d GET %d, blob GET %d; want 1, 0, 0", h, g, b)
@@ -306,7 +306,7 @@ func TestMirrorServesDigestsTheOriginVouchedFor(t *testing.T) {
 	// Cached now: the tag ref and the proof answer without any request.
 	m.reset()
 	im, err = m.f.FetchImage(ctx, m.ref("private/secret:v1"), alice())
-	if err != nil || !im.FromCache || im.Digest != od {
+	if err != nil || !im.FromCache || im.Digest() != od {
 		t.Fatalf("second fetch: %v (from cache %v)", err, im != nil && im.FromCache)
 	}
 	if _, _, err := readLayers(ctx, im); err != nil {
@@ -322,7 +322,7 @@ func TestMirrorServesDigestsTheOriginVouchedFor(t *testing.T) {
 	d2 := m.pushOrigin(t, "private/secret:v2", img2)
 	m.pushMirror(t, "private/secret:v2", img2)
 	im, err = m.f.FetchImage(ctx, m.ref("private/secret@"+string(d2)), alice())
-	if err != nil || im.Digest != d2 {
+	if err != nil || im.Digest() != d2 {
 		t.Fatalf("digest fetch: %v", err)
 	}
 	if _, _, err := readLayers(ctx, im); err != nil {

@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
-	"github.com/strata-oci/strata/materialize"
 )
 
 type overlayResult struct {
@@ -140,7 +139,7 @@ it is not the requested --platform, materialize warns on stderr.`,
 				return err
 			}
 			a.checkPlatform(img)
-			mimg := materialize.Fetched(img)
+			mimg := img
 			if format == "overlay" {
 				prog.stepf("extracting the layers of %s", img.Reference)
 				res, err := h.Overlay().Materialize(ctx, progressImage{Image: mimg, p: prog, verb: "extract"})
@@ -152,7 +151,7 @@ it is not the requested --platform, materialize warns on stderr.`,
 					fmt.Fprintf(a.stderr, "materialized %s: %d layers in %.1fs\n", img.Reference, len(img.Layers()), time.Since(start).Seconds())
 				}
 				defer res.Lease.Release()
-				r := overlayResult{Reference: img.Reference.String(), Digest: img.Digest.String(), Platform: imagePlatform(img), LowerDirs: res.LowerDirs, MountOptions: res.MountOptions, MountDir: res.MountDir}
+				r := overlayResult{Reference: img.Reference.String(), Digest: img.Digest().String(), Platform: imagePlatform(img), LowerDirs: res.LowerDirs, MountOptions: res.MountOptions, MountDir: res.MountDir}
 				if target != nil {
 					if err := res.Mount(target.fdPath()); err != nil {
 						return fmt.Errorf("mount %s: %w", target.path, err)
@@ -191,7 +190,7 @@ it is not the requested --platform, materialize warns on stderr.`,
 			if err != nil {
 				return err
 			}
-			r := ext4Result{Reference: img.Reference.String(), Digest: img.Digest.String(), Platform: imagePlatform(img), Ext4: res.Digest.String(), Out: out, Size: size, FromCache: res.FromCache, Placed: placed}
+			r := ext4Result{Reference: img.Reference.String(), Digest: img.Digest().String(), Platform: imagePlatform(img), Ext4: res.Digest.String(), Out: out, Size: size, FromCache: res.FromCache, Placed: placed}
 			if a.json {
 				return a.printJSON(r)
 			}

@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 )
 
 // Progress modes after --progress auto is resolved.
@@ -177,17 +177,17 @@ func (r *plainReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// progressImage is a materialize.Image whose layers report on p as the
+// progressImage is a manifest.Image whose layers report on p as the
 // materializer reads them.
 type progressImage struct {
-	materialize.Image
+	manifest.Image
 	p    *progress
 	verb string
 }
 
-func (i progressImage) Layers() []materialize.Layer {
+func (i progressImage) Layers() []manifest.Layer {
 	ls := i.Image.Layers()
-	out := make([]materialize.Layer, len(ls))
+	out := make([]manifest.Layer, len(ls))
 	for n, l := range ls {
 		out[n] = progressLayer{Layer: l, p: i.p, verb: i.verb}
 	}
@@ -196,7 +196,7 @@ func (i progressImage) Layers() []materialize.Layer {
 
 // progressLayer overrides Open only.
 type progressLayer struct {
-	materialize.Layer
+	manifest.Layer
 	p    *progress
 	verb string
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -22,7 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 )
 
@@ -35,8 +36,10 @@ type fileLayer struct {
 
 func (l *fileLayer) Digest() blob.Digest             { return l.digest }
 func (l *fileLayer) Authorize(context.Context) error { return nil }
-func (l *fileLayer) MediaType() string               { return "application/vnd.oci.image.layer.v1.tar+gzip" }
-func (l *fileLayer) Size() int64                     { return l.size }
+func (l *fileLayer) MediaType() types.MediaType {
+	return types.MediaType("application/vnd.oci.image.layer.v1.tar+gzip")
+}
+func (l *fileLayer) Size() int64 { return l.size }
 func (l *fileLayer) Open(ctx context.Context) (io.ReadCloser, error) {
 	f, err := os.Open(l.path)
 	if err != nil {
@@ -451,7 +454,7 @@ func BenchmarkConvert512MiB(b *testing.B) {
 // right after 20k others were deleted cost 20 times more (the inode
 // allocator passes over recently deleted inodes; see docs/benchmarks.md),
 // which made the classic route look 2-3 times slower than it is.
-func classicRoute(b *testing.B, img materialize.Image, dir string, iter int, mke2fs string, total int64, files int) {
+func classicRoute(b *testing.B, img manifest.Image, dir string, iter int, mke2fs string, total int64, files int) {
 	tree := filepath.Join(dir, fmt.Sprintf("tree-%d", iter))
 	out := filepath.Join(dir, "classic.ext4")
 	os.Remove(out)
@@ -481,6 +484,6 @@ func classicRoute(b *testing.B, img materialize.Image, dir string, iter int, mke
 	b.StartTimer()
 }
 
-func layerioOpen(ctx context.Context, l materialize.Layer) (io.ReadCloser, error) {
+func layerioOpen(ctx context.Context, l manifest.Layer) (io.ReadCloser, error) {
 	return layerio.Open(ctx, l, layerio.Limits{})
 }

@@ -26,7 +26,7 @@ import (
 	"github.com/strata-oci/strata/internal/privdir"
 	"github.com/strata-oci/strata/internal/safego"
 	"github.com/strata-oci/strata/internal/sparse"
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 )
 
@@ -66,7 +66,7 @@ type Config struct {
 	// and their refs. Required.
 	Store blob.Tier
 	// LocalStore holds what is derived from images whose caller may not use
-	// a shared tier (materialize.Image.LocalOnly: anonymous callers), usually
+	// a shared tier (manifest.Image.LocalOnly: anonymous callers), usually
 	// the stack's Local view; nil means Store. The converter picks the store
 	// from the image, so no caller can pick the wrong one.
 	LocalStore blob.Tier
@@ -276,7 +276,7 @@ type derivation struct {
 	digest blob.Digest
 }
 
-func (c *Converter) derive(img materialize.Image, opts *Options) (derivation, error) {
+func (c *Converter) derive(img manifest.Image, opts *Options) (derivation, error) {
 	o := Options{FreeBytes: c.cfg.FreeBytes, FreeInodes: c.cfg.FreeInodes}
 	if opts != nil {
 		o = *opts
@@ -372,10 +372,10 @@ func (c *Converter) local(dv derivation) (*Result, bool) {
 //
 // An image made before (in WorkDir or in the store, by any caller) is
 // handed out only after every layer of img authorized the caller
-// (materialize.Layer.Authorize): the manifest and config prove nothing
+// (manifest.Layer.Authorize): the manifest and config prove nothing
 // about who may have the layers. A conversion authorizes by reading.
 //
-// Identical concurrent calls of one origin (materialize.Image.Origin) share
+// Identical concurrent calls of one origin (manifest.Image.Origin) share
 // one piece of work, which runs on a context detached from the callers'
 // cancellation; each caller stops waiting when its own ctx ends, and a
 // caller whose shared work failed tries once more on its own. A failed or
@@ -385,7 +385,7 @@ func (c *Converter) local(dv derivation) (*Result, bool) {
 //
 // If the store declines the image as too large (blob.ErrTooLarge), the
 // image is still returned from WorkDir but not shared.
-func (c *Converter) Materialize(ctx context.Context, img materialize.Image, opts *Options) (*Result, error) {
+func (c *Converter) Materialize(ctx context.Context, img manifest.Image, opts *Options) (*Result, error) {
 	dv, err := c.derive(img, opts)
 	if err != nil {
 		return nil, err
@@ -468,8 +468,8 @@ func contentError(err error) bool {
 }
 
 // authorize has every layer of img authorize its caller (see
-// materialize.Layer.Authorize) before work derived from them is reused.
-func (c *Converter) authorize(ctx context.Context, img materialize.Image) error {
+// manifest.Layer.Authorize) before work derived from them is reused.
+func (c *Converter) authorize(ctx context.Context, img manifest.Image) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(4)
 	for _, l := range img.Layers() {
@@ -482,7 +482,7 @@ func (c *Converter) authorize(ctx context.Context, img materialize.Image) error 
 	return nil
 }
 
-func (c *Converter) produce(ctx context.Context, img materialize.Image, dv derivation) (*Result, error) {
+func (c *Converter) produce(ctx context.Context, img manifest.Image, dv derivation) (*Result, error) {
 	// Work that writes WorkDir/tmp: see RemoveStale.
 	defer c.beginWork()()
 	if r, ok := c.local(dv); ok { // finished by a flight that just ended
@@ -578,7 +578,7 @@ func (c *Converter) download(ctx context.Context, dv derivation, ref blob.Ref) (
 }
 
 // convert builds the image, stores blob and ref, and publishes it locally.
-func (c *Converter) convert(ctx context.Context, img materialize.Image, dv derivation) (*Result, error) {
+func (c *Converter) convert(ctx context.Context, img manifest.Image, dv derivation) (*Result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	tmp, err := os.CreateTemp(c.tmpDir, "convert-*.ext4")
@@ -674,7 +674,7 @@ func (h hashedImage) VerifiedBlob() (blob.Digest, int64) { return h.d, h.Size() 
 // build with it fails at once, without reading anything, until the memory
 // expires. Each layer's read-ahead is released as soon as the layer is
 // consumed, so memory does not grow with the number of layers.
-func (c *Converter) build(ctx context.Context, img materialize.Image, f *os.File, free growSpec) error {
+func (c *Converter) build(ctx context.Context, img manifest.Image, f *os.File, free growSpec) error {
 	layers := img.Layers()
 	maxLayers := c.cfg.MaxLayers
 	if maxLayers == 0 {
@@ -813,7 +813,7 @@ func (c *Converter) publish(dv derivation, tmp *os.File, r *Result) error {
 // IsMaterialized reports whether Materialize(ctx, img, opts) would run no
 // conversion: the image is in WorkDir, or the Store holds its derivation
 // ref and the blob it points at.
-func (c *Converter) IsMaterialized(ctx context.Context, img materialize.Image, opts *Options) (bool, error) {
+func (c *Converter) IsMaterialized(ctx context.Context, img manifest.Image, opts *Options) (bool, error) {
 	dv, err := c.derive(img, opts)
 	if err != nil {
 		return false, err
@@ -844,7 +844,7 @@ func (c *Converter) IsMaterialized(ctx context.Context, img materialize.Image, o
 // caller must be done with Result.Path). The derived blob and its ref stay
 // in the Store, whose own eviction manages them. Removing an image that is
 // not there is not an error.
-func (c *Converter) Cleanup(ctx context.Context, img materialize.Image, opts *Options) error {
+func (c *Converter) Cleanup(ctx context.Context, img manifest.Image, opts *Options) error {
 	dv, err := c.derive(img, opts)
 	if err != nil {
 		return err

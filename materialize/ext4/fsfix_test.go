@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"io"
 	"os"
 	"os/exec"
@@ -14,7 +15,7 @@ import (
 	"testing"
 
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 	"github.com/strata-oci/strata/tiers/memory"
 )
@@ -243,8 +244,10 @@ func newGenLayer(t *testing.T, write func(w io.Writer) error) *genLayer {
 
 func (l *genLayer) Digest() blob.Digest             { return l.digest }
 func (l *genLayer) Authorize(context.Context) error { return nil }
-func (l *genLayer) MediaType() string               { return "application/vnd.oci.image.layer.v1.tar" }
-func (l *genLayer) Size() int64                     { return l.size }
+func (l *genLayer) MediaType() types.MediaType {
+	return types.MediaType("application/vnd.oci.image.layer.v1.tar")
+}
+func (l *genLayer) Size() int64 { return l.size }
 func (l *genLayer) Open(ctx context.Context) (io.ReadCloser, error) {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(l.write(pw)) }()
@@ -280,7 +283,7 @@ func TestMultiGroupImage(t *testing.T) {
 	})
 	// A store that declines big blobs: the image stays local, not in memory.
 	c := newConverter(t, memory.New(memory.Config{MaxBlobBytes: 1 << 20}))
-	res, err := c.Materialize(context.Background(), &testImage{layers: []materialize.Layer{layer}}, &Options{FreeBytes: 10 << 20, FreeInodes: 3000})
+	res, err := c.Materialize(context.Background(), &testImage{layers: []manifest.Layer{layer}}, &Options{FreeBytes: 10 << 20, FreeInodes: 3000})
 	if err != nil {
 		t.Fatal(err)
 	}

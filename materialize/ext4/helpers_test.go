@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/strata-oci/strata/internal/testenv"
 	"io"
 	"os"
@@ -16,7 +17,7 @@ import (
 	"testing"
 
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
 
@@ -54,8 +55,10 @@ var errInjected = errors.New("injected layer read failure")
 
 func (l *rawLayer) Digest() blob.Digest             { return blob.FromBytes(l.data) }
 func (l *rawLayer) Authorize(context.Context) error { return nil }
-func (l *rawLayer) MediaType() string               { return "application/vnd.oci.image.layer.v1.tar" }
-func (l *rawLayer) Size() int64                     { return int64(len(l.data)) }
+func (l *rawLayer) MediaType() types.MediaType {
+	return types.MediaType("application/vnd.oci.image.layer.v1.tar")
+}
+func (l *rawLayer) Size() int64 { return int64(len(l.data)) }
 func (l *rawLayer) Open(ctx context.Context) (io.ReadCloser, error) {
 	var r io.Reader = bytes.NewReader(l.data)
 	if l.failAfter > 0 {
@@ -70,7 +73,7 @@ func (failReader) Read([]byte) (int, error) { return 0, errInjected }
 
 // testImage is an image of in-memory layers; its digest derives from the
 // layers' digests.
-type testImage struct{ layers []materialize.Layer }
+type testImage struct{ layers []manifest.Layer }
 
 func (i *testImage) Digest() blob.Digest {
 	var s string
@@ -79,9 +82,9 @@ func (i *testImage) Digest() blob.Digest {
 	}
 	return blob.FromBytes([]byte("image:" + s))
 }
-func (i *testImage) Layers() []materialize.Layer { return i.layers }
-func (i *testImage) Origin() string              { return "test" }
-func (i *testImage) LocalOnly() bool             { return false }
+func (i *testImage) Layers() []manifest.Layer { return i.layers }
+func (i *testImage) Origin() string           { return "test" }
+func (i *testImage) LocalOnly() bool          { return false }
 
 func imageOf(layers ...[]byte) *testImage {
 	img := &testImage{}

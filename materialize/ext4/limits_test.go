@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"io"
 	"os"
 	"path/filepath"
@@ -19,14 +20,14 @@ import (
 	"github.com/klauspost/compress/gzip"
 
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
 
 // buildImage runs the converter's build of img into a new file and returns
 // its path.
-func buildImage(t testing.TB, c *Converter, img materialize.Image) (string, error) {
+func buildImage(t testing.TB, c *Converter, img manifest.Image) (string, error) {
 	t.Helper()
 	f, err := os.CreateTemp(t.TempDir(), "img-*.ext4")
 	if err != nil {
@@ -156,7 +157,7 @@ type countingLayer struct {
 	read *atomic.Int64
 }
 
-func (l *countingLayer) MediaType() string { return layerio.OCILayer }
+func (l *countingLayer) MediaType() types.MediaType { return types.MediaType(layerio.OCILayer) }
 func (l *countingLayer) Open(ctx context.Context) (io.ReadCloser, error) {
 	rc, err := l.rawLayer.Open(ctx)
 	if err != nil {
@@ -206,7 +207,7 @@ func gzipFileLayer(t testing.TB, name string, size int64, b byte) []byte {
 func TestBombFailsFastOnRetry(t *testing.T) {
 	var read atomic.Int64
 	bomb := &countingLayer{rawLayer{data: gzipFileLayer(t, "bomb", 64<<20, 'b')}, &read}
-	img := &testImage{layers: []materialize.Layer{&rawLayer{data: tartest.New().File("ok", nil).Tar()}, bomb}}
+	img := &testImage{layers: []manifest.Layer{&rawLayer{data: tartest.New().File("ok", nil).Tar()}, bomb}}
 	c := converterWith(t, Config{MaxLayerBytes: 8 << 20})
 	ctx := context.Background()
 	if _, err := c.Materialize(ctx, img, nil); !errors.Is(err, ErrLayerTooLarge) {
@@ -235,7 +236,7 @@ func TestBombFailsFastOnRetry(t *testing.T) {
 // image is clean.
 func TestZeroFileTakesNoSpace(t *testing.T) {
 	img := imageOf()
-	img.layers = []materialize.Layer{&countingLayer{rawLayer{data: gzipFileLayer(t, "zeros", 256<<20, 0)}, new(atomic.Int64)}}
+	img.layers = []manifest.Layer{&countingLayer{rawLayer{data: gzipFileLayer(t, "zeros", 256<<20, 0)}, new(atomic.Int64)}}
 	p, err := buildImage(t, converterWith(t, Config{}), img)
 	if err != nil {
 		t.Fatal(err)
@@ -256,7 +257,7 @@ func TestZeroFileTakesNoSpace(t *testing.T) {
 func TestDiskBudgetHoldsWhileWriting(t *testing.T) {
 	const maxDisk = 16 << 20
 	img := imageOf()
-	img.layers = []materialize.Layer{&countingLayer{rawLayer{data: gzipFileLayer(t, "big", 96<<20, 'a')}, new(atomic.Int64)}}
+	img.layers = []manifest.Layer{&countingLayer{rawLayer{data: gzipFileLayer(t, "big", 96<<20, 'a')}, new(atomic.Int64)}}
 	c := converterWith(t, Config{MaxDiskSize: maxDisk})
 	var peak atomic.Int64
 	done := make(chan struct{})
@@ -295,7 +296,7 @@ func TestDiskBudgetHoldsWhileWriting(t *testing.T) {
 
 // peakHeap converts img and returns the highest HeapInuse sampled during
 // the conversion, above the value before it.
-func peakHeap(t *testing.T, img materialize.Image) uint64 {
+func peakHeap(t *testing.T, img manifest.Image) uint64 {
 	t.Helper()
 	c := converterWith(t, Config{})
 	runtime.GC()
@@ -340,7 +341,7 @@ func TestConversionMemoryFlatInLayers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("converts 310 layers")
 	}
-	mk := func(n int) materialize.Image {
+	mk := func(n int) manifest.Image {
 		img := &testImage{}
 		for i := range n {
 			img.layers = append(img.layers, &countingLayer{rawLayer{data: tartest.New().

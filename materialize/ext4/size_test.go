@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"io"
 	"math"
 	"testing"
@@ -24,7 +25,7 @@ type sizedLayer struct {
 
 func (l *sizedLayer) Digest() blob.Digest             { return blob.FromBytes(l.data) }
 func (l *sizedLayer) Authorize(context.Context) error { return nil }
-func (l *sizedLayer) MediaType() string               { return l.mt }
+func (l *sizedLayer) MediaType() types.MediaType      { return types.MediaType(l.mt) }
 func (l *sizedLayer) Size() int64                     { return l.size }
 func (l *sizedLayer) Open(context.Context) (io.ReadCloser, error) {
 	return blob.NewVerifier(bytes.NewReader(l.data), l.Digest(), l.size, nil), nil

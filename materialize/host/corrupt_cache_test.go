@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/strata-oci/strata/internal/registrytest"
-	"github.com/strata-oci/strata/materialize"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 	"github.com/strata-oci/strata/registry/credential"
 )
@@ -72,7 +71,7 @@ func TestCorruptCachedLayerIsRefetched(t *testing.T) {
 
 			switch format {
 			case "overlay":
-				res, err := h.Overlay().Materialize(ctx, materialize.Fetched(fimg))
+				res, err := h.Overlay().Materialize(ctx, fimg)
 				if err != nil {
 					t.Fatalf("overlay over a rotten cached layer: %v", err)
 				}
@@ -82,7 +81,7 @@ func TestCorruptCachedLayerIsRefetched(t *testing.T) {
 				}
 				res.Lease.Release()
 			case "ext4":
-				if _, err := h.Ext4().Materialize(ctx, materialize.Fetched(fimg), nil); err != nil {
+				if _, err := h.Ext4().Materialize(ctx, fimg, nil); err != nil {
 					t.Fatalf("ext4 over a rotten cached layer: %v", err)
 				}
 			}
@@ -138,7 +137,7 @@ func TestRottenCopyWithAValidLookingEntry(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := count.Count("GET", "blob")
-	if _, err := h.Ext4().Materialize(ctx, materialize.Fetched(fimg), nil); err != nil {
+	if _, err := h.Ext4().Materialize(ctx, fimg, nil); err != nil {
 		t.Fatalf("ext4 over a rotten copy with a well-formed refused entry: %v", err)
 	}
 	if got := count.Count("GET", "blob") - before; got != 1 {

@@ -8,7 +8,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/strata-oci/strata/materialize"
 	"github.com/strata-oci/strata/materialize/host"
 	"github.com/strata-oci/strata/registry/credential"
 )
@@ -31,13 +30,13 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	disk, err := h.Ext4().Materialize(ctx, materialize.Fetched(img), nil)
+	disk, err := h.Ext4().Materialize(ctx, img, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
 	fmt.Fprintln(os.Stderr, "ext4 image:", disk.Path, disk.Size)
 
-	lower, err := h.Overlay().Materialize(ctx, materialize.Fetched(img))
+	lower, err := h.Overlay().Materialize(ctx, img)
 	if err != nil {
 		log.Fatal(err)
 	}

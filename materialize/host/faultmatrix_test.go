@@ -20,7 +20,6 @@ import (
 	"github.com/strata-oci/strata/internal/reapitest"
 	"github.com/strata-oci/strata/internal/registrytest"
 	"github.com/strata-oci/strata/internal/testenv"
-	"github.com/strata-oci/strata/materialize"
 	"github.com/strata-oci/strata/materialize/ext4"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 	"github.com/strata-oci/strata/materialize/overlay"
@@ -286,7 +285,7 @@ func TestFaultMatrixMaterialize(t *testing.T) {
 					// The first call succeeds, with the right content.
 					switch format {
 					case "overlay":
-						res, err := e.ov.Materialize(ctx, materialize.Fetched(im))
+						res, err := e.ov.Materialize(ctx, im)
 						if err != nil {
 							t.Fatalf("overlay: first call = %v, want success from the remaining sources", err)
 						}
@@ -296,7 +295,7 @@ func TestFaultMatrixMaterialize(t *testing.T) {
 						}
 						res.Lease.Release()
 					case "ext4":
-						res, err := e.conv.Materialize(ctx, materialize.Fetched(im), nil)
+						res, err := e.conv.Materialize(ctx, im, nil)
 						if err != nil {
 							t.Fatalf("ext4: first call = %v, want success from the remaining sources", err)
 						}

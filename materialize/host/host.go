@@ -220,7 +220,7 @@ func Open(ctx context.Context, cfg Config, reg prometheus.Registerer) (_ *Host, 
 	signingKey := key.Derive("ext4-derivation-refs")
 	// Images of callers who may not use the shared tier (anonymous ones)
 	// are converted and stored through the local tiers only: the converter
-	// picks the store from the image (materialize.Image.LocalOnly).
+	// picks the store from the image (manifest.Image.LocalOnly).
 	localStore := blob.Tier(h.stack)
 	if h.remote != nil && !cfg.Remote.AnonymousShared {
 		localStore = h.stack.Local()

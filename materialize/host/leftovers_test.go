@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/strata-oci/strata/internal/registrytest"
-	"github.com/strata-oci/strata/materialize"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 	"github.com/strata-oci/strata/registry/credential"
 )
@@ -117,7 +116,7 @@ func TestVerifyOverlayThroughHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fimg := materialize.Fetched(fetched)
+	fimg := fetched
 	res, err := h.Overlay().Materialize(ctx, fimg)
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/strata-oci/strata/internal/registrytest"
-	"github.com/strata-oci/strata/materialize"
 	"github.com/strata-oci/strata/registry"
 	"github.com/strata-oci/strata/registry/credential"
 )
@@ -99,7 +98,7 @@ func TestTierUsageGauges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.Ext4().Materialize(ctx, materialize.Fetched(fimg), nil); err != nil {
+	if _, err := h.Ext4().Materialize(ctx, fimg, nil); err != nil {
 		t.Fatal(err)
 	}
 	eu, err := h.Ext4().Usage()

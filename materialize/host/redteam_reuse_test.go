@@ -22,7 +22,6 @@ import (
 	"github.com/strata-oci/strata/fetcher"
 	"github.com/strata-oci/strata/internal/reapitest"
 	"github.com/strata-oci/strata/internal/registrytest"
-	"github.com/strata-oci/strata/materialize"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 	"github.com/strata-oci/strata/registry/credential"
 )
@@ -200,7 +199,7 @@ func TestRedteamOverlayDigestListing(t *testing.T) {
 			ctx := context.Background()
 			e := newReuseEnv(t, testConfig(t))
 			vimg := e.aliceFetches(t)
-			vres, err := e.h.Overlay().Materialize(ctx, materialize.Fetched(vimg))
+			vres, err := e.h.Overlay().Materialize(ctx, vimg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -215,7 +214,7 @@ func TestRedteamOverlayDigestListing(t *testing.T) {
 				t.Logf("mallory's fetch refused: %v", err)
 				return
 			}
-			res, err := e.h.Overlay().Materialize(ctx, materialize.Fetched(mimg))
+			res, err := e.h.Overlay().Materialize(ctx, mimg)
 			if err == nil {
 				defer res.Lease.Release()
 				t.Fatalf("mallory got layer directories %v (secret readable: %v)", res.LowerDirs, hasSecret(res.LowerDirs))
@@ -228,7 +227,7 @@ func TestRedteamOverlayDigestListing(t *testing.T) {
 				t.Errorf("the refusal did not come from asking mallory's registry for a layer (0 GETs): %v", err)
 			}
 			// Nor through ext4, nor by reading the layers.
-			if r, err := e.h.Ext4().Materialize(ctx, materialize.Fetched(mimg), nil); err == nil {
+			if r, err := e.h.Ext4().Materialize(ctx, mimg, nil); err == nil {
 				t.Errorf("mallory got an ext4 image %s", r.Path)
 			}
 			for _, l := range mimg.Layers() {
@@ -251,10 +250,10 @@ func TestRedteamManifestReplay(t *testing.T) {
 	ctx := context.Background()
 	e := newReuseEnv(t, testConfig(t))
 	vimg := e.aliceFetches(t)
-	if _, err := e.h.Ext4().Materialize(ctx, materialize.Fetched(vimg), nil); err != nil {
+	if _, err := e.h.Ext4().Materialize(ctx, vimg, nil); err != nil {
 		t.Fatal(err)
 	}
-	vres, err := e.h.Overlay().Materialize(ctx, materialize.Fetched(vimg))
+	vres, err := e.h.Overlay().Materialize(ctx, vimg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,13 +264,13 @@ func TestRedteamManifestReplay(t *testing.T) {
 	if err != nil {
 		t.Fatalf("mallory's fetch of replayed documents: %v (the replay itself verifies; the layers must be refused)", err)
 	}
-	if mimg.Digest != vimg.Digest {
-		t.Fatalf("replay served manifest %s, want alice's %s", mimg.Digest, vimg.Digest)
+	if mimg.Digest() != vimg.Digest() {
+		t.Fatalf("replay served manifest %s, want alice's %s", mimg.Digest(), vimg.Digest())
 	}
-	if r, err := e.h.Ext4().Materialize(ctx, materialize.Fetched(mimg), nil); err == nil {
+	if r, err := e.h.Ext4().Materialize(ctx, mimg, nil); err == nil {
 		t.Errorf("mallory got alice's ext4 image %s (from cache: %v)", r.Path, r.FromCache)
 	}
-	if res, err := e.h.Overlay().Materialize(ctx, materialize.Fetched(mimg)); err == nil {
+	if res, err := e.h.Overlay().Materialize(ctx, mimg); err == nil {
 		res.Lease.Release()
 		t.Errorf("mallory got alice's layer directories %v", res.LowerDirs)
 	}
@@ -283,7 +282,7 @@ func TestRedteamManifestReplay(t *testing.T) {
 		t.Error("no layer was asked of mallory's registry")
 	}
 	// Alice still gets both from the cache.
-	if r, err := e.h.Ext4().Materialize(ctx, materialize.Fetched(vimg), nil); err != nil || !r.FromCache {
+	if r, err := e.h.Ext4().Materialize(ctx, vimg, nil); err != nil || !r.FromCache {
 		t.Errorf("alice's ext4 image after the attack: %+v, %v", r, err)
 	}
 }
@@ -305,7 +304,7 @@ func TestRedteamSharedDerivationReplay(t *testing.T) {
 	}
 	a := newReuseEnv(t, fleet())
 	vimg := a.aliceFetches(t)
-	if r, err := a.h.Ext4().Materialize(ctx, materialize.Fetched(vimg), nil); err != nil || r.FromCache {
+	if r, err := a.h.Ext4().Materialize(ctx, vimg, nil); err != nil || r.FromCache {
 		t.Fatalf("alice's conversion: %+v, %v", r, err)
 	}
 
@@ -320,10 +319,10 @@ func TestRedteamSharedDerivationReplay(t *testing.T) {
 	if err != nil {
 		t.Fatalf("mallory's fetch: %v", err)
 	}
-	if mimg.LocalOnly {
+	if mimg.LocalOnly() {
 		t.Fatal("mallory's image is local-only: the test needs her on the shared tier")
 	}
-	if r, err := b.Ext4().Materialize(ctx, materialize.Fetched(mimg), nil); err == nil {
+	if r, err := b.Ext4().Materialize(ctx, mimg, nil); err == nil {
 		t.Fatalf("mallory got alice's image from the shared tier: %+v", r)
 	}
 	if st := b.Ext4().Stats(); st.Downloads != 0 {
@@ -336,7 +335,7 @@ func TestRedteamSharedDerivationReplay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := b.Ext4().Materialize(ctx, materialize.Fetched(vb), nil); err != nil || !r.FromCache {
+	if r, err := b.Ext4().Materialize(ctx, vb, nil); err != nil || !r.FromCache {
 		t.Fatalf("alice on the second executor: %+v, %v", r, err)
 	}
 }
@@ -403,7 +402,7 @@ func TestRedteamForeignFlights(t *testing.T) {
 						r.release()
 					}
 				} else {
-					_, err = e.h.Ext4().Materialize(ctx, materialize.Fetched(mimg), nil)
+					_, err = e.h.Ext4().Materialize(ctx, mimg, nil)
 				}
 				malloryDone <- err
 			}()
@@ -426,7 +425,7 @@ func TestRedteamForeignFlights(t *testing.T) {
 						r.release()
 					}
 				} else {
-					_, err = e.h.Ext4().Materialize(ctx, materialize.Fetched(vimg), nil)
+					_, err = e.h.Ext4().Materialize(ctx, vimg, nil)
 				}
 				aliceDone <- err
 			}()
@@ -467,7 +466,7 @@ type materializeResult struct {
 }
 
 func materializeOverlay(ctx context.Context, h *Host, img *fetcher.Image) (*materializeResult, error) {
-	r, err := h.Overlay().Materialize(ctx, materialize.Fetched(img))
+	r, err := h.Overlay().Materialize(ctx, img)
 	if err != nil {
 		return nil, err
 	}
@@ -480,7 +479,7 @@ func TestRedteamReuseErrorsNameNoSecret(t *testing.T) {
 	ctx := context.Background()
 	e := newReuseEnv(t, testConfig(t))
 	vimg := e.aliceFetches(t)
-	if _, err := e.h.Ext4().Materialize(ctx, materialize.Fetched(vimg), nil); err != nil {
+	if _, err := e.h.Ext4().Materialize(ctx, vimg, nil); err != nil {
 		t.Fatal(err)
 	}
 	e.evil.BasicAuth("mallory", "mallory-pw")
@@ -488,7 +487,7 @@ func TestRedteamReuseErrorsNameNoSecret(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.h.Ext4().Materialize(ctx, materialize.Fetched(mimg), nil)
+	_, err = e.h.Ext4().Materialize(ctx, mimg, nil)
 	if err == nil {
 		t.Fatal("mallory got alice's image")
 	}
@@ -530,12 +529,12 @@ func TestSameRepositoryReusesWithoutDownload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ares, err := h.Overlay().Materialize(ctx, materialize.Fetched(aimg))
+	ares, err := h.Overlay().Materialize(ctx, aimg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ares.Lease.Release()
-	if _, err := h.Ext4().Materialize(ctx, materialize.Fetched(aimg), nil); err != nil {
+	if _, err := h.Ext4().Materialize(ctx, aimg, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -544,7 +543,7 @@ func TestSameRepositoryReusesWithoutDownload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bres, err := h.Overlay().Materialize(ctx, materialize.Fetched(bimg))
+	bres, err := h.Overlay().Materialize(ctx, bimg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -552,7 +551,7 @@ func TestSameRepositoryReusesWithoutDownload(t *testing.T) {
 	if !hasSecret(bres.LowerDirs) {
 		t.Error("bob's layers lack the content")
 	}
-	r, err := h.Ext4().Materialize(ctx, materialize.Fetched(bimg), nil)
+	r, err := h.Ext4().Materialize(ctx, bimg, nil)
 	if err != nil || !r.FromCache {
 		t.Fatalf("bob's ext4: %+v, %v; want alice's converted image", r, err)
 	}

@@ -79,7 +79,7 @@ func (h *Host) Warm(ctx context.Context, ref string, cred credential.Credential,
 	if err != nil {
 		return nil, err
 	}
-	res := &FetchResult{Reference: img.Reference.String(), Digest: img.Digest.String(), Platform: ImagePlatform(img), FromCache: img.FromCache}
+	res := &FetchResult{Reference: img.Reference.String(), Digest: img.Digest().String(), Platform: ImagePlatform(img), FromCache: img.FromCache}
 	if img.Index != "" {
 		res.Index = img.Index.String()
 		var size int64
@@ -90,7 +90,7 @@ func (h *Host) Warm(ctx context.Context, ref string, cred credential.Credential,
 	}
 	cd := img.Manifest.Config
 	res.Blobs = append(res.Blobs,
-		FetchRecord{Kind: "manifest", Digest: img.Digest.String(), MediaType: string(img.Manifest.MediaType), Source: img.Sources[img.Digest], Bytes: img.Manifest.Size()},
+		FetchRecord{Kind: "manifest", Digest: img.Digest().String(), MediaType: string(img.Manifest.MediaType), Source: img.Sources[img.Digest()], Bytes: img.Manifest.Size()},
 		FetchRecord{Kind: "config", Digest: cd.Digest.String(), MediaType: string(cd.MediaType), Source: img.Sources[cd.Digest], Bytes: cd.Size})
 	if hooks.Documents != nil {
 		hooks.Documents(res.Blobs)
@@ -101,9 +101,10 @@ func (h *Host) Warm(ctx context.Context, ref string, cred credential.Credential,
 	g.SetLimit(max(parallel, 1))
 	for i, l := range layers {
 		g.Go(func() error {
-			rec, err := warmLayer(gctx, l, hooks)
+			fl := l.(*fetcher.Layer) // what fetcher.Image.Layers holds
+			rec, err := warmLayer(gctx, fl, hooks)
 			if hooks.Layer != nil {
-				hooks.Layer(l, rec, err)
+				hooks.Layer(fl, rec, err)
 			}
 			recs[i] = rec
 			return err
@@ -146,7 +147,7 @@ func warmLayerOnce(ctx context.Context, l *fetcher.Layer, hooks *WarmHooks) (Fet
 	if err != nil {
 		return FetchRecord{}, fmt.Errorf("layer %s from %s: %w", l.Digest(), info.Tier, err)
 	}
-	return FetchRecord{Kind: "layer", Digest: l.Digest().String(), MediaType: l.MediaType(), Source: info.Tier, Bytes: n, Seconds: time.Since(start).Seconds()}, nil
+	return FetchRecord{Kind: "layer", Digest: l.Digest().String(), MediaType: string(l.MediaType()), Source: info.Tier, Bytes: n, Seconds: time.Since(start).Seconds()}, nil
 }
 
 // warmRequest is the admin endpoint's /v1/warm body. The credential travels

@@ -19,7 +19,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
@@ -246,7 +246,7 @@ func TestZeroRunsBecomeHoles(t *testing.T) {
 
 // countingLayer counts the blob bytes its readers deliver.
 type countingLayer struct {
-	materialize.Layer
+	manifest.Layer
 	read *atomic.Int64
 }
 
@@ -271,7 +271,7 @@ func (r *countingReader) Read(p []byte) (int, error) {
 
 // originImage is img with another origin.
 type originImage struct {
-	materialize.Image
+	manifest.Image
 	origin string
 }
 

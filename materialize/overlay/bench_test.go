@@ -24,7 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
@@ -34,7 +34,7 @@ import (
 // pseudo-random and half zeros (so gzip roughly halves it).
 type benchImage struct {
 	img   v1.Image
-	mimg  materialize.Image
+	mimg  manifest.Image
 	bytes int64
 	files int
 }

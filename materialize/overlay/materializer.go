@@ -49,7 +49,7 @@ import (
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/internal/privdir"
 	"github.com/strata-oci/strata/internal/safego"
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 )
 
@@ -490,15 +490,15 @@ func (m *Materializer) release(es []*layerEntry) {
 // Materialize makes sure every layer of img is extracted and returns the
 // lower directories, mount options and a lease the caller must Release.
 // Layers already extracted are reused once the layer authorizes the caller
-// (materialize.Layer.Authorize: a layer directory is handed only to callers
+// (manifest.Layer.Authorize: a layer directory is handed only to callers
 // that proved they may have its blob); missing ones are extracted in
 // parallel (at most Config.Parallelism at once), and concurrent requests
-// for one layer from one origin (materialize.Image.Origin) share a single
+// for one layer from one origin (manifest.Image.Origin) share a single
 // extraction. A caller giving up (ctx done) leaves the extraction running
 // for the others; it stops when nobody waits for it any more. A caller
 // whose shared extraction failed tries once more on its own. On error
 // nothing is leased and no partial layer is left.
-func (m *Materializer) Materialize(ctx context.Context, img materialize.Image) (*Result, error) {
+func (m *Materializer) Materialize(ctx context.Context, img manifest.Image) (*Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("overlay: image %s: %w", img.Digest(), err)
 	}
@@ -554,7 +554,7 @@ func (m *Materializer) Materialize(ctx context.Context, img materialize.Image) (
 
 // ensure returns the extracted layer with one lease taken on it, its bytes
 // charged to budget.
-func (m *Materializer) ensure(ctx context.Context, l materialize.Layer, origin string, budget *imageBudget) (*layerEntry, error) {
+func (m *Materializer) ensure(ctx context.Context, l manifest.Layer, origin string, budget *imageBudget) (*layerEntry, error) {
 	authorized := false
 	for attempt := 0; ; attempt++ {
 		e, joined, charged, err := m.ensureOnce(ctx, l, origin, &authorized, budget)
@@ -587,7 +587,7 @@ func contentError(err error) bool {
 // ensureOnce is one attempt of ensure. joined reports that the caller
 // waited for an extraction another caller started, charged that the
 // layer's bytes were charged to budget while it was written.
-func (m *Materializer) ensureOnce(ctx context.Context, l materialize.Layer, origin string, authorized *bool, budget *imageBudget) (_ *layerEntry, joined, charged bool, _ error) {
+func (m *Materializer) ensureOnce(ctx context.Context, l manifest.Layer, origin string, authorized *bool, budget *imageBudget) (_ *layerEntry, joined, charged bool, _ error) {
 	d := l.Digest()
 	for {
 		m.mu.Lock()
@@ -674,7 +674,7 @@ func (m *Materializer) Close() error {
 	return nil
 }
 
-func (m *Materializer) run(ctx context.Context, k flightKey, f *flight, l materialize.Layer) {
+func (m *Materializer) run(ctx context.Context, k flightKey, f *flight, l manifest.Layer) {
 	defer m.running.Done()
 	defer f.cancel()
 	d := k.digest
@@ -717,7 +717,7 @@ var readahead = true
 // extract writes layer l into a new temp dir, and its manifest next to it
 // (the dir's name plus manifestSuffix), and returns the dir with the bytes
 // of file content written, charged to budget. On error neither is left.
-func (m *Materializer) extract(ctx context.Context, l materialize.Layer, origin string, budget *imageBudget) (string, int64, error) {
+func (m *Materializer) extract(ctx context.Context, l manifest.Layer, origin string, budget *imageBudget) (string, int64, error) {
 	h := l.Digest().Encoded()
 	tmp, err := os.MkdirTemp(m.path("tmp"), h[:16]+"-")
 	if err != nil {
@@ -759,7 +759,7 @@ func (m *Materializer) extract(ctx context.Context, l materialize.Layer, origin 
 // dir. A layer whose content failed a per-layer limit or was invalid is
 // remembered (per digest and origin, layerio.Failures) and fails again at
 // once, without being read, until the memory expires.
-func (m *Materializer) extractInto(ctx context.Context, l materialize.Layer, origin, dir string, budget *imageBudget, sums fileSums) (applyStats, error) {
+func (m *Materializer) extractInto(ctx context.Context, l manifest.Layer, origin, dir string, budget *imageBudget, sums fileSums) (applyStats, error) {
 	if err := m.failed.Check(l.Digest(), origin); err != nil {
 		return applyStats{}, err
 	}
@@ -811,7 +811,7 @@ func (m *Materializer) chargeFunc(dir string) func(int64) error {
 
 // extractLayer applies l to dir, charging budget (nil: no image budget)
 // and recording the sha256 of every file written in sums (nil: none).
-func (m *Materializer) extractLayer(ctx context.Context, l materialize.Layer, dir string, budget *imageBudget, sums fileSums) (applyStats, error) {
+func (m *Materializer) extractLayer(ctx context.Context, l manifest.Layer, dir string, budget *imageBudget, sums fileSums) (applyStats, error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return applyStats{}, err
 	}
@@ -961,7 +961,7 @@ func (m *Materializer) unindexLocked(e *layerEntry) (string, error) {
 
 // IsMaterialized reports whether every layer of img is extracted (so
 // Materialize would do no extraction work). It does no I/O.
-func (m *Materializer) IsMaterialized(ctx context.Context, img materialize.Image) bool {
+func (m *Materializer) IsMaterialized(ctx context.Context, img manifest.Image) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, l := range img.Layers() {
@@ -977,7 +977,7 @@ func (m *Materializer) IsMaterialized(ctx context.Context, img materialize.Image
 // stay, and so do those of a mount lease (see RecordMount; DropStaleMounts
 // first to let go of mounts that are gone). It returns the first removal
 // error.
-func (m *Materializer) Cleanup(ctx context.Context, imgs ...materialize.Image) error {
+func (m *Materializer) Cleanup(ctx context.Context, imgs ...manifest.Image) error {
 	m.mu.Lock()
 	var victims []*layerEntry
 	if len(imgs) == 0 {

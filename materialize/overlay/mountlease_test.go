@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
 
@@ -97,7 +97,7 @@ func TestMountLeaseHoldsLayers(t *testing.T) {
 func TestNoEvictKeepsEverything(t *testing.T) {
 	root := t.TempDir()
 	ctx := context.Background()
-	var imgs []materialize.Image
+	var imgs []manifest.Image
 	m := newMaterializer(t, Config{Root: root})
 	for _, name := range []string{"a", "b"} {
 		img := tartest.FromV1(t, tartest.Image(t, tartest.New().File(name, tartest.Content(name, 40_000)).Gzip()))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/strata-oci/strata/internal/testenv"
 	"io"
 	"os"
@@ -18,7 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
@@ -246,17 +247,17 @@ func TestConcurrentMaterializeExtractsOnce(t *testing.T) {
 
 // gatedImage wraps an image so that layer reads block until gate closes.
 type gatedImage struct {
-	materialize.Image
+	manifest.Image
 	gate chan struct{}
 }
 
 type gatedLayer struct {
-	materialize.Layer
+	manifest.Layer
 	gate chan struct{}
 }
 
-func (g gatedImage) Layers() []materialize.Layer {
-	var out []materialize.Layer
+func (g gatedImage) Layers() []manifest.Layer {
+	var out []manifest.Layer
 	for _, l := range g.Image.Layers() {
 		out = append(out, gatedLayer{l, g.gate})
 	}
@@ -306,7 +307,7 @@ func TestWaiterCancellationLeavesOthersAlone(t *testing.T) {
 	}
 }
 
-func gatedImageOf(img materialize.Image, gate chan struct{}) materialize.Image {
+func gatedImageOf(img manifest.Image, gate chan struct{}) manifest.Image {
 	return gatedImage{img, gate}
 }
 
@@ -323,7 +324,7 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 func TestEvictionRespectsLeases(t *testing.T) {
-	mk := func(name string, size int) materialize.Image {
+	mk := func(name string, size int) manifest.Image {
 		return tartest.FromV1(t, tartest.Image(t, tartest.New().File(name, tartest.Content(name, size)).Gzip()))
 	}
 	a, b, c := mk("a", 40_000), mk("b", 40_000), mk("c", 40_000)
@@ -414,7 +415,7 @@ func TestMaterializeErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
-			var ls []materialize.Layer
+			var ls []manifest.Layer
 			for i, b := range tc.layers {
 				mt := tartest.MediaTypeOf(b)
 				if i < len(tc.types) {
@@ -453,7 +454,7 @@ func TestMaterializeErrors(t *testing.T) {
 }
 
 func TestTooManyLayers(t *testing.T) {
-	var layers []materialize.Layer
+	var layers []manifest.Layer
 	for i := 0; i <= MaxLayers; i++ {
 		layers = append(layers, tartest.RawLayer(tartest.New().File(fmt.Sprint(i), nil).Tar(), layerio.OCILayerUncompressed))
 	}
@@ -465,7 +466,7 @@ func TestTooManyLayers(t *testing.T) {
 }
 
 type digestLayer struct {
-	materialize.Layer
+	manifest.Layer
 	d blob.Digest
 }
 
@@ -552,7 +553,7 @@ type lyingLayer struct {
 }
 
 func (l lyingLayer) Digest() blob.Digest             { return l.d }
-func (l lyingLayer) MediaType() string               { return l.mt }
+func (l lyingLayer) MediaType() types.MediaType      { return types.MediaType(l.mt) }
 func (l lyingLayer) Size() int64                     { return int64(len(l.b)) }
 func (l lyingLayer) Authorize(context.Context) error { return nil }
 func (l lyingLayer) Open(context.Context) (io.ReadCloser, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"io"
 	"math"
 	"os"
@@ -12,7 +13,7 @@ import (
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/internal/safego"
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
@@ -27,7 +28,7 @@ type declaredLayer struct {
 
 func (l declaredLayer) Digest() blob.Digest             { return blob.FromBytes(l.b) }
 func (l declaredLayer) Authorize(context.Context) error { return nil }
-func (l declaredLayer) MediaType() string               { return l.mt }
+func (l declaredLayer) MediaType() types.MediaType      { return types.MediaType(l.mt) }
 func (l declaredLayer) Size() int64                     { return l.size }
 func (l declaredLayer) Open(context.Context) (io.ReadCloser, error) {
 	return blob.NewVerifier(bytes.NewReader(l.b), l.Digest(), l.size, nil), nil
@@ -86,4 +87,4 @@ func TestMaterializeExtremeDeclaredSizes(t *testing.T) {
 	}
 }
 
-var _ materialize.Layer = declaredLayer{}
+var _ manifest.Layer = declaredLayer{}

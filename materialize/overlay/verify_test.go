@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
 
@@ -261,7 +261,7 @@ func TestImageCap(t *testing.T) {
 		return b.Gzip()
 	}
 	m1, m2 := manyFiles("p"), manyFiles("q")
-	img := func(layers ...[]byte) materialize.Image { return tartest.FromV1(t, tartest.Image(t, layers...)) }
+	img := func(layers ...[]byte) manifest.Image { return tartest.FromV1(t, tartest.Image(t, layers...)) }
 	tests := []struct {
 		desc    string
 		cfg     Config

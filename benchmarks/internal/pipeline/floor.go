@@ -20,7 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
-	"github.com/strata-oci/strata/fetcher"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/registry/credential"
 )
 
@@ -122,7 +122,7 @@ func (e *env) overlayFloor(ctx context.Context) error {
 }
 
 // readFloorLayers reads every layer blob into memory and lists its entries.
-func readFloorLayers(ctx context.Context, ls []*fetcher.Layer) ([]*floorLayer, error) {
+func readFloorLayers(ctx context.Context, ls []manifest.Layer) ([]*floorLayer, error) {
 	var layers []*floorLayer
 	for _, l := range ls {
 		rc, err := l.Open(ctx)
@@ -134,7 +134,7 @@ func readFloorLayers(ctx context.Context, ls []*fetcher.Layer) ([]*floorLayer, e
 		if err != nil {
 			return nil, err
 		}
-		fl := &floorLayer{blob: b, mediaType: l.MediaType()}
+		fl := &floorLayer{blob: b, mediaType: string(l.MediaType())}
 		if err := fl.scan(); err != nil {
 			return nil, fmt.Errorf("layer %s: %w", l.Digest(), err)
 		}

@@ -32,7 +32,6 @@ import (
 
 	"github.com/strata-oci/strata/benchmarks/internal/countproxy"
 	"github.com/strata-oci/strata/fetcher"
-	"github.com/strata-oci/strata/materialize"
 	"github.com/strata-oci/strata/materialize/ext4"
 	"github.com/strata-oci/strata/materialize/overlay"
 	"github.com/strata-oci/strata/registry"
@@ -378,7 +377,7 @@ func (e *env) overlayCold(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := m.Materialize(ctx, materialize.Fetched(img))
+	res, err := m.Materialize(ctx, img)
 	if err != nil {
 		return err
 	}
@@ -403,7 +402,7 @@ func (e *env) overlayWarm(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	mimg := materialize.Fetched(img)
+	mimg := img
 	res, err := m.Materialize(ctx, mimg)
 	if err != nil {
 		return err
@@ -447,7 +446,7 @@ func (e *env) ext4(ctx context.Context) error {
 		return err
 	}
 	t0 := time.Now()
-	res, err := c.Materialize(ctx, materialize.Fetched(img), nil)
+	res, err := c.Materialize(ctx, img, nil)
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 )
 
 // Sentinel errors.
@@ -106,8 +106,8 @@ const (
 // error wrapping the *blob.MismatchError when the bytes were not the blob's.
 // The caller closes the reader, which closes the blob reader. Cancelling
 // ctx fails later reads if l honours it.
-func Open(ctx context.Context, l materialize.Layer, lim Limits) (io.ReadCloser, error) {
-	c, err := CompressionOf(l.MediaType())
+func Open(ctx context.Context, l manifest.Layer, lim Limits) (io.ReadCloser, error) {
+	c, err := CompressionOf(string(l.MediaType()))
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", l.Digest(), err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"io"
 	"strings"
 	"testing"
@@ -23,7 +24,7 @@ type fakeLayer struct {
 
 func (l fakeLayer) Digest() blob.Digest             { return l.digest }
 func (l fakeLayer) Authorize(context.Context) error { return nil }
-func (l fakeLayer) MediaType() string               { return l.mediaType }
+func (l fakeLayer) MediaType() types.MediaType      { return types.MediaType(l.mediaType) }
 func (l fakeLayer) Size() int64                     { return int64(len(l.b)) }
 func (l fakeLayer) Open(context.Context) (io.ReadCloser, error) {
 	return blob.NewVerifier(io.NopCloser(bytes.NewReader(l.b)), l.digest, int64(len(l.b)), nil), nil

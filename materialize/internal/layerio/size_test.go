@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"io"
 	"math"
 	"testing"
@@ -24,7 +25,7 @@ type sizedLayer struct {
 
 func (l sizedLayer) Digest() blob.Digest             { return blob.FromBytes(l.b) }
 func (l sizedLayer) Authorize(context.Context) error { return nil }
-func (l sizedLayer) MediaType() string               { return l.mediaType }
+func (l sizedLayer) MediaType() types.MediaType      { return types.MediaType(l.mediaType) }
 func (l sizedLayer) Size() int64                     { return l.size }
 func (l sizedLayer) Open(context.Context) (io.ReadCloser, error) {
 	return blob.NewVerifier(io.NopCloser(bytes.NewReader(l.b)), l.Digest(), l.size, nil), nil

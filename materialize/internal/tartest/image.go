@@ -16,7 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/materialize"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 )
 
@@ -107,11 +107,11 @@ func ImageOf(t testing.TB, layers ...v1.Layer) v1.Image {
 	return img
 }
 
-// FromV1 adapts a go-containerregistry image to materialize.Image. Each
+// FromV1 adapts a go-containerregistry image to manifest.Image. Each
 // Layer.Open returns the layer's blob as stored, verified against its digest
 // and size with blob.NewVerifier while it is read, and failing reads once
 // ctx is done.
-func FromV1(t testing.TB, img v1.Image) materialize.Image {
+func FromV1(t testing.TB, img v1.Image) manifest.Image {
 	t.Helper()
 	m, err := Adapt(img)
 	if err != nil {
@@ -121,7 +121,7 @@ func FromV1(t testing.TB, img v1.Image) materialize.Image {
 }
 
 // Adapt is FromV1 returning its error instead of failing a test.
-func Adapt(img v1.Image) (materialize.Image, error) {
+func Adapt(img v1.Image) (manifest.Image, error) {
 	d, err := img.Digest()
 	if err != nil {
 		return nil, fmt.Errorf("image digest: %w", err)
@@ -151,11 +151,11 @@ func Adapt(img v1.Image) (materialize.Image, error) {
 
 type v1Image struct {
 	digest blob.Digest
-	layers []materialize.Layer
+	layers []manifest.Layer
 }
 
-func (i *v1Image) Digest() blob.Digest         { return i.digest }
-func (i *v1Image) Layers() []materialize.Layer { return i.layers }
+func (i *v1Image) Digest() blob.Digest      { return i.digest }
+func (i *v1Image) Layers() []manifest.Layer { return i.layers }
 
 // Origin is one name for every test image: they hold their bytes.
 func (i *v1Image) Origin() string  { return "tartest" }
@@ -168,9 +168,9 @@ type v1Layer struct {
 	mediaType string
 }
 
-func (l *v1Layer) Digest() blob.Digest { return l.digest }
-func (l *v1Layer) MediaType() string   { return l.mediaType }
-func (l *v1Layer) Size() int64         { return l.size }
+func (l *v1Layer) Digest() blob.Digest        { return l.digest }
+func (l *v1Layer) MediaType() types.MediaType { return types.MediaType(l.mediaType) }
+func (l *v1Layer) Size() int64                { return l.size }
 
 // Authorize: the test holds the layer's bytes.
 func (l *v1Layer) Authorize(context.Context) error { return nil }
@@ -199,17 +199,17 @@ func (r *ctxReader) Read(p []byte) (int, error) {
 
 func (r *ctxReader) Close() error { return r.rc.Close() }
 
-// RawLayer returns a materialize.Layer over blob b with the given media type
+// RawLayer returns a manifest.Layer over blob b with the given media type
 // and no checks at all (it may be corrupt or mislabelled): for testing how
 // materializers handle bad layers. Open verifies against b's digest, so
 // reads succeed.
-func RawLayer(b []byte, mediaType string) materialize.Layer {
+func RawLayer(b []byte, mediaType string) manifest.Layer {
 	return &rawLayer{b: b, mediaType: mediaType, digest: blob.FromBytes(b)}
 }
 
-// RawImage returns a materialize.Image of the given layers, bottom first,
+// RawImage returns a manifest.Image of the given layers, bottom first,
 // whose digest is derived from the layer digests.
-func RawImage(layers ...materialize.Layer) materialize.Image {
+func RawImage(layers ...manifest.Layer) manifest.Image {
 	var s strings.Builder
 	for _, l := range layers {
 		s.WriteString(string(l.Digest()))
@@ -223,9 +223,9 @@ type rawLayer struct {
 	digest    blob.Digest
 }
 
-func (l *rawLayer) Digest() blob.Digest { return l.digest }
-func (l *rawLayer) MediaType() string   { return l.mediaType }
-func (l *rawLayer) Size() int64         { return int64(len(l.b)) }
+func (l *rawLayer) Digest() blob.Digest        { return l.digest }
+func (l *rawLayer) MediaType() types.MediaType { return types.MediaType(l.mediaType) }
+func (l *rawLayer) Size() int64                { return int64(len(l.b)) }
 
 // Authorize: the test holds the layer's bytes.
 func (l *rawLayer) Authorize(context.Context) error { return nil }

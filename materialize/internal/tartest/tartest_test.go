@@ -220,7 +220,7 @@ func TestFromV1VerifiesLayers(t *testing.T) {
 	}
 	wantTypes := []string{"application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+zstd", "application/vnd.oci.image.layer.v1.tar"}
 	for i, l := range ls {
-		if l.MediaType() != wantTypes[i] {
+		if string(l.MediaType()) != wantTypes[i] {
 			t.Errorf("layer %d media type %s, want %s", i, l.MediaType(), wantTypes[i])
 		}
 	}
