@@ -26,14 +26,15 @@ type batchBlob struct {
 }
 
 // batchUpload sends blobs in one BatchUpdateBlobs request (zstd-compressed
-// where enabled and smaller), retried as a whole. A blob the server refuses
+// where enabled, the content is not compressed already, and the result is
+// smaller), retried as a whole. A blob the server refuses
 // fails the call with that blob's status. existing counts the blobs the
 // server answered ALREADY_EXISTS for (it kept its copy).
 func (t *Tier) batchUpload(ctx context.Context, caps *serverCaps, blobs []batchBlob) (existing int, err error) {
 	req := &repb.BatchUpdateBlobsRequest{InstanceName: t.cfg.Instance, DigestFunction: repb.DigestFunction_SHA256}
 	for _, b := range blobs {
 		r := &repb.BatchUpdateBlobsRequest_Request{Digest: b.d.ToProto(), Data: b.data}
-		if caps.zstdBatch && len(b.data) > 0 {
+		if caps.zstdBatch && len(b.data) > 0 && compressible(b.data[:min(len(b.data), sniffLen)]) {
 			if c := batchEncoder().EncodeAll(b.data, nil); len(c) < len(b.data) {
 				r.Data, r.Compressor = c, repb.Compressor_ZSTD
 			}

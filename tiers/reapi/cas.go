@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync"
 
 	"github.com/bazelbuild/remote-apis-sdks/go/pkg/digest"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -117,17 +118,28 @@ func (t *Tier) sizeOf(ctx context.Context, d blob.Digest) (int64, error) {
 	return size, nil
 }
 
-// Open streams d from the server with ByteStream Read (zstd compressed-blobs
-// when enabled), decompressing as it goes and verifying digest and size:
-// the reader fails at EOF with a *blob.MismatchError on corruption (also
-// for a zstd stream that does not decode), after which the tier reports d
-// missing until a Put re-uploads it (REAPI cannot delete the bad copy).
-// The first message is awaited (at most CallTimeout) before Open returns,
-// so a miss is reported by Open as blob.ErrNotFound. A stream that breaks
-// later is resumed at the offset already delivered (Retries.MaxResumes);
-// a Read fails with blob.ErrUnavailable when that does not work, or when
-// the stream made no progress for StallTimeout. Nothing is buffered beyond
-// one message. The caller must Close the reader.
+// Open streams d from the server with ByteStream Read, decompressing as it
+// goes and verifying digest and size: the reader fails at EOF with a
+// *blob.MismatchError on corruption (also for a zstd stream that does not
+// decode), after which the tier reports d missing until a Put re-uploads it
+// (REAPI cannot delete the bad copy). The first message is awaited (at most
+// CallTimeout) before Open returns, so a miss is reported by Open as
+// blob.ErrNotFound.
+//
+// Where zstd is on, a blob whose content compresses is read from
+// compressed-blobs/zstd, other blobs as identity; a blob the tier knows
+// nothing of is read as identity and moved to zstd after the first message
+// when its first bytes are not those of compressed content. A blob of at
+// least Parallel.Threshold bytes read as identity is read in parts over
+// several streams (see ParallelConfig) and delivered in order.
+//
+// A stream that breaks is resumed at the offset already delivered
+// (Retries.MaxResumes per stream); a part read ahead that fails or stalls
+// is read again from where it stopped when the caller reaches it. A Read
+// fails with blob.ErrUnavailable when that does not work, or when the
+// stream the caller waits on made no progress for StallTimeout. Nothing is
+// buffered beyond one message, except the parts read ahead (bounded by
+// Parallel.Memory for the whole tier). The caller must Close the reader.
 func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Info, error) {
 	if err := t.check(ctx, d); err != nil {
 		return nil, blob.Info{}, err
@@ -144,23 +156,46 @@ func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Inf
 		return nil, blob.Info{}, err
 	}
 	markCorrupt := func(error) { t.markCorrupt(d) }
-	rr := &resumingReader{t: t, ctx: ctx, d: d, size: size, zstd: caps.zstdStream, onCorrupt: markCorrupt,
-		resource: readResource(t.cfg.Instance, toREAPI(d, size), caps.zstdStream)}
+	enc := t.readEncodingOf(caps, d.Encoded())
+	pc := t.cfg.Parallel
+	parallel := enc != readZstd && pc.enabled() && size >= pc.Threshold && size > pc.PartSize
+	rr := &resumingReader{t: t, ctx: ctx, d: d, size: size, zstd: enc == readZstd, onCorrupt: markCorrupt, end: size}
+	if parallel {
+		rr.ranged, rr.end = true, pc.PartSize
+	}
 	if err := rr.open(); err != nil {
 		if errors.Is(err, blob.ErrNotFound) {
 			t.forget(d)
 		}
 		return nil, blob.Info{}, err
 	}
-	v := blob.NewVerifier(rr, d, size, markCorrupt)
-	return &blobReader{v: v, rr: rr, onVerified: func() { t.markPresent(d) }}, t.info(d, size), nil
+	if enc == readSniff {
+		head := rr.head()
+		if len(head) >= sniffLen || int64(len(head)) == size {
+			c := compressible(head[:min(len(head), sniffLen)])
+			t.kinds.put(d.Encoded(), c)
+			if c && size-int64(len(head)) >= minSwitch {
+				// Go on with zstd after this message: one stream.
+				rr.toZstd, rr.ranged, rr.end, parallel = true, false, size, false
+			}
+		}
+	}
+	var src io.Reader = rr
+	closeSrc := rr.close
+	if parallel {
+		pr := t.newParallelReader(ctx, d, size, rr, markCorrupt)
+		src, closeSrc = pr, pr.close
+	}
+	v := blob.NewVerifier(src, d, size, markCorrupt)
+	return &blobReader{v: v, close: closeSrc, onVerified: func() { t.markPresent(d) }}, t.info(d, size), nil
 }
 
 // blobReader is the reader Open returns: the verifier over the (possibly
-// decompressed, possibly resumed) stream. Close releases the stream.
+// decompressed, resumed or parallel) stream. Close releases the streams.
 type blobReader struct {
 	v          *blob.Verifier
-	rr         *resumingReader
+	close      func()
+	closeOnce  sync.Once
 	onVerified func()
 	reported   bool
 }
@@ -181,8 +216,9 @@ func (r *blobReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Close releases the streams; it is safe to call more than once.
 func (r *blobReader) Close() error {
-	r.rr.close()
+	r.closeOnce.Do(r.close)
 	return nil
 }
 
@@ -298,6 +334,7 @@ func (t *Tier) putSmall(ctx context.Context, caps *serverCaps, d blob.Digest, si
 	if _, err := blob.Copy(&buf, r, d, size); err != nil {
 		return false, fmt.Errorf("reapi %q: put %s: %w", t.cfg.Name, d, err)
 	}
+	t.kinds.put(d.Encoded(), compressible(buf.Bytes()[:min(buf.Len(), sniffLen)]))
 	existing, err := t.batchUpload(ctx, caps, []batchBlob{{d: toREAPI(d, size), data: buf.Bytes()}})
 	if errors.Is(err, errBatchTooLarge) {
 		return t.putStream(ctx, caps, d, size, bytes.NewReader(buf.Bytes()))

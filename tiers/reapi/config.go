@@ -24,6 +24,13 @@ const (
 	DefaultBreakerCoolDown = 10 * time.Second
 	DefaultExistenceTTL    = 30 * time.Second
 	DefaultCacheEntries    = 65536
+
+	DefaultParallelThreshold = 8 << 20
+	DefaultPartSize          = 8 << 20
+	DefaultParallelStreams   = 4
+	DefaultReadAheadMemory   = 64 << 20
+	// MinPartSize is the smallest Parallel.PartSize accepted.
+	MinPartSize = 64 << 10
 )
 
 // Compression modes for Config.Compression.
@@ -70,14 +77,20 @@ type Config struct {
 	// keeps moving is never cut off, and time the caller spends between
 	// Reads does not count). A stalled stream fails with
 	// blob.ErrUnavailable, counts as a failure for the circuit breaker and
-	// is not resumed. Default 5s.
+	// is not resumed (except a part read ahead by a parallel read, which
+	// is read again from where it stopped when the caller reaches it; see
+	// ParallelConfig). Default 5s.
 	StallTimeout time.Duration
 	// Retries configures retries of calls that failed with UNAVAILABLE or
 	// RESOURCE_EXHAUSTED.
 	Retries RetryConfig
 	// Compression is CompressionAuto (default), CompressionOff or
-	// CompressionZstd.
+	// CompressionZstd. Where zstd is on, it is still chosen per blob:
+	// content that is already compressed (gzip, zstd, xz, bzip2 or lz4
+	// magic) moves as identity; see the package comment.
 	Compression string
+	// Parallel configures ranged parallel reads of large blobs.
+	Parallel ParallelConfig
 	// BatchLimit caps the bytes of one BatchUpdateBlobs/BatchReadBlobs
 	// request; 0 means the server's max_batch_total_size_bytes (4 MiB minus
 	// 1 KiB when the server sets none). A smaller server limit always wins.
@@ -151,6 +164,38 @@ type BreakerConfig struct {
 	Failures int
 	CoolDown time.Duration
 }
+
+// ParallelConfig configures how Open reads large blobs: as parts of
+// PartSize bytes, each a ByteStream Read with read_offset and read_limit,
+// several in flight, delivered in order as one stream that is verified as
+// a whole. Only identity reads are split (REAPI forbids read_limit on
+// compressed-blobs), so a blob the tier reads as zstd is one stream.
+//
+// A read keeps at most Streams parts in flight: the one it delivers, read
+// straight into the caller's buffer, and up to Streams-1 read ahead into
+// buffers of PartSize bytes. Read-ahead buffers of all reads of the tier
+// together hold at most Memory bytes; a part that finds no room is read
+// when the caller reaches it (a read never waits for memory), so the tier
+// holds at most Memory/PartSize read-ahead streams plus one stream per
+// open reader.
+type ParallelConfig struct {
+	// Threshold: blobs of at least this many bytes (and more than one
+	// part) are read in parts; default 8 MiB; negative disables parallel
+	// reads.
+	Threshold int64
+	// PartSize is the bytes of one part; default 8 MiB, at least
+	// MinPartSize.
+	PartSize int64
+	// Streams is the parts in flight per read; default 4; 1 disables
+	// parallel reads.
+	Streams int
+	// Memory bounds the read-ahead buffers of the whole tier; default
+	// 64 MiB; it must hold at least one part.
+	Memory int64
+}
+
+// enabled reports whether large blobs are read in parts.
+func (c ParallelConfig) enabled() bool { return c.Threshold >= 0 && c.Streams > 1 }
 
 // String describes c with header values redacted.
 func (c Config) String() string {
@@ -295,6 +340,9 @@ func (c Config) withDefaults() (Config, endpoint, error) {
 	if c.Breaker.CoolDown <= 0 {
 		c.Breaker.CoolDown = DefaultBreakerCoolDown
 	}
+	if err := c.Parallel.withDefaults(); err != nil {
+		return c, ep, err
+	}
 	if c.ExistenceTTL == 0 {
 		c.ExistenceTTL = DefaultExistenceTTL
 	}
@@ -305,6 +353,32 @@ func (c Config) withDefaults() (Config, endpoint, error) {
 		c.Now = time.Now
 	}
 	return c, ep, nil
+}
+
+func (p *ParallelConfig) withDefaults() error {
+	if p.Threshold == 0 {
+		p.Threshold = DefaultParallelThreshold
+	}
+	if p.PartSize == 0 {
+		p.PartSize = DefaultPartSize
+	}
+	if p.Streams == 0 {
+		p.Streams = DefaultParallelStreams
+	}
+	if p.Memory == 0 {
+		p.Memory = DefaultReadAheadMemory
+	}
+	switch {
+	case p.PartSize < MinPartSize:
+		return fmt.Errorf("reapi: Parallel.PartSize %d is below the minimum %d", p.PartSize, MinPartSize)
+	case p.Streams < 0:
+		return fmt.Errorf("reapi: negative Parallel.Streams %d", p.Streams)
+	case p.Memory < 0:
+		return fmt.Errorf("reapi: negative Parallel.Memory %d", p.Memory)
+	case p.enabled() && p.Memory < p.PartSize:
+		return fmt.Errorf("reapi: Parallel.Memory %d holds no part of Parallel.PartSize %d", p.Memory, p.PartSize)
+	}
+	return nil
 }
 
 // validHeader checks a lower-cased metadata key and its value. Errors name

@@ -8,11 +8,35 @@
 // # CAS
 //
 // An OCI sha256 digest is a REAPI digest (hash plus size): a blob is stored
-// under its own digest. Open streams ByteStream Read (zstd compressed-blobs
-// when the server offers it) and verifies digest and size after
-// decompression; Put sends small blobs with BatchUpdateBlobs and large ones
-// with ByteStream Write, committing only after the source verified. Stat
-// asks FindMissingBlobs, with a short-lived cache of positive answers.
+// under its own digest. Open streams ByteStream Read and verifies digest
+// and size after decompression; Put sends small blobs with
+// BatchUpdateBlobs and large ones with ByteStream Write, committing only
+// after the source verified. Stat asks FindMissingBlobs, with a
+// short-lived cache of positive answers.
+//
+// Large blobs read as identity (Parallel.Threshold, default 8 MiB) are
+// read as ranged parts (read_offset, read_limit) over several streams
+// (Parallel.Streams, default 4, of Parallel.PartSize, default 8 MiB), the
+// parts ahead of the caller buffered within a tier-wide budget
+// (Parallel.Memory, default 64 MiB), and delivered in order through the
+// blob's one verifier: a part that breaks is resumed, a read-ahead part
+// that stalls is read again when the caller reaches it, and corruption in
+// any part still fails at EOF of the whole blob.
+//
+// # Compression
+//
+// zstd compressed-blobs are used where the server offers them, per blob:
+// the tier does not know media types, so it decides from the content's
+// first bytes. Content starting with the magic of gzip, zstd (or a zstd
+// skippable frame), xz, bzip2 or lz4 (OCI layers, mostly) moves as
+// identity; anything else (ext4 images, configs, uncompressed layers) as
+// zstd. Put looks at the bytes it uploads; Open uses what this tier learnt
+// of the blob (on Put or an earlier read, in a bounded memo), and for a
+// blob it knows nothing of starts an identity read and, when the first
+// message does not look compressed and enough is left, reads the rest from
+// compressed-blobs/zstd at that offset. The choice only picks the wire
+// encoding: the bytes are verified either way. REAPI forbids read_limit on
+// compressed-blobs, so zstd reads are one stream, not parts.
 //
 // REAPI names a blob by hash and size, but blob.CAS passes only the digest.
 // The tier learns sizes from Put, Open and refs, and every Put also writes a

@@ -13,32 +13,45 @@ import (
 )
 
 // resumingReader is the (decompressed) content of one blob read over
-// ByteStream. When the stream breaks after it delivered some bytes, it
-// reads on from a new stream opened with read_offset at the bytes
-// delivered so far (and, for compressed-blobs, a fresh decoder: REAPI
-// read_offset counts uncompressed bytes), at most Retries.MaxResumes
-// times. Every byte still goes through the blob's one Verifier above, so
-// a server that answers a resumed read with other bytes is caught at EOF.
-// Not safe for concurrent Reads.
+// ByteStream, or of one part of it [off, end). When the stream breaks after
+// it delivered some bytes, it reads on from a new stream opened with
+// read_offset at the bytes delivered so far (and, for compressed-blobs, a
+// fresh decoder: REAPI read_offset counts uncompressed bytes), at most
+// Retries.MaxResumes times. Every byte still goes through the blob's one
+// Verifier above, so a server that answers a resumed read with other bytes
+// is caught at EOF. Not safe for concurrent Reads.
 type resumingReader struct {
 	t         *Tier
 	ctx       context.Context
 	d         blob.Digest
 	size      int64
-	resource  string
 	zstd      bool
 	onCorrupt func(error)
+	// ranged: the reader is the part [off, end) of the blob: its streams
+	// carry read_limit, and it ends at end (io.EOF) whatever the server
+	// sends beyond. Otherwise it reads to the stream's end (end = size),
+	// so that bytes beyond the blob reach the verifier.
+	ranged bool
+	end    int64
+	// toZstd: once the message received is delivered, go on with a
+	// compressed-blobs/zstd stream (see Tier.Open).
+	toZstd bool
 
 	sr      *streamReader
 	dec     *zstdReader // nil unless zstd
-	off     int64       // bytes delivered
+	off     int64       // blob offset delivered up to
 	resumes int
 	err     error
 }
 
 // open starts the stream at r.off.
 func (r *resumingReader) open() error {
-	sr, err := r.t.openRead(r.ctx, r.resource, string(r.d), r.off)
+	var limit int64
+	if r.ranged {
+		limit = r.end - r.off
+	}
+	resource := readResource(r.t.cfg.Instance, toREAPI(r.d, r.size), r.zstd)
+	sr, err := r.t.openRead(r.ctx, resource, string(r.d), r.off, limit)
 	if err != nil {
 		return err
 	}
@@ -53,10 +66,32 @@ func (r *resumingReader) open() error {
 	return nil
 }
 
+// head returns the data of the message received and not yet delivered.
+func (r *resumingReader) head() []byte {
+	if r.dec != nil || r.sr == nil {
+		return nil
+	}
+	return r.sr.buf
+}
+
 func (r *resumingReader) Read(p []byte) (int, error) {
 	for {
 		if r.err != nil {
 			return 0, r.err
+		}
+		if r.ranged {
+			if r.off >= r.end {
+				return 0, io.EOF
+			}
+			if rem := r.end - r.off; int64(len(p)) > rem {
+				p = p[:rem]
+			}
+		}
+		if r.toZstd && len(r.sr.buf) == 0 {
+			if err := r.switchToZstd(); err != nil {
+				r.err = err
+				return 0, err
+			}
 		}
 		var n int
 		var err error
@@ -74,7 +109,7 @@ func (r *resumingReader) Read(p []byte) (int, error) {
 			return n, err
 		case n > 0:
 			return n, nil // the next Read resumes
-		case r.off == r.size:
+		case r.off == r.end:
 			// Every byte arrived, only the stream's end did not: the
 			// verifier above judges them.
 			r.err = io.EOF
@@ -123,6 +158,23 @@ func (r *resumingReader) resume(err error) error {
 				r.t.cfg.Name, r.d, blob.ErrUnavailable, r.off, oerr)
 		}
 		return fmt.Errorf("%w (resuming at byte %d, after: %v)", oerr, r.off, err)
+	}
+	return nil
+}
+
+// switchToZstd replaces the identity stream, whose received message is
+// delivered, by a compressed-blobs/zstd stream of the rest of the blob.
+func (r *resumingReader) switchToZstd() error {
+	r.toZstd = false
+	r.close()
+	r.zstd, r.ranged, r.end = true, false, r.size
+	if err := r.open(); err != nil {
+		if errors.Is(err, blob.ErrNotFound) {
+			r.t.forget(r.d)
+			return fmt.Errorf("reapi %q: read %s: %w: the blob vanished at byte %d (%v)",
+				r.t.cfg.Name, r.d, blob.ErrUnavailable, r.off, err)
+		}
+		return err
 	}
 	return nil
 }

@@ -30,16 +30,16 @@ type streamReader struct {
 	closeOnce sync.Once
 }
 
-// openRead starts a ByteStream Read of resource at offset and waits for its
-// first message (at most CallTimeout), retrying (on UNAVAILABLE and
+// openRead starts a ByteStream Read of resource at offset (limit bytes at
+// most; 0: to the end) and waits for its first message (at most CallTimeout), retrying (on UNAVAILABLE and
 // RESOURCE_EXHAUSTED) until then. A missing blob is blob.ErrNotFound.
-func (t *Tier) openRead(ctx context.Context, resource, subject string, offset int64) (*streamReader, error) {
+func (t *Tier) openRead(ctx context.Context, resource, subject string, offset, limit int64) (*streamReader, error) {
 	var sr *streamReader
 	err := t.retry(ctx, func(a attempt) error {
 		sctx, cancel := context.WithCancelCause(ctx)
 		r := &streamReader{t: t, ctx: ctx, sctx: sctx, cancel: cancel, subject: subject}
 		r.wd = newWatchdog(cancel)
-		err := r.start(&bspb.ReadRequest{ResourceName: resource, ReadOffset: offset}, a.opts)
+		err := r.start(&bspb.ReadRequest{ResourceName: resource, ReadOffset: offset, ReadLimit: limit}, a.opts)
 		t.done(ctx, a, err)
 		if err != nil {
 			r.release()

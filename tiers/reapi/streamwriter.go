@@ -1,6 +1,7 @@
 package reapi
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -74,7 +75,8 @@ func (w *streamWriter) send(finish bool) error {
 }
 
 // putStream uploads src (a verifying reader over exactly d's bytes) with
-// ByteStream Write. It is not retried: the source cannot be read twice.
+// ByteStream Write, as compressed-blobs/zstd where the server takes it and
+// the content compresses. It is not retried: the source cannot be read twice.
 // kept reports that the server ended the upload early because it holds
 // the blob already (its stored copy stays).
 func (t *Tier) putStream(ctx context.Context, caps *serverCaps, d blob.Digest, size int64, src io.Reader) (kept bool, err error) {
@@ -82,7 +84,17 @@ func (t *Tier) putStream(ctx context.Context, caps *serverCaps, d blob.Digest, s
 	if err != nil {
 		return false, t.convert(ctx, "write", string(d), err)
 	}
-	kept, err = t.writeStream(ctx, caps.zstdStream, d, size, src)
+	// zstd only for content that compresses (see compressible).
+	compress := caps.zstdStream
+	if compress {
+		br := bufio.NewReaderSize(src, 64<<10)
+		head, _ := br.Peek(sniffLen) // a read error comes again from br
+		compress, src = compressible(head), br
+	}
+	kept, err = t.writeStream(ctx, compress, d, size, src)
+	if err == nil && caps.zstdStream {
+		t.kinds.put(d.Encoded(), compress)
+	}
 	var me *blob.MismatchError
 	switch {
 	case errors.As(err, &me):

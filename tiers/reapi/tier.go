@@ -71,6 +71,14 @@ type Tier struct {
 	sizes   *lru[string, sizeInfo]
 	exists  *lru[string, time.Time]
 	corrupt *lru[string, struct{}]
+	// kinds remembers whether a blob's content compresses (hex -> true),
+	// learnt from its first bytes on Put or on a read; see compressible.
+	kinds *lru[string, bool]
+
+	// readAhead bounds the read-ahead buffers of parallel reads; parts
+	// recycles them.
+	readAhead *budget
+	parts     sync.Pool
 }
 
 // sizeInfo is what the tier knows of a blob's size.
@@ -143,6 +151,9 @@ func New(ctx context.Context, cfg Config) (*Tier, error) {
 		sizes:   newLRU[string, sizeInfo](cfg.CacheEntries),
 		exists:  newLRU[string, time.Time](cfg.CacheEntries),
 		corrupt: newLRU[string, struct{}](cfg.CacheEntries),
+		kinds:   newLRU[string, bool](cfg.CacheEntries),
+
+		readAhead: &budget{max: cfg.Parallel.Memory},
 	}
 	// Learn the capabilities now if the server is there. A server that
 	// refuses the instance or the credentials, or cannot serve sha256, is
@@ -298,7 +309,8 @@ type Stats struct {
 	// Retries counts call attempts that were retried.
 	Retries uint64
 	// Resumes counts ByteStream Reads resumed at an offset after their
-	// stream broke.
+	// stream broke, and parts read ahead that were read again from where
+	// they stopped.
 	Resumes uint64
 	// RepairsRefused counts uploads over a copy that read corrupt which
 	// the server declined because it holds the blob (the bad copy stays).

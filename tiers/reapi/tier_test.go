@@ -25,12 +25,17 @@ import (
 
 // conformance runs tiertest against a fresh fake per subtest. The Corrupt
 // hook rots the blob's bytes on the server (see fakeServer.rotBlob).
-func conformance(t *testing.T, o fakeOptions) {
+func conformance(t *testing.T, o fakeOptions, mods ...func(*Config)) {
+	mod := func(c *Config) {
+		for _, m := range mods {
+			m(c)
+		}
+	}
 	var servers sync.Map // blob.Tier -> *fakeServer
 	tiertest.Run(t, tiertest.Config{
 		New: func(t *testing.T) blob.Tier {
 			f := startFake(t, o)
-			tier := newTier(t, f, nil)
+			tier := newTier(t, f, mod)
 			servers.Store(blob.Tier(tier), f)
 			return tier
 		},
@@ -51,7 +56,7 @@ func conformance(t *testing.T, o fakeOptions) {
 				t.Fatal("Reopen: unknown tier")
 			}
 			old.Close()
-			tier := newTier(t, f.(*fakeServer), nil)
+			tier := newTier(t, f.(*fakeServer), mod)
 			servers.Store(blob.Tier(tier), f)
 			return tier
 		},
