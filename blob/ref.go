@@ -7,12 +7,33 @@ import (
 	"time"
 )
 
-// Well-known ref namespaces.
+// Well-known ref namespaces. The keys of the first three are built by
+// TagKey, MemberKey and ProofKey, so that every package that reads or
+// writes them names them alike.
 const (
 	NamespaceTag     = "tag"     // image reference -> manifest digest
+	NamespaceMember  = "member"  // repository@digest -> a blob that repository's registry served
 	NamespaceProof   = "proof"   // (registry, repository, credential identity) -> access proof
 	NamespaceDerived = "derived" // derivation (image, format, options, version) -> derived blob
 )
+
+// TagKey is the key of the tag ref of repository ("registry/repository")
+// and tag: global (no scope).
+func TagKey(repository, tag string) RefKey {
+	return RefKey{Namespace: NamespaceTag, Name: repository + ":" + tag}
+}
+
+// MemberKey is the key of the membership ref recording that repository's
+// registry served d's verified bytes: global (no scope).
+func MemberKey(repository string, d Digest) RefKey {
+	return RefKey{Namespace: NamespaceMember, Name: repository + "@" + string(d)}
+}
+
+// ProofKey is the key of the access proof that the credential of identity
+// made for repository: scoped by the identity.
+func ProofKey(repository, identity string) RefKey {
+	return RefKey{Namespace: NamespaceProof, Scope: identity, Name: repository}
+}
 
 // MaxRefKeyLen bounds the encoded length of a ref key.
 const MaxRefKeyLen = 1024

@@ -182,7 +182,7 @@ func (f *Fetcher) InvalidateCache(ctx context.Context, ref string) error {
 func (f *Fetcher) referencedElsewhere(ctx context.Context, st *tiers.Stack) (map[blob.Digest]bool, error) {
 	keep := map[blob.Digest]bool{}
 	var roots []blob.Ref
-	err := st.WalkRefs(ctx, NamespaceMember, func(_ blob.RefKey, r blob.Ref) error {
+	err := st.WalkRefs(ctx, blob.NamespaceMember, func(_ blob.RefKey, r blob.Ref) error {
 		// Memberships of manifests and indexes carry their media type;
 		// those of layers and configs do not, and are reached from them.
 		mt := RefMediaType(r.MediaType) // listed refs are used for cleanup only, unverified

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/registry"
 	"github.com/strata-oci/strata/registry/credential"
@@ -16,9 +17,10 @@ const (
 	DefaultProofTTL = 15 * time.Minute
 )
 
-// NamespaceMember is the ref namespace recording that a manifest digest
-// belongs to a repository (see the package documentation).
-const NamespaceMember = "member"
+// NamespaceMember is blob.NamespaceMember, kept while callers move.
+//
+// Deprecated: use blob.NamespaceMember (or blob.MemberKey).
+const NamespaceMember = blob.NamespaceMember
 
 // SourceRegistry is the tier name reported (blob.Info.Tier) for bytes that
 // came from the registry.

@@ -23,16 +23,20 @@
 // repository B (of this registry or of any other) by asking for A@digest,
 // or by fetching a manifest, from a registry it controls, that lists B's
 // digests. Every blob and document is therefore served from the cache only
-// when the caller's repository is a proven member for it: a ref (namespace
-// "member", name registry/repository@digest) written only when that
+// when the caller's repository is a proven member for it: a ref
+// (blob.MemberKey: namespace blob.NamespaceMember, name
+// registry/repository@digest) written only when that
 // registry served the bytes of that digest for that repository, verified. A
 // HEAD is never taken as proof (a registry can claim any digest). Content
-// without membership is read from the caller's registry through an origin
-// view of the stack (tiers.Stack.WithOrigin): never from a cached copy,
-// streamed while written into the tiers, and collapsed only with other
-// callers of the same repository; the download proves membership for next
-// time. The cost is one download per repository for a layer that several
-// repositories share.
+// without membership is read from the caller's registry with
+// tiers.Stack.Fill: never from a cached copy, streamed while written into
+// the tiers, and collapsed only with other callers of the same repository
+// and digest, in a flight of the fetcher's that re-checks the membership
+// inside; the download's verified end records the membership for next
+// time, before the flight's waiters look again. The cost is one download
+// per repository for a layer that several repositories share. A member
+// reads through the tiers (tiers.Stack.OpenOrFill), with its registry as
+// the last source.
 //
 // Refs that decide access (tags, proofs, membership) carry an HMAC
 // signature under Config.RefKey over everything they say, and a ref whose
@@ -50,8 +54,9 @@
 // Concurrent FetchImage calls for the same (reference, platform, credential
 // identity) collapse into one, which runs on its own context: a caller that
 // gives up leaves alone, and the work is cancelled only when every caller
-// has left. Concurrent reads of one blob collapse across images and
-// credentials in the stack (tiers.Stack.WithSource): each caller is
+// has left. Concurrent reads of one blob by callers of one repository
+// collapse across images and credentials (in the fetcher's membership
+// flight, and in the stack, keyed by repository): each caller is
 // authorized before it can open a layer. A collapsed fetch that fails
 // without a definite answer (not a denial, not a miss) is retried by its
 // waiters instead of failing them all.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/flight"
 	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/registry"
 	"github.com/strata-oci/strata/registry/credential"
@@ -29,8 +30,11 @@ type Fetcher struct {
 	now      func() time.Time
 	platform manifest.Platform
 	m        *metrics
-	fetches  group[*Image]
-	refKey   []byte // signs the refs that decide access (Config.RefKey)
+	fetches  flight.Group[*Image]
+	// fills collapses the fills that prove membership, per repository
+	// and digest (see blobAccess.fill).
+	fills  flight.Group[struct{}]
+	refKey []byte // signs the refs that decide access (Config.RefKey)
 }
 
 // New returns a Fetcher for cfg. Store and Registry are required.
@@ -52,7 +56,7 @@ func New(cfg Config) (*Fetcher, error) {
 			return nil, fmt.Errorf("fetcher: ref key: %w", err)
 		}
 	}
-	f.fetches.onJoin = m.collapsed.Inc
+	f.fetches.OnJoin = m.collapsed.Inc
 	if f.now == nil {
 		f.now = time.Now
 	}
@@ -99,7 +103,7 @@ func (f *Fetcher) fetchImage(ctx context.Context, ref string, cred credential.Cr
 	}
 	key := r.String() + "|" + f.platform.String() + "|" + id
 	for attempt := 0; ; attempt++ {
-		img, joined, err := f.fetches.do(ctx, key, func(ctx context.Context) (*Image, error) {
+		img, joined, err := f.fetches.Do(ctx, key, func(ctx context.Context) (*Image, error) {
 			return f.fetch(ctx, r, cred, id)
 		})
 		if err == nil || !joined || ctx.Err() != nil || definite(err) || attempt >= maxCollapsedRetries {
@@ -148,10 +152,7 @@ func (f *Fetcher) store(cred credential.Credential) *tiers.Stack {
 // fetch does one FetchImage's work for an already-resolved credential.
 func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credential.Credential, id string) (*Image, error) {
 	st := f.store(cred)
-	auth := cred.Authenticator()
-	repo := r.Repo()
-	ba := &blobAccess{f: f, st: st, repo: repo}
-	ba.src = newSource(f.cfg.Registry, repo, auth)
+	ba := &blobAccess{f: f, st: st, repo: r.Repo(), auth: cred.Authenticator()}
 
 	acc, err := f.authorize(ctx, st, r, cred, id)
 	if err != nil {
@@ -187,15 +188,11 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 	if m.Config.Size > maxDocumentSize {
 		return nil, fmt.Errorf("%s: config %s of %d bytes: %w", r, m.Config.Digest, m.Config.Size, blob.ErrTooLarge)
 	}
-	ba.src.expect(m.Config.Digest, m.Config.Size, "")
-	data, tier, err := readSmall(ctx, ba.view(ctx, m.Config.Digest), m.Config.Digest, m.Config.Size)
+	data, tier, err := ba.readSmall(ctx, m.Config.Digest, m.Config.Size, "")
 	if err != nil {
 		return nil, fmt.Errorf("%s: config: %w", r, err)
 	}
 	img.Sources[m.Config.Digest] = tier
-	if tier == SourceRegistry {
-		ba.served(ctx, m.Config.Digest, m.Config.Size, "") // now in every tier: see Layer.OpenInfo
-	}
 	if img.Config, err = manifest.ParseConfig(string(m.Config.MediaType), data); err != nil {
 		return nil, fmt.Errorf("%s: %w", r, err)
 	}
@@ -203,64 +200,9 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 		return nil, fmt.Errorf("%s: %w", r, err)
 	}
 	for _, l := range m.Layers {
-		ba.src.expect(l.Digest, l.Size, "")
 		img.layers = append(img.layers, &Layer{desc: l, access: ba, m: f.m})
 	}
 	return img, nil
-}
-
-// blobAccess decides, per blob, where one caller's image may read it from.
-//
-// Cached bytes are served to a caller only for blobs its repository is a
-// proven member of: the registry has served those bytes for that
-// repository (a membership ref, in the local tiers). Any other blob is read
-// from the caller's own registry through an origin view, never from a
-// cached copy another registry or repository put there, and the download
-// proves the membership for next time. Without this, a registry an
-// attacker controls could list a victim's digests in a manifest and be
-// handed the victim's cached bytes.
-type blobAccess struct {
-	f    *Fetcher
-	st   *tiers.Stack
-	repo registry.Repository
-	src  *source
-}
-
-// view returns the stack view to read d through.
-func (b *blobAccess) view(ctx context.Context, d blob.Digest) *tiers.Stack {
-	if b.member(ctx, d) {
-		return b.st.WithSource(b.src, b.repo.String())
-	}
-	// Asked again inside the fill, so that callers who decided on an
-	// origin read just before another fill proved membership do not
-	// download again.
-	return b.st.WithOrigin(b.src, b.repo.String(), b.member, b.filled)
-}
-
-// filled records membership once a fill from the registry (the origin, or
-// a mirror for a digest the origin vouched for: see served) has put d's
-// verified bytes into the tiers (tiers.Stack.WithOrigin).
-func (b *blobAccess) filled(ctx context.Context, d blob.Digest) {
-	b.served(ctx, d, b.src.size(d), "")
-}
-
-// member reports whether the repository is a proven member for d.
-func (b *blobAccess) member(ctx context.Context, d blob.Digest) bool {
-	_, err := b.f.getRef(ctx, b.st, memberKey(b.repo, d))
-	return err == nil
-}
-
-// served records that the registry served d's verified bytes for the
-// repository. The bytes may have come from a mirror; what makes them the
-// repository's is that the origin vouched for d: d is the target the origin
-// resolved (authorize), or is named inside a verified document whose own
-// digest the origin vouched for. Those are exactly the digests announced to
-// the source; any other digest is not recorded.
-func (b *blobAccess) served(ctx context.Context, d blob.Digest, size int64, mediaType string) {
-	if _, _, ok := b.src.lookup(d); !ok {
-		return
-	}
-	b.f.putRef(ctx, b.st, memberKey(b.repo, d), blob.Ref{Digest: d, Size: size, MediaType: mediaType})
 }
 
 // access is the outcome of authorizing a caller for a reference.
@@ -373,21 +315,19 @@ func (f *Fetcher) putRef(ctx context.Context, st *tiers.Stack, k blob.RefKey, r 
 	_ = st.PutRef(ctx, k, f.sign(k, r)) // best effort: see record
 }
 
-// readDocument reads a manifest or index through view (the registry's
-// manifests endpoint below the tiers) and parses it.
+// readDocument reads a manifest or index d, which the origin vouched for
+// (the target it resolved, or an entry of a document it vouched for),
+// through ba (the tiers, or the registry's manifests endpoint) and parses
+// it.
 func (f *Fetcher) readDocument(ctx context.Context, ba *blobAccess, d registry.Descriptor, img *Image) (*manifest.Document, error) {
 	if d.Size > maxDocumentSize {
 		return nil, fmt.Errorf("manifest %s of %d bytes: %w", d.Digest, d.Size, blob.ErrTooLarge)
 	}
-	ba.src.expect(d.Digest, d.Size, d.MediaType)
-	data, tier, err := readSmall(ctx, ba.view(ctx, d.Digest), d.Digest, d.Size)
+	data, tier, err := ba.readSmall(ctx, d.Digest, d.Size, d.MediaType)
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", d.Digest, err)
 	}
 	img.Sources[d.Digest] = tier
-	if tier == SourceRegistry {
-		ba.served(ctx, d.Digest, d.Size, d.MediaType) // now in every tier: see Layer.OpenInfo
-	}
 	doc, err := manifest.Parse(d.MediaType, data)
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", d.Digest, err)
@@ -406,15 +346,25 @@ func readSmall(ctx context.Context, t blob.Tier, d blob.Digest, size int64) ([]b
 	if err != nil {
 		return nil, "", err
 	}
-	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(blob.NewVerifier(rc, d, size, nil), maxDocumentSize+1))
+	data, err := readWhole(rc, d, size)
 	if err != nil {
 		return nil, "", err
 	}
-	if len(data) > maxDocumentSize {
-		return nil, "", fmt.Errorf("%s: %w: more than %d bytes", d, blob.ErrTooLarge, maxDocumentSize)
-	}
 	return data, info.Tier, nil
+}
+
+// readWhole reads rc, a small blob d of size bytes, whole and verified, and
+// closes it. It reads at most maxDocumentSize bytes.
+func readWhole(rc io.ReadCloser, d blob.Digest, size int64) ([]byte, error) {
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(blob.NewVerifier(rc, d, size, nil), maxDocumentSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxDocumentSize {
+		return nil, fmt.Errorf("%s: %w: more than %d bytes", d, blob.ErrTooLarge, maxDocumentSize)
+	}
+	return data, nil
 }
 
 // getRef reads a ref, checks its signature (see Config.RefKey) and applies
@@ -438,14 +388,12 @@ func descOf(r blob.Ref) registry.Descriptor {
 	return registry.Descriptor{Digest: r.Digest, Size: r.Size, MediaType: r.MediaType}
 }
 
-func tagKey(r registry.Reference) blob.RefKey {
-	return blob.RefKey{Namespace: blob.NamespaceTag, Name: r.Repo().String() + ":" + r.Tag()}
-}
+func tagKey(r registry.Reference) blob.RefKey { return blob.TagKey(r.Repo().String(), r.Tag()) }
 
 func memberKey(repo registry.Repository, d blob.Digest) blob.RefKey {
-	return blob.RefKey{Namespace: NamespaceMember, Name: repo.String() + "@" + string(d)}
+	return blob.MemberKey(repo.String(), d)
 }
 
 func proofKey(repo registry.Repository, id string) blob.RefKey {
-	return blob.RefKey{Namespace: blob.NamespaceProof, Scope: id, Name: repo.String()}
+	return blob.ProofKey(repo.String(), id)
 }

@@ -99,9 +99,12 @@ func (l *Layer) Authorize(ctx context.Context) error {
 	if l.access.member(ctx, l.desc.Digest) {
 		return nil
 	}
-	rc, err := l.Open(ctx)
+	rc, _, err := l.access.fill(ctx, l.desc.Digest, l.desc.Size, "")
 	if err != nil {
-		return fmt.Errorf("authorize %w", err)
+		return fmt.Errorf("authorize layer %s: %w", l.desc.Digest, err)
+	}
+	if rc == nil {
+		return nil // a concurrent fill proved the membership
 	}
 	defer rc.Close()
 	if _, err := io.Copy(io.Discard, rc); err != nil {
@@ -113,7 +116,7 @@ func (l *Layer) Authorize(ctx context.Context) error {
 // OpenInfo is Open that also reports where the bytes come from
 // (blob.Info.Tier: a tier's name, or SourceRegistry).
 func (l *Layer) OpenInfo(ctx context.Context) (io.ReadCloser, blob.Info, error) {
-	rc, info, err := l.access.view(ctx, l.desc.Digest).Open(ctx, l.desc.Digest)
+	rc, info, err := l.access.open(ctx, l.desc.Digest, l.desc.Size, "")
 	if err != nil {
 		return nil, blob.Info{}, fmt.Errorf("layer %s: %w", l.desc.Digest, err)
 	}

@@ -93,7 +93,7 @@ func requestsOf(c *registrytest.Counter) int {
 func (m *mirrorEnv) members(t *testing.T, repo string) map[blob.Digest]bool {
 	t.Helper()
 	out := map[blob.Digest]bool{}
-	err := m.stack.WalkRefs(context.Background(), fetcher.NamespaceMember, func(k blob.RefKey, r blob.Ref) error {
+	err := m.stack.WalkRefs(context.Background(), blob.NamespaceMember, func(k blob.RefKey, r blob.Ref) error {
 		if name, d, ok := strings.Cut(k.Name, "@"); ok && name == repo {
 			out[blob.Digest(d)] = true
 		}

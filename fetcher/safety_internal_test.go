@@ -4,58 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"sync"
 	"testing"
 
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/internal/safego"
 	"github.com/strata-oci/strata/tiers/memory"
 )
-
-// TestGroupPanicBecomesError: work that panics on the group's goroutine
-// fails every caller who waits for it with an error wrapping
-// safego.ErrPanic, instead of ending the process; the key is free again.
-func TestGroupPanicBecomesError(t *testing.T) {
-	var g group[int]
-	ctx := context.Background()
-	started, release := make(chan struct{}), make(chan struct{})
-	var wg sync.WaitGroup
-	errs := make([]error, 3)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_, _, errs[0] = g.do(ctx, "k", func(context.Context) (int, error) {
-			close(started)
-			<-release
-			var m map[string]int
-			m["boom"]++ // a bug: assignment to a nil map
-			return 1, nil
-		})
-	}()
-	<-started
-	joined := make(chan struct{}, 2)
-	g.onJoin = func() { joined <- struct{}{} }
-	for i := 1; i < 3; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, _, errs[i] = g.do(ctx, "k", func(context.Context) (int, error) { return 2, nil })
-		}()
-	}
-	<-joined
-	<-joined
-	close(release)
-	wg.Wait()
-	for i, err := range errs {
-		if !errors.Is(err, safego.ErrPanic) {
-			t.Errorf("caller %d: err = %v, want one wrapping safego.ErrPanic", i, err)
-		}
-	}
-	v, joinedAgain, err := g.do(ctx, "k", func(context.Context) (int, error) { return 3, nil })
-	if v != 3 || joinedAgain || err != nil {
-		t.Fatalf("after the panic: %d, joined %v, %v; want a fresh run", v, joinedAgain, err)
-	}
-}
 
 // TestReadSmallBounds: a document is read whole into memory, so readSmall
 // reads no more than maxDocumentSize bytes whatever size it is told,

@@ -129,7 +129,7 @@ func (s *Stack) openFrom(ctx context.Context, d blob.Digest, ents []*stackEntry,
 			m.notFound = true
 			continue
 		}
-		rc, inf, err := e.Tier.Open(ctx, d)
+		rc, inf, err := e.open(ctx, d)
 		if err == nil {
 			return s.newFailover(ctx, d, inf.Size, e, rc, ents[i+1:]), served(inf, e), nil
 		}
@@ -271,7 +271,7 @@ func (f *failover) recover() error {
 		if f.s.root.bad.has(e, f.d) {
 			continue
 		}
-		rc, info, err := e.Tier.Open(f.ctx, f.d)
+		rc, info, err := e.open(f.ctx, f.d)
 		if err != nil {
 			if cerr := f.ctx.Err(); cerr != nil {
 				return f.wrap(failed, cerr)

@@ -69,6 +69,9 @@ type flight struct {
 	done  chan struct{} // closed when waiters may act on err
 	err   error         // the fill's outcome; nil: re-check the tiers yourself
 	retry bool          // err is not a clean answer: waiters try again
+	// filled: the flight read its source to the verified end and the
+	// tiers took what they would (set before done is closed).
+	filled bool
 
 	mu         sync.Mutex
 	refs       int

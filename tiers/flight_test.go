@@ -47,10 +47,10 @@ func TestStackReadYourWrites(t *testing.T) {
 			build: func(t *testing.T, m *tiers.Metrics, want []byte) (*tiers.Stack, *probe, func(context.Context) error) {
 				bottom := newProbe(newMem(t, "bottom", 0))
 				s := tiers.NewStack(tiers.StackConfig{Name: "test", Metrics: m, Tiers: []tiers.Entry{
-					{Tier: newMem(t, "top", 0)}, {Tier: bottom},
+					{Tier: newMem(t, "top", 0), Shared: true}, {Tier: bottom},
 				}})
 				return s, bottom, func(ctx context.Context) error {
-					return s.Without("top").Put(ctx, blob.FromBytes(want), int64(len(want)), bytes.NewReader(want))
+					return s.Local().Put(ctx, blob.FromBytes(want), int64(len(want)), bytes.NewReader(want))
 				}
 			},
 		},
@@ -124,17 +124,18 @@ func TestStackReadYourWrites(t *testing.T) {
 }
 
 // fillBelowTop builds a stack of top (declining blobs over topMax), a probed
-// mid and low, which holds the blob; readers use the view without low, and
-// the write is a read of the whole stack that fills mid.
+// mid and low (shared), which holds the blob; readers use the Local view
+// (without low), and the write is a read of the whole stack that fills
+// mid.
 func fillBelowTop(topMax int64) func(*testing.T, *tiers.Metrics, []byte) (*tiers.Stack, *probe, func(context.Context) error) {
 	return func(t *testing.T, m *tiers.Metrics, want []byte) (*tiers.Stack, *probe, func(context.Context) error) {
 		mid := newProbe(newMem(t, "mid", 0))
 		low := newMem(t, "low", 0)
 		put(t, low, want)
 		s := tiers.NewStack(tiers.StackConfig{Name: "test", Metrics: m, Tiers: []tiers.Entry{
-			{Tier: newMem(t, "top", topMax)}, {Tier: mid}, {Tier: low},
+			{Tier: newMem(t, "top", topMax)}, {Tier: mid}, {Tier: low, Shared: true},
 		}})
-		return s.Without("low"), mid, func(ctx context.Context) error {
+		return s.Local(), mid, func(ctx context.Context) error {
 			// Read to the end: the write-back into mid has committed
 			// when the reader reports io.EOF.
 			got, _, err := readAll(ctx, s, blob.FromBytes(want))

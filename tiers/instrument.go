@@ -92,7 +92,17 @@ func Instrument(t blob.Tier, m *Metrics) blob.Tier {
 	if m == nil {
 		return t
 	}
-	name := t.Name()
+	it := newInstrumented(t, t.Name(), m)
+	if rp, ok := t.(Repairer); ok {
+		it.duration[opRepair] = m.duration.WithLabelValues(it.name, opNames[opRepair])
+		return &instrumentedRepairer{instrumented: it, rp: rp}
+	}
+	return it
+}
+
+// newInstrumented returns the measuring wrapper of t (nil for a stack's
+// source, which is measured through its Opens only), labelled name.
+func newInstrumented(t blob.Tier, name string, m *Metrics) *instrumented {
 	it := &instrumented{
 		Tier:      t,
 		m:         m,
@@ -102,10 +112,6 @@ func Instrument(t blob.Tier, m *Metrics) blob.Tier {
 	}
 	for o := range opRepair {
 		it.duration[o] = m.duration.WithLabelValues(name, opNames[o])
-	}
-	if rp, ok := t.(Repairer); ok {
-		it.duration[opRepair] = m.duration.WithLabelValues(name, opNames[opRepair])
-		return &instrumentedRepairer{instrumented: it, rp: rp}
 	}
 	return it
 }

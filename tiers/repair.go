@@ -228,7 +228,7 @@ func (s *Stack) repairEntry(ctx context.Context, e *stackEntry, d blob.Digest, s
 
 // repairLater repairs the bad copies of d in the given tiers in the
 // background, reading d from the view's other tiers (never from a source:
-// a repair must not cost an origin download). A tier that can no longer be
+// a repair must not cost a source download). A tier that can no longer be
 // read from stays marked, and the next fill through it repairs it.
 func (s *Stack) repairLater(d blob.Digest, size int64, bad []*stackEntry) {
 	r := s.root

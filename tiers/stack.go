@@ -39,7 +39,7 @@ type StackConfig struct {
 	// Name identifies the stack in errors and metrics (default "stack").
 	Name string
 	// Tiers are ordered top (fastest) to bottom. Tier names should be
-	// unique: Without selects by name.
+	// unique: metrics and errors tell tiers apart by name.
 	Tiers []Entry
 	// Metrics, if set, wraps every tier with Instrument and counts the
 	// stack's collapsed reads, write-backs, fail-overs, bad copies and
@@ -65,7 +65,7 @@ type StackConfig struct {
 // delivered (it is a blob.VerifiedReader, over any tier). When the tier serving it fails
 // mid-stream — an error, a reset, blob.ErrUnavailable from a tier's
 // progress timeout, wrong bytes shown at the end — the read goes on from
-// the next tier (or the view's source) in the same call: from the start if
+// the next tier (or the source, in OpenOrFill) in the same call: from the start if
 // nothing was delivered yet, else at the offset delivered, after the next
 // source's first bytes were read and found to hash like those delivered.
 // If they differ, or the failing tier had already delivered the whole blob
@@ -125,24 +125,22 @@ type StackConfig struct {
 // missed it. Walk and WalkRefs list the union of the tiers without
 // duplicates.
 //
-// Local and Without return views of the same stack that leave tiers out, for
-// one request. Views share the parent's tiers and flights (keyed by view),
-// and only the root stack's Close closes the tiers.
+// Fill streams a blob from a source the caller names (a registry) into the
+// tiers, and OpenOrFill reads the tiers with such a source below them: see
+// there. Who may read what is the caller's business, never the stack's.
+//
+// Local returns a view of the same stack without its shared tiers, for one
+// request. Views share the parent's tiers and flights (keyed by view), and
+// only the root stack's Close closes the tiers.
 //
 // A Stack is safe for concurrent use.
 type Stack struct {
 	root *stackRoot
 	ents []*stackEntry
-	key  string // identifies the set of tiers in this view
-	view bool   // made by Local or Without
-	// origin: reads come from the view's source only (see WithOrigin),
-	// unless proven (if set) says, inside the fill, that d may be read from
-	// the tiers after all.
-	origin bool
-	proven func(context.Context, blob.Digest) bool
-	// filled, if set, is called by a fill that read the view's source
-	// completely (verified) after the tiers committed, before waiters go.
-	filled func(context.Context, blob.Digest)
+	key  string // identifies the set of tiers (and the source) of this view
+	view bool   // made by Local, or for one call with a source
+	// sourceOnly: the view's reads come from its source alone (see Fill).
+	sourceOnly bool
 }
 
 // stackRoot is what a stack and its views share.
@@ -155,6 +153,7 @@ type stackRoot struct {
 	metrics   *Metrics
 	log       *slog.Logger
 	bad       badCopies
+	meters    sync.Map // source name -> *instrumented (see sourceMeter)
 
 	// Background repairs (see repairLater); Close stops and waits for them.
 	repairMu      sync.Mutex
@@ -165,8 +164,13 @@ type stackRoot struct {
 
 type stackEntry struct {
 	Entry
-	idx  int
+	idx  int // in the root stack; -1 for a source
 	name string
+	// src is the source of a view with one (Tier is nil then), which
+	// serves srcSize bytes; meter measures it (nil without metrics).
+	src     Source
+	srcSize int64
+	meter   *instrumented
 	// declines is the smallest size the tier declined with ErrTooLarge
 	// (math.MaxInt64 while it has declined nothing).
 	declines  atomic.Int64
@@ -226,7 +230,7 @@ func (r *stackRoot) view(ents []*stackEntry) *Stack {
 
 func (s *Stack) isView() bool { return s.view }
 
-// hasSource reports whether the view reads a source (see WithSource), whose
+// hasSource reports whether the view reads a source (see Fill), whose
 // fills other callers of the same source key join (with credentials of
 // their own: a miss through one caller's is not another's answer).
 func (s *Stack) hasSource() bool {
@@ -251,11 +255,6 @@ func (s *Stack) Local() *Stack {
 	return s.root.view(slices.DeleteFunc(slices.Clone(s.ents), func(e *stackEntry) bool { return e.Shared }))
 }
 
-// Without returns a view of s without the tiers of the given names.
-func (s *Stack) Without(names ...string) *Stack {
-	return s.root.view(slices.DeleteFunc(slices.Clone(s.ents), func(e *stackEntry) bool { return slices.Contains(names, e.name) }))
-}
-
 func (s *Stack) errClosed(op string) error {
 	return fmt.Errorf("stack %q: %s: %w: stack is closed", s.root.name, op, blob.ErrUnavailable)
 }
@@ -276,17 +275,17 @@ type misses struct {
 	notFound bool     // some tier answered with a miss
 	skipped  []string // tiers skipped for other errors
 	firstErr error    // the first error that was neither a miss nor unavailability
-	origin   error    // the error of a view's source (see WithSource)
+	source   error    // the error of a view's source (see Fill)
 }
 
 // note records tier e's error; it reports false if the read must stop
 // (ctx ended, or the caller's input is invalid) and the error be returned.
 func (m *misses) note(ctx context.Context, e *stackEntry, err error) bool {
 	if e.idx < 0 {
-		// A source is the origin: whatever it answered (a miss, a denial,
+		// The source is the last word: whatever it answered (a miss, a denial,
 		// unreachable) is the view's answer, not hidden behind the tiers'
 		// misses.
-		m.origin = err
+		m.source = err
 	}
 	switch {
 	case ctx.Err() != nil:
@@ -319,8 +318,8 @@ func (m *misses) err(stack, op, what string) error {
 		sk = " (skipped " + strings.Join(m.skipped, ", ") + ")"
 	}
 	switch {
-	case m.origin != nil:
-		return fmt.Errorf("stack %q: %s %s: %w", stack, op, what, m.origin)
+	case m.source != nil:
+		return fmt.Errorf("stack %q: %s %s: %w", stack, op, what, m.source)
 	case m.notFound || (m.firstErr == nil && len(m.skipped) == 0):
 		return fmt.Errorf("stack %q: %s %s: %w%s", stack, op, what, blob.ErrNotFound, sk)
 	case m.firstErr != nil:
@@ -349,15 +348,11 @@ func (s *Stack) Stat(ctx context.Context, d blob.Digest) (blob.Info, error) {
 	if err := s.check(ctx, "stat"); err != nil {
 		return blob.Info{}, err
 	}
-	if err := validateDigest(d); err != nil {
+	if err := blob.ValidateDigest(d); err != nil {
 		return blob.Info{}, fmt.Errorf("stack %q: stat: %w", s.root.name, err)
 	}
 	var m misses
-	ents := s.ents
-	if s.origin {
-		ents = ents[len(ents)-1:]
-	}
-	for _, e := range ents {
+	for _, e := range s.ents {
 		if s.root.bad.has(e, d) {
 			m.notFound = true // a bad copy is no copy
 			continue
@@ -382,15 +377,15 @@ func (s *Stack) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.In
 	if err := s.check(ctx, "open"); err != nil {
 		return nil, blob.Info{}, err
 	}
-	if err := validateDigest(d); err != nil {
+	if err := blob.ValidateDigest(d); err != nil {
 		return nil, blob.Info{}, fmt.Errorf("stack %q: open: %w", s.root.name, err)
 	}
 	if len(s.ents) < 2 {
-		return s.openDirect(ctx, d)
+		return s.openDirect(ctx, d, false)
 	}
-	if top := s.ents[0]; !s.origin && !s.root.bad.has(top, d) {
+	if top := s.ents[0]; !s.sourceOnly && !s.root.bad.has(top, d) {
 		// Fast path: a hit at the top needs no flight.
-		rc, info, err := top.Tier.Open(ctx, d)
+		rc, info, err := top.open(ctx, d)
 		if err == nil {
 			fo := s.newFailover(ctx, d, info.Size, top, rc, s.ents[1:])
 			fo.repairAtEOF = true
@@ -432,7 +427,7 @@ func (s *Stack) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.In
 		case f.err == nil:
 			// The flight filled the tiers above, or found the blob where
 			// the tiers above cannot take it: read top-down.
-			return s.openDirect(ctx, d)
+			return s.openDirect(ctx, d, f.filled)
 		case f.gen < gen:
 			// The flight looked at the tiers before a write of d that
 			// had completed when this caller joined: its miss may be
@@ -441,7 +436,7 @@ func (s *Stack) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.In
 			return nil, blob.Info{}, f.err
 		}
 		if joins >= maxJoins {
-			return s.openDirect(ctx, d)
+			return s.openDirect(ctx, d, false)
 		}
 		// The flight failed (its leader's source broke, or it was
 		// cancelled) or is stale: try again, possibly as the leader.
@@ -449,15 +444,18 @@ func (s *Stack) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.In
 }
 
 // openDirect reads top-down without a flight and without write-back (a
-// bad copy met on the way is repaired once the read verified).
-func (s *Stack) openDirect(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Info, error) {
+// bad copy met on the way is repaired once the read verified). filled
+// says that the caller joined a flight that read the view's source to its
+// verified end and wrote it into the tiers.
+func (s *Stack) openDirect(ctx context.Context, d blob.Digest, filled bool) (io.ReadCloser, blob.Info, error) {
 	var m misses
 	ents := s.ents
-	if s.origin && (s.proven == nil || !s.proven(ctx, d)) {
-		// An origin view reads its source only, until the origin has
-		// proven it holds d (see WithOrigin): a caller that gave up
-		// waiting for fills, or joined one that found nothing to fill,
-		// must not fall back on copies other origins cached.
+	if s.sourceOnly && !filled {
+		// A Fill reads its source only, unless the fill this caller
+		// joined has just read the same key's source to the end: a
+		// caller that gave up waiting for fills, or joined one that
+		// read nothing, must not fall back on copies that other
+		// sources put in the tiers.
 		ents = ents[len(ents)-1:]
 	}
 	fo, info, err := s.openFrom(ctx, d, ents, &m)
@@ -488,22 +486,19 @@ func (s *Stack) fill(f *flight, d blob.Digest) {
 		f.handOff(leadResult{err: err})
 		f.stop()
 	}
-	// Re-checked inside the flight: a fill that an earlier one of the same
-	// origin made unnecessary reads the tiers like any fill.
-	originOnly := s.origin && (s.proven == nil || !s.proven(ctx, d))
 	for i, e := range s.ents {
-		if bad := s.root.bad.has(e, d); bad || (originOnly && e.idx >= 0) {
-			// An origin view reads its source only; every tier is
-			// filled (a tier that holds the blob already returns from
-			// its Put at once). A tier whose copy is bad is not read:
-			// it is written over.
+		if bad := s.root.bad.has(e, d); bad || (s.sourceOnly && e.idx >= 0) {
+			// A Fill reads its source only; every tier is filled (a
+			// tier that holds the blob already returns from its Put at
+			// once). A tier whose copy is bad is not read: it is
+			// written over.
 			uppers, repair = append(uppers, e), append(repair, bad)
 			if bad {
 				m.notFound = true
 			}
 			continue
 		}
-		r, inf, err := e.Tier.Open(ctx, d)
+		r, inf, err := e.open(ctx, d)
 		if err == nil {
 			hit, rc, info, rest = e, r, served(inf, e), s.ents[i+1:]
 			break
@@ -607,7 +602,7 @@ func (s *Stack) fillSmall(f *flight, d blob.Digest, fo *failover, info blob.Info
 	}
 	s.root.flights.wrote(d)
 	s.noteWriteBacks(uppers, info.Size, errs)
-	s.noteFilled(f.ctx, d, fo.source())
+	f.filled = true
 	f.finish(nil, false)
 	f.handOff(leadResult{rc: io.NopCloser(bytes.NewReader(buf)), info: info, interrupt: func() {}})
 }
@@ -675,7 +670,7 @@ func (s *Stack) tee(f *flight, d blob.Digest, fo *failover, info blob.Info, uppe
 	if err == nil {
 		s.root.flights.wrote(d) // before the leader's EOF
 		s.noteWriteBacks(uppers, info.Size, putErrs)
-		s.noteFilled(ctx, d, fo.source())
+		f.filled = true
 		if len(fo.bad) > 0 {
 			s.repairLater(d, info.Size, fo.bad) // from the tiers just filled
 		}
@@ -688,16 +683,6 @@ func (s *Stack) tee(f *flight, d blob.Digest, fo *failover, info blob.Info, uppe
 		f.finish(nil, false)
 	} else {
 		f.finish(end, true)
-	}
-}
-
-// noteFilled calls the view's filled hook when a fill read its source: src,
-// the source whose bytes ended the stream, is the view's source. (A stream
-// that failed over to the source read the source's whole copy: the prefix
-// delivered before was compared with it.)
-func (s *Stack) noteFilled(ctx context.Context, d blob.Digest, src *stackEntry) {
-	if s.filled != nil && s.hasSource() && src.idx < 0 {
-		s.filled(ctx, d)
 	}
 }
 

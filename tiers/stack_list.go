@@ -142,7 +142,7 @@ func (s *Stack) Usage(ctx context.Context) (blob.Usage, error) {
 
 // Close closes every tier of the root stack, top to bottom, and makes later
 // calls on the stack and all its views fail with blob.ErrUnavailable. Close
-// on a view (from Local or Without) closes nothing and returns nil: the
+// on a view (from Local) closes nothing and returns nil: the
 // root owns the tiers. Closing twice returns nil. Repairs of bad copies
 // still running in the background are cancelled and waited for first.
 func (s *Stack) Close() error {

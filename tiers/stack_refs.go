@@ -88,7 +88,7 @@ func (s *Stack) PutRef(ctx context.Context, k blob.RefKey, r blob.Ref) error {
 
 // DeleteRef removes the ref from every tier of the view, bottom-up. Every
 // tier failure, unavailability included, is returned (joined): a ref that
-// may have survived somewhere, such as a revoked access proof, is not
+// may have survived somewhere (a revoked record, say) is not
 // reported deleted. blob.ErrNotFound only if no tier held it.
 func (s *Stack) DeleteRef(ctx context.Context, k blob.RefKey) error {
 	if err := s.check(ctx, "delete ref"); err != nil {

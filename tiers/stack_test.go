@@ -426,42 +426,6 @@ func TestStackLocalViewNeverTouchesShared(t *testing.T) {
 	}
 }
 
-func TestStackWithout(t *testing.T) {
-	a := newProbe(newMem(t, "a", 0))
-	b := newProbe(newMem(t, "b", 0))
-	c := newMem(t, "c", 0)
-	s := tiers.NewStack(tiers.StackConfig{Tiers: []tiers.Entry{{Tier: a}, {Tier: b}, {Tier: c}}})
-	d := put(t, b.Tier, []byte("only in b"))
-	v := s.Without("b")
-	if _, _, err := readAll(context.Background(), v, d); !errors.Is(err, blob.ErrNotFound) {
-		t.Errorf("Without(b) Open = %v, want ErrNotFound", err)
-	}
-	if n := b.total(); n != 0 {
-		t.Errorf("Without(b) called b %d times", n)
-	}
-	var names []string
-	for _, e := range s.Without("a", "c").Tiers() {
-		names = append(names, e.Tier.Name())
-	}
-	if len(names) != 1 || names[0] != "b" {
-		t.Errorf("Without(a, c).Tiers() = %v, want [b]", names)
-	}
-	// The full stack still finds it and fills a above b.
-	if got, info, err := readAll(context.Background(), s, d); err != nil || string(got) != "only in b" || info.Tier != "b" {
-		t.Errorf("full Open = %q, %+v, %v", got, info, err)
-	}
-	if !has(t, a.Tier, d) || has(t, c, d) {
-		t.Errorf("fill from b: a holds it %v (want true), c holds it %v (want false)", has(t, a.Tier, d), has(t, c, d))
-	}
-	// A view's Close closes nothing.
-	if err := v.Close(); err != nil {
-		t.Errorf("view Close = %v", err)
-	}
-	if _, err := s.Stat(context.Background(), d); err != nil {
-		t.Errorf("Stat after a view's Close = %v", err)
-	}
-}
-
 func TestStackPut(t *testing.T) {
 	ctx := context.Background()
 	small := []byte("small blob")
@@ -713,75 +677,6 @@ func TestStackInvalidInput(t *testing.T) {
 	}
 	if n := bottom.total(); n != 0 {
 		t.Errorf("invalid input reached the tiers %d times", n)
-	}
-}
-
-// A fill led through a source that lacks the blob is not an answer for a
-// caller whose own source has it: that caller retries with its source.
-func TestStackSourceMissIsNotSharedAnswer(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m, _ := tiers.NewMetrics(reg)
-	top := newMem(t, "top", 0)
-	s := tiers.NewStack(tiers.StackConfig{Name: "test", Tiers: []tiers.Entry{{Tier: top}}, Metrics: m})
-	want := []byte("only in source a")
-	srcA := newProbe(newMem(t, "a", 0))
-	srcB := newProbe(newMem(t, "b", 0))
-	d := put(t, srcA.Tier, want)
-	srcB.gate = make(chan struct{})
-	srcB.entered = make(chan struct{}, 1)
-
-	bErr := make(chan error, 1)
-	go func() {
-		_, _, err := readAll(context.Background(), s.WithSource(srcB, ""), d)
-		bErr <- err
-	}()
-	<-srcB.entered
-	aRes := make(chan error, 1)
-	go func() {
-		got, _, err := readAll(context.Background(), s.WithSource(srcA, ""), d)
-		if err == nil && !bytes.Equal(got, want) {
-			err = errors.New("wrong bytes")
-		}
-		aRes <- err
-	}()
-	waitFor(t, "a's caller to join b's fill", func() bool { return metricValue(t, reg, tiers.MetricCollapsed, nil) == 1 })
-	close(srcB.gate)
-	if err := <-bErr; !errors.Is(err, blob.ErrNotFound) {
-		t.Errorf("caller of source b = %v, want ErrNotFound", err)
-	}
-	if err := <-aRes; err != nil {
-		t.Errorf("caller of source a = %v, want its blob", err)
-	}
-}
-
-// A fill led through one source is never joined by a caller of another
-// source (key): a registry that stalls holds up its own callers only.
-func TestStackSourcesDoNotCollapseAcrossKeys(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m, _ := tiers.NewMetrics(reg)
-	top := newMem(t, "top", 0)
-	s := tiers.NewStack(tiers.StackConfig{Name: "test", Tiers: []tiers.Entry{{Tier: top}}, Metrics: m})
-	want := []byte("in both sources; b's stalls")
-	srcA := newProbe(newMem(t, "a", 0))
-	srcB := newProbe(newMem(t, "b", 0))
-	d := put(t, srcA.Tier, want)
-	put(t, srcB.Tier, want)
-	srcB.gate = make(chan struct{})
-	srcB.entered = make(chan struct{}, 1)
-	defer close(srcB.gate)
-
-	bErr := make(chan error, 1)
-	go func() {
-		_, _, err := readAll(context.Background(), s.WithSource(srcB, "registry-b/repo"), d)
-		bErr <- err
-	}()
-	<-srcB.entered // b's fill is in flight, held by its source
-	got, _, err := readAll(context.Background(), s.WithSource(srcA, "registry-a/repo"), d)
-	if err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("caller of source a: %q, %v (it waited for b's fill?)", got, err)
-	}
-	if n := metricValue(t, reg, tiers.MetricCollapsed, nil); n != 0 {
-		t.Errorf("%v collapsed reads across source keys, want 0", n)
 	}
 }
 

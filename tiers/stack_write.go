@@ -25,7 +25,7 @@ func (s *Stack) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader)
 	if err := s.check(ctx, "put"); err != nil {
 		return err
 	}
-	if err := validateDigest(d); err != nil {
+	if err := blob.ValidateDigest(d); err != nil {
 		return fmt.Errorf("stack %q: put: %w", s.root.name, err)
 	}
 	if size < 0 {
@@ -184,7 +184,7 @@ func (s *Stack) Delete(ctx context.Context, d blob.Digest) error {
 	if err := s.check(ctx, "delete"); err != nil {
 		return err
 	}
-	if err := validateDigest(d); err != nil {
+	if err := blob.ValidateDigest(d); err != nil {
 		return fmt.Errorf("stack %q: delete: %w", s.root.name, err)
 	}
 	return s.deleteAll(ctx, "delete", string(d), func(e *stackEntry) error { return e.Tier.Delete(ctx, d) })

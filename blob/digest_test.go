@@ -1,4 +1,4 @@
-package tiers
+package blob_test
 
 import (
 	"errors"
@@ -8,8 +8,8 @@ import (
 	"github.com/strata-oci/strata/blob"
 )
 
-// The fast path must agree with blob.ValidateDigest on every input.
-func TestValidateDigestAgrees(t *testing.T) {
+// ValidateDigest's fast path must agree with ParseDigest on every input.
+func TestValidateDigestAgreesWithParse(t *testing.T) {
 	good := string(blob.FromBytes([]byte("x")))
 	tests := []struct {
 		desc string
@@ -27,9 +27,10 @@ func TestValidateDigestAgrees(t *testing.T) {
 		{"other algorithm same length", "sha257:" + good[7:]},
 	}
 	for _, tt := range tests {
-		got, want := validateDigest(blob.Digest(tt.in)), blob.ValidateDigest(blob.Digest(tt.in))
+		got := blob.ValidateDigest(blob.Digest(tt.in))
+		_, want := blob.ParseDigest(tt.in)
 		if (got == nil) != (want == nil) || (got != nil && !errors.Is(got, blob.ErrInvalidDigest)) {
-			t.Errorf("%s: validateDigest = %v, blob.ValidateDigest = %v", tt.desc, got, want)
+			t.Errorf("%s: ValidateDigest = %v, ParseDigest = %v", tt.desc, got, want)
 		}
 	}
 }
@@ -38,9 +39,10 @@ func FuzzValidateDigest(f *testing.F) {
 	f.Add(string(blob.FromBytes(nil)))
 	f.Add("sha256:abc")
 	f.Fuzz(func(t *testing.T, s string) {
-		got, want := validateDigest(blob.Digest(s)), blob.ValidateDigest(blob.Digest(s))
+		got := blob.ValidateDigest(blob.Digest(s))
+		_, want := blob.ParseDigest(s)
 		if (got == nil) != (want == nil) {
-			t.Fatalf("%q: validateDigest = %v, blob.ValidateDigest = %v", s, got, want)
+			t.Fatalf("%q: ValidateDigest = %v, ParseDigest = %v", s, got, want)
 		}
 	})
 }
