@@ -689,7 +689,7 @@ func (c *Converter) build(ctx context.Context, img manifest.Image, f *os.File, f
 			return fmt.Errorf("layer %s: %w", l.Digest(), err)
 		}
 	}
-	lim := FlattenLimits{MaxEntries: c.cfg.MaxEntries, MaxBytes: c.cfg.MaxImageBytes}
+	lim := FlattenLimits{MaxEntries: c.cfg.MaxEntries, MaxBytes: c.cfg.MaxImageBytes, MaxLayerBytes: c.cfg.MaxLayerBytes}
 	if lim.MaxEntries == 0 {
 		lim.MaxEntries = DefaultMaxEntries
 	}

@@ -16,14 +16,10 @@ import (
 )
 
 // ErrInvalidLayer is wrapped by every error about a layer's tar content that
-// Flatten refuses (paths escaping the root, hard links to nothing,
-// unreadable tar).
-var ErrInvalidLayer = errors.New("invalid layer content")
-
-const (
-	whiteoutPrefix = ".wh."
-	opaqueMarker   = ".wh..wh..opq"
-)
+// Flatten refuses (see layerio.Entries: hard links to nothing, entries
+// under a non-directory, unreadable tar). It is layerio.ErrInvalidLayer,
+// the same value as overlay.ErrInvalidLayer.
+var ErrInvalidLayer = layerio.ErrInvalidLayer
 
 // TarOpener returns the uncompressed tar stream of one layer. The caller
 // closes the reader.
@@ -39,34 +35,36 @@ type FlattenStats struct {
 }
 
 // Flatten writes to w ONE tar stream holding the merged view of layers (the
-// tree an overlay mount of them shows): layers are given bottom-first and
-// read top-down, each exactly once and in a single streaming pass. The output
-// is what an ext4 writer needs:
+// tree an overlay mount of the overlay materializer's layer directories
+// shows): layers are given bottom-first and read top-down, each exactly
+// once and in a single streaming pass. Each layer's entries are what
+// layerio.Entries decides (clean names, ".." clamped at the root, the
+// first entry of a name wins, parents before children with implicit ones
+// 0755 root:root, nothing under a non-directory, whiteouts resolved
+// against the layer's own entries); Flatten merges them as overlayfs
+// does:
 //
-//   - every path appears at most once; for every path the topmost layer's
-//     entry wins (metadata of directories too);
-//   - OCI whiteouts (".wh.NAME") and opaque markers (".wh..wh..opq") are
-//     applied and never written; a non-directory in an upper layer hides a
-//     lower directory and everything under it, and a directory in an upper
+//   - every path appears once (a directory's header may appear again,
+//     later, with the metadata of the same layer's later header); the
+//     topmost layer holding a path decides what it is, and for a
+//     directory its metadata, be it a header of that layer or an implicit
+//     parent;
+//   - OCI whiteouts and opaque markers hide what the layers below hold
+//     and are never written; an opaque marker at the root hides every
+//     layer below; a non-directory in an upper layer hides a lower
+//     directory and everything under it, and a directory in an upper
 //     layer over a lower non-directory hides what lay below that;
-//   - parents precede children: a directory with no entry of its own in any
-//     layer is written once, before its first child, as 0755 root:root with
-//     zero times; if a lower layer later supplies the directory's entry, it is
-//     written too and its metadata replaces the synthesized one;
 //   - a hard link whose target is visible stays a hard link; one whose target
 //     an upper layer shadowed becomes a regular file with the target's
 //     content and metadata (further links to the same target link to it);
-//   - PAX global headers and tar types other than regular file, directory,
-//     symlink, hard link, character/block device and FIFO are dropped;
-//     sparse entries (GNU or PAX) fail with ErrInvalidLayer, since reading
-//     them would expand holes into zeros without bound.
+//   - sparse entries are written with their holes as zeros (the output
+//     writer makes holes again); their logical size counts against
+//     FlattenLimits.MaxBytes.
 //
-// Names are cleaned and made relative; a name or hard-link target that
-// escapes the root ("..") fails with ErrInvalidLayer. Symlink targets are
-// kept verbatim (they resolve inside the image's root when used); one over
-// MaxSymlinkTarget bytes fails with ErrInvalidLayer. Extended attributes
-// are kept, except overlayfs's own (trusted.overlay.*, user.overlay.*),
-// which the overlay applier does not let a layer set either.
+// Symlink targets are kept verbatim (they resolve inside the image's root
+// when used). Extended attributes are kept, except overlayfs's own
+// (trusted.overlay.*, user.overlay.*), which the overlay applier does not
+// let a layer set either.
 //
 // Memory stays bounded: Flatten keeps one small record per path and no file
 // content. A hard link comes after its target in the same layer, and by
@@ -95,12 +93,17 @@ type FlattenLimits struct {
 	// MaxBytes bounds the bytes of file content read, all layers
 	// together (shadowed content included: it is spooled to disk).
 	MaxBytes int64
+	// MaxLayerBytes bounds the logical size of one layer's regular files
+	// (a sparse entry's holes included), as the overlay materializer's
+	// MaxLayerBytes does. Exceeding it is a property of the layer: the
+	// error wraps layerio.ErrLimitExceeded but not ErrBudgetExceeded.
+	MaxLayerBytes int64
 }
 
 // MaxSymlinkTarget is the longest symlink target an image may hold (Linux's
 // PATH_MAX less the terminating NUL); a longer one fails with
 // ErrInvalidLayer, as the kernel and e2fsck refuse it.
-const MaxSymlinkTarget = 4095
+const MaxSymlinkTarget = layerio.MaxSymlinkTarget
 
 // FlattenLimited is Flatten with limits on the whole image's work.
 func FlattenLimited(ctx context.Context, layers []TarOpener, w io.Writer, spoolDir string, lim FlattenLimits) (FlattenStats, error) {
@@ -142,6 +145,8 @@ const (
 
 type pathState struct {
 	kind stateKind
+	// layer is the layer whose entry (or implicit parent) the path shows.
+	layer int
 	// opaqueBelow: layers with an index below this see nothing under the
 	// path (an opaque marker, or a directory over a non-directory). 0 = none.
 	opaqueBelow int
@@ -187,22 +192,29 @@ func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) (err err
 	}
 	var spoolEnd int64
 	links := make(map[string]*layerLink)
-	opaque := make(map[string]bool) // applied after the layer: hides lower layers only
-
-	tr := tar.NewReader(rc)
+	elim := layerio.EntryLimits{MaxBytes: f.lim.MaxLayerBytes}
+	if f.lim.MaxEntries > 0 {
+		// What is left of the image's budget, so that Entries stops a layer
+		// of markers (which it hands out only at the end) in time.
+		elim.MaxEntries = max(f.lim.MaxEntries-f.entries, 1)
+	}
+	ents := layerio.NewEntries(rc, elim)
+	var counted int64 // tar headers counted against the image's limit
 	for {
-		hdr, err := tr.Next()
+		e, err := ents.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, tar.ErrHeader) {
+			if f.lim.MaxEntries > 0 && f.entries+ents.Stats().Headers > f.lim.MaxEntries {
+				return fmt.Errorf("ext4: flatten: layer %d: %w: more than %d tar entries in the image", idx, layerio.ErrBudgetExceeded, f.lim.MaxEntries)
+			}
+			if errors.Is(err, ErrInvalidLayer) {
 				// Corrupt bytes often break the tar before the verifying
 				// reader reaches EOF: read on to report a mismatch as one.
 				if _, derr := io.Copy(io.Discard, rc); errors.Is(derr, blob.ErrMismatch) {
 					return fmt.Errorf("ext4: flatten: layer %d: %w", idx, derr)
 				}
-				return fmt.Errorf("ext4: flatten: layer %d: %w: reading tar: %v", idx, ErrInvalidLayer, err)
 			}
 			// The layer reader's own error (a digest mismatch, a limit, a
 			// cancelled context, I/O) stays testable with errors.Is.
@@ -211,67 +223,32 @@ func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) (err err
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := f.count(idx, hdr); err != nil {
+		headers := ents.Stats().Headers
+		if err := f.count(idx, headers-counted, e); err != nil {
 			return err
 		}
-		name, ok := cleanName(hdr.Name)
-		if !ok {
-			return fmt.Errorf("ext4: flatten: layer %d: %w: path %q escapes the root", idx, ErrInvalidLayer, hdr.Name)
+		counted = headers
+		name := e.Name
+		if name == "" {
+			name = "."
 		}
-		if isSparse(hdr) {
-			// archive/tar expands sparse entries to their full logical size:
-			// a few bytes of layer could demand gigabytes of zeros. OCI
-			// layer writers never produce them.
-			return fmt.Errorf("ext4: flatten: layer %d: %w: %q is a sparse tar entry (not supported)", idx, ErrInvalidLayer, hdr.Name)
-		}
-		switch hdr.Typeflag {
-		case tar.TypeReg, tar.TypeDir, tar.TypeSymlink, tar.TypeLink, tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		default:
-			continue // PAX global header, GNU volume label, ...: not files
-		}
-		if hdr.Typeflag == tar.TypeSymlink && len(hdr.Linkname) > MaxSymlinkTarget {
-			return fmt.Errorf("ext4: flatten: layer %d: %w: symlink %q has a target of %d bytes (at most %d)", idx, ErrInvalidLayer, name, len(hdr.Linkname), MaxSymlinkTarget)
-		}
-		dir, base := path.Split(name)
-		dir = strings.TrimSuffix(dir, "/")
-		if dir == "" {
-			dir = "."
-		}
-
-		if base == opaqueMarker {
-			if !f.hidden(dir, idx) {
-				opaque[dir] = true
-			}
+		hdr := e.Header
+		switch e.Kind {
+		case layerio.KindWhiteout:
+			f.whiteout(idx, name)
 			continue
-		}
-		if strings.HasPrefix(base, whiteoutPrefix) {
-			if base == whiteoutPrefix {
-				continue // ".wh." alone names nothing
-			}
-			target := path.Join(dir, base[len(whiteoutPrefix):])
-			st := f.paths[target]
-			if st != nil && (st.kind == kindDir || st.kind == kindSynthesized) {
-				// An upper layer recreated the directory: nothing below
-				// this layer shows through it.
-				st.opaqueBelow = max(st.opaqueBelow, idx)
-				continue
-			}
-			if (st == nil || st.kind == 0) && !f.hidden(target, idx) {
-				if st == nil {
-					f.paths[target] = &pathState{kind: kindWhiteout}
-				} else {
-					st.kind = kindWhiteout
-				}
-			}
+		case layerio.KindOpaque:
+			f.opaque(idx, name)
 			continue
 		}
 
-		isDir := hdr.Typeflag == tar.TypeDir
+		isDir := e.Kind == layerio.KindDir
 		visible := true
 		if st := f.paths[name]; st != nil && st.kind != 0 {
 			switch {
-			case st.kind == kindSynthesized && isDir:
-				// The first real entry for a directory we had to invent.
+			case isDir && (st.kind == kindDir || st.kind == kindSynthesized) && st.layer == idx:
+				// This layer's directory again (implicit first, or an
+				// earlier header): this header gives its metadata.
 			case st.kind == kindSynthesized || st.kind == kindDir:
 				if !isDir {
 					// A directory above a non-directory hides what lies below.
@@ -286,15 +263,15 @@ func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) (err err
 			visible = false
 		}
 
-		if hdr.Typeflag == tar.TypeLink {
-			if err := f.link(idx, name, hdr, visible, links); err != nil {
+		if e.Kind == layerio.KindLink {
+			if err := f.link(idx, name, e.Link, hdr, visible, links); err != nil {
 				return err
 			}
 			continue
 		}
 
 		if !visible {
-			if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+			if e.Kind == layerio.KindFile && hdr.Size > 0 {
 				f.stats.ShadowedBytes += hdr.Size
 				// Spool: a later hard link in this layer may need the content.
 				if f.spool == nil {
@@ -304,7 +281,7 @@ func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) (err err
 					}
 					f.spool = sp
 				}
-				n, err := io.CopyBuffer(f.spool, io.LimitReader(tr, hdr.Size), f.copyBuf())
+				n, err := io.CopyBuffer(f.spool, io.LimitReader(ents, hdr.Size), f.copyBuf())
 				if err != nil {
 					return layerErr(idx, name, err)
 				}
@@ -314,22 +291,21 @@ func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) (err err
 				links[name] = &layerLink{hdr: hdr, off: spoolEnd}
 				spoolEnd += n
 				f.stats.SpooledBytes += n
-			} else if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeSymlink ||
-				hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock || hdr.Typeflag == tar.TypeFifo {
+			} else if !isDir {
 				links[name] = &layerLink{hdr: hdr, off: -1}
 			}
 			continue
 		}
 
-		if err := f.parents(name); err != nil {
+		if err := f.parents(name, idx); err != nil {
 			return err
 		}
 		out := outHeader(hdr, name)
 		if err := f.tw.WriteHeader(out); err != nil {
 			return err
 		}
-		if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
-			n, err := io.CopyBuffer(f.tw, io.LimitReader(tr, hdr.Size), f.copyBuf())
+		if e.Kind == layerio.KindFile && hdr.Size > 0 {
+			n, err := io.CopyBuffer(f.tw, io.LimitReader(ents, hdr.Size), f.copyBuf())
 			if err != nil {
 				return layerErr(idx, name, err)
 			}
@@ -337,46 +313,68 @@ func (f *flattener) layer(ctx context.Context, idx int, open TarOpener) (err err
 				return fmt.Errorf("ext4: flatten: layer %d: %w: %q truncated", idx, ErrInvalidLayer, name)
 			}
 		}
-		f.stats.Entries++
 		kind := kindNonDir
-		if isDir {
+		switch {
+		case e.Implicit:
+			kind = kindSynthesized
+			f.stats.Synthesized++
+		case isDir:
 			kind = kindDir
+			f.stats.Entries++
+		default:
+			f.stats.Entries++
 		}
 		if st, ok := f.paths[name]; ok {
-			st.kind = kind
+			st.kind, st.layer = kind, idx
 		} else {
-			f.paths[name] = &pathState{kind: kind}
+			f.paths[name] = &pathState{kind: kind, layer: idx}
 		}
 		if !isDir {
 			links[name] = &layerLink{emitted: name}
 		}
 	}
-	// Drain trailing bytes so a verifying reader below reaches EOF and checks
-	// the digest.
-	if _, err := io.Copy(io.Discard, rc); err != nil {
-		return fmt.Errorf("ext4: flatten: layer %d: %w", idx, err)
-	}
-	for d := range opaque {
-		st, ok := f.paths[d]
-		if !ok {
-			// The directory itself comes from a lower layer; it stays
-			// visible (its entry may still appear), its lower content not.
-			st = &pathState{}
-			f.paths[d] = st
-		}
-		st.opaqueBelow = max(st.opaqueBelow, idx)
-	}
 	return nil
 }
 
-// count adds hdr to the whole image's work and checks the limits.
-func (f *flattener) count(idx int, hdr *tar.Header) error {
-	f.entries++
+// whiteout applies layer idx's whiteout of name (which the layer holds no
+// entry of) to the layers below.
+func (f *flattener) whiteout(idx int, name string) {
+	st := f.paths[name]
+	switch {
+	case st != nil && (st.kind == kindDir || st.kind == kindSynthesized):
+		// An upper layer made the directory: nothing below this layer
+		// shows through it.
+		st.opaqueBelow = max(st.opaqueBelow, idx)
+	case st != nil && st.kind != 0:
+		// Already decided by an upper layer.
+	case f.hidden(name, idx):
+	case st == nil:
+		f.paths[name] = &pathState{kind: kindWhiteout, layer: idx}
+	default:
+		st.kind, st.layer = kindWhiteout, idx
+	}
+}
+
+// opaque applies layer idx's opaque marker of directory name ("." the
+// root) to the layers below.
+func (f *flattener) opaque(idx int, name string) {
+	st, ok := f.paths[name]
+	if !ok {
+		st = &pathState{}
+		f.paths[name] = st
+	}
+	st.opaqueBelow = max(st.opaqueBelow, idx)
+}
+
+// count adds headers tar headers and entry e to the whole image's work and
+// checks the limits.
+func (f *flattener) count(idx int, headers int64, e *layerio.Entry) error {
+	f.entries += headers
 	if f.lim.MaxEntries > 0 && f.entries > f.lim.MaxEntries {
 		return fmt.Errorf("ext4: flatten: layer %d: %w: more than %d tar entries in the image", idx, layerio.ErrBudgetExceeded, f.lim.MaxEntries)
 	}
-	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
-		f.bytes += hdr.Size
+	if e.Kind == layerio.KindFile && e.Header.Size > 0 {
+		f.bytes += e.Header.Size
 		if f.lim.MaxBytes > 0 && (f.bytes > f.lim.MaxBytes || f.bytes < 0) {
 			return fmt.Errorf("ext4: flatten: layer %d: %w: more than %d bytes of file content in the image", idx, layerio.ErrBudgetExceeded, f.lim.MaxBytes)
 		}
@@ -385,11 +383,7 @@ func (f *flattener) count(idx int, hdr *tar.Header) error {
 }
 
 // link handles a hard link entry name -> hdr.Linkname within layer idx.
-func (f *flattener) link(idx int, name string, hdr *tar.Header, visible bool, links map[string]*layerLink) error {
-	target, ok := cleanName(hdr.Linkname)
-	if !ok || target == "." {
-		return fmt.Errorf("ext4: flatten: layer %d: %w: hard link %q -> %q escapes the root", idx, ErrInvalidLayer, name, hdr.Linkname)
-	}
+func (f *flattener) link(idx int, name, target string, hdr *tar.Header, visible bool, links map[string]*layerLink) error {
 	tl, ok := links[target]
 	if !ok {
 		return fmt.Errorf("ext4: flatten: layer %d: %w: hard link %q -> %q: target is not an earlier non-directory entry of the same layer", idx, ErrInvalidLayer, name, hdr.Linkname)
@@ -398,7 +392,7 @@ func (f *flattener) link(idx int, name string, hdr *tar.Header, visible bool, li
 		links[name] = tl // a later link to this name means the same inode
 		return nil
 	}
-	if err := f.parents(name); err != nil {
+	if err := f.parents(name, idx); err != nil {
 		return err
 	}
 	if tl.emitted != "" {
@@ -425,9 +419,9 @@ func (f *flattener) link(idx int, name string, hdr *tar.Header, visible bool, li
 	}
 	f.stats.Entries++
 	if st, ok := f.paths[name]; ok {
-		st.kind = kindNonDir
+		st.kind, st.layer = kindNonDir, idx
 	} else {
-		f.paths[name] = &pathState{kind: kindNonDir}
+		f.paths[name] = &pathState{kind: kindNonDir, layer: idx}
 	}
 	links[name] = tl
 	return nil
@@ -452,9 +446,11 @@ func (f *flattener) hidden(name string, idx int) bool {
 	return false
 }
 
-// parents writes synthesized directories for every ancestor of name that
-// has not been written yet, outermost first.
-func (f *flattener) parents(name string) error {
+// parents writes synthesized directories, as layer idx's, for every
+// ancestor of name that has not been written yet, outermost first
+// (layerio.Entries hands out a layer's parents first, so this is a
+// safety net).
+func (f *flattener) parents(name string, idx int) error {
 	var missing []string
 	for p := parentDir(name); p != "."; p = parentDir(p) {
 		st, ok := f.paths[p]
@@ -476,9 +472,9 @@ func (f *flattener) parents(name string) error {
 		}
 		f.stats.Synthesized++
 		if st, ok := f.paths[p]; ok {
-			st.kind = kindSynthesized
+			st.kind, st.layer = kindSynthesized, idx
 		} else {
-			f.paths[p] = &pathState{kind: kindSynthesized}
+			f.paths[p] = &pathState{kind: kindSynthesized, layer: idx}
 		}
 	}
 	return nil
@@ -508,10 +504,13 @@ func outHeader(h *tar.Header, name string) *tar.Header {
 		Devminor:   h.Devminor,
 		Format:     tar.FormatPAX,
 	}
+	if h.Typeflag == tar.TypeGNUSparse {
+		out.Typeflag = tar.TypeReg // its holes are read as zeros
+	}
 	if h.Typeflag == tar.TypeDir {
 		out.Name += "/"
 	}
-	if h.Typeflag != tar.TypeReg {
+	if out.Typeflag != tar.TypeReg {
 		out.Size = 0
 	}
 	for k, v := range h.PAXRecords {
@@ -529,37 +528,6 @@ func outHeader(h *tar.Header, name string) *tar.Header {
 		}
 	}
 	return out
-}
-
-// isSparse reports whether hdr is a GNU or PAX sparse file.
-func isSparse(hdr *tar.Header) bool {
-	if hdr.Typeflag == tar.TypeGNUSparse {
-		return true
-	}
-	for k := range hdr.PAXRecords {
-		if strings.HasPrefix(k, "GNU.sparse.") {
-			return true
-		}
-	}
-	return false
-}
-
-// cleanName makes a tar name relative and clean; ok is false when it
-// escapes the root.
-func cleanName(n string) (string, bool) {
-	c := path.Clean("/" + n)
-	if strings.Contains(n, "\x00") {
-		return "", false
-	}
-	// path.Clean("/"+n) can never go above "/", so look at the raw name.
-	raw := path.Clean(n)
-	if raw == ".." || strings.HasPrefix(raw, "../") {
-		return "", false
-	}
-	if c == "/" {
-		return ".", true
-	}
-	return c[1:], true
 }
 
 // layerErr wraps an error met while copying an entry's content: a tar cut

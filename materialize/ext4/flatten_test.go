@@ -85,6 +85,7 @@ func TestFlattenCases(t *testing.T) {
 		want    []string // entries in stream order
 		wantErr error
 		stats   func(FlattenStats) bool
+		lim     FlattenLimits
 	}{
 		{
 			desc: "several links to a deleted target: the first becomes the file, the rest link to it",
@@ -112,20 +113,57 @@ func TestFlattenCases(t *testing.T) {
 			want: []string{"t file=new", "a file=old"},
 		},
 		{
-			desc: "missing parents are synthesized once; a lower entry for one replaces it",
+			desc: "missing parents are synthesized once; the upper layer's implicit parent wins over a lower header (as in an overlay mount)",
 			layers: [][]byte{
 				tartest.New().Dir("p", custom).Tar(),
 				tartest.New().File("p/q/f", []byte("f")).File("p/q/g", []byte("g")).Tar(),
 			},
-			want: []string{"p dir", "p/q dir", "p/q/f file=f", "p/q/g file=g", "p dir(custom)"},
+			want:  []string{"p dir", "p/q dir", "p/q/f file=f", "p/q/g file=g"},
+			stats: func(s FlattenStats) bool { return s.Synthesized == 2 },
 		},
 		{
-			desc: "opaque marker without the directory's own entry: the lower entry still applies, lower children do not",
+			desc: "a later header of a layer's implicit parent gives it its metadata",
+			layers: [][]byte{
+				tartest.New().File("p/f", []byte("f")).Dir("p", custom).Tar(),
+			},
+			want: []string{"p dir", "p/f file=f", "p dir(custom)"},
+		},
+		{
+			desc: "opaque marker without the directory's own entry: an implicit directory, lower children hidden",
 			layers: [][]byte{
 				tartest.New().Dir("o", custom).File("o/old", []byte("o")).Tar(),
 				tartest.New().Opaque("o").File("o/new", []byte("n")).Tar(),
 			},
-			want: []string{"o dir", "o/new file=n", "o dir(custom)"},
+			want: []string{"o dir", "o/new file=n"},
+		},
+		{
+			desc: "an opaque marker at the root hides every layer below",
+			layers: [][]byte{
+				tartest.New().Dir("a").File("a/x", []byte("x")).File("top", []byte("t")).Tar(),
+				tartest.New().File("b", []byte("b")).Opaque(".").Tar(),
+				tartest.New().File("c", []byte("c")).Tar(),
+			},
+			want: []string{"c file=c", "b file=b"},
+		},
+		{
+			desc: "whiteouts apply to lower layers only: the layer's own entry of the name stays",
+			layers: [][]byte{
+				tartest.New().File("f", []byte("low")).Dir("d").File("d/low", []byte("l")).Tar(),
+				tartest.New().Whiteout("f").File("f", []byte("up")).Whiteout("d").Dir("d").File("d/up", []byte("u")).Tar(),
+			},
+			want: []string{"f file=up", "d dir", "d/up file=u"},
+		},
+		{
+			desc: "duplicates: the first non-directory wins",
+			layers: [][]byte{
+				tartest.New().File("f", []byte("first")).File("f", []byte("second")).Symlink("s", "a").File("s", []byte("x")).Tar(),
+			},
+			want: []string{"f file=first", "s symlink->a"},
+		},
+		{
+			desc:    "an entry under a symlink of the same layer is refused",
+			layers:  [][]byte{tartest.New().Symlink("s", "/etc").File("s/passwd", []byte("x")).Tar()},
+			wantErr: ErrInvalidLayer,
 		},
 		{
 			desc: "a directory over a lower file hides what lay under the file's name further down",
@@ -145,12 +183,19 @@ func TestFlattenCases(t *testing.T) {
 			want: []string{"d file=now a file"},
 		},
 		{
-			desc: "whiteouts never appear; a whiteout named '.wh.' alone is ignored",
+			desc: "whiteouts never appear",
 			layers: [][]byte{
 				tartest.New().Dir("a").File("a/x", []byte("x")).Tar(),
-				tartest.New().Whiteout("a/x").Header(tar.Header{Typeflag: tar.TypeReg, Name: "a/.wh."}, nil).Tar(),
+				tartest.New().Whiteout("a/x").Tar(),
 			},
 			want: []string{"a dir"},
+		},
+		{
+			desc: "a whiteout named '.wh.' alone is refused",
+			layers: [][]byte{
+				tartest.New().Header(tar.Header{Typeflag: tar.TypeReg, Name: "a/.wh."}, nil).Tar(),
+			},
+			wantErr: ErrInvalidLayer,
 		},
 		{
 			desc: "PAX global headers are dropped, ./ and / prefixes cleaned",
@@ -162,12 +207,12 @@ func TestFlattenCases(t *testing.T) {
 			want: []string{"abs file=a", "dot file=d"},
 		},
 		{
-			desc:    "a path climbing out of the root is refused",
-			layers:  [][]byte{tartest.New().Header(tar.Header{Typeflag: tar.TypeReg, Name: "../evil", Mode: 0o644}, []byte("e")).Tar()},
-			wantErr: ErrInvalidLayer,
+			desc:   "a path climbing out of the root is clamped at the root",
+			layers: [][]byte{tartest.New().Header(tar.Header{Typeflag: tar.TypeReg, Name: "../etc/evil", Mode: 0o644}, []byte("e")).Tar()},
+			want:   []string{"etc dir", "etc/evil file=e"},
 		},
 		{
-			desc:    "a hard link climbing out of the root is refused",
+			desc:    "a hard link climbing out of the root names nothing of the layer",
 			layers:  [][]byte{tartest.New().Header(tar.Header{Typeflag: tar.TypeLink, Name: "l", Linkname: "../../etc/passwd"}, nil).Tar()},
 			wantErr: ErrInvalidLayer,
 		},
@@ -177,9 +222,10 @@ func TestFlattenCases(t *testing.T) {
 			wantErr: ErrInvalidLayer,
 		},
 		{
-			desc:    "a PAX sparse entry is refused",
+			desc:    "a PAX sparse entry counts with its holes against the image's byte limit",
 			layers:  [][]byte{paxSparseBomb()},
-			wantErr: ErrInvalidLayer,
+			lim:     FlattenLimits{MaxBytes: 1 << 30},
+			wantErr: layerio.ErrBudgetExceeded,
 		},
 		{
 			desc:    "a truncated tar is refused",
@@ -190,7 +236,7 @@ func TestFlattenCases(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
 			var out bytes.Buffer
-			st, err := Flatten(context.Background(), openers(tc.layers...), &out, t.TempDir())
+			st, err := FlattenLimited(context.Background(), openers(tc.layers...), &out, t.TempDir(), tc.lim)
 			if tc.wantErr != nil {
 				if !errors.Is(err, tc.wantErr) {
 					t.Fatalf("err = %v, want %v", err, tc.wantErr)
@@ -243,7 +289,8 @@ func FuzzFlatten(f *testing.F) {
 	spool := f.TempDir()
 	f.Fuzz(func(t *testing.T, lower, upper []byte) {
 		var out bytes.Buffer
-		if _, err := Flatten(context.Background(), openers(lower, upper), &out, spool); err != nil {
+		// A sparse entry expands: bound the image's content.
+		if _, err := FlattenLimited(context.Background(), openers(lower, upper), &out, spool, FlattenLimits{MaxBytes: 64 << 20}); err != nil {
 			return
 		}
 		// Whatever was accepted must be a well-formed stream for the writer.

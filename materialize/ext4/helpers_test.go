@@ -14,10 +14,12 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"strings"
 	"testing"
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/manifest"
+	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
 
@@ -119,11 +121,11 @@ func treeOfTar(t testing.TB, stream []byte) tartest.Tree {
 		if err != nil {
 			t.Fatalf("flattened stream: %v", err)
 		}
-		name, ok := cleanName(h.Name)
-		if !ok {
+		name, err := layerio.CleanName(h.Name)
+		if err != nil || name != strings.TrimSuffix(h.Name, "/") && name != "" {
 			t.Fatalf("flattened stream: bad name %q", h.Name)
 		}
-		if name == "." {
+		if name == "" {
 			continue
 		}
 		if !seen[parentDir(name)] {

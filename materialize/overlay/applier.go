@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -18,14 +17,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/internal/sparse"
+	"github.com/strata-oci/strata/materialize/internal/layerio"
 )
 
-// Overlayfs forms of the OCI whiteout markers.
+// Overlayfs forms of the OCI opaque marker.
 const (
-	whiteoutPrefix = ".wh."
-	opaqueMarker   = ".wh..wh..opq"
-	trustedOpaque  = "trusted.overlay.opaque"
-	userOpaque     = "user.overlay.opaque"
+	trustedOpaque = "trusted.overlay.opaque"
+	userOpaque    = "user.overlay.opaque"
 )
 
 // applyConfig is what the applier needs from Config.
@@ -53,26 +51,29 @@ type applyConfig struct {
 
 // applyStats counts what one layer's extraction created.
 type applyStats struct {
-	Entries int64 // tar entries processed
+	Entries int64 // tar entries read
 	Files   int64 // regular files written
 	Bytes   int64 // bytes of regular file content written to disk (holes excluded)
 	Logical int64 // bytes of regular file content, holes included
 	Skipped int64 // entries skipped (devices or ownership without privilege, overlay-internal xattrs)
+	Dropped int64 // entries layerio.Entries dropped (duplicates, entries under a non-directory)
 }
 
 // MaxSymlinkTarget is the longest symlink target Linux stores (PATH_MAX
 // less the terminating NUL); a longer one is refused with ErrInvalidLayer.
-const MaxSymlinkTarget = 4095
+const MaxSymlinkTarget = layerio.MaxSymlinkTarget
 
 // holeBlock is the size of the aligned all-zero blocks that become holes
 // in extracted files.
 const holeBlock = 4096
 
-// applier writes one layer's tar stream into a directory in overlayfs
-// form. Every path is resolved beneath the layer directory with openat2
-// RESOLVE_IN_ROOT (symlinks are followed as if the layer directory were /,
-// so they cannot lead out), the final component of an entry is never
-// followed, and hard link targets must already exist in the layer.
+// applier writes what layerio.Entries decides about one layer's tar stream
+// into a directory in overlayfs form: whiteouts become 0:0 character
+// devices, opaque directories get the opaque xattr. Entries hands out
+// every parent directory before its children and never an entry under a
+// non-directory, so parents are opened with openat2 RESOLVE_BENEATH and
+// RESOLVE_NO_SYMLINKS (a symlink on the way is an error, never followed),
+// and the final component of an entry is never followed.
 type applier struct {
 	cfg      applyConfig
 	root     int // fd of the layer directory
@@ -118,37 +119,36 @@ func applyLayer(ctx context.Context, rootPath string, r io.Reader, cfg applyConf
 		// Every file's sum is in cfg.sums once applyLayer returns.
 		defer a.hasher.stop()
 	}
-	tr := tar.NewReader(r)
+	ents := layerio.NewEntries(r, layerio.EntryLimits{MaxEntries: cfg.maxEntries, MaxBytes: cfg.maxBytes})
+	defer func() {
+		st := ents.Stats()
+		a.stats.Entries, a.stats.Dropped = st.Headers, st.Dropped
+	}()
+	var charged int64 // tar headers charged to chargeEntry
 	for {
 		if err := ctx.Err(); err != nil {
 			return a.stats, err
 		}
-		h, err := tr.Next()
+		e, err := ents.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return a.stats, fmt.Errorf("reading tar: %w", err)
-		}
-		a.stats.Entries++
-		if a.cfg.maxEntries > 0 && a.stats.Entries > a.cfg.maxEntries {
-			return a.stats, fmt.Errorf("%w: more than %d entries", ErrLimitExceeded, a.cfg.maxEntries)
+			return a.stats, err
 		}
 		if a.cfg.chargeEntry != nil {
-			if err := a.cfg.chargeEntry(); err != nil {
-				return a.stats, err
+			for ; charged < ents.Stats().Headers; charged++ {
+				if err := a.cfg.chargeEntry(); err != nil {
+					return a.stats, err
+				}
 			}
 		}
-		if err := a.entry(h, tr); err != nil {
-			return a.stats, fmt.Errorf("entry %q: %w", truncate(h.Name, 200), err)
+		if err := a.entry(e, ents); err != nil {
+			return a.stats, fmt.Errorf("entry %q: %w", truncate(e.Name, 200), err)
 		}
 	}
 	if err := a.finishDirs(); err != nil {
 		return a.stats, err
-	}
-	// Read what follows the end-of-archive marker so the blob is verified.
-	if _, err := io.CopyBuffer(io.Discard, r, a.buf); err != nil {
-		return a.stats, fmt.Errorf("reading layer to its end: %w", err)
 	}
 	return a.stats, nil
 }
@@ -165,13 +165,6 @@ func (a *applier) dropCache() {
 	}
 }
 
-// cleanRel turns a tar name into a path relative to the layer root: ".."
-// cannot climb above the root, a leading "/" or "./" is dropped. The root
-// itself is "".
-func cleanRel(name string) string {
-	return strings.TrimPrefix(path.Clean("/"+name), "/")
-}
-
 func splitRel(rel string) (dir, base string) {
 	i := strings.LastIndexByte(rel, '/')
 	if i < 0 {
@@ -180,13 +173,13 @@ func splitRel(rel string) (dir, base string) {
 	return rel[:i], rel[i+1:]
 }
 
-// parent returns a borrowed fd of directory rel (created with mode 0755 and
-// missing parents if absent). It stays valid until the next parent call.
+// parent returns a borrowed fd of directory rel, which an earlier entry
+// made. It stays valid until the next parent call.
 func (a *applier) parent(rel string) (int, error) {
 	if a.cacheFd >= 0 && a.cacheRel == rel {
 		return a.cacheFd, nil
 	}
-	fd, err := a.openDir(rel, true)
+	fd, err := a.openDir(rel)
 	if err != nil {
 		return -1, err
 	}
@@ -203,65 +196,9 @@ func (a *applier) parent(rel string) (int, error) {
 }
 
 // openDir opens directory rel beneath the root and returns an fd the
-// caller closes. With create, missing directories are made (0755), also
-// where a symlink points at a missing directory: its target is created
-// inside the root, as containerd's applier does.
-func (a *applier) openDir(rel string, create bool) (int, error) {
-	steps := 0
-	return a.openDirSteps(rel, create, &steps)
-}
-
-// maxResolveSteps bounds the directory creations and symlink resolutions
-// one openDir call may do.
-const maxResolveSteps = 256
-
-func (a *applier) openDirSteps(rel string, create bool, steps *int) (int, error) {
-	*steps++
-	if *steps > maxResolveSteps {
-		return -1, fmt.Errorf("%w: resolving %q takes too many steps", ErrInvalidLayer, rel)
-	}
+// caller closes. No symlink is followed on the way.
+func (a *applier) openDir(rel string) (int, error) {
 	fd, err := a.openat2(rel)
-	if err == nil {
-		return fd, nil
-	}
-	if err != unix.ENOENT || !create || rel == "" {
-		return -1, a.openErr(rel, err)
-	}
-	dir, base := splitRel(rel)
-	pfd, err := a.openDirSteps(dir, true, steps)
-	if err != nil {
-		return -1, err
-	}
-	err = unix.Mkdirat(pfd, base, 0o755)
-	if err == nil {
-		// Not subject to the umask: implicit directories are 0755.
-		err = unix.Fchmodat(pfd, base, 0o755, 0)
-	}
-	var target string
-	if err == unix.EEXIST {
-		// base exists but does not resolve: a dangling symlink. Create
-		// its target, inside the root.
-		target, err = readlinkat(pfd, base)
-	}
-	unix.Close(pfd)
-	if err != nil {
-		return -1, &os.PathError{Op: "mkdir", Path: rel, Err: err}
-	}
-	if target != "" {
-		next := cleanRel(target)
-		if !strings.HasPrefix(target, "/") {
-			next = cleanRel(dir + "/" + target)
-		}
-		tfd, err := a.openDirSteps(next, true, steps)
-		if err != nil {
-			return -1, err
-		}
-		unix.Close(tfd)
-	}
-	fd, err = a.openat2(rel)
-	if err == unix.ENOENT {
-		return -1, fmt.Errorf("%w: cannot create directory %q (a symlink on the way leads nowhere)", ErrInvalidLayer, rel)
-	}
 	if err != nil {
 		return -1, a.openErr(rel, err)
 	}
@@ -275,7 +212,7 @@ func (a *applier) openat2(rel string) (int, error) {
 	}
 	how := unix.OpenHow{
 		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
 	}
 	for i := 0; ; i++ {
 		fd, err := unix.Openat2(a.root, p, &how)
@@ -287,71 +224,49 @@ func (a *applier) openat2(rel string) (int, error) {
 }
 
 func (a *applier) openErr(rel string, err error) error {
-	if err == unix.ENOTDIR {
-		return fmt.Errorf("%w: parent %q is not a directory", ErrInvalidLayer, rel)
-	}
 	return &os.PathError{Op: "open", Path: rel, Err: err}
 }
 
-func readlinkat(dirfd int, name string) (string, error) {
-	buf := make([]byte, 4096)
-	n, err := unix.Readlinkat(dirfd, name, buf)
-	if err != nil {
-		return "", err
-	}
-	if n == 0 {
-		return "", unix.ENOENT
-	}
-	return string(buf[:n]), nil
-}
-
-func (a *applier) entry(h *tar.Header, tr io.Reader) error {
-	if h.Typeflag == tar.TypeXGlobalHeader {
-		return nil // PAX global headers carry no file (containerd ignores them too)
-	}
-	rel := cleanRel(h.Name)
-	if strings.IndexByte(rel, 0) >= 0 {
-		return fmt.Errorf("%w: NUL byte in name", ErrInvalidLayer)
-	}
+func (a *applier) entry(e *layerio.Entry, content io.Reader) error {
+	h := e.Header
+	rel := e.Name
 	dir, base := splitRel(rel)
-	if strings.HasPrefix(base, whiteoutPrefix) {
-		return a.whiteout(dir, base, h)
-	}
-	if rel == "" {
-		if h.Typeflag != tar.TypeDir {
-			return fmt.Errorf("%w: the layer root is a %s", ErrInvalidLayer, typeName(h.Typeflag))
+	switch e.Kind {
+	case layerio.KindOpaque:
+		return a.opaque(rel)
+	case layerio.KindDir:
+		if rel == "" {
+			return a.rootDir(h)
 		}
-		return a.rootDir(h)
 	}
 	pfd, err := a.parent(dir)
 	if err != nil {
 		return err
 	}
-	switch h.Typeflag {
-	case tar.TypeDir:
+	switch e.Kind {
+	case layerio.KindWhiteout:
+		return a.whiteout(pfd, rel, base, h)
+	case layerio.KindDir:
+		if e.Implicit {
+			return a.implicitDir(pfd, rel, base)
+		}
 		return a.dir(pfd, rel, base, h)
-	case tar.TypeReg, tar.TypeRegA:
-		return a.file(pfd, base, h, tr)
-	case tar.TypeSymlink:
-		if strings.IndexByte(h.Linkname, 0) >= 0 {
-			return fmt.Errorf("%w: NUL byte in symlink target", ErrInvalidLayer)
-		}
-		if len(h.Linkname) > MaxSymlinkTarget {
-			return fmt.Errorf("%w: symlink target of %d bytes (at most %d)", ErrInvalidLayer, len(h.Linkname), MaxSymlinkTarget)
-		}
-		err := a.create(pfd, base, func() error { return unix.Symlinkat(h.Linkname, pfd, base) })
+	case layerio.KindFile:
+		return a.file(pfd, base, h, content)
+	case layerio.KindSymlink:
+		err := a.create(pfd, base, func() error { return unix.Symlinkat(e.Link, pfd, base) })
 		if err != nil {
-			return err
+			return &os.PathError{Op: "symlink", Path: rel, Err: err}
 		}
 		return a.meta(pfd, base, h, true)
-	case tar.TypeLink:
-		return a.link(pfd, base, h)
-	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+	case layerio.KindLink:
+		return a.link(pfd, base, e.Link, h)
+	case layerio.KindChar, layerio.KindBlock, layerio.KindFIFO:
 		mode := uint32(unix.S_IFIFO)
-		switch h.Typeflag {
-		case tar.TypeChar:
+		switch e.Kind {
+		case layerio.KindChar:
 			mode = unix.S_IFCHR
-		case tar.TypeBlock:
+		case layerio.KindBlock:
 			mode = unix.S_IFBLK
 		}
 		dev := int(unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor)))
@@ -364,13 +279,32 @@ func (a *applier) entry(h *tar.Header, tr io.Reader) error {
 			return &os.PathError{Op: "mknod", Path: rel, Err: err}
 		}
 		return a.meta(pfd, base, h, false)
-	default:
-		return fmt.Errorf("%w: unsupported entry type %s", ErrInvalidLayer, typeName(h.Typeflag))
 	}
+	return fmt.Errorf("%w: unexpected entry kind %v", ErrInvalidLayer, e.Kind)
 }
 
-// create runs mk; if the name exists, it removes what is there (a later
-// entry wins, as in containerd's applier) and runs mk again.
+// implicitDir makes a directory the layer has no header for (0755, owned
+// by root where the applier may chown, epoch times), as the ext4
+// flattener synthesizes it.
+func (a *applier) implicitDir(pfd int, rel, base string) error {
+	err := unix.Mkdirat(pfd, base, 0o755)
+	if err == nil {
+		// Not subject to the umask; no setgid inherited from the parent.
+		err = unix.Fchmodat(pfd, base, 0o755, 0)
+	}
+	if err == nil && a.cfg.privileged {
+		err = unix.Fchownat(pfd, base, 0, 0, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil {
+		return &os.PathError{Op: "mkdir", Path: rel, Err: err}
+	}
+	a.dirTimes[rel] = timespec(time.Time{})
+	return nil
+}
+
+// create runs mk; if the name exists, it removes what is there and runs
+// mk again. layerio.Entries hands out one non-directory entry per name, so
+// this is a safety net, not a rule about duplicates.
 func (a *applier) create(pfd int, base string, mk func() error) error {
 	err := mk()
 	if err != unix.EEXIST {
@@ -442,11 +376,7 @@ func (a *applier) rootDir(h *tar.Header) error {
 }
 
 func (a *applier) file(pfd int, base string, h *tar.Header, tr io.Reader) error {
-	// The decompressed stream is bounded by layerio, but a sparse entry
-	// expands to its full size here: holes count against maxBytes.
-	if a.cfg.maxBytes > 0 && (h.Size < 0 || h.Size > a.cfg.maxBytes-a.stats.Logical) {
-		return fmt.Errorf("%w: file content over %d bytes", ErrLimitExceeded, a.cfg.maxBytes)
-	}
+	// layerio.Entries bounds the logical size (holes included) by maxBytes.
 	// Create with the final permissions when the umask leaves them intact
 	// (then no chmod is needed); otherwise 0600 and chmod below.
 	perm := uint32(h.Mode) & 0o7777
@@ -591,13 +521,9 @@ func (f fdFile) ReadAt(p []byte, off int64) (int, error) {
 
 func (f fdFile) Truncate(size int64) error { return unix.Ftruncate(f.fd, size) }
 
-func (a *applier) link(pfd int, base string, h *tar.Header) error {
-	target := cleanRel(h.Linkname)
-	if target == "" || strings.IndexByte(target, 0) >= 0 {
-		return fmt.Errorf("%w: hard link to %q", ErrInvalidLayer, truncate(h.Linkname, 200))
-	}
+func (a *applier) link(pfd int, base, target string, h *tar.Header) error {
 	tdir, tbase := splitRel(target)
-	tfd, err := a.openDir(tdir, false)
+	tfd, err := a.openDir(tdir)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("%w: hard link target %q does not exist in the layer", ErrInvalidLayer, truncate(h.Linkname, 200))
@@ -627,36 +553,47 @@ func (a *applier) link(pfd int, base string, h *tar.Header) error {
 	return a.meta(pfd, base, h, st.Mode&unix.S_IFMT == unix.S_IFLNK)
 }
 
-// whiteout turns an OCI whiteout entry into its overlayfs form.
-func (a *applier) whiteout(dir, base string, h *tar.Header) error {
-	if base == opaqueMarker {
-		fd, err := a.openDir(dir, true)
-		if err != nil {
+// opaque marks directory rel of the layer ("" the root) opaque.
+func (a *applier) opaque(rel string) error {
+	fd := a.root
+	if rel != "" {
+		var err error
+		if fd, err = a.openDir(rel); err != nil {
 			return err
 		}
 		defer unix.Close(fd)
-		if err := unix.Fsetxattr(fd, a.cfg.opaqueXattr, []byte("y"), 0); err != nil {
-			return &os.PathError{Op: "setxattr " + a.cfg.opaqueXattr, Path: dir, Err: err}
-		}
-		return nil
 	}
-	name := strings.TrimPrefix(base, whiteoutPrefix)
-	if name == "" || name == "." || name == ".." || strings.HasPrefix(name, whiteoutPrefix) {
-		return fmt.Errorf("%w: invalid whiteout %q", ErrInvalidLayer, base)
+	if err := unix.Fsetxattr(fd, a.cfg.opaqueXattr, []byte("y"), 0); err != nil {
+		return &os.PathError{Op: "setxattr " + a.cfg.opaqueXattr, Path: "/" + rel, Err: err}
 	}
-	pfd, err := a.parent(dir)
+	return nil
+}
+
+// rootOpaque reports whether the extracted layer directory dir holds an
+// opaque marker at its root: the layers below it are not mounted, since
+// overlayfs ignores the opaque xattr of a layer's root.
+func rootOpaque(dir string, userXattr bool) bool {
+	name := trustedOpaque
+	if userXattr {
+		name = userOpaque
+	}
+	var buf [1]byte
+	n, err := unix.Lgetxattr(dir, name, buf[:])
+	return err == nil && n == 1 && buf[0] == 'y'
+}
+
+// whiteout makes the overlayfs form of an OCI whiteout: a 0:0 character
+// device.
+func (a *applier) whiteout(pfd int, rel, base string, h *tar.Header) error {
+	err := a.create(pfd, base, func() error { return unix.Mknodat(pfd, base, unix.S_IFCHR, 0) })
 	if err != nil {
-		return err
-	}
-	err = a.create(pfd, name, func() error { return unix.Mknodat(pfd, name, unix.S_IFCHR, 0) })
-	if err != nil {
-		return &os.PathError{Op: "mknod whiteout", Path: path.Join(dir, name), Err: err}
+		return &os.PathError{Op: "mknod whiteout", Path: rel, Err: err}
 	}
 	// The marker's time, not the clock's: a layer extracts to the same
 	// tree every time (verify compares re-extractions).
 	ts := timespec(h.ModTime)
-	if err := unix.UtimesNanoAt(pfd, name, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return &os.PathError{Op: "utimes whiteout", Path: path.Join(dir, name), Err: err}
+	if err := unix.UtimesNanoAt(pfd, base, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &os.PathError{Op: "utimes whiteout", Path: rel, Err: err}
 	}
 	return nil
 }
@@ -791,7 +728,7 @@ func (a *applier) atDir(rel, op string, root func() error, at func(pfd int, base
 		return nil
 	}
 	dir, base := splitRel(rel)
-	pfd, err := a.openDir(dir, false)
+	pfd, err := a.openDir(dir)
 	if err != nil {
 		return nil // replaced by a later entry
 	}
@@ -930,26 +867,6 @@ func atime(h *tar.Header) unix.Timespec {
 		return timespec(h.AccessTime)
 	}
 	return timespec(h.ModTime)
-}
-
-func typeName(t byte) string {
-	switch t {
-	case tar.TypeReg, tar.TypeRegA:
-		return "regular file"
-	case tar.TypeLink:
-		return "hard link"
-	case tar.TypeSymlink:
-		return "symlink"
-	case tar.TypeChar:
-		return "character device"
-	case tar.TypeBlock:
-		return "block device"
-	case tar.TypeDir:
-		return "directory"
-	case tar.TypeFifo:
-		return "fifo"
-	}
-	return fmt.Sprintf("type %q", t)
 }
 
 func truncate(s string, n int) string {

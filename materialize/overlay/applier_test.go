@@ -135,24 +135,18 @@ func TestApplyBreakout(t *testing.T) {
 			check: isFile("outside/secret", "x"),
 		},
 		{
-			desc: "relative symlink pointing out, then a file written through it",
+			desc: "relative symlink pointing out, then a file through it",
 			build: func(s *sandbox) *tartest.Builder {
 				return tartest.New().Symlink("escape", "../outside").File("escape/secret", []byte("x"))
 			},
-			check: func(t *testing.T, s *sandbox) {
-				isSymlink("escape", "../outside")(t, s)
-				isFile("outside/secret", "x")(t, s)
-			},
+			wantErr: ErrInvalidLayer,
 		},
 		{
-			desc: "absolute symlink to the sentinel, then a file written through it",
+			desc: "absolute symlink to the sentinel, then a file through it",
 			build: func(s *sandbox) *tartest.Builder {
 				return tartest.New().Symlink("abs", s.outside).File("abs/secret", []byte("x"))
 			},
-			check: func(t *testing.T, s *sandbox) {
-				isSymlink("abs", s.outside)(t, s)
-				isFile(strings.TrimPrefix(s.outside, "/")+"/secret", "x")(t, s)
-			},
+			wantErr: ErrInvalidLayer,
 		},
 		{
 			desc: "symlink chain leading out",
@@ -160,28 +154,28 @@ func TestApplyBreakout(t *testing.T) {
 				return tartest.New().Dir("d").Symlink("a", "b").Symlink("b", "d/c").Symlink("d/c", "../../../..").
 					File("a/tmp/"+pwned, []byte("x"))
 			},
-			check: isFile("tmp/"+pwned, "x"),
+			wantErr: ErrInvalidLayer,
 		},
 		{
-			desc: "symlink to /proc/self/root is resolved inside the root",
+			desc: "symlink to /proc/self/root, then a file through it",
 			build: func(s *sandbox) *tartest.Builder {
 				return tartest.New().Symlink("p", "/proc/self/root/tmp").File("p/"+pwned, []byte("x"))
 			},
-			check: isFile("proc/self/root/tmp/"+pwned, "x"),
+			wantErr: ErrInvalidLayer,
 		},
 		{
-			desc: "a later entry replaces a symlink instead of writing through it",
+			desc: "a later entry of a symlink's name is dropped, not written through it (the first entry wins)",
 			build: func(s *sandbox) *tartest.Builder {
 				return tartest.New().Symlink("secret", s.outside+"/secret").File("secret", []byte("x"))
 			},
-			check: isFile("secret", "x"),
+			check: func(t *testing.T, s *sandbox) { isSymlink("secret", s.outside+"/secret")(t, s) },
 		},
 		{
-			desc: "a later directory replaces a symlink to a directory outside",
+			desc: "a later directory of a symlink's name is dropped, and a file under it refused",
 			build: func(s *sandbox) *tartest.Builder {
 				return tartest.New().Symlink("d", s.outside).Dir("d", tartest.Mode(0o700)).File("d/f", []byte("x"))
 			},
-			check: isFile("d/f", "x"),
+			wantErr: ErrInvalidLayer,
 		},
 		{
 			desc:    "hard link to a file outside (relative)",
@@ -218,14 +212,14 @@ func TestApplyBreakout(t *testing.T) {
 			wantErr: ErrInvalidLayer,
 		},
 		{
-			desc: "duplicate entries: the later one wins",
+			desc: "duplicate entries: the first one wins",
 			build: func(s *sandbox) *tartest.Builder {
 				return tartest.New().File("f", []byte("first")).File("f", []byte("second")).
-					Dir("d").File("d/child", nil).File("d", []byte("file now"))
+					Dir("d").File("d/child", []byte("kept")).File("d", []byte("file now"))
 			},
 			check: func(t *testing.T, s *sandbox) {
-				isFile("f", "second")(t, s)
-				isFile("d", "file now")(t, s)
+				isFile("f", "first")(t, s)
+				isFile("d/child", "kept")(t, s)
 			},
 		},
 		{
@@ -265,27 +259,18 @@ func TestApplyBreakout(t *testing.T) {
 			},
 		},
 		{
-			desc: "whiteout through a symlink pointing out lands inside",
+			desc: "whiteout under a symlink pointing out",
 			build: func(s *sandbox) *tartest.Builder {
 				return tartest.New().Symlink("d", s.outside).Whiteout("d/secret")
 			},
-			check: func(t *testing.T, s *sandbox) {
-				if _, err := os.Lstat(filepath.Join(s.layer, strings.TrimPrefix(s.outside, "/"), "secret")); err != nil {
-					t.Errorf("whiteout not created inside: %v", err)
-				}
-			},
+			wantErr: ErrInvalidLayer,
 		},
 		{
-			desc: "opaque marker through a symlink pointing out lands inside",
+			desc: "opaque marker in a symlink pointing out",
 			build: func(s *sandbox) *tartest.Builder {
 				return tartest.New().Symlink("d", s.outside).Opaque("d")
 			},
-			check: func(t *testing.T, s *sandbox) {
-				buf := make([]byte, 4)
-				if _, err := unix.Lgetxattr(filepath.Join(s.layer, strings.TrimPrefix(s.outside, "/")), trustedOpaque, buf); err != nil {
-					t.Errorf("opaque xattr not set inside: %v", err)
-				}
-			},
+			wantErr: ErrInvalidLayer,
 		},
 		{
 			desc: "a layer cannot forge overlayfs xattrs",
@@ -305,7 +290,7 @@ func TestApplyBreakout(t *testing.T) {
 			build: func(s *sandbox) *tartest.Builder {
 				return tartest.New().Symlink("a", "b").Symlink("b", "a").File("a/x", nil)
 			},
-			wantErr: unix.ELOOP,
+			wantErr: ErrInvalidLayer,
 		},
 		{
 			desc: "dangling symlinks whose targets resolve differently lexically and physically",

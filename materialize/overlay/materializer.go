@@ -57,8 +57,9 @@ import (
 var (
 	// ErrInvalidLayer: a layer's tar stream holds an entry the applier
 	// refuses (a hard link to a missing or outside target, an invalid
-	// whiteout, an unsupported entry type, a path through a non-directory).
-	ErrInvalidLayer = errors.New("invalid layer")
+	// whiteout, an unsupported entry type). It is layerio.ErrInvalidLayer,
+	// the same value as ext4.ErrInvalidLayer.
+	ErrInvalidLayer = layerio.ErrInvalidLayer
 	// ErrLimitExceeded: a layer exceeds Config.MaxLayerBytes or
 	// Config.MaxEntries. It is layerio.ErrLimitExceeded.
 	ErrLimitExceeded = layerio.ErrLimitExceeded
@@ -540,6 +541,9 @@ func (m *Materializer) Materialize(ctx context.Context, img manifest.Image) (*Re
 		seen[e.digest] = true
 		ids = append(ids, e.id)
 		res.LowerDirs = append(res.LowerDirs, m.path("layers", e.hex))
+		if rootOpaque(res.LowerDirs[len(res.LowerDirs)-1], m.cfg.UserXattr) {
+			break // OCI: the layers below are hidden entirely (overlayfs ignores a root's opaque xattr)
+		}
 	}
 	for _, pad := range []string{"_", "__"}[:max(0, 2-len(ids))] {
 		ids = append(ids, pad)

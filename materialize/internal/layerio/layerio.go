@@ -24,9 +24,17 @@ var (
 	// package can decompress (gzip, zstd or uncompressed; OCI or Docker).
 	ErrUnknownMediaType = errors.New("unsupported layer media type")
 	// ErrLimitExceeded: the decompressed stream is longer than the
-	// configured limit (a decompression bomb, or a limit set too low).
-	ErrLimitExceeded = errors.New("decompressed layer exceeds size limit")
+	// configured limit (a decompression bomb, or a limit set too low), or a
+	// layer's entries exceed EntryLimits. It wraps blob.ErrTooLarge.
+	ErrLimitExceeded error = limitError{}
 )
+
+// limitError is ErrLimitExceeded: its own message, and errors.Is sees
+// blob.ErrTooLarge through it.
+type limitError struct{}
+
+func (limitError) Error() string { return "decompressed layer exceeds size limit" }
+func (limitError) Unwrap() error { return blob.ErrTooLarge }
 
 // Compression is a layer blob's compression.
 type Compression int

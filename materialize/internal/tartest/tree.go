@@ -193,16 +193,19 @@ func overlayInternal(name string) bool {
 //   - parent directories no layer declares are added as directories with
 //     mode 0755 owned by 0:0 and Implicit set.
 //
-// Known limits of the reference (avoid them in fixtures that compare):
-// mutate.Extract keeps the first of duplicate entries in one layer (an
-// applier keeps the last), drops relative symlinks whose target climbs above
+// Known limits of the reference (avoid them in fixtures that compare; the
+// materializers' own rules are layerio.Entries's, and
+// materialize/internal/equivtest compares the two materializers directly):
+// mutate.Extract keeps the first of duplicate entries in one layer (so do
+// the materializers, but a directory's later header still gives its
+// metadata there), drops relative symlinks whose target climbs above
 // the root, merges a lower directory's children through a file that an
 // intermediate layer put in its place, hides entries that a layer adds under
 // a name it also whites out, and takes a directory's metadata from the
-// topmost layer that has a header for it (overlay layers extracted one by
-// one show the topmost layer holding the directory at all, header or
-// implicit parent); and it does not follow symlinks in entry paths
-// ("lib/x" under a symlink "lib").
+// topmost layer that has a header for it (both materializers show the
+// topmost layer holding the directory at all, header or implicit parent);
+// and it does not follow symlinks in entry paths ("lib/x" under a symlink
+// "lib"; the materializers refuse that within one layer).
 func Expected(img v1.Image) (Tree, error) {
 	layers, err := img.Layers()
 	if err != nil {
