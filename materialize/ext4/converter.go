@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -70,6 +71,17 @@ type Config struct {
 	// the stack's Local view; nil means Store. The converter picks the store
 	// from the image, so no caller can pick the wrong one.
 	LocalStore blob.Tier
+	// Stager, if set, is the local disk tier among the tiers of Store and
+	// LocalStore (tiers/disk.Tier). A conversion then writes the image
+	// straight into a staging file of it, which the Stager commits as the
+	// derived blob; the image handed out is a hard link of that committed
+	// file (read-only, 0400) when WorkDir is on the same file system and
+	// the options add no free space, so the image is written once. The
+	// derivation ref goes to the Stager at once; Store (or LocalStore)
+	// receives blob and ref in the background, after Materialize returned
+	// (see Flush). nil: the image is written in WorkDir/tmp and stored
+	// through Store before Materialize returns.
+	Stager Stager
 	// WorkDir holds the images handed out (WorkDir/images), temporary files
 	// of conversions in progress and spooled content (WorkDir/tmp).
 	// Required; created if missing. New makes it, images/ and tmp/ 0700
@@ -118,6 +130,11 @@ type Config struct {
 	SigningKey []byte
 	// Registerer, if set, receives the converter's metrics.
 	Registerer prometheus.Registerer
+	// Logger receives what an operator would want to know: a shared or
+	// local derived image that could not be used (missing, corrupt, of
+	// another layout) and was converted again, and leftovers of killed
+	// conversions removed at New. nil: nothing is logged.
+	Logger *slog.Logger
 }
 
 // Options shape the local image file. They do not change the stored
@@ -135,8 +152,10 @@ type Options struct {
 type Result struct {
 	// Path is a read-only ext4 image file, ready to attach. It stays valid
 	// until Cleanup for the same image and options. The caller must not
-	// write to it: copy it, or use copy-on-write (reflink, overlay, a
-	// Firecracker read-only drive plus a writable one).
+	// write to it nor change its mode: with Config.Stager it may be a hard
+	// link of the local tier's copy of the derived blob. Use CopyOut for a
+	// file of one's own, or copy-on-write (reflink, overlay, a Firecracker
+	// read-only drive plus a writable one).
 	Path string
 	// Size is the size of the file at Path in bytes (holes included).
 	Size int64
@@ -156,6 +175,10 @@ type Stats struct {
 	Downloads          int64 // images taken from the Store instead of converting
 	LocalHits          int64 // calls answered from WorkDir
 	Collapsed          int64 // calls whose work was shared with identical concurrent calls (leader included)
+	// Background stores of converted images into the Store (with
+	// Config.Stager) that ended, and those of them that failed.
+	BackgroundStores        int64
+	BackgroundStoreFailures int64
 }
 
 // Converter turns images into ext4 filesystem images stored as derived
@@ -177,8 +200,12 @@ type Converter struct {
 	closed  bool
 	running sync.WaitGroup
 	work    workState // WorkDir's lock, work in flight (see RemoveStale)
+	// storing holds the background stores running (see storeLater), by
+	// derivation key; each channel is closed when its store ends.
+	storing map[string]chan struct{}
 
 	conversions, failures, downloads, localHits, collapsed atomic.Int64
+	stores, storeFailures                                  atomic.Int64
 
 	mOutcome  *prometheus.CounterVec
 	mDuration *prometheus.HistogramVec
@@ -208,6 +235,9 @@ func New(cfg Config) (*Converter, error) {
 	if cfg.MaxLayerBytes == 0 {
 		cfg.MaxLayerBytes = DefaultMaxLayerBytes
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	if len(cfg.SigningKey) == 0 {
 		cfg.SigningKey = make([]byte, 32)
 		if _, err := rand.Read(cfg.SigningKey); err != nil {
@@ -230,7 +260,9 @@ func New(cfg Config) (*Converter, error) {
 			return nil, fmt.Errorf("ext4: %w", err)
 		}
 	}
-	removeStale(c.tmpDir, staleAfter)
+	if n := removeStale(c.tmpDir, staleAfter); n > 0 {
+		cfg.Logger.Info("ext4: removed leftovers of conversions killed over a day ago", "dir", c.tmpDir, "files", n)
+	}
 	c.work.lockWorkDir(cfg.WorkDir)
 	c.mOutcome = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "strata_ext4_materialize_total",
@@ -263,6 +295,9 @@ func (c *Converter) Stats() Stats {
 		Downloads:          c.downloads.Load(),
 		LocalHits:          c.localHits.Load(),
 		Collapsed:          c.collapsed.Load(),
+
+		BackgroundStores:        c.stores.Load(),
+		BackgroundStoreFailures: c.storeFailures.Load(),
 	}
 }
 
@@ -381,7 +416,9 @@ func (c *Converter) local(dv derivation) (*Result, bool) {
 // caller whose shared work failed tries once more on its own. A failed or
 // interrupted conversion leaves no image, no blob and no ref behind
 // (temporary files are removed; a crash leaves only files under
-// WorkDir/tmp).
+// WorkDir/tmp, and the Stager's staging file, which the Stager removes).
+// With Config.Stager a conversion stores the image and its ref in the
+// Stager before it returns, and in the Store in the background.
 //
 // If the store declines the image as too large (blob.ErrTooLarge), the
 // image is still returned from WorkDir but not shared.
@@ -445,11 +482,12 @@ func (c *Converter) flight(ctx context.Context) (fctx context.Context, done func
 	return fctx, func() { stop(); cancel(); c.running.Done() }, nil
 }
 
-// Close stops the conversions and downloads in flight and waits until
-// they have ended and removed their temporary files. Materialize calls
-// waiting for them, and later ones that would start one, fail with an error
-// wrapping context.Canceled; images already made stay. Close is idempotent
-// and always returns nil.
+// Close stops the conversions, downloads and background stores in flight
+// (see Flush) and waits until they have ended and removed their temporary
+// files. Materialize calls waiting for them, and later ones that would
+// start one, fail with an error wrapping context.Canceled; images already
+// made stay (a cancelled background store leaves its image local only).
+// Close is idempotent and always returns nil.
 func (c *Converter) Close() error {
 	c.mu.Lock()
 	c.closed = true
@@ -513,6 +551,7 @@ func (c *Converter) produce(ctx context.Context, img manifest.Image, dv derivati
 		if !blob.IsMiss(derr) && !errors.Is(derr, errLayout) {
 			return nil, derr
 		}
+		c.cfg.Logger.Warn("ext4: the derived image a derivation ref names cannot be used; converting again", "image", dv.digest, "derived", ref.Digest, "store", dv.store.Name(), "err", derr)
 		// The ref outlived its blob, the blob was corrupt, or it is not an
 		// image this version can finish: convert again (and replace the ref).
 	case blob.IsMiss(err):
@@ -533,10 +572,14 @@ func (c *Converter) produce(ctx context.Context, img manifest.Image, dv derivati
 	return r, nil
 }
 
-// download copies the derived blob ref points at into WorkDir.
+// download copies the derived blob ref points at into WorkDir, or links
+// the Stager's own file of it (see linkStaged).
 func (c *Converter) download(ctx context.Context, dv derivation, ref blob.Ref) (*Result, error) {
 	if err := ref.Validate(); err != nil {
 		return nil, fmt.Errorf("ext4: derivation ref for %s: %w", dv.digest, err)
+	}
+	if r, ok := c.linkStaged(ctx, dv, ref); ok { // no copy: the local tier's own file
+		return r, nil
 	}
 	rc, _, err := dv.store.Open(ctx, ref.Digest)
 	if err != nil {
@@ -577,8 +620,42 @@ func (c *Converter) download(ctx context.Context, dv derivation, ref blob.Ref) (
 	return r, nil
 }
 
-// convert builds the image, stores blob and ref, and publishes it locally.
+// convert builds the image, stores blob and ref, and publishes it locally:
+// in place in the Stager when there is one (see convertStaged), else
+// through WorkDir (convertCopy).
 func (c *Converter) convert(ctx context.Context, img manifest.Image, dv derivation) (*Result, error) {
+	if c.cfg.Stager != nil {
+		return c.convertStaged(ctx, img, dv)
+	}
+	return c.convertCopy(ctx, img, dv)
+}
+
+// buildRetry builds the stored image of dv into the empty file f, once
+// more if a layer's bytes were wrong.
+func (c *Converter) buildRetry(ctx context.Context, img manifest.Image, f *os.File, dv derivation) error {
+	for attempt := 0; ; attempt++ {
+		err := c.build(ctx, img, f, growSpec{GDTBlocks: dv.free.GDTBlocks})
+		if err == nil {
+			return nil
+		}
+		if attempt > 0 || !errors.Is(err, blob.ErrMismatch) || ctx.Err() != nil {
+			return fmt.Errorf("ext4: convert %s: %w", dv.digest, err)
+		}
+		// A layer's bytes were wrong (a corrupt cached copy, which the
+		// tier that served it has dropped or marked): convert once more.
+		c.mOutcome.WithLabelValues("corrupt").Inc()
+		if err := f.Truncate(0); err != nil {
+			return fmt.Errorf("ext4: %w", err)
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return fmt.Errorf("ext4: %w", err)
+		}
+	}
+}
+
+// convertCopy builds the image in WorkDir/tmp, stores blob and ref
+// through the store (a copy), and publishes the file.
+func (c *Converter) convertCopy(ctx context.Context, img manifest.Image, dv derivation) (*Result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	tmp, err := os.CreateTemp(c.tmpDir, "convert-*.ext4")
@@ -593,23 +670,8 @@ func (c *Converter) convert(ctx context.Context, img manifest.Image, dv derivati
 		}
 	}()
 
-	for attempt := 0; ; attempt++ {
-		err := c.build(ctx, img, tmp, growSpec{GDTBlocks: dv.free.GDTBlocks})
-		if err == nil {
-			break
-		}
-		if attempt > 0 || !errors.Is(err, blob.ErrMismatch) || ctx.Err() != nil {
-			return nil, fmt.Errorf("ext4: convert %s: %w", dv.digest, err)
-		}
-		// A layer's bytes were wrong (a corrupt cached copy, which the
-		// tier that served it has dropped or marked): convert once more.
-		c.mOutcome.WithLabelValues("corrupt").Inc()
-		if err := tmp.Truncate(0); err != nil {
-			return nil, fmt.Errorf("ext4: %w", err)
-		}
-		if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-			return nil, fmt.Errorf("ext4: %w", err)
-		}
+	if err := c.buildRetry(ctx, img, tmp, dv); err != nil {
+		return nil, err
 	}
 	size, err := tmp.Seek(0, io.SeekEnd)
 	if err != nil {
@@ -738,7 +800,7 @@ func (c *Converter) build(ctx context.Context, img manifest.Image, f *os.File, f
 			err = bw.Flush()
 		}
 	}()
-	sf := sparse.NewWriter(newSpaceCheckedFile(f, c.tmpDir), fsBlockSize)
+	sf := sparse.NewWriter(newSpaceCheckedFile(f, filepath.Dir(f.Name())), fsBlockSize)
 	convErr := tar2ext4.ConvertTarToExt4(pr, sf, tar2ext4.MaximumDiskSize(c.cfg.MaxDiskSize))
 	pr.CloseWithError(errWriterStopped)
 	ferr := <-flatErr
@@ -785,6 +847,12 @@ func (c *Converter) publish(dv derivation, tmp *os.File, r *Result) error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("ext4: %w", err)
 	}
+	return c.publishPath(dv, tmp.Name(), r)
+}
+
+// publishPath makes the read-only file at path, in WorkDir/tmp, the local
+// image of dv: sidecar first, then the image by rename.
+func (c *Converter) publishPath(dv derivation, path string, r *Result) error {
 	meta, _ := json.Marshal(localMeta{Digest: r.Digest, Size: r.Size, Key: dv.key.String()})
 	mt, err := os.CreateTemp(c.tmpDir, "meta-*.json")
 	if err != nil {
@@ -803,7 +871,7 @@ func (c *Converter) publish(dv derivation, tmp *os.File, r *Result) error {
 		return fmt.Errorf("ext4: %w", werr)
 	}
 	r.Path = c.imagePath(dv)
-	if err := os.Rename(tmp.Name(), r.Path); err != nil {
+	if err := os.Rename(path, r.Path); err != nil {
 		os.Remove(c.metaPath(dv))
 		return fmt.Errorf("ext4: %w", err)
 	}
@@ -865,18 +933,22 @@ func (c *Converter) Cleanup(ctx context.Context, img manifest.Image, opts *Optio
 // WorkDir/tmp by a crashed process (no conversion takes that long).
 const staleAfter = 24 * time.Hour
 
-// removeStale removes entries of dir older than age; errors are ignored
-// (another process may be removing them too).
-func removeStale(dir string, age time.Duration) {
+// removeStale removes entries of dir older than age and returns how many
+// it removed; errors are ignored (another process may be removing them too).
+func removeStale(dir string, age time.Duration) int {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return
+		return 0
 	}
+	n := 0
 	for _, e := range ents {
 		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > age {
-			os.Remove(filepath.Join(dir, e.Name()))
+			if os.Remove(filepath.Join(dir, e.Name())) == nil {
+				n++
+			}
 		}
 	}
+	return n
 }
 
 var errWriterStopped = errors.New("ext4 writer stopped reading")

@@ -48,12 +48,34 @@
 // Identical concurrent requests collapse into one; a failed conversion
 // leaves nothing visible.
 //
+// # Writing the image once
+//
+// With Config.Stager (the disk tier among the Store's tiers) the ext4
+// writer writes straight into a staging file of that tier, with its holes;
+// the tier hashes it while flushing it and commits it by rename, read-only
+// (0400) and never written again. The derivation ref goes to that tier at
+// once. The image handed out is a hard link of the committed file, so one
+// conversion writes the image's bytes once; CopyOut places it elsewhere
+// (a link when asked for read-only, else a reflink or copy_file_range
+// copy). The Store then receives blob and ref in the background, read
+// through a verifying reader, after Materialize has returned: one store per
+// derivation, cancelled by Close, awaited by Flush, a failure logged and
+// counted (Stats.BackgroundStoreFailures), never returned. The tier may
+// evict its name of the blob while a handout keeps the file (its usage
+// drops at once, the disk space when the handout goes too). Images grown
+// by Options, and a WorkDir on another file system than the tier, get a
+// copy of their own. Without a Stager the image is built in WorkDir/tmp,
+// stored through the Store (a copy) and then handed out.
+//
 // # Limits
 //
-//   - When one layer holds the same path twice, the first entry wins (as in
-//     go-containerregistry's mutate.Extract); a tar applier keeps the last.
-//     A single streaming pass cannot know about a later duplicate, and
-//     layer writers do not produce them.
+//   - Layers are read through layerio.Entries, as the overlay materializer
+//     reads them, so both build the same tree: when one layer holds the
+//     same path twice, the first entry wins (as in go-containerregistry's
+//     mutate.Extract; a single streaming pass cannot take back a written
+//     file), though a directory's later header gives its metadata; an
+//     entry under a symlink or file of its own layer fails with
+//     ErrInvalidLayer; ".." is clamped at the root.
 //   - Symlink targets over 4095 bytes are refused (ErrInvalidLayer), and
 //     overlayfs's own xattrs (trusted.overlay.*, user.overlay.*) are
 //     dropped, as the overlay materializer does.
@@ -63,7 +85,9 @@
 //     conversion stops before the work directory's file system runs out
 //     of space. A layer that failed its own limit or was invalid fails
 //     again at once, without being read, for ten minutes.
-//   - Sparse tar entries are refused (ErrInvalidLayer); xattrs that do not
+//   - Sparse tar entries expand (their holes are written as zeros and
+//     become holes again), counting with their logical size against
+//     MaxImageBytes; xattrs that do not
 //     fit in the inode and one extra block, names over 255 bytes and files
 //     over 128 GiB fail the conversion (limits of the ext4 writer).
 //   - The root directory also holds lost+found (0700) unless a layer

@@ -174,7 +174,11 @@ type Usage struct {
 }
 
 // Usage reports the images handed out in WorkDir/images and the disk
-// space they take, against Config.Budget.
+// space they take, against Config.Budget. An image that is a hard link of
+// the Stager's copy of its blob (see Config.Stager) counts here and in the
+// tier's usage, though its disk space is taken once; removing it frees
+// that space only once the tier has evicted its copy too (and the other
+// way round).
 func (c *Converter) Usage() (Usage, error) {
 	imgs, err := c.listImages()
 	if err != nil {

@@ -8,7 +8,7 @@
 //
 //	LOCK                        held with flock(LOCK_EX) while a Tier is open
 //	blobs/sha256/ab/<hex>       one file per blob, named by its digest
-//	tmp/                        temp files of Puts in progress (same filesystem)
+//	tmp/                        temp files of Puts and staging files (same filesystem)
 //	index/                      Badger: blob rows (size, last access) and refs
 //	index.damaged-<time>/       a damaged index moved aside (the newest two)
 //
@@ -57,4 +57,15 @@
 //
 // Put leaves holes for aligned all-zero 64 KiB blocks, so a mostly-empty
 // ext4 image occupies little more than its data. Reads see the zeros.
+//
+// # Blobs written in place
+//
+// Stage hands out a staging file in tmp/ that a writer fills at any
+// offsets, holes included (the ext4 converter writes its image there
+// directly); CommitStaged hashes it, fsyncs it, makes it read-only and
+// renames it into the blob tree, so a derived image is written once.
+// A committed blob file is never written again (a blob is replaced only
+// by renaming another file over its name, removed only by unlinking), so
+// a hard link of it is a stable read-only handout: eviction drops the
+// tier's name and its usage, and the handout keeps the bytes.
 package disk

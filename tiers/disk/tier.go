@@ -55,6 +55,10 @@ type Tier struct {
 	pending  map[string]row
 	flushing map[string]row
 
+	// Staging files handed out by Stage and not yet discarded.
+	stageMu sync.Mutex
+	staged  map[*os.File]*staging
+
 	blobs, bytes atomic.Int64
 	recon        ReconcileStats
 	forgotten    []string // hex of the rows reconcile forgot (see Forgotten)

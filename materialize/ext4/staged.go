@@ -1,0 +1,319 @@
+package ext4
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/safego"
+	"github.com/strata-oci/strata/manifest"
+)
+
+// Stager is a local tier that a conversion writes its image into in
+// place, so the image is written once (tiers/disk.Tier is one). It must be
+// one of the tiers of Config.Store and Config.LocalStore: the converter
+// stores the image there itself and hands out a hard link of the committed
+// file, and then stores it through Store (or LocalStore) in the
+// background, where the Stager already holding it costs nothing.
+type Stager interface {
+	blob.Tier
+	// Stage returns a new, empty, private staging file, open for reading
+	// and writing, on the tier's file system. A crash leaves nothing
+	// visible (the tier removes leftovers).
+	Stage(ctx context.Context) (*os.File, error)
+	// CommitStaged makes the staging file's content the blob of its digest
+	// (hashed, flushed, made read-only and renamed into place, all or
+	// nothing) and returns its Info. The committed file is never written
+	// again. It fails wrapping blob.ErrTooLarge for a blob the tier
+	// declines, leaving the file staged and readable.
+	CommitStaged(ctx context.Context, f *os.File) (blob.Info, error)
+	// DiscardStaged closes the staging file and removes it unless it was
+	// committed; it is called once for every file Stage returned.
+	DiscardStaged(f *os.File) error
+	// OpenBlobFile opens the file of a blob the tier holds, read-only:
+	// the blob as committed, never written by the tier, though it may
+	// have rotted (the caller hashes it before handing it out).
+	OpenBlobFile(ctx context.Context, d blob.Digest) (*os.File, blob.Info, error)
+}
+
+// convertStaged is convert writing the image straight into a staging
+// file of Config.Stager: one full write of the image. The image is hashed
+// and committed by the Stager; the local image is a hard link of the very
+// same file (read-only) unless dv's options change its bytes (free space),
+// which need a copy of their own (a reflink where the file system can);
+// the Store gets the image in the background (see storeLater).
+func (c *Converter) convertStaged(ctx context.Context, img manifest.Image, dv derivation) (*Result, error) {
+	st := c.cfg.Stager
+	f, err := st.Stage(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("ext4: convert %s: %w", dv.digest, err)
+		}
+		// A broken or full local tier does not fail the call.
+		c.cfg.Logger.Warn("ext4: cannot write the image into the local tier; converting in WorkDir", "image", dv.digest, "tier", st.Name(), "err", err)
+		return c.convertCopy(ctx, img, dv)
+	}
+	background := false // f handed over to storeLater
+	defer func() {
+		if !background {
+			st.DiscardStaged(f)
+		}
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := c.buildRetry(ctx, img, f, dv); err != nil {
+		return nil, err
+	}
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, fmt.Errorf("ext4: %w", err)
+	}
+	// Read-only before any link exists: the handout is never writable.
+	if err := f.Chmod(0o400); err != nil {
+		return nil, fmt.Errorf("ext4: %w", err)
+	}
+	same, err := growKeeps(f, size, dv.free)
+	if err != nil {
+		return nil, fmt.Errorf("ext4: add free space to %s: %w", dv.digest, err)
+	}
+	var handout string // a hard link of f in WorkDir/tmp
+	if same {
+		p := filepath.Join(c.tmpDir, "convert-"+randomName()+".ext4")
+		if err := os.Link(f.Name(), p); err == nil {
+			handout = p
+		} else {
+			// WorkDir on another file system, say: copied below.
+			c.cfg.Logger.Debug("ext4: cannot link the image into WorkDir; copying it", "image", dv.digest, "err", err)
+		}
+	}
+	published := false
+	defer func() {
+		if handout != "" && !published {
+			os.Remove(handout)
+		}
+	}()
+
+	var d blob.Digest
+	info, err := st.CommitStaged(ctx, f)
+	switch {
+	case err == nil:
+		d = info.Digest
+		// The ref for this host now; the shared tiers get blob and ref
+		// in the background, blob first.
+		if err := st.PutRef(ctx, dv.key, c.signedRef(dv.key, d, size)); err != nil {
+			return nil, fmt.Errorf("ext4: put derivation ref for %s to %s: %w", dv.digest, st.Name(), err)
+		}
+	case errors.Is(err, blob.ErrTooLarge):
+		// Usable here; the Store's other tiers may still take it.
+		if d, err = hashFile(ctx, f, size); err != nil {
+			return nil, fmt.Errorf("ext4: hash image: %w", err)
+		}
+	default:
+		return nil, fmt.Errorf("ext4: put derived image of %s to %s: %w", dv.digest, st.Name(), err)
+	}
+
+	r := &Result{Size: size, Digest: d}
+	if handout != "" {
+		if err := c.publishPath(dv, handout, r); err != nil {
+			return nil, err
+		}
+		published = true
+	} else {
+		tmp, err := os.CreateTemp(c.tmpDir, "convert-*.ext4")
+		if err != nil {
+			return nil, fmt.Errorf("ext4: %w", err)
+		}
+		ok := false
+		defer func() {
+			if !ok {
+				tmp.Close()
+				os.Remove(tmp.Name())
+			}
+		}()
+		if _, err := copyInto(tmp, f, size); err != nil {
+			return nil, fmt.Errorf("ext4: copy image: %w", err)
+		}
+		if r.Size, err = c.grow(tmp, dv); err != nil {
+			return nil, err
+		}
+		if err := tmp.Sync(); err != nil { // trusted without re-hashing after a crash
+			return nil, fmt.Errorf("ext4: sync image: %w", err)
+		}
+		if err := c.publish(dv, tmp, r); err != nil {
+			return nil, err
+		}
+		ok = true
+	}
+	background = true
+	c.storeLater(dv, f, d, size)
+	return r, nil
+}
+
+// storeLater stores the image in f (staged in Config.Stager: committed,
+// or declined by it) and then its derivation ref in dv's store, in the
+// background, and discards f when done. The caller has its image already;
+// a failure is logged and counted (Stats.BackgroundStoreFailures), never
+// returned. One store runs per derivation; Close cancels them, Flush
+// waits for them. The store reads f through a verifying reader: the
+// bytes leaving this host are hashed again, whatever happened to the
+// file since it was committed.
+func (c *Converter) storeLater(dv derivation, f *os.File, d blob.Digest, size int64) {
+	discard := func() { c.cfg.Stager.DiscardStaged(f) }
+	id := dv.key.String()
+	c.mu.Lock()
+	if _, busy := c.storing[id]; busy || c.closed {
+		c.mu.Unlock()
+		discard()
+		return
+	}
+	if c.storing == nil {
+		c.storing = make(map[string]chan struct{})
+	}
+	done := make(chan struct{})
+	c.storing[id] = done
+	c.running.Add(1)
+	c.mu.Unlock()
+	go func() {
+		var err error
+		defer func() {
+			discard()
+			c.mu.Lock()
+			delete(c.storing, id)
+			c.mu.Unlock()
+			close(done)
+			c.running.Done()
+		}()
+		defer func() {
+			c.stores.Add(1)
+			if err != nil {
+				c.storeFailures.Add(1)
+				c.mOutcome.WithLabelValues("store_failed").Inc()
+				c.cfg.Logger.Warn("ext4: storing the derived image in the background failed; it stays local", "image", dv.digest, "derived", d, "store", dv.store.Name(), "err", err)
+			}
+		}()
+		defer safego.Recover(&err, "ext4: store "+string(d))
+		ctx, cancel := context.WithCancel(c.base)
+		defer cancel()
+		err = dv.store.Put(ctx, d, size, blob.NewVerifier(io.NewSectionReader(f, 0, size), d, size, nil))
+		switch {
+		case err == nil:
+			err = dv.store.PutRef(ctx, dv.key, c.signedRef(dv.key, d, size))
+		case errors.Is(err, blob.ErrTooLarge):
+			err = nil // declined by every tier: local only, as before
+		}
+	}()
+}
+
+// Flush waits until the images converted so far are stored in the Store
+// (the background stores of Materialize have ended, successfully or not;
+// see Stats.BackgroundStoreFailures), or until ctx ends. Call it before
+// Close where the shared tiers should have every image (a short-lived
+// process); Close cancels the stores still running.
+func (c *Converter) Flush(ctx context.Context) error {
+	c.mu.Lock()
+	var waits []chan struct{}
+	for _, ch := range c.storing {
+		waits = append(waits, ch)
+	}
+	c.mu.Unlock()
+	for _, ch := range waits {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("ext4: flush: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+// hashFile returns the digest of f's first size bytes.
+func hashFile(ctx context.Context, f *os.File, size int64) (blob.Digest, error) {
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, withCtx(ctx, io.NewSectionReader(f, 0, size)), make([]byte, 1<<20)); err != nil {
+		return "", err
+	}
+	return blob.NewDigestFromHash(h), nil
+}
+
+// errChanges stops growKeeps' dry run at the first write that would
+// change the image.
+var errChanges = errors.New("the options change the image")
+
+// dryRun is a file finishFS edits without changing it: a write of bytes
+// other than those already there, or a new size, fails with errChanges.
+type dryRun struct {
+	f    *os.File
+	size int64
+}
+
+func (d dryRun) ReadAt(p []byte, off int64) (int, error) { return d.f.ReadAt(p, off) }
+
+func (d dryRun) WriteAt(p []byte, off int64) (int, error) {
+	cur := make([]byte, len(p))
+	if n, _ := d.f.ReadAt(cur, off); n != len(p) || !bytes.Equal(cur, p) {
+		return 0, errChanges
+	}
+	return len(p), nil
+}
+
+func (d dryRun) Truncate(size int64) error {
+	if size != d.size {
+		return errChanges
+	}
+	return nil
+}
+
+// growKeeps reports whether adding the free space of spec to the image
+// in f (of size bytes) leaves its bytes as they are, so that the stored
+// image can be handed out as it is. It changes nothing.
+func growKeeps(f *os.File, size int64, spec growSpec) (bool, error) {
+	_, err := finishFS(dryRun{f, size}, spec)
+	if errors.Is(err, errChanges) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// linkStaged hands out the derived blob ref names as a hard link of the
+// Stager's own file, without copying it: when the Stager holds it as a
+// read-only (0400) file, dv's options leave its bytes as they are, and it
+// hashes to ref's digest now. ok is false otherwise; the caller downloads
+// it then (a copy, verified again, and a rotten file is dropped by the
+// tier on that read).
+func (c *Converter) linkStaged(ctx context.Context, dv derivation, ref blob.Ref) (r *Result, ok bool) {
+	st := c.cfg.Stager
+	if st == nil {
+		return nil, false
+	}
+	f, _, err := st.OpenBlobFile(ctx, ref.Digest)
+	if err != nil {
+		return nil, false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || fi.Mode().Perm() != 0o400 || fi.Size() != ref.Size {
+		return nil, false
+	}
+	if same, err := growKeeps(f, ref.Size, dv.free); err != nil || !same {
+		return nil, false
+	}
+	if d, err := hashFile(ctx, f, ref.Size); err != nil || d != ref.Digest {
+		return nil, false
+	}
+	p := filepath.Join(c.tmpDir, "download-"+randomName()+".ext4")
+	if err := linkFile(f, p); err != nil {
+		return nil, false
+	}
+	r = &Result{Digest: ref.Digest, Size: ref.Size, FromCache: true}
+	if err := c.publishPath(dv, p, r); err != nil {
+		os.Remove(p)
+		return nil, false
+	}
+	return r, true
+}
