@@ -14,8 +14,9 @@ import (
 const module = "github.com/strata-oci/strata"
 
 // leaves are the packages of internal/ that any layer may use (they import
-// nothing of the project); a rule that allows nothing allows them neither.
-var leaves = []string{"internal/safego", "internal/sparse", "internal/privdir", "internal/refsig", "internal/testenv", "internal/flight"}
+// nothing of the project but other leaves); a rule that allows nothing
+// allows them neither.
+var leaves = []string{"internal/safego", "internal/sparse", "internal/privdir", "internal/refsig", "internal/testenv", "internal/flight", "internal/units"}
 
 // testHelpers are fakes and builders for tests: no production package may
 // import them (benchmarks may).
@@ -33,7 +34,7 @@ type rule struct {
 var rules = []rule{
 	{"blob", nil},
 	{"internal/safego", nil}, {"internal/sparse", nil}, {"internal/privdir", nil},
-	{"internal/refsig", nil}, {"internal/testenv", nil},
+	{"internal/refsig", nil}, {"internal/testenv", nil}, {"internal/units", nil},
 	{"internal/flight", []string{"internal/safego"}},
 	{"manifest", []string{"blob", "manifest/internal/"}},
 	{"manifest/internal/", nil},
@@ -46,13 +47,20 @@ var rules = []rule{
 	{"tiers/reapi", []string{"blob"}},
 	// Only the fetcher joins registries and tiers, and through the stack.
 	{"fetcher", []string{"blob", "manifest", "registry", "registry/credential", "tiers"}},
+	// Nothing under materialize/ knows registries, tiers or the fetcher:
+	// the materializers read images through manifest.Image.
+	{"materialize/", []string{"blob", "manifest", "materialize/internal/"}},
 	{"materialize/internal/layerio", []string{"blob", "manifest"}},
-	// The materializers know neither registries nor tiers.
 	{"materialize/overlay", []string{"blob", "manifest", "materialize/internal/layerio"}},
 	{"materialize/ext4", []string{"blob", "manifest", "materialize/internal/layerio"}},
-	// The composition root may use every layer below the CLI.
-	{"materialize/host", []string{"blob", "manifest", "registry", "registry/credential", "tiers", "tiers/memory",
-		"tiers/disk", "tiers/reapi", "fetcher", "materialize/overlay", "materialize/ext4"}},
+	// The admin socket and the operator's operations act on the parts of an
+	// opened host (never the REAPI tier directly, nor the front door).
+	{"internal/admin", []string{"blob", "manifest", "registry", "registry/credential", "tiers", "tiers/memory",
+		"tiers/disk", "fetcher", "materialize/overlay", "materialize/ext4", "internal/units"}},
+	// The composition root (the module's root package, strata.Open) may use
+	// every layer below the CLI.
+	{"", []string{"blob", "manifest", "registry", "registry/credential", "tiers", "tiers/memory",
+		"tiers/disk", "tiers/reapi", "fetcher", "materialize/overlay", "materialize/ext4", "internal/admin", "internal/units"}},
 }
 
 // violations returns one line per import that breaks the rules, for a
@@ -171,9 +179,13 @@ func TestImportRulesCatchViolations(t *testing.T) {
 		{"a materializer knows the registry", "materialize/overlay", "registry"},
 		{"a materializer knows a concrete tier", "materialize/ext4", "tiers/disk"},
 		{"the fetcher knows a concrete tier", "fetcher", "tiers/reapi"},
-		{"production code imports a fake", "materialize/host", "internal/registrytest"},
+		{"production code imports a fake", "", "internal/registrytest"},
 		{"the CLI imports a fake", "cmd/blobctl", "internal/reapitest"},
-		{"the host imports the CLI", "materialize/host", "cmd/blobctl"},
+		{"the front door imports the CLI", "", "cmd/blobctl"},
+		{"a materializer helper knows the fetcher", "materialize/internal/layerio", "fetcher"},
+		{"a new package under materialize knows the registry", "materialize/newthing", "registry"},
+		{"the admin package knows the REAPI tier", "internal/admin", "tiers/reapi"},
+		{"a leaf imports the project", "internal/units", "blob"},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			if v := violations(map[string][]string{tc.pkg: {tc.imp}}); len(v) != 1 {

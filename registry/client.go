@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"log/slog"
 	"mime"
 	"net"
 	"net/http"
@@ -66,6 +67,7 @@ type Descriptor struct {
 // A Client is safe for concurrent use.
 type Client struct {
 	cfg     Config
+	log     *slog.Logger
 	policy  *netPolicy
 	m       *metrics
 	base    http.RoundTripper
@@ -98,7 +100,11 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry: registering metrics: %w", err)
 	}
-	c := &Client{cfg: cfg, policy: policy, m: m, rts: map[string]http.RoundTripper{}, bad: map[string]struct{}{}, mirrors: map[string][]endpoint{}}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{cfg: cfg, log: log, policy: policy, m: m, rts: map[string]http.RoundTripper{}, bad: map[string]struct{}{}, mirrors: map[string][]endpoint{}}
 	for host, ms := range cfg.Mirrors {
 		if host == "docker.io" {
 			host = name.DefaultRegistry
@@ -293,6 +299,11 @@ func (c *Client) fallback(repo Repository, ep endpoint, err error, timedOut bool
 		reason = "unreachable"
 	}
 	c.m.fallbacks.WithLabelValues(c.m.host(repo.Registry()), c.m.host(ep.host()), reason).Inc()
+	level := slog.LevelInfo
+	if reason == "mismatch" {
+		level = slog.LevelWarn
+	}
+	c.log.Log(context.Background(), level, "registry: a mirror failed; trying the next source", "registry", repo.Registry(), "mirror", ep.host(), "reason", reason)
 }
 
 func (c *Client) markBad(ep endpoint, d blob.Digest) {

@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"time"
@@ -129,6 +130,13 @@ type Config struct {
 
 	// UserAgent is sent with every request (default "strata").
 	UserAgent string
+
+	// Logger receives a line for every mirror the client moved past (the
+	// registry, the mirror's host and why: timeout, not_found, mismatch,
+	// ...; Warn when the mirror served wrong bytes, Info otherwise). It
+	// never receives credentials, tokens or header values. nil: nothing is
+	// logged.
+	Logger *slog.Logger
 }
 
 // Mirror is one mirror of a registry (a pull-through cache or a copy). For

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sort"
 	"strings"
@@ -16,7 +17,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/strata-oci/strata/materialize/host"
+	"github.com/strata-oci/strata"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/registry/credential"
 )
 
@@ -26,8 +28,8 @@ type app struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 
-	flagCfg    host.Config // what the flags set (only changed ones are used)
-	cfg        host.Config // defaults, then the config file, then changed flags
+	flagCfg    strata.Config // what the flags set (only changed ones are used)
+	cfg        strata.Config // defaults, then the config file, then changed flags
 	configPath string
 	username   string
 	passStdin  bool
@@ -49,7 +51,7 @@ type app struct {
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *app {
-	return &app{stdin: stdin, stdout: stdout, stderr: stderr, flagCfg: host.Default()}
+	return &app{stdin: stdin, stdout: stdout, stderr: stderr, flagCfg: strata.Default()}
 }
 
 const rootLong = `blobctl inspects, warms and evicts the Strata tiers of a host.
@@ -129,43 +131,43 @@ func (a *app) rootCommand() *cobra.Command {
 // bindConfigFlags defines one flag per config key, named like the key.
 // Credentials and the identity key are file-only (secrets do not belong in
 // argv).
-func bindConfigFlags(fs *pflag.FlagSet, c *host.Config) {
-	fs.StringVar(&c.Disk.Root, "root", c.Disk.Root, "disk tier root `DIR`")
-	fs.Var(&c.Memory.Size, "memory", "memory tier `SIZE` (e.g. 256MiB; 0 disables it)")
-	fs.Var(&c.Memory.MaxBlob, "memory-max-blob", "largest blob the memory tier keeps (default 64MiB)")
-	fs.Var(&c.Disk.Budget, "disk-budget", "disk tier budget `SIZE` (0: unbounded)")
-	fs.StringVar(&c.Remote.Endpoint, "remote", c.Remote.Endpoint, "shared REAPI tier `grpc://HOST:PORT` or grpcs://HOST[:PORT]")
-	fs.StringVar(&c.Remote.Instance, "remote-instance", c.Remote.Instance, "REAPI instance `NAME`")
-	fs.StringVar(&c.Remote.TLSCA, "remote-tls-ca", c.Remote.TLSCA, "PEM `FILE` of CAs for a grpcs:// remote")
-	fs.StringVar(&c.Remote.TLSCert, "remote-tls-cert", c.Remote.TLSCert, "PEM client certificate `FILE` (mTLS)")
-	fs.StringVar(&c.Remote.TLSKey, "remote-tls-key", c.Remote.TLSKey, "PEM client key `FILE` (mTLS)")
-	fs.StringVar(&c.Remote.TLSServerName, "remote-tls-server-name", c.Remote.TLSServerName, "server `NAME` to verify in the remote's certificate")
-	fs.Var(&c.Remote.StallTimeout, "remote-stall-timeout", "fail over from a remote read or write that makes no progress for `DURATION` (default 5s)")
-	fs.BoolVar(&c.Remote.AnonymousShared, "remote-anonymous-shared", c.Remote.AnonymousShared, "let anonymous pulls read and write the shared remote tier")
-	fs.Var(mirrorFlag{&c.Registry.Mirrors}, "mirror", "`REGISTRY=MIRROR` tried before REGISTRY (repeatable, in order)")
-	fs.StringArrayVar(&c.Registry.AllowCIDRs, "allow-cidr", c.Registry.AllowCIDRs, "open the network policy to `CIDR` (repeatable; e.g. 127.0.0.0/8 for a local registry)")
-	fs.BoolVar(&c.Registry.Keychain, "keychain", c.Registry.Keychain, "use the Docker/Podman keychain (~/.docker/config.json, credential helpers)")
-	fs.Var(&c.Registry.MaxBlobSize, "max-blob-size", "largest blob `SIZE` read from a registry (default 64GiB)")
-	fs.Var(&c.Fetch.TagTTL, "tag-ttl", "how long a resolved tag is trusted without asking the registry")
-	fs.Var(&c.Fetch.ProofTTL, "proof-ttl", "how long an access proof admits a caller without asking the registry")
-	fs.StringVar(&c.Fetch.Platform, "platform", c.Fetch.Platform, "`os/arch[/variant]` to select from multi-platform images (default: this machine; fetch also takes all)")
-	fs.StringVar(&c.Overlay.Root, "overlay-root", c.Overlay.Root, "`DIR` of extracted overlay layers (default ROOT/overlay)")
-	fs.Var(&c.Overlay.Budget, "overlay-budget", "budget `SIZE` of unleased extracted layers (0: unbounded)")
-	fs.BoolVar(&c.Overlay.UserXattr, "overlay-userxattr", c.Overlay.UserXattr, "mark opaque dirs with user.overlay.opaque (mount with userxattr)")
-	fs.StringVar(&c.Ext4.WorkDir, "ext4-dir", c.Ext4.WorkDir, "`DIR` of ext4 images handed out (default ROOT/ext4)")
-	fs.Var(&c.Ext4.FreeBytes, "ext4-free", "free space `SIZE` every ext4 image gets")
-	fs.Int64Var(&c.Ext4.FreeInodes, "ext4-free-inodes", c.Ext4.FreeInodes, "free inodes every ext4 image gets")
-	fs.Var(&c.Ext4.Budget, "ext4-budget", "budget `SIZE` of the ext4 images kept in ext4-dir (LRU; 0: unbounded)")
+func bindConfigFlags(fs *pflag.FlagSet, c *strata.Config) {
+	fs.StringVar(&c.Root, "root", c.Root, "disk tier root `DIR`")
+	fs.Var(&c.MemoryBudget, "memory", "memory tier `SIZE` (e.g. 256MiB; 0 disables it)")
+	fs.Var(&c.MemoryMaxBlob, "memory-max-blob", "largest blob the memory tier keeps (default 64MiB)")
+	fs.Var(&c.DiskBudget, "disk-budget", "disk tier budget `SIZE` (0: unbounded)")
+	fs.StringVar(&c.RemoteEndpoint, "remote", c.RemoteEndpoint, "shared REAPI tier `grpc://HOST:PORT` or grpcs://HOST[:PORT]")
+	fs.StringVar(&c.RemoteInstance, "remote-instance", c.RemoteInstance, "REAPI instance `NAME`")
+	fs.StringVar(&c.RemoteTLSCA, "remote-tls-ca", c.RemoteTLSCA, "PEM `FILE` of CAs for a grpcs:// remote")
+	fs.StringVar(&c.RemoteTLSCert, "remote-tls-cert", c.RemoteTLSCert, "PEM client certificate `FILE` (mTLS)")
+	fs.StringVar(&c.RemoteTLSKey, "remote-tls-key", c.RemoteTLSKey, "PEM client key `FILE` (mTLS)")
+	fs.StringVar(&c.RemoteTLSServerName, "remote-tls-server-name", c.RemoteTLSServerName, "server `NAME` to verify in the remote's certificate")
+	fs.Var(&c.RemoteStallTimeout, "remote-stall-timeout", "fail over from a remote read or write that makes no progress for `DURATION` (default 5s)")
+	fs.BoolVar(&c.RemoteAnonymousShared, "remote-anonymous-shared", c.RemoteAnonymousShared, "let anonymous pulls read and write the shared remote tier")
+	fs.Var(mirrorFlag{&c.Mirrors}, "mirror", "`REGISTRY=MIRROR` tried before REGISTRY (repeatable, in order)")
+	fs.StringArrayVar(&c.AllowCIDRs, "allow-cidr", c.AllowCIDRs, "open the network policy to `CIDR` (repeatable; e.g. 127.0.0.0/8 for a local registry)")
+	fs.BoolVar(&c.Keychain, "keychain", c.Keychain, "use the Docker/Podman keychain (~/.docker/config.json, credential helpers)")
+	fs.Var(&c.RegistryMaxBlob, "max-blob-size", "largest blob `SIZE` read from a registry (default 64GiB)")
+	fs.Var(&c.TagTTL, "tag-ttl", "how long a resolved tag is trusted without asking the registry")
+	fs.Var(&c.ProofTTL, "proof-ttl", "how long an access proof admits a caller without asking the registry")
+	fs.StringVar(&c.Platform, "platform", c.Platform, "`os/arch[/variant]` to select from multi-platform images (default: this machine; fetch also takes all)")
+	fs.StringVar(&c.OverlayRoot, "overlay-root", c.OverlayRoot, "`DIR` of extracted overlay layers (default ROOT/overlay)")
+	fs.Var(&c.OverlayBudget, "overlay-budget", "budget `SIZE` of unleased extracted layers (0: unbounded)")
+	fs.BoolVar(&c.OverlayUserXattr, "overlay-userxattr", c.OverlayUserXattr, "mark opaque dirs with user.overlay.opaque (mount with userxattr)")
+	fs.StringVar(&c.Ext4Dir, "ext4-dir", c.Ext4Dir, "`DIR` of ext4 images handed out (default ROOT/ext4)")
+	fs.Var(&c.Ext4Free, "ext4-free", "free space `SIZE` every ext4 image gets")
+	fs.Int64Var(&c.Ext4FreeInodes, "ext4-free-inodes", c.Ext4FreeInodes, "free inodes every ext4 image gets")
+	fs.Var(&c.Ext4Budget, "ext4-budget", "budget `SIZE` of the ext4 images kept in ext4-dir (LRU; 0: unbounded)")
 	fs.BoolVar(&c.NoAdmin, "no-admin", c.NoAdmin, "do not serve the admin socket while this blobctl holds the root")
 }
 
 // loadConfig builds a.cfg: defaults, then the config file, then every flag
 // the command line set.
 func (a *app) loadConfig(cmd *cobra.Command) error {
-	cfg := host.Default()
+	cfg := strata.Default()
 	if a.configPath != "" {
 		var err error
-		if cfg, err = host.Load(a.configPath, cfg); err != nil {
+		if cfg, err = strata.Load(a.configPath, cfg); err != nil {
 			return usageError{err}
 		}
 	}
@@ -228,34 +230,49 @@ func (a *app) credential() (credential.Credential, error) {
 
 // openHost opens the root directly; commands that need the root itself
 // (fetch, materialize) use it.
-func (a *app) openHost(ctx context.Context) (*host.Host, *prometheus.Registry, error) {
+func (a *app) openHost(ctx context.Context) (*strata.Host, *prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	h, err := host.Open(ctx, a.cfg, reg)
-	if errors.Is(err, host.ErrLocked) {
+	cfg := a.cfg
+	cfg.Metrics, cfg.Logger = reg, a.logger()
+	h, err := strata.Open(ctx, cfg)
+	if errors.Is(err, strata.ErrLocked) {
 		return nil, nil, fmt.Errorf("%w: %w (this command needs the root itself: stop that process or use another --root)", errLockedNoAdmin, err)
 	}
 	return h, reg, err
 }
 
-// openAdmin opens the root directly or, when another process holds it,
-// connects to that process's admin socket.
-func (a *app) openAdmin(ctx context.Context) (host.Admin, error) {
+// openAdmin opens the root directly (an *admin.Local whose Close closes the
+// host) or, when another process holds it, connects to that process's admin
+// socket (an *admin.Client).
+func (a *app) openAdmin(ctx context.Context) (admin.Admin, error) {
 	h, _, err := a.openHost(ctx)
 	if err == nil {
-		return h, nil
+		return h.Admin(), nil
 	}
 	if !errors.Is(err, errLockedNoAdmin) {
 		return nil, err
 	}
-	c, derr := host.Dial(ctx, a.cfg.Disk.Root)
+	c, derr := admin.Dial(ctx, a.cfg.Root)
 	if derr != nil {
-		if errors.Is(derr, host.ErrNoAdmin) {
-			return nil, fmt.Errorf("%w: %s is held by another process and nobody answers on its admin socket (%v)", errLockedNoAdmin, a.cfg.Disk.Root, derr)
+		if errors.Is(derr, admin.ErrNoAdmin) {
+			return nil, fmt.Errorf("%w: %s is held by another process and nobody answers on its admin socket (%v)", errLockedNoAdmin, a.cfg.Root, derr)
 		}
 		return nil, derr
 	}
 	return c, nil
+}
+
+// logger is what the components of a host blobctl opens report to: stderr,
+// at Info (Warn with --quiet). They report what an operator would want to
+// know (a bad copy skipped and repaired, an index rebuilt, leftovers
+// removed), never credentials or header values.
+func (a *app) logger() *slog.Logger {
+	level := slog.LevelInfo
+	if a.quiet {
+		level = slog.LevelWarn
+	}
+	return slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: level}))
 }
 
 // printJSON writes v as indented JSON.
@@ -284,7 +301,7 @@ func (f refusedFlag) Set(string) error {
 // visible to every local user (ps, /proc/PID/cmdline), so --remote-header is
 // refused. Errors name header keys, never values nor variable names (a
 // misplaced value would be one).
-func (a *app) remoteHeaders(cfg *host.Config) error {
+func (a *app) remoteHeaders(cfg *strata.Config) error {
 	if a.headerArgv {
 		return usagef("--remote-header is refused: a header value on the command line is visible to every local user; " +
 			"put it under remote-header in the --config file (mode 0600), or pass --remote-header-env KEY=ENVVAR " +
@@ -294,7 +311,7 @@ func (a *app) remoteHeaders(cfg *host.Config) error {
 		return nil
 	}
 	headers := map[string]string{}
-	for k, v := range cfg.Remote.Headers {
+	for k, v := range cfg.RemoteHeaders {
 		headers[k] = v
 	}
 	set := func(key, value string) {
@@ -330,7 +347,7 @@ func (a *app) remoteHeaders(cfg *host.Config) error {
 		}
 		set(a.headerStdin, v)
 	}
-	cfg.Remote.Headers = headers
+	cfg.RemoteHeaders = headers
 	return nil
 }
 

@@ -7,7 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/strata-oci/strata/materialize/host"
+	"github.com/strata-oci/strata"
+	"github.com/strata-oci/strata/internal/admin"
 )
 
 func TestFetchReportsSources(t *testing.T) {
@@ -33,7 +34,7 @@ func TestFetchReportsSources(t *testing.T) {
 	// A new process has an empty memory tier: everything comes from disk.
 	res = decode[fetchResult](t, must(t, f.args("fetch", f.ref, "--json")...))
 	for _, b := range res.Blobs {
-		if b.Source != host.TierDisk {
+		if b.Source != admin.TierDisk {
 			t.Errorf("warm fetch: %s %s from %q, want disk", b.Kind, b.Digest, b.Source)
 		}
 	}
@@ -58,12 +59,12 @@ func TestLsStatCatDuRefs(t *testing.T) {
 	digests, blobs := f.layers(t)
 
 	ls := decode[struct {
-		Blobs []host.BlobRecord `json:"blobs"`
-		Refs  []host.RefRecord  `json:"refs"`
+		Blobs []admin.BlobRecord `json:"blobs"`
+		Refs  []admin.RefRecord  `json:"refs"`
 	}](t, must(t, f.args("ls", "--json")...))
-	onDisk := map[string]host.BlobRecord{}
+	onDisk := map[string]admin.BlobRecord{}
 	for _, b := range ls.Blobs {
-		if b.Tier == host.TierDisk {
+		if b.Tier == admin.TierDisk {
 			onDisk[b.Digest] = b
 		}
 	}
@@ -89,8 +90,8 @@ func TestLsStatCatDuRefs(t *testing.T) {
 		t.Errorf("refs by namespace %v, want a tag, a proof and %d memberships", namespaces, len(fetched.Blobs))
 	}
 
-	st := decode[[]host.BlobRecord](t, must(t, f.args("stat", digests[0], "--json")...))
-	if len(st) != 1 || st[0].Tier != host.TierDisk || st[0].Size != int64(len(blobs[0])) {
+	st := decode[[]admin.BlobRecord](t, must(t, f.args("stat", digests[0], "--json")...))
+	if len(st) != 1 || st[0].Tier != admin.TierDisk || st[0].Size != int64(len(blobs[0])) {
 		t.Errorf("stat: %+v", st)
 	}
 	if out := must(t, f.args("stat", digests[0])...); !strings.Contains(out, digests[0]) || !strings.HasPrefix(out, "TIER") {
@@ -101,19 +102,19 @@ func TestLsStatCatDuRefs(t *testing.T) {
 		t.Errorf("cat returned %d bytes that differ from the layer's %d", len(out), len(blobs[1]))
 	}
 
-	du := decode[[]host.UsageRecord](t, must(t, f.args("du", "--json")...))
-	if len(du) != 5 || du[0].Tier != "memory" || du[1].Tier != "disk" || du[2].Tier != "overlay" || du[3].Tier != host.UsageExt4 || du[4].Tier != host.UsageRoot {
+	du := decode[[]admin.UsageRecord](t, must(t, f.args("du", "--json")...))
+	if len(du) != 5 || du[0].Tier != "memory" || du[1].Tier != "disk" || du[2].Tier != "overlay" || du[3].Tier != admin.UsageExt4 || du[4].Tier != admin.UsageRoot {
 		t.Fatalf("du tiers: %+v", du)
 	}
 	var want int64
 	for _, b := range onDisk {
 		want += b.Size
 	}
-	if du[1].Blobs != 4 || du[1].Bytes != want || du[1].Budget != int64(host.DefaultDiskBudget) || du[1].Refs != int64(len(ls.Refs)) {
+	if du[1].Blobs != 4 || du[1].Bytes != want || du[1].Budget != int64(strata.Default().DiskBudget) || du[1].Refs != int64(len(ls.Refs)) {
 		t.Errorf("du disk: %+v, want 4 blobs, %d bytes, %d refs", du[1], want, len(ls.Refs))
 	}
 
-	tags := decode[[]host.RefRecord](t, must(t, f.args("refs", "--namespace", "tag", "--json")...))
+	tags := decode[[]admin.RefRecord](t, must(t, f.args("refs", "--namespace", "tag", "--json")...))
 	if len(tags) != 1 || tags[0].Name != f.ref || tags[0].Expires.IsZero() {
 		t.Errorf("tag refs: %+v", tags)
 	}
@@ -150,12 +151,12 @@ func TestVerifyFindsCorruptBlob(t *testing.T) {
 	if r.code != exitCheckFailed {
 		t.Fatalf("verify of a corrupt root: exit %d, want %d; %s", r.code, exitCheckFailed, r.stderr)
 	}
-	recs := decode[[]host.VerifyRecord](t, r.stdout)
+	recs := decode[[]admin.VerifyRecord](t, r.stdout)
 	bad := 0
 	for _, rec := range recs {
-		if rec.Status != host.StatusOK {
+		if rec.Status != admin.StatusOK {
 			bad++
-			if rec.Digest != digests[1] || rec.Status != host.StatusCorrupt || rec.Removed {
+			if rec.Digest != digests[1] || rec.Status != admin.StatusCorrupt || rec.Removed {
 				t.Errorf("bad record %+v, want %s corrupt, not removed", rec, digests[1])
 			}
 		}
@@ -191,20 +192,20 @@ func TestEvict(t *testing.T) {
 	f := newFixture(t, 100<<10, 4)
 	must(t, f.args("fetch", f.ref)...)
 	digests, blobs := f.layers(t)
-	du := decode[[]host.UsageRecord](t, must(t, f.args("du", "--json")...))
+	du := decode[[]admin.UsageRecord](t, must(t, f.args("du", "--json")...))
 	before := du[1].Bytes
 
 	// --to-size reaches its target.
 	target := before / 2
-	recs := decode[[]host.EvictRecord](t, must(t, f.args("evict", "--to-size", host.Size(target).String(), "--tier", "disk", "--json")...))
-	du = decode[[]host.UsageRecord](t, must(t, f.args("du", "--json")...))
+	recs := decode[[]admin.EvictRecord](t, must(t, f.args("evict", "--to-size", strata.Size(target).String(), "--tier", "disk", "--json")...))
+	du = decode[[]admin.UsageRecord](t, must(t, f.args("du", "--json")...))
 	if du[1].Bytes > target || len(recs) != 1 || recs[0].Tier != "disk" || recs[0].Bytes != before-du[1].Bytes || recs[0].Blobs == 0 {
 		t.Fatalf("evict --to-size %d: %+v; disk now %d bytes (was %d)", target, recs, du[1].Bytes, before)
 	}
 
 	// One digest: gone from every tier, then a miss (exit 3).
 	must(t, f.args("fetch", f.ref)...)
-	recs = decode[[]host.EvictRecord](t, must(t, f.args("evict", digests[2], "--json")...))
+	recs = decode[[]admin.EvictRecord](t, must(t, f.args("evict", digests[2], "--json")...))
 	if len(recs) != 1 || recs[0].Bytes != int64(len(blobs[2])) {
 		t.Fatalf("evict digest: %+v", recs)
 	}
@@ -216,7 +217,7 @@ func TestEvict(t *testing.T) {
 	}
 
 	// --older-than with nothing that old evicts nothing.
-	recs = decode[[]host.EvictRecord](t, must(t, f.args("evict", "--older-than", "1h", "--json")...))
+	recs = decode[[]admin.EvictRecord](t, must(t, f.args("evict", "--older-than", "1h", "--json")...))
 	for _, r := range recs {
 		if r.Blobs != 0 {
 			t.Fatalf("evict --older-than 1h of fresh blobs: %+v", recs)
@@ -224,8 +225,8 @@ func TestEvict(t *testing.T) {
 	}
 
 	// --older-than a nanosecond: every blob on disk is older than that.
-	du = decode[[]host.UsageRecord](t, must(t, f.args("du", "--json")...))
-	recs = decode[[]host.EvictRecord](t, must(t, f.args("evict", "--older-than", "1ns", "--tier", "disk", "--json")...))
+	du = decode[[]admin.UsageRecord](t, must(t, f.args("du", "--json")...))
+	recs = decode[[]admin.EvictRecord](t, must(t, f.args("evict", "--older-than", "1ns", "--tier", "disk", "--json")...))
 	if len(recs) != 1 || int64(recs[0].Blobs) != du[1].Blobs || recs[0].Bytes != du[1].Bytes {
 		t.Fatalf("evict --older-than 1ns: %+v, want all of %+v", recs, du[1])
 	}
@@ -234,8 +235,8 @@ func TestEvict(t *testing.T) {
 	// --image forgets the image: its refs and blobs.
 	must(t, f.args("evict", "--image", f.ref)...)
 	ls := decode[struct {
-		Blobs []host.BlobRecord `json:"blobs"`
-		Refs  []host.RefRecord  `json:"refs"`
+		Blobs []admin.BlobRecord `json:"blobs"`
+		Refs  []admin.RefRecord  `json:"refs"`
 	}](t, must(t, f.args("ls", "--json")...))
 	if len(ls.Blobs) != 0 || len(ls.Refs) != 0 {
 		t.Fatalf("after evict --image: %+v", ls)
@@ -277,7 +278,7 @@ func TestMaterializeAndGC(t *testing.T) {
 	if !r2.FromCache || r2.Ext4 != r1.Ext4 {
 		t.Fatalf("second ext4: %+v, want from cache with digest %s", r2, r1.Ext4)
 	}
-	derived := decode[[]host.RefRecord](t, must(t, f.args("refs", "--namespace", "derived", "--json")...))
+	derived := decode[[]admin.RefRecord](t, must(t, f.args("refs", "--namespace", "derived", "--json")...))
 	if len(derived) != 1 || derived[0].Digest != r1.Ext4 {
 		t.Fatalf("derived refs %+v, want one to %s", derived, r1.Ext4)
 	}
@@ -300,7 +301,7 @@ func TestMaterializeAndGC(t *testing.T) {
 	if text != strings.Join(ov.LowerDirs, "\n")+"\n" {
 		t.Errorf("text output %q, want the lower dirs one per line", text)
 	}
-	du := decode[[]host.UsageRecord](t, must(t, f.args("du", "--json")...))
+	du := decode[[]admin.UsageRecord](t, must(t, f.args("du", "--json")...))
 	if du[2].Tier != "overlay" || du[2].Blobs != 3 {
 		t.Fatalf("du overlay: %+v", du[2])
 	}
@@ -308,11 +309,11 @@ func TestMaterializeAndGC(t *testing.T) {
 	// gc: nothing leases the layers now, and removing the ext4 blob makes its
 	// derivation ref an orphan.
 	must(t, f.args("evict", r1.Ext4)...)
-	gc := decode[host.GCResult](t, must(t, f.args("gc", "--json")...))
+	gc := decode[admin.GCResult](t, must(t, f.args("gc", "--json")...))
 	if gc.Layers != 3 || gc.LayerBytes == 0 || gc.OrphanRefs != 1 || gc.Ext4Images != 1 || gc.Ext4Bytes == 0 {
 		t.Fatalf("gc: %+v, want 3 layers, 1 orphan ref and 1 ext4 image removed", gc)
 	}
-	if derived := decode[[]host.RefRecord](t, must(t, f.args("refs", "--namespace", "derived", "--json")...)); len(derived) != 0 {
+	if derived := decode[[]admin.RefRecord](t, must(t, f.args("refs", "--namespace", "derived", "--json")...)); len(derived) != 0 {
 		t.Fatalf("derived refs after gc: %+v", derived)
 	}
 	for _, d := range ov.LowerDirs {
@@ -344,7 +345,7 @@ func TestConfigFileAndFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	must(t, "--config", cfg, "gc") // makes the root (du, an inspection, never does)
-	du := decode[[]host.UsageRecord](t, must(t, "--config", cfg, "du", "--json"))
+	du := decode[[]admin.UsageRecord](t, must(t, "--config", cfg, "du", "--json"))
 	if du[0].Budget != 8<<20 || du[1].Budget != 5<<20 || du[2].Budget != 1<<30 {
 		t.Fatalf("budgets from the file: %+v", du)
 	}
@@ -352,15 +353,15 @@ func TestConfigFileAndFlags(t *testing.T) {
 		t.Fatalf("root from the file not used: %v", err)
 	}
 	// A flag overrides the file.
-	du = decode[[]host.UsageRecord](t, must(t, "--config", cfg, "--disk-budget", "7MiB", "du", "--json"))
+	du = decode[[]admin.UsageRecord](t, must(t, "--config", cfg, "--disk-budget", "7MiB", "du", "--json"))
 	if du[0].Budget != 8<<20 || du[1].Budget != 7<<20 {
 		t.Fatalf("flag over file: %+v", du)
 	}
 	// Defaults with neither: the XDG cache directory.
 	t.Setenv("XDG_CACHE_HOME", filepath.Join(dir, "xdg"))
 	must(t, "gc")
-	du = decode[[]host.UsageRecord](t, must(t, "du", "--json"))
-	if du[0].Budget != int64(host.DefaultMemory) || du[1].Budget != int64(host.DefaultDiskBudget) {
+	du = decode[[]admin.UsageRecord](t, must(t, "du", "--json"))
+	if du[0].Budget != int64(strata.Default().MemoryBudget) || du[1].Budget != int64(strata.Default().DiskBudget) {
 		t.Fatalf("defaults: %+v", du)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "xdg", "strata", "LOCK")); err != nil {

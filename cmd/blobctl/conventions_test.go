@@ -16,8 +16,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/strata-oci/strata"
 	"github.com/strata-oci/strata/internal/registrytest"
-	"github.com/strata-oci/strata/materialize/host"
 )
 
 // documentedExitCodes reads the exit-code table of docs/operations.md.
@@ -218,18 +218,18 @@ func TestConfigStrict(t *testing.T) {
 	}
 	// What the documentation shows, with real values, loads.
 	good := "memory: 8MiB\ndisk-budget: 1GiB\nallow-cidr: [127.0.0.0/8]\nidentity-key: \"" + strings.Repeat("k", 32) + "\"\nmirror:\n  docker.io: [mirror.gcr.io]\n"
-	cfg, err := host.Load(writeConfig(t, good), host.Default())
+	cfg, err := strata.Load(writeConfig(t, good), strata.Default())
 	if err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
-	if cfg.Memory.Size != 8<<20 || cfg.Disk.Budget != 1<<30 || len(cfg.Registry.AllowCIDRs) != 1 || cfg.Registry.IdentityKey.IsZero() || len(cfg.Registry.Mirrors["docker.io"]) != 1 {
+	if cfg.MemoryBudget != 8<<20 || cfg.DiskBudget != 1<<30 || len(cfg.AllowCIDRs) != 1 || cfg.IdentityKey.IsZero() || len(cfg.Mirrors["docker.io"]) != 1 {
 		t.Fatalf("valid config loaded as %v", cfg)
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("valid config does not validate: %v", err)
 	}
 	// JSON works too, with the same exact keys.
-	if _, err := host.Load(writeConfig(t, `{"memory": "8MiB", "Memory": "1MiB"}`), host.Default()); err == nil || !strings.Contains(err.Error(), `"Memory"`) {
+	if _, err := strata.Load(writeConfig(t, `{"memory": "8MiB", "Memory": "1MiB"}`), strata.Default()); err == nil || !strings.Contains(err.Error(), `"Memory"`) {
 		t.Fatalf("JSON with a key in another case: %v", err)
 	}
 }

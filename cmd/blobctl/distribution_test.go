@@ -5,8 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/strata-oci/strata"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/internal/registrytest"
-	"github.com/strata-oci/strata/materialize/host"
 )
 
 // TestEveryCommandDistribution runs each command once against the real
@@ -23,20 +24,20 @@ func TestEveryCommandDistribution(t *testing.T) {
 		}
 	}
 	ls := decode[struct {
-		Blobs []host.BlobRecord `json:"blobs"`
-		Refs  []host.RefRecord  `json:"refs"`
+		Blobs []admin.BlobRecord `json:"blobs"`
+		Refs  []admin.RefRecord  `json:"refs"`
 	}](t, must(t, f.args("ls", "--json")...))
 	// Refs: the tag, the proof, and a membership per blob.
 	if len(ls.Blobs) != 5 || len(ls.Refs) != 2+5 {
 		t.Errorf("ls: %d blobs and %d refs, want 5 and 7", len(ls.Blobs), len(ls.Refs))
 	}
-	if st := decode[[]host.BlobRecord](t, must(t, f.args("stat", digests[1], "--json")...)); len(st) != 1 || st[0].Size != int64(len(blobs[1])) {
+	if st := decode[[]admin.BlobRecord](t, must(t, f.args("stat", digests[1], "--json")...)); len(st) != 1 || st[0].Size != int64(len(blobs[1])) {
 		t.Errorf("stat: %+v", st)
 	}
 	if out := must(t, f.args("cat", digests[2])...); out != string(blobs[2]) {
 		t.Error("cat: wrong bytes")
 	}
-	if refs := decode[[]host.RefRecord](t, must(t, f.args("refs", "--namespace", "proof", "--json")...)); len(refs) != 1 || refs[0].Scope != "anonymous" {
+	if refs := decode[[]admin.RefRecord](t, must(t, f.args("refs", "--namespace", "proof", "--json")...)); len(refs) != 1 || refs[0].Scope != "anonymous" {
 		t.Errorf("refs: %+v", refs)
 	}
 	out := filepath.Join(t.TempDir(), "img.ext4")
@@ -51,13 +52,13 @@ func TestEveryCommandDistribution(t *testing.T) {
 		t.Errorf("verify: exit %d\n%s", r.code, r.stdout)
 	}
 	must(t, f.args("fetch", f.ref)...) // refetches the removed layer
-	du := decode[[]host.UsageRecord](t, must(t, f.args("du", "--json")...))
+	du := decode[[]admin.UsageRecord](t, must(t, f.args("du", "--json")...))
 	target := du[1].Bytes / 3
-	must(t, f.args("evict", "--to-size", host.Size(target).String())...)
-	if du = decode[[]host.UsageRecord](t, must(t, f.args("du", "--json")...)); du[1].Bytes > target {
+	must(t, f.args("evict", "--to-size", strata.Size(target).String())...)
+	if du = decode[[]admin.UsageRecord](t, must(t, f.args("du", "--json")...)); du[1].Bytes > target {
 		t.Errorf("evict --to-size %d left %d bytes", target, du[1].Bytes)
 	}
-	if gc := decode[host.GCResult](t, must(t, f.args("gc", "--json")...)); gc.Layers != 3 {
+	if gc := decode[admin.GCResult](t, must(t, f.args("gc", "--json")...)); gc.Layers != 3 {
 		t.Errorf("gc: %+v", gc)
 	}
 	// Nothing holds the root: blobctl's own registry, with every collector

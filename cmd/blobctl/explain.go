@@ -49,7 +49,7 @@ func (a *app) explain(err error) string {
 		return a.explainOutput(err)
 	case errors.As(err, &ue), errors.Is(err, errLockedNoAdmin):
 		return err.Error() // written for people already
-	case errors.Is(err, manifest.ErrInvalidPlatform) && a.cfg.Fetch.Platform == platformAll:
+	case errors.Is(err, manifest.ErrInvalidPlatform) && a.cfg.Platform == platformAll:
 		return "--platform all is for fetch only: other commands need one platform, such as linux/amd64"
 	case errors.Is(err, registry.ErrDeniedAddress):
 		return a.explainPolicy(err)
@@ -126,7 +126,7 @@ func (a *app) explainDenied(err error) string {
 	case credential.SourceConfig:
 		return fmt.Sprintf("the registry %s rejected the credentials configured for it (credentials in --config) for %s: check them, and that this account may pull the repository", host, img)
 	}
-	if a.cfg.Registry.Keychain {
+	if a.cfg.Keychain {
 		return fmt.Sprintf("the registry %s refused to serve %s with the keychain's credentials (or none, if the keychain has none for %s): log in with docker login, or pass --username and --password-stdin", host, img, host)
 	}
 	return fmt.Sprintf("%s needs credentials: the registry %s refused an anonymous pull; pass --username USER --password-stdin (the password on stdin), or configure credentials for %s in --config", img, host, host)
@@ -139,7 +139,7 @@ func (a *app) credentialSource(host string) credential.Source {
 	if a.username != "" {
 		return credential.SourceRequest
 	}
-	r, err := credential.New(credential.Config{Registries: a.cfg.Registry.Credentials})
+	r, err := credential.New(credential.Config{Registries: a.cfg.Credentials})
 	if err != nil {
 		return credential.SourceAnonymous
 	}

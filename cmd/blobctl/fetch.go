@@ -14,7 +14,7 @@ import (
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/fetcher"
-	"github.com/strata-oci/strata/materialize/host"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/registry/credential"
 	"github.com/strata-oci/strata/tiers/disk"
 )
@@ -44,14 +44,14 @@ func timedOut(ctx, parent context.Context, d time.Duration, err error) error {
 
 // fetchResult and fetchRecord are what fetch prints.
 type (
-	fetchResult = host.FetchResult
-	fetchRecord = host.FetchRecord
+	fetchResult = admin.FetchResult
+	fetchRecord = admin.FetchRecord
 )
 
-// warmer is what fetch needs: *host.Host, or the *host.Client of the
+// warmer is what fetch needs: *admin.Local, or the *admin.Client of the
 // process holding the root.
 type warmer interface {
-	Warm(ctx context.Context, ref string, cred credential.Credential, parallel int, hooks *host.WarmHooks) (*host.FetchResult, error)
+	Warm(ctx context.Context, ref string, cred credential.Credential, parallel int, hooks *admin.WarmHooks) (*admin.FetchResult, error)
 	Close() error
 }
 
@@ -101,15 +101,15 @@ owner-only socket and are never printed.`,
 			if err != nil {
 				return err
 			}
-			all := a.cfg.Fetch.Platform == platformAll
+			all := a.cfg.Platform == platformAll
 			if all {
-				a.cfg.Fetch.Platform = "" // the first fetch resolves the index
+				a.cfg.Platform = "" // the first fetch resolves the index
 			}
 			adm, err := a.openAdmin(ctx)
 			if err != nil {
 				return err
 			}
-			w := adm.(warmer) // *host.Host or *host.Client
+			w := adm.(warmer) // *strata.Host or *admin.Client
 			defer w.Close()
 			res, err := a.fetch(ctx, w, args[0], cred, parallel)
 			if all {
@@ -119,7 +119,7 @@ owner-only socket and are never printed.`,
 				return err
 			}
 			a.checkCached(ctx, adm, res)
-			if _, direct := w.(*host.Host); direct {
+			if _, direct := w.(*admin.Local); direct {
 				// Through a holder, its own platform applies.
 				a.warnPlatform(res.Reference, res.Platform, res.Index != "")
 			}
@@ -140,7 +140,7 @@ owner-only socket and are never printed.`,
 // of the downloads on stderr (see --progress).
 func (a *app) fetch(ctx context.Context, w warmer, ref string, cred credential.Credential, parallel int) (*fetchResult, error) {
 	prog := a.newProgress(ctx)
-	_, direct := w.(*host.Host)
+	_, direct := w.(*admin.Local)
 	var mu sync.Mutex
 	line := func(rec fetchRecord) {
 		mu.Lock()
@@ -155,7 +155,7 @@ func (a *app) fetch(ctx context.Context, w warmer, ref string, cred credential.C
 	// Bars and the lines may share one terminal: the layer lines wait
 	// until the bars are gone.
 	deferLines := lines && prog.mode == progressBars
-	hooks := &host.WarmHooks{}
+	hooks := &admin.WarmHooks{}
 	if lines {
 		hooks.Documents = func(recs []fetchRecord) {
 			for _, r := range recs {
@@ -243,8 +243,8 @@ const exitNotCached = 8
 // not in the disk tier after the fetch: the tier could not write them (no
 // space: it keeps disk.IndexReserve free for its index) or declined them
 // (larger than it accepts). The fetch itself succeeded.
-func (a *app) checkCached(ctx context.Context, adm host.Admin, res *fetchResult) {
-	held, err := adm.Blobs(ctx, host.TierDisk)
+func (a *app) checkCached(ctx context.Context, adm admin.Admin, res *fetchResult) {
+	held, err := adm.Blobs(ctx, admin.TierDisk)
 	if err != nil {
 		fmt.Fprintf(a.stderr, "blobctl: warning: cannot tell whether the image is cached: %v\n", err)
 		return
@@ -268,7 +268,7 @@ func (a *app) checkCached(ctx context.Context, adm host.Admin, res *fetchResult)
 	}
 	why := "the disk tier declined them (larger than it accepts) or could not write them"
 	var st syscall.Statfs_t
-	if syscall.Statfs(a.cfg.Disk.Root, &st) == nil {
+	if syscall.Statfs(a.cfg.Root, &st) == nil {
 		free := st.Bavail
 		if os.Geteuid() == 0 {
 			free = st.Bfree

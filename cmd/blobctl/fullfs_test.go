@@ -11,9 +11,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
 
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/internal/registrytest"
 	"github.com/strata-oci/strata/internal/testenv"
-	"github.com/strata-oci/strata/materialize/host"
 )
 
 // TestFullFilesystem: with the root on a filesystem that has no byte left,
@@ -42,8 +42,8 @@ func TestFullFilesystem(t *testing.T) {
 	fillUp(t, filepath.Join(mnt, "filler"))
 
 	du := must(t, f.args("du", "--json")...)
-	for _, u := range decode[[]host.UsageRecord](t, du) {
-		if u.Tier == host.TierDisk && u.Blobs < int64(len(layers)) {
+	for _, u := range decode[[]admin.UsageRecord](t, du) {
+		if u.Tier == admin.TierDisk && u.Blobs < int64(len(layers)) {
 			t.Fatalf("du on a full filesystem: disk holds %d blobs, want at least %d", u.Blobs, len(layers))
 		}
 	}
@@ -77,8 +77,8 @@ func TestFullFilesystem(t *testing.T) {
 		t.Fatalf("evicting a layer of %d bytes left %d bytes free", len(blobs[0]), free)
 	}
 	must(t, f.args("evict", "--to-size", "0", "--tier", "disk")...)
-	for _, u := range decode[[]host.UsageRecord](t, must(t, f.args("du", "--json")...)) {
-		if u.Tier == host.TierDisk && (u.Blobs != 0 || u.Bytes != 0) {
+	for _, u := range decode[[]admin.UsageRecord](t, must(t, f.args("du", "--json")...)) {
+		if u.Tier == admin.TierDisk && (u.Blobs != 0 || u.Bytes != 0) {
 			t.Fatalf("after evict --to-size 0: %+v", u)
 		}
 	}

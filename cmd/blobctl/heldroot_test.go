@@ -13,8 +13,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
+	"github.com/strata-oci/strata"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/internal/registrytest"
-	"github.com/strata-oci/strata/materialize/host"
 )
 
 // stripAccess zeroes last-access times, which reading manifests for their
@@ -22,8 +23,8 @@ import (
 func stripAccess(t *testing.T, s string) string {
 	t.Helper()
 	var ls struct {
-		Blobs []host.BlobRecord `json:"blobs"`
-		Refs  []host.RefRecord  `json:"refs"`
+		Blobs []admin.BlobRecord `json:"blobs"`
+		Refs  []admin.RefRecord  `json:"refs"`
 	}
 	if err := json.Unmarshal([]byte(s), &ls); err != nil {
 		t.Fatalf("%v\n%s", err, s)
@@ -47,7 +48,7 @@ func TestRootHeldByAnotherProcess(t *testing.T) {
 	directStat := must(t, f.args("stat", digests[0], "--json")...)
 
 	release := holdInChild(t, f.root)
-	if _, err := os.Stat(filepath.Join(f.root, host.AdminSocketName)); err != nil {
+	if _, err := os.Stat(filepath.Join(f.root, admin.SocketName)); err != nil {
 		t.Fatalf("holder serves no admin socket: %v", err)
 	}
 	// Through the admin socket: the same output.
@@ -83,9 +84,9 @@ func TestRootHeldByAnotherProcess(t *testing.T) {
 		t.Fatalf("fetch through the admin socket: %+v", res)
 	}
 	for _, b := range res.Blobs {
-		want := host.TierDisk
+		want := admin.TierDisk
 		if b.Digest == digests[2] {
-			want = host.TierMemory
+			want = admin.TierMemory
 		}
 		if b.Source != want {
 			t.Errorf("fetch through the holder: %s from %q, want %s", b.Digest, b.Source, want)
@@ -101,20 +102,20 @@ func TestRootHeldByAnotherProcess(t *testing.T) {
 
 	// evict through the holder reaches its target, and the holder's state
 	// is what a direct open sees afterwards.
-	recs := decode[[]host.EvictRecord](t, must(t, f.args("evict", "--to-size", "0", "--tier", "disk", "--json")...))
+	recs := decode[[]admin.EvictRecord](t, must(t, f.args("evict", "--to-size", "0", "--tier", "disk", "--json")...))
 	if len(recs) != 1 || recs[0].Blobs != 5 {
 		t.Fatalf("evict through the admin socket: %+v, want 5 blobs", recs)
 	}
-	du := decode[[]host.UsageRecord](t, must(t, f.args("du", "--json")...))
+	du := decode[[]admin.UsageRecord](t, must(t, f.args("du", "--json")...))
 	if du[1].Blobs != 0 || du[1].Bytes != 0 {
 		t.Fatalf("du after evict: %+v", du[1])
 	}
 	release()
-	if _, err := os.Stat(filepath.Join(f.root, host.AdminSocketName)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(f.root, admin.SocketName)); !os.IsNotExist(err) {
 		t.Fatalf("socket left after the holder closed: %v", err)
 	}
 	ls := decode[struct {
-		Blobs []host.BlobRecord `json:"blobs"`
+		Blobs []admin.BlobRecord `json:"blobs"`
 	}](t, must(t, f.args("ls", "--json")...))
 	if len(ls.Blobs) != 0 {
 		t.Fatalf("direct ls after remote evict: %+v", ls.Blobs)
@@ -123,10 +124,10 @@ func TestRootHeldByAnotherProcess(t *testing.T) {
 
 func TestRootHeldWithoutAdmin(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "root")
-	cfg := host.Default()
-	cfg.Disk.Root = root
+	cfg := strata.Default()
+	cfg.Root = root
 	cfg.NoAdmin = true
-	h, err := host.Open(t.Context(), cfg, nil)
+	h, err := strata.Open(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

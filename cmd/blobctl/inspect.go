@@ -15,8 +15,9 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/strata-oci/strata"
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/materialize/host"
+	"github.com/strata-oci/strata/internal/admin"
 )
 
 func (a *app) table(header string, rows [][]string) {
@@ -42,7 +43,7 @@ func orDash(s string) string {
 	return s
 }
 
-func blobRows(recs []host.BlobRecord) [][]string {
+func blobRows(recs []admin.BlobRecord) [][]string {
 	var rows [][]string
 	for _, r := range recs {
 		rows = append(rows, []string{r.Tier, r.Digest, humanBytes(r.Size), timeCell(r.LastAccess), orDash(r.MediaType)})
@@ -52,7 +53,7 @@ func blobRows(recs []host.BlobRecord) [][]string {
 
 const blobHeader = "TIER\tDIGEST\tSIZE\tLAST ACCESS\tMEDIA TYPE"
 
-func refRows(recs []host.RefRecord) [][]string {
+func refRows(recs []admin.RefRecord) [][]string {
 	var rows [][]string
 	for _, r := range recs {
 		rows = append(rows, []string{r.Tier, r.Namespace, orDash(r.Scope), r.Name, r.Digest, orDash(r.MediaType), timeCell(r.Expires)})
@@ -91,8 +92,8 @@ memberships, access proofs, derivations) as "blobctl refs" does.`,
 			}
 			if a.json {
 				return a.printJSON(struct {
-					Blobs []host.BlobRecord `json:"blobs"`
-					Refs  []host.RefRecord  `json:"refs"`
+					Blobs []admin.BlobRecord `json:"blobs"`
+					Refs  []admin.RefRecord  `json:"refs"`
 				}{nonNil(blobs), nonNil(refs)})
 			}
 			a.table(blobHeader, blobRows(blobs))
@@ -224,10 +225,10 @@ root is an error (exit 2), never created.`,
 					continue
 				}
 				switch r.Tier {
-				case host.UsageRoot:
+				case admin.UsageRoot:
 					rows = append(rows, []string{r.Tier, "-", "-", humanBytes(r.Bytes), "-", "-", "all files under the roots"})
 					continue
-				case host.UsageExt4:
+				case admin.UsageExt4:
 					rows = append(rows, []string{r.Tier, fmt.Sprint(r.Blobs), "-", humanBytes(r.Bytes), budget, pct, "images in ext4-dir"})
 					continue
 				}
@@ -240,9 +241,9 @@ root is an error (exit 2), never created.`,
 }
 
 func (a *app) evictCommand() *cobra.Command {
-	var req host.EvictRequest
-	var olderThan host.Duration
-	var toSize host.Size
+	var req admin.EvictRequest
+	var olderThan strata.Duration
+	var toSize strata.Size
 	cmd := &cobra.Command{
 		Use:   "evict DIGEST | --image REF | --older-than D | --to-size S",
 		Short: "Remove blobs from one tier or all",
@@ -320,7 +321,7 @@ It prints what each tier freed ("ext4": images removed from ext4-dir).`,
 }
 
 func (a *app) verifyCommand() *cobra.Command {
-	var req host.VerifyRequest
+	var req admin.VerifyRequest
 	var all bool
 	cmd := &cobra.Command{
 		Use:   "verify",
@@ -361,12 +362,12 @@ layers, --overlay is not an inspection command.`,
 			}
 			bad, unverifiable, layers := 0, 0, 0
 			for _, r := range recs {
-				if r.Tier == host.UsageOverlay {
+				if r.Tier == admin.UsageOverlay {
 					layers++
 				}
 				switch r.Status {
-				case host.StatusOK:
-				case host.StatusUnverifiable:
+				case admin.StatusOK:
+				case admin.StatusUnverifiable:
 					unverifiable++
 				default:
 					bad++
@@ -379,7 +380,7 @@ layers, --overlay is not an inspection command.`,
 			} else {
 				var rows [][]string
 				for _, r := range recs {
-					if r.Status == host.StatusOK && !all {
+					if r.Status == admin.StatusOK && !all {
 						continue
 					}
 					removed := ""
@@ -392,7 +393,7 @@ layers, --overlay is not an inspection command.`,
 					a.table("TIER\tDIGEST\tSIZE\tSTATUS\tACTION", rows)
 				}
 				for _, r := range recs {
-					if r.Tier == host.UsageOverlay && r.Status != host.StatusOK && r.Error != "" {
+					if r.Tier == admin.UsageOverlay && r.Status != admin.StatusOK && r.Error != "" {
 						fmt.Fprintf(a.stdout, "overlay layer %s: %s\n", r.Digest, r.Error)
 					}
 				}
@@ -540,26 +541,26 @@ until interrupted, asking the holder afresh on every scrape.`,
 var _ io.Writer
 
 // openInspect is openAdmin for the inspection commands: a root blobctl opens
-// itself is opened with host.Config.Inspect (no eviction pass, no budget
+// itself is opened with strata.Config.Inspect (no eviction pass, no budget
 // applied, nothing created), and one that is not there is a usage error.
 // Through the admin socket nothing changes: the holder's budgets apply.
-func (a *app) openInspect(ctx context.Context) (host.Admin, error) {
+func (a *app) openInspect(ctx context.Context) (admin.Admin, error) {
 	saved := a.cfg
 	a.cfg.Inspect = true
 	defer func() { a.cfg = saved }()
 	adm, err := a.openAdmin(ctx)
-	if errors.Is(err, host.ErrNoRoot) {
-		return nil, usagef("%s; check --root", strings.TrimPrefix(err.Error(), "host: "))
+	if errors.Is(err, admin.ErrNoRoot) {
+		return nil, usagef("%s; check --root", strings.TrimPrefix(err.Error(), "strata: "))
 	}
 	return adm, err
 }
 
 // storedBudgets sets in cfg the budgets that the root's owner recorded
-// (host.StoredBudgets), except those the command line or the config file
+// (admin.StoredBudgets), except those the command line or the config file
 // set: blobctl run on an executor's root applies the executor's budgets, not
 // its own defaults.
-func (a *app) storedBudgets(cmd *cobra.Command, cfg *host.Config) error {
-	b, ok, err := host.StoredBudgets(cfg.Disk.Root)
+func (a *app) storedBudgets(cmd *cobra.Command, cfg *strata.Config) error {
+	b, ok, err := admin.StoredBudgets(cfg.Root)
 	if err != nil {
 		// Not worth failing every command (version, help) for.
 		fmt.Fprintf(a.stderr, "blobctl: warning: %v; using the configured budgets\n", err)
@@ -574,16 +575,16 @@ func (a *app) storedBudgets(cmd *cobra.Command, cfg *host.Config) error {
 	}
 	explicit := func(key string) bool { return cmd.Flags().Changed(key) || inFile[key] }
 	if !explicit("memory") {
-		cfg.Memory.Size = b.Memory
+		cfg.MemoryBudget = b.Memory
 	}
 	if !explicit("disk-budget") {
-		cfg.Disk.Budget = b.Disk
+		cfg.DiskBudget = b.Disk
 	}
 	if !explicit("overlay-budget") {
-		cfg.Overlay.Budget = b.Overlay
+		cfg.OverlayBudget = b.Overlay
 	}
 	if !explicit("ext4-budget") {
-		cfg.Ext4.Budget = b.Ext4
+		cfg.Ext4Budget = b.Ext4
 	}
 	return nil
 }

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/internal/registrytest"
-	"github.com/strata-oci/strata/materialize/host"
 )
 
 // layerDirsIntact fails t unless every directory of dirs still exists and
@@ -42,9 +42,9 @@ func TestInspectionNeverEvicts(t *testing.T) {
 		layerDirsIntact(t, c[0]+" with a 1KiB overlay budget", ov.LowerDirs)
 	}
 	// du reports the budget it was given without applying it.
-	du := decode[[]host.UsageRecord](t, must(t, f.args(append(tiny, "du", "--json")...)...))
+	du := decode[[]admin.UsageRecord](t, must(t, f.args(append(tiny, "du", "--json")...)...))
 	for _, r := range du {
-		if r.Tier == host.TierDisk && (r.Budget != 1<<10 || r.Blobs != int64(2+len(digests))) {
+		if r.Tier == admin.TierDisk && (r.Budget != 1<<10 || r.Blobs != int64(2+len(digests))) {
 			t.Errorf("du --disk-budget 1KiB: %+v, want budget 1024 and %d blobs", r, 2+len(digests))
 		}
 	}
@@ -86,13 +86,13 @@ func TestStoredBudgets(t *testing.T) {
 	must(t, f.args("--disk-budget", "3MiB", "--overlay-budget", "5MiB", "--memory", "7MiB", "fetch", f.ref)...)
 	budgets := func(args ...string) (disk, ov, mem int64) {
 		t.Helper()
-		for _, r := range decode[[]host.UsageRecord](t, must(t, f.args(append(args, "du", "--json")...)...)) {
+		for _, r := range decode[[]admin.UsageRecord](t, must(t, f.args(append(args, "du", "--json")...)...)) {
 			switch r.Tier {
-			case host.TierDisk:
+			case admin.TierDisk:
 				disk = r.Budget
-			case host.UsageOverlay:
+			case admin.UsageOverlay:
 				ov = r.Budget
-			case host.TierMemory:
+			case admin.TierMemory:
 				mem = r.Budget
 			}
 		}
@@ -135,14 +135,14 @@ func TestDuCountsEveryByte(t *testing.T) {
 	must(t, f.args("fetch", f.ref)...)
 	must(t, f.args("materialize", f.ref, "--format", "overlay")...)
 	must(t, f.args("materialize", f.ref, "--format", "ext4", "--out", filepath.Join(t.TempDir(), "img.ext4"))...)
-	var root, disk, ov host.UsageRecord
-	for _, r := range decode[[]host.UsageRecord](t, must(t, f.args("du", "--json")...)) {
+	var root, disk, ov admin.UsageRecord
+	for _, r := range decode[[]admin.UsageRecord](t, must(t, f.args("du", "--json")...)) {
 		switch r.Tier {
-		case host.UsageRoot:
+		case admin.UsageRoot:
 			root = r
-		case host.TierDisk:
+		case admin.TierDisk:
 			disk = r
-		case host.UsageOverlay:
+		case admin.UsageOverlay:
 			ov = r
 		}
 	}
@@ -182,7 +182,7 @@ func TestVerifyReportsMissingBlob(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := blobctl(t, "", f.args("verify")...)
-	if r.code != exitCheckFailed || !strings.Contains(r.stdout, digests[1]) || !strings.Contains(r.stdout, host.StatusMissing) ||
+	if r.code != exitCheckFailed || !strings.Contains(r.stdout, digests[1]) || !strings.Contains(r.stdout, admin.StatusMissing) ||
 		!strings.Contains(r.stdout, "1 corrupt or missing") {
 		t.Fatalf("verify after deleting a blob file: exit %d, want %d\n%s%s", r.code, exitCheckFailed, r.stdout, r.stderr)
 	}
@@ -200,14 +200,14 @@ func TestEvictImageDerivedAndCounts(t *testing.T) {
 	must(t, f.args("fetch", f.ref)...)
 	must(t, f.args("fetch", ref2)...)
 	must(t, f.args("materialize", f.ref, "--format", "ext4", "--out", filepath.Join(t.TempDir(), "a.ext4"))...)
-	derived := func() []host.RefRecord {
-		return decode[[]host.RefRecord](t, must(t, f.args("refs", "--namespace", "derived", "--json")...))
+	derived := func() []admin.RefRecord {
+		return decode[[]admin.RefRecord](t, must(t, f.args("refs", "--namespace", "derived", "--json")...))
 	}
 	dv := derived()
 	if len(dv) == 0 {
 		t.Fatal("no derivation ref after materialize --format ext4")
 	}
-	check := func(what string, recs []host.EvictRecord) {
+	check := func(what string, recs []admin.EvictRecord) {
 		t.Helper()
 		for _, r := range recs {
 			if r.Blobs < 0 || r.Bytes < 0 {
@@ -218,7 +218,7 @@ func TestEvictImageDerivedAndCounts(t *testing.T) {
 	// The copy still uses every blob: nothing goes but the first one's refs
 	// (reading its manifests fills the memory tier meanwhile, which must
 	// not count as negative evictions).
-	recs := decode[[]host.EvictRecord](t, must(t, f.args("evict", "--image", f.ref, "--json")...))
+	recs := decode[[]admin.EvictRecord](t, must(t, f.args("evict", "--image", f.ref, "--json")...))
 	check("evict --image (blobs shared with a copy)", recs)
 	for _, r := range recs {
 		if r.Blobs != 0 {
@@ -228,11 +228,11 @@ func TestEvictImageDerivedAndCounts(t *testing.T) {
 	if len(derived()) != len(dv) {
 		t.Errorf("evict --image removed the ext4 image the copy still has")
 	}
-	recs = decode[[]host.EvictRecord](t, must(t, f.args("evict", "--image", ref2, "--json")...))
+	recs = decode[[]admin.EvictRecord](t, must(t, f.args("evict", "--image", ref2, "--json")...))
 	check("evict --image of the copy", recs)
-	var ext4 host.EvictRecord
+	var ext4 admin.EvictRecord
 	for _, r := range recs {
-		if r.Tier == host.UsageExt4 {
+		if r.Tier == admin.UsageExt4 {
 			ext4 = r
 		}
 	}

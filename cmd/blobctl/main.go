@@ -16,8 +16,8 @@ import (
 	"syscall"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/manifest"
-	"github.com/strata-oci/strata/materialize/host"
 	"github.com/strata-oci/strata/registry"
 )
 
@@ -146,7 +146,7 @@ func exitCode(err error) int {
 	case errors.Is(err, errLockedNoAdmin):
 		return exitLocked
 	case errors.Is(err, blob.ErrInvalidDigest), errors.Is(err, registry.ErrInvalidReference),
-		errors.Is(err, manifest.ErrInvalidPlatform), errors.Is(err, host.ErrInvalidRequest):
+		errors.Is(err, manifest.ErrInvalidPlatform), errors.Is(err, admin.ErrInvalidRequest):
 		return exitUsage
 	case errors.Is(err, registry.ErrDenied):
 		return exitDenied

@@ -18,8 +18,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/strata-oci/strata"
 	"github.com/strata-oci/strata/internal/registrytest"
-	"github.com/strata-oci/strata/materialize/host"
 )
 
 // holdEnv makes the test binary, re-executed, open a root and hold it (see
@@ -40,10 +40,11 @@ func TestMain(m *testing.M) {
 // holdRoot opens the host at root, says "ready" on stdout and holds it until
 // stdin closes.
 func holdRoot(root string) int {
-	cfg := host.Default()
-	cfg.Disk.Root = root
-	cfg.Registry.AllowCIDRs = []string{"127.0.0.0/8"}
-	h, err := host.Open(context.Background(), cfg, prometheus.NewRegistry())
+	cfg := strata.Default()
+	cfg.Root = root
+	cfg.AllowCIDRs = []string{"127.0.0.0/8"}
+	cfg.Metrics = prometheus.NewRegistry()
+	h, err := strata.Open(context.Background(), cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "hold:", err)
 		return 1

@@ -7,12 +7,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/strata-oci/strata/materialize/host"
+	"github.com/strata-oci/strata"
 )
 
 // TestMaxBlobSizeFlag: --max-blob-size and the max-blob-size key set
-// host.Config.Registry.MaxBlobSize (the flag over the file), and the
-// default is host.DefaultMaxBlobSize.
+// strata.Config.RegistryMaxBlob (the flag over the file), and the
+// default is strata.Default().RegistryMaxBlob.
 func TestMaxBlobSizeFlag(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "strata.yaml")
 	if err := os.WriteFile(file, []byte("max-blob-size: 2GiB\n"), 0o600); err != nil {
@@ -21,10 +21,10 @@ func TestMaxBlobSizeFlag(t *testing.T) {
 	tests := []struct {
 		desc    string
 		args    []string
-		want    host.Size
+		want    strata.Size
 		wantErr bool
 	}{
-		{desc: "default", want: host.DefaultMaxBlobSize},
+		{desc: "default", want: strata.Default().RegistryMaxBlob},
 		{desc: "flag", args: []string{"--max-blob-size", "1GiB"}, want: 1 << 30},
 		{desc: "file", args: []string{"--config", file}, want: 2 << 30},
 		{desc: "flag over file", args: []string{"--config", file, "--max-blob-size", "512MiB"}, want: 512 << 20},
@@ -40,14 +40,14 @@ func TestMaxBlobSizeFlag(t *testing.T) {
 			}
 			if tc.wantErr {
 				if err == nil {
-					t.Fatalf("no error, max-blob-size %s", a.cfg.Registry.MaxBlobSize)
+					t.Fatalf("no error, max-blob-size %s", a.cfg.RegistryMaxBlob)
 				}
 				return
 			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := a.cfg.Registry.MaxBlobSize; got != tc.want {
+			if got := a.cfg.RegistryMaxBlob; got != tc.want {
 				t.Fatalf("max-blob-size %s, want %s", got, tc.want)
 			}
 		})

@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/strata-oci/strata/materialize/host"
+	"github.com/strata-oci/strata/internal/admin"
 )
 
 // mountedAt reports whether /proc/self/mountinfo lists a mount at dir.
@@ -60,7 +60,7 @@ func TestGCKeepsMountedLayers(t *testing.T) {
 	f := newFixture(t, 8<<10, 3)
 	ov, mnt := mountForTest(t, f)
 
-	gc := decode[host.GCResult](t, must(t, f.args("gc", "--json")...))
+	gc := decode[admin.GCResult](t, must(t, f.args("gc", "--json")...))
 	if gc.Layers != 0 || gc.Mounts != 1 || gc.LayersLeased != 3 {
 		t.Fatalf("gc with a live mount: %+v, want no layer removed, 1 mount, 3 layers leased", gc)
 	}
@@ -83,7 +83,7 @@ func TestGCKeepsMountedLayers(t *testing.T) {
 	// The fetch above recorded its 1KiB overlay budget in the root: the
 	// release itself may already have evicted the layers; gc removes the
 	// rest.
-	gc = decode[host.GCResult](t, must(t, f.args("gc", "--json")...))
+	gc = decode[admin.GCResult](t, must(t, f.args("gc", "--json")...))
 	if gc.Mounts != 0 || gc.LayersLeased != 0 {
 		t.Fatalf("gc after unmount: %+v, want no mount and no leased layer", gc)
 	}
@@ -105,7 +105,7 @@ func TestUnmountThroughHolder(t *testing.T) {
 	f := newFixture(t, 8<<10, 2)
 	ov, mnt := mountForTest(t, f)
 	holdInChild(t, f.root)
-	gc := decode[host.GCResult](t, must(t, f.args("gc", "--json")...))
+	gc := decode[admin.GCResult](t, must(t, f.args("gc", "--json")...))
 	if gc.Layers != 0 || gc.Mounts != 1 {
 		t.Fatalf("gc through the holder with a live mount: %+v", gc)
 	}
@@ -114,7 +114,7 @@ func TestUnmountThroughHolder(t *testing.T) {
 	if mountedAt(t, mnt) {
 		t.Fatalf("%s still mounted", mnt)
 	}
-	gc = decode[host.GCResult](t, must(t, f.args("gc", "--json")...))
+	gc = decode[admin.GCResult](t, must(t, f.args("gc", "--json")...))
 	if gc.Layers != 2 {
 		t.Fatalf("gc through the holder after unmount: %+v, want 2 layers removed", gc)
 	}
@@ -129,7 +129,7 @@ func TestStaleMountLeaseDropped(t *testing.T) {
 	if err := unmount(mnt); err != nil {
 		t.Fatal(err)
 	}
-	gc := decode[host.GCResult](t, must(t, f.args("gc", "--json")...))
+	gc := decode[admin.GCResult](t, must(t, f.args("gc", "--json")...))
 	if gc.StaleMounts != 1 || gc.Mounts != 0 || gc.Layers != 2 {
 		t.Fatalf("gc after an umount behind blobctl's back: %+v, want 1 stale mount dropped and 2 layers removed", gc)
 	}

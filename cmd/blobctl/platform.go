@@ -9,8 +9,8 @@ import (
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/fetcher"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/manifest"
-	"github.com/strata-oci/strata/materialize/host"
 	"github.com/strata-oci/strata/registry"
 	"github.com/strata-oci/strata/registry/credential"
 )
@@ -18,8 +18,8 @@ import (
 // requestedPlatform is the platform this blobctl asks for: --platform (or
 // the config's platform), else this machine's.
 func (a *app) requestedPlatform() manifest.Platform {
-	if a.cfg.Fetch.Platform != "" {
-		if p, err := manifest.ParsePlatform(a.cfg.Fetch.Platform); err == nil {
+	if a.cfg.Platform != "" {
+		if p, err := manifest.ParsePlatform(a.cfg.Platform); err == nil {
 			return p
 		}
 	}
@@ -27,7 +27,7 @@ func (a *app) requestedPlatform() manifest.Platform {
 }
 
 // warnPlatform warns on stderr when ref's image, built for have (as
-// host.ImagePlatform states it), is not for the requested platform: a
+// admin.ImagePlatform states it), is not for the requested platform: a
 // reference to a single-platform manifest is served whatever --platform
 // says, and an index may offer only a compatible lower variant.
 func (a *app) warnPlatform(ref, have string, fromIndex bool) {
@@ -52,11 +52,11 @@ func (a *app) warnPlatform(ref, have string, fromIndex bool) {
 
 // checkPlatform is warnPlatform for a fetched image.
 func (a *app) checkPlatform(img *fetcher.Image) {
-	a.warnPlatform(img.Reference.String(), host.ImagePlatform(img), img.Index != "")
+	a.warnPlatform(img.Reference.String(), admin.ImagePlatform(img), img.Index != "")
 }
 
-// imagePlatform is the platform img's config states (host.ImagePlatform).
-func imagePlatform(img *fetcher.Image) string { return host.ImagePlatform(img) }
+// imagePlatform is the platform img's config states (admin.ImagePlatform).
+func imagePlatform(img *fetcher.Image) string { return admin.ImagePlatform(img) }
 
 // platformAll is the --platform value that makes fetch fetch every
 // platform of an index.
@@ -69,7 +69,7 @@ var indexOffer = regexp.MustCompile(`index (sha256:[0-9a-f]{64}) offers`)
 // platform manifest, by digest), or ref alone when it names a
 // single-platform image. first is the Warm of ref itself with the default
 // platform, and its error.
-func (a *app) fetchAll(ctx context.Context, w warmer, adm host.Admin, ref string, cred credential.Credential, parallel int, first *fetchResult, ferr error) ([]*fetchResult, error) {
+func (a *app) fetchAll(ctx context.Context, w warmer, adm admin.Admin, ref string, cred credential.Credential, parallel int, first *fetchResult, ferr error) ([]*fetchResult, error) {
 	var index blob.Digest
 	switch {
 	case ferr == nil && first.Index == "":

@@ -16,7 +16,7 @@ import (
 
 // More of issue 13's attacks through blobctl (the library side is in
 // fetcher/redteam_mirror_test.go, fetcher/size_test.go and
-// materialize/host/redteam_reuse_test.go).
+// materialize/internal/hosttest/redteam_reuse_test.go).
 
 // TestRedteamMirrorThroughBlobctl: a mirror configured for alice's private
 // registry (docker-registry with htpasswd) holds another image under her

@@ -21,7 +21,7 @@ import (
 // shared root would be attacked: alice's private image sits on Debian's
 // docker-registry with htpasswd; mallory, anonymous, runs blobctl against
 // the same root with a registry of her own. The library side of these
-// attacks is in materialize/host/redteam_reuse_test.go.
+// attacks is in materialize/internal/hosttest/redteam_reuse_test.go.
 
 const redteamSecret = "the victim's private key material"
 

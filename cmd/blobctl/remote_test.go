@@ -11,7 +11,7 @@ import (
 	bsgrpc "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc"
 
-	"github.com/strata-oci/strata/materialize/host"
+	"github.com/strata-oci/strata/internal/admin"
 )
 
 // startREAPI serves the SDK's fake CAS and ActionCache (instance "instance")
@@ -55,8 +55,8 @@ func TestSharedRemoteTier(t *testing.T) {
 		t.Fatalf("first host: %+v, want a conversion", ra)
 	}
 	must(t, append(b, "gc")...) // creates b's root: inspection never does
-	du := decode[[]host.UsageRecord](t, must(t, append(b, "du", "--json")...))
-	if len(du) != 6 || du[2].Tier != host.TierRemote || !du[2].Shared || du[2].Error == "" {
+	du := decode[[]admin.UsageRecord](t, must(t, append(b, "du", "--json")...))
+	if len(du) != 6 || du[2].Tier != admin.TierRemote || !du[2].Shared || du[2].Error == "" {
 		t.Fatalf("du with a remote tier: %+v", du)
 	}
 	res := decode[fetchResult](t, must(t, append(b, "fetch", f.ref, "--json")...))
@@ -66,7 +66,7 @@ func TestSharedRemoteTier(t *testing.T) {
 		from[r.Digest] = r.Source
 	}
 	for _, d := range digests {
-		if from[d] != host.TierRemote {
+		if from[d] != admin.TierRemote {
 			t.Errorf("second host read layer %s from %q, want remote", d, from[d])
 		}
 	}
@@ -91,7 +91,7 @@ func TestAnonymousWritesNothingShared(t *testing.T) {
 	}
 	res := decode[fetchResult](t, must(t, append(b, "fetch", f.ref, "--json")...))
 	for _, r := range res.Blobs {
-		if r.Source == host.TierRemote {
+		if r.Source == admin.TierRemote {
 			t.Errorf("blob %s found in the shared tier after an anonymous fetch", r.Digest)
 		}
 	}

@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/blob"
-	"github.com/strata-oci/strata/materialize/host"
+	"github.com/strata-oci/strata/internal/admin"
 )
 
 func (a *app) unmountCommand() *cobra.Command {
@@ -49,7 +49,7 @@ through its admin socket.`,
 			if err != nil {
 				return err
 			}
-			var lease *host.MountRecord
+			var lease *admin.MountRecord
 			for i := range mounts {
 				if mounts[i].Target == dir {
 					lease = &mounts[i]

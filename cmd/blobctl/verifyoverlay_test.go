@@ -6,7 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/strata-oci/strata/materialize/host"
+	"github.com/strata-oci/strata"
+	"github.com/strata-oci/strata/internal/admin"
 )
 
 // TestVerifyOverlayAndGCLeftovers: verify --overlay finds a modified layer
@@ -49,17 +50,17 @@ func TestVerifyOverlayAndGCLeftovers(t *testing.T) {
 	if err := os.WriteFile(left, []byte(strings.Repeat("x", 1<<20)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	gc := decode[host.GCResult](t, must(t, f.args("gc", "--json")...))
+	gc := decode[admin.GCResult](t, must(t, f.args("gc", "--json")...))
 	if gc.Ext4TempFiles != 1 || gc.Ext4TempBytes < 1<<20 {
 		t.Fatalf("gc: %+v, want 1 ext4 temp file of 1 MiB removed", gc)
 	}
 	if _, err := os.Stat(left); !os.IsNotExist(err) {
 		t.Fatalf("leftover still there after gc: %v", err)
 	}
-	du := decode[[]host.UsageRecord](t, must(t, f.args("du", "--json")...))
+	du := decode[[]admin.UsageRecord](t, must(t, f.args("du", "--json")...))
 	for _, u := range du {
-		if u.Tier == host.UsageExt4 && u.Budget != int64(host.DefaultExt4Budget) {
-			t.Errorf("du ext4 budget %d, want %d", u.Budget, host.DefaultExt4Budget)
+		if u.Tier == admin.UsageExt4 && u.Budget != int64(strata.Default().Ext4Budget) {
+			t.Errorf("du ext4 budget %d, want %d", u.Budget, strata.Default().Ext4Budget)
 		}
 	}
 }

@@ -28,7 +28,7 @@ import (
 	"github.com/strata-oci/strata/tiers/tiertest"
 )
 
-// Tier names, as host.Open names them.
+// Tier names, as strata.Open names them.
 const (
 	Memory = "memory"
 	Disk   = "disk"

@@ -138,6 +138,11 @@ type Config struct {
 	// (strata_overlay_*). Two Materializers need two registerers (for
 	// example prometheus.WrapRegistererWith with a distinguishing label).
 	Metrics prometheus.Registerer
+	// Logger receives what New finds and repairs in Root (leftover
+	// temporary directories of killed extractions removed, stray entries,
+	// orphaned metadata and links dropped) and what it cannot repair. nil:
+	// nothing is logged.
+	Logger *slog.Logger
 }
 
 // Materializer extracts layers into overlayfs lower directories and keeps
@@ -231,6 +236,9 @@ func New(cfg Config) (*Materializer, error) {
 	if cfg.Parallelism <= 0 {
 		cfg.Parallelism = runtime.GOMAXPROCS(0)
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	if cfg.MaxEntries == 0 {
 		cfg.MaxEntries = 10_000_000
 	}
@@ -310,7 +318,9 @@ func (m *Materializer) load() error {
 		// What cannot be removed is reported and left: it must not make
 		// the whole root unusable.
 		if err := removeAll(m.path("tmp", e.Name())); err != nil {
-			slog.Warn("overlay: cannot remove a leftover temporary directory; skipped", "err", err)
+			m.cfg.Logger.Warn("overlay: cannot remove a leftover temporary directory; skipped", "err", err)
+		} else {
+			m.cfg.Logger.Info("overlay: removed the leftover of an extraction that did not finish", "dir", m.path("tmp", e.Name()))
 		}
 	}
 	dirs, err := os.ReadDir(m.path("layers"))
@@ -328,7 +338,9 @@ func (m *Materializer) load() error {
 		d := blob.Digest("sha256:" + h)
 		if !de.IsDir() || blob.ValidateDigest(d) != nil {
 			if err := removeAll(m.path("layers", h)); err != nil {
-				slog.Warn("overlay: cannot remove a stray entry; skipped", "err", err)
+				m.cfg.Logger.Warn("overlay: cannot remove a stray entry; skipped", "err", err)
+			} else {
+				m.cfg.Logger.Info("overlay: removed a stray entry of the layers directory", "path", m.path("layers", h))
 			}
 			continue
 		}
@@ -370,7 +382,9 @@ func (m *Materializer) load() error {
 	}
 	for _, de := range metas {
 		if !present[strings.TrimSuffix(de.Name(), manifestSuffix)] {
-			os.Remove(m.path("meta", de.Name()))
+			if os.Remove(m.path("meta", de.Name())) == nil {
+				m.cfg.Logger.Debug("overlay: removed the metadata of a layer that is gone", "path", m.path("meta", de.Name()))
+			}
 		}
 	}
 	links, err := os.ReadDir(m.mountDir)

@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -51,6 +52,9 @@ type Config struct {
 	// tier's lock is released, so it may call back into the tier; calls may
 	// come from several goroutines at once.
 	OnEvict func(d blob.Digest, size int64)
+	// Logger receives a Debug line for every Put that evicted blobs to fit
+	// the budget (how many, how many bytes). nil: nothing is logged.
+	Logger *slog.Logger
 }
 
 // refOverhead approximates the bookkeeping bytes of one ref entry.
@@ -68,6 +72,7 @@ type Tier struct {
 	maxRefs      int
 	maxRefBytes  int64
 	onEvict      func(blob.Digest, int64)
+	log          *slog.Logger
 
 	mu       sync.Mutex
 	closed   bool
@@ -105,11 +110,15 @@ func New(cfg Config) *Tier {
 		maxRefs:      cfg.MaxRefs,
 		maxRefBytes:  cfg.MaxRefBytes,
 		onEvict:      cfg.OnEvict,
+		log:          cfg.Logger,
 		blobs:        make(map[blob.Digest]*entry),
 		refs:         make(map[blob.RefKey]*refEntry),
 	}
 	if t.name == "" {
 		t.name = DefaultName
+	}
+	if t.log == nil {
+		t.log = slog.New(slog.DiscardHandler)
 	}
 	if t.maxBytes <= 0 {
 		t.maxBytes = DefaultMaxBytes
@@ -258,6 +267,13 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 		evicted = append(evicted, victim)
 	}
 	t.mu.Unlock()
+	if len(evicted) > 0 {
+		var freed int64
+		for _, v := range evicted {
+			freed += int64(len(v.data))
+		}
+		t.log.Debug("memory tier: evicted least recently used blobs to fit the budget", "tier", t.name, "blobs", len(evicted), "bytes", freed, "budget", t.maxBytes)
+	}
 	if t.onEvict != nil {
 		for _, v := range evicted {
 			t.onEvict(v.d, int64(len(v.data)))

@@ -49,17 +49,17 @@ type floorLayer struct {
 // (the floor of a cold one): a perfect pipeline overlaps them on the
 // machine's cores.
 func (e *env) overlayFloor(ctx context.Context) error {
-	x, err := e.warmExecutor()
+	x, err := e.warmExecutor(ctx, options{})
 	if err != nil {
 		return err
 	}
-	img, err := x.f.FetchImage(ctx, e.ref, credential.Anonymous)
+	img, err := x.Fetcher().FetchImage(ctx, e.ref, credential.Anonymous)
 	if err != nil {
-		x.stack.Close()
+		x.Close()
 		return err
 	}
 	layers, err := readFloorLayers(ctx, img.Layers())
-	if cerr := x.stack.Close(); err == nil {
+	if cerr := x.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {

@@ -30,15 +30,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/strata-oci/strata"
 	"github.com/strata-oci/strata/benchmarks/internal/countproxy"
 	"github.com/strata-oci/strata/fetcher"
-	"github.com/strata-oci/strata/materialize/ext4"
-	"github.com/strata-oci/strata/materialize/overlay"
-	"github.com/strata-oci/strata/registry"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/registry/credential"
-	"github.com/strata-oci/strata/tiers"
-	"github.com/strata-oci/strata/tiers/disk"
-	"github.com/strata-oci/strata/tiers/memory"
 )
 
 // Scenario names. A peer's name is "<scenario>/peer-<tool>".
@@ -177,46 +173,36 @@ func (e *env) add(name string, d time.Duration) {
 	e.out.Samples[name] = append(e.out.Samples[name], float64(d.Nanoseconds()))
 }
 
-// executor is one Strata executor: a memory tier over a disk tier, a
-// registry client and a fetcher.
-type executor struct {
-	stack *tiers.Stack
-	f     *fetcher.Fetcher
+// options of one executor's host beyond those every job shares.
+type options struct {
+	// noMemory turns the memory tier off (Prime fills the disk tier
+	// alone).
+	noMemory bool
+	// overlayRoot and ext4Dir are where layers are extracted and ext4
+	// images handed out (default under the root). A job over the shared
+	// primed cache puts them in its own WorkDir, so that every repetition
+	// extracts or converts again.
+	overlayRoot, ext4Dir string
 }
 
-func newStack(dir string) (*tiers.Stack, error) {
-	d, err := disk.Open(disk.Config{Root: dir})
-	if err != nil {
-		return nil, err
+// open opens one Strata executor through strata.Open, the assembly an
+// executor ships with: the default configuration (memory tier, budgets,
+// per-blob caps) over the disk root dir, with loopback registries allowed,
+// the run's identity key (so the refs Prime cached are trusted by the warm
+// jobs), TTLs that outlast a run (so what Prime cached stays warm) and no
+// admin socket.
+func (e *env) open(ctx context.Context, dir string, o options) (*strata.Host, error) {
+	cfg := strata.Default()
+	cfg.Root = dir
+	cfg.AllowCIDRs = []string{"127.0.0.0/8"}
+	cfg.IdentityKey = credential.NewSecretKey(e.job.RefKey)
+	cfg.TagTTL, cfg.ProofTTL = strata.Duration(time.Hour), strata.Duration(time.Hour)
+	cfg.NoAdmin = true
+	cfg.OverlayRoot, cfg.Ext4Dir = o.overlayRoot, o.ext4Dir
+	if o.noMemory {
+		cfg.MemoryBudget = 0
 	}
-	m := memory.New(memory.Config{Name: "memory", MaxBytes: 256 << 20, MaxBlobBytes: 16 << 20})
-	return tiers.NewStack(tiers.StackConfig{Tiers: []tiers.Entry{{Tier: m}, {Tier: d}}}), nil
-}
-
-func newFetcher(stack *tiers.Stack, refKey []byte) (*fetcher.Fetcher, error) {
-	client, err := registry.New(registry.Config{AllowCIDRs: []string{"127.0.0.0/8"}, Proxy: registry.NoProxy})
-	if err != nil {
-		return nil, err
-	}
-	cfg := fetcher.DefaultConfig()
-	cfg.Store, cfg.Registry, cfg.RefKey = stack, client, refKey
-	// A whole run stays within the TTLs, so what Prime cached stays warm.
-	cfg.TagTTL, cfg.ProofTTL = time.Hour, time.Hour
-	return fetcher.New(cfg)
-}
-
-// executor returns an executor whose disk tier is at dir.
-func (e *env) executor(dir string) (*executor, error) {
-	s, err := newStack(dir)
-	if err != nil {
-		return nil, err
-	}
-	f, err := newFetcher(s, e.job.RefKey)
-	if err != nil {
-		s.Close()
-		return nil, err
-	}
-	return &executor{stack: s, f: f}, nil
+	return strata.Open(ctx, cfg)
 }
 
 // fetchAll fetches the image and reads every layer to the end (at most 4 at
@@ -246,13 +232,13 @@ func fetchAll(ctx context.Context, f *fetcher.Fetcher, ref string) (*fetcher.Ima
 }
 
 func (e *env) fetchCold(ctx context.Context) error {
-	x, err := e.executor(filepath.Join(e.job.WorkDir, "tiers"))
+	h, err := e.open(ctx, filepath.Join(e.job.WorkDir, "tiers"), options{})
 	if err != nil {
 		return err
 	}
-	defer x.stack.Close()
+	defer h.Close()
 	t0 := time.Now()
-	if _, err := fetchAll(ctx, x.f, e.ref); err != nil {
+	if _, err := fetchAll(ctx, h.Fetcher(), e.ref); err != nil {
 		return err
 	}
 	e.add(FetchCold, time.Since(t0))
@@ -261,37 +247,31 @@ func (e *env) fetchCold(ctx context.Context) error {
 }
 
 // prime fills CacheDir and LayoutDir (see Job). It fetches through a
-// stack of the disk tier alone, waits until the tier holds everything the
-// image needs (write-backs into tiers may finish after the reader's EOF),
-// and checks that after reopening.
+// host without the memory tier (the disk tier alone), waits until the tier
+// holds everything the image needs (write-backs into tiers may finish after
+// the reader's EOF), and checks that after reopening.
 func (e *env) prime(ctx context.Context) error {
-	d, err := disk.Open(disk.Config{Root: e.job.CacheDir})
+	h, err := e.open(ctx, e.job.CacheDir, options{noMemory: true})
 	if err != nil {
 		return err
 	}
-	s := tiers.NewStack(tiers.StackConfig{Tiers: []tiers.Entry{{Tier: d}}})
-	f, err := newFetcher(s, e.job.RefKey)
-	if err != nil {
-		s.Close()
+	if _, err := fetchAll(ctx, h.Fetcher(), e.ref); err != nil {
+		h.Close()
 		return err
 	}
-	if _, err := fetchAll(ctx, f, e.ref); err != nil {
-		s.Close()
+	if err := waitCached(ctx, h.Fetcher(), e.ref); err != nil {
+		h.Close()
 		return err
 	}
-	if err := waitCached(ctx, f, e.ref); err != nil {
-		s.Close()
+	if err := h.Close(); err != nil {
 		return err
 	}
-	if err := s.Close(); err != nil {
-		return err
-	}
-	x, err := e.executor(e.job.CacheDir)
+	x, err := e.warmExecutor(ctx, options{})
 	if err != nil {
 		return err
 	}
-	err = waitCached(ctx, x.f, e.ref)
-	if cerr := x.stack.Close(); err == nil {
+	err = waitCached(ctx, x.Fetcher(), e.ref)
+	if cerr := x.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
@@ -327,27 +307,27 @@ func waitCached(ctx context.Context, f *fetcher.Fetcher, ref string) error {
 }
 
 // warmExecutor is an executor over the disk tier Prime filled.
-func (e *env) warmExecutor() (*executor, error) {
+func (e *env) warmExecutor(ctx context.Context, o options) (*strata.Host, error) {
 	if e.job.CacheDir == "" {
 		return nil, errors.New("no primed cache (Job.CacheDir)")
 	}
-	return e.executor(e.job.CacheDir)
+	return e.open(ctx, e.job.CacheDir, o)
 }
 
 func (e *env) fetchWarm(ctx context.Context) error {
-	x, err := e.warmExecutor()
+	x, err := e.warmExecutor(ctx, options{})
 	if err != nil {
 		return err
 	}
-	defer x.stack.Close()
+	defer x.Close()
 	t0 := time.Now()
-	if _, err := fetchAll(ctx, x.f, e.ref); err != nil {
+	if _, err := fetchAll(ctx, x.Fetcher(), e.ref); err != nil {
 		return err
 	}
 	e.add(FetchWarm, time.Since(t0))
 	for i := 0; i < max(1, e.job.WarmSamples); i++ {
 		t0 := time.Now()
-		img, err := x.f.FetchImage(ctx, e.ref, credential.Anonymous)
+		img, err := x.Fetcher().FetchImage(ctx, e.ref, credential.Anonymous)
 		if err != nil {
 			return err
 		}
@@ -363,17 +343,14 @@ func (e *env) fetchWarm(ctx context.Context) error {
 }
 
 func (e *env) overlayCold(ctx context.Context) error {
-	x, err := e.executor(filepath.Join(e.job.WorkDir, "tiers"))
+	x, err := e.open(ctx, filepath.Join(e.job.WorkDir, "tiers"), options{})
 	if err != nil {
 		return err
 	}
-	defer x.stack.Close()
-	m, err := overlay.New(overlay.Config{Root: filepath.Join(e.job.WorkDir, "overlay")})
-	if err != nil {
-		return err
-	}
+	defer x.Close()
+	m := x.Overlay()
 	t0 := time.Now()
-	img, err := x.f.FetchImage(ctx, e.ref, credential.Anonymous)
+	img, err := x.Fetcher().FetchImage(ctx, e.ref, credential.Anonymous)
 	if err != nil {
 		return err
 	}
@@ -387,18 +364,17 @@ func (e *env) overlayCold(ctx context.Context) error {
 	return nil
 }
 
+// overlayWarm extracts from the primed cache into an overlay root of the
+// job's own.
 func (e *env) overlayWarm(ctx context.Context) error {
-	x, err := e.warmExecutor()
+	x, err := e.warmExecutor(ctx, options{overlayRoot: filepath.Join(e.job.WorkDir, "overlay")})
 	if err != nil {
 		return err
 	}
-	defer x.stack.Close()
-	m, err := overlay.New(overlay.Config{Root: filepath.Join(e.job.WorkDir, "overlay")})
-	if err != nil {
-		return err
-	}
+	defer x.Close()
+	m := x.Overlay()
 	t0 := time.Now()
-	img, err := x.f.FetchImage(ctx, e.ref, credential.Anonymous)
+	img, err := x.Fetcher().FetchImage(ctx, e.ref, credential.Anonymous)
 	if err != nil {
 		return err
 	}
@@ -424,29 +400,24 @@ func (e *env) overlayWarm(ctx context.Context) error {
 	return nil
 }
 
-// ext4 converts from the primed cache; the derived image is stored in a
-// disk tier of its own (so the next repetition converts again).
+// ext4 converts from the primed cache, as the host converts: the derived
+// image is stored through the host's tiers (into the primed disk tier) and
+// handed out in a directory of the job's own. After the measurement, untimed,
+// the derived image is evicted again so that the next repetition converts
+// too (its derivation ref, left without its blob, makes the converter
+// convert again).
 func (e *env) ext4(ctx context.Context) error {
-	x, err := e.warmExecutor()
+	x, err := e.warmExecutor(ctx, options{overlayRoot: filepath.Join(e.job.WorkDir, "overlay"), ext4Dir: filepath.Join(e.job.WorkDir, "ext4")})
 	if err != nil {
 		return err
 	}
-	defer x.stack.Close()
-	img, err := x.f.FetchImage(ctx, e.ref, credential.Anonymous)
-	if err != nil {
-		return err
-	}
-	store, err := disk.Open(disk.Config{Root: filepath.Join(e.job.WorkDir, "derived"), Name: "derived"})
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	c, err := ext4.New(ext4.Config{Store: store, WorkDir: filepath.Join(e.job.WorkDir, "ext4")})
+	defer x.Close()
+	img, err := x.Fetcher().FetchImage(ctx, e.ref, credential.Anonymous)
 	if err != nil {
 		return err
 	}
 	t0 := time.Now()
-	res, err := c.Materialize(ctx, img, nil)
+	res, err := x.Ext4().Materialize(ctx, img, nil)
 	if err != nil {
 		return err
 	}
@@ -458,31 +429,30 @@ func (e *env) ext4(ctx context.Context) error {
 	if n := e.px.Requests(); n != 0 {
 		return fmt.Errorf("conversion from cached blobs made %d registry requests", n)
 	}
+	if _, err := x.Admin().Evict(ctx, admin.EvictRequest{Digest: res.Digest.String()}); err != nil {
+		return fmt.Errorf("evict the derived image for the next repetition: %w", err)
+	}
 	return nil
 }
 
+// dedup runs Concurrency fetches of the image at once through one host:
+// one executor serving that many actions that need the same image.
 func (e *env) dedup(ctx context.Context) error {
 	n := max(2, e.job.Concurrency)
-	s, err := newStack(filepath.Join(e.job.WorkDir, "tiers"))
+	x, err := e.open(ctx, filepath.Join(e.job.WorkDir, "tiers"), options{})
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	fs := make([]*fetcher.Fetcher, n)
-	for i := range fs {
-		if fs[i], err = newFetcher(s, e.job.RefKey); err != nil {
-			return err
-		}
-	}
+	defer x.Close()
 	start := make(chan struct{})
 	var wg sync.WaitGroup
 	errs := make([]error, n)
-	for i, f := range fs {
+	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			<-start
-			_, errs[i] = fetchAll(ctx, f, e.ref)
+			_, errs[i] = fetchAll(ctx, x.Fetcher(), e.ref)
 		}()
 	}
 	t0 := time.Now()
@@ -493,7 +463,7 @@ func (e *env) dedup(ctx context.Context) error {
 		return err
 	}
 	e.out.BlobGets = e.px.BlobGets()
-	e.out.Note = fmt.Sprintf("%d executors sharing one tier stack", n)
+	e.out.Note = fmt.Sprintf("%d concurrent fetches through one host", n)
 	return nil
 }
 

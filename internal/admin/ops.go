@@ -1,4 +1,4 @@
-package host
+package admin
 
 import (
 	"context"
@@ -35,16 +35,16 @@ const maxManifestRead = 4 << 20
 
 // selectTiers returns the tiers an operation applies to: the named one, or
 // every tier (local only when localOnly).
-func (h *Host) selectTiers(name string, localOnly bool) ([]tiers.Entry, error) {
+func (l *Local) selectTiers(name string, localOnly bool) ([]tiers.Entry, error) {
 	if name != "" {
-		e, err := h.tierByName(name)
+		e, err := l.tierByName(name)
 		if err != nil {
 			return nil, err
 		}
 		return []tiers.Entry{e}, nil
 	}
 	var out []tiers.Entry
-	for _, e := range h.stack.Tiers() {
+	for _, e := range l.p.Stack.Tiers() {
 		if localOnly && e.Shared {
 			continue
 		}
@@ -54,12 +54,12 @@ func (h *Host) selectTiers(name string, localOnly bool) ([]tiers.Entry, error) {
 }
 
 // Blobs implements Admin.
-func (h *Host) Blobs(ctx context.Context, tier string) ([]BlobRecord, error) {
-	sel, err := h.selectTiers(tier, false)
+func (l *Local) Blobs(ctx context.Context, tier string) ([]BlobRecord, error) {
+	sel, err := l.selectTiers(tier, false)
 	if err != nil {
 		return nil, err
 	}
-	types := h.mediaTypes(ctx)
+	types := l.mediaTypes(ctx)
 	var out []BlobRecord
 	for _, e := range sel {
 		err := e.Tier.Walk(ctx, func(i blob.Info) error {
@@ -75,9 +75,9 @@ func (h *Host) Blobs(ctx context.Context, tier string) ([]BlobRecord, error) {
 
 // mediaTypes maps digests to media types from the refs and the manifests
 // the local tiers hold. It is best effort: what it cannot read stays unknown.
-func (h *Host) mediaTypes(ctx context.Context) map[blob.Digest]string {
+func (l *Local) mediaTypes(ctx context.Context) map[blob.Digest]string {
 	types := map[blob.Digest]string{}
-	local := h.stack.Local()
+	local := l.p.Stack.Local()
 	_ = local.WalkRefs(ctx, "", func(_ blob.RefKey, r blob.Ref) error {
 		if mt := fetcher.RefMediaType(r.MediaType); mt != "" {
 			types[r.Digest] = mt
@@ -105,16 +105,16 @@ func (h *Host) mediaTypes(ctx context.Context) map[blob.Digest]string {
 			continue
 		}
 		types[m.Config.Digest] = string(m.Config.MediaType)
-		for _, l := range m.Layers {
-			types[l.Digest] = string(l.MediaType)
+		for _, layer := range m.Layers {
+			types[layer.Digest] = string(layer.MediaType)
 		}
 	}
 	return types
 }
 
 // Refs implements Admin.
-func (h *Host) Refs(ctx context.Context, tier, namespace string) ([]RefRecord, error) {
-	sel, err := h.selectTiers(tier, false)
+func (l *Local) Refs(ctx context.Context, tier, namespace string) ([]RefRecord, error) {
+	sel, err := l.selectTiers(tier, false)
 	if err != nil {
 		return nil, err
 	}
@@ -143,14 +143,14 @@ func (h *Host) Refs(ctx context.Context, tier, namespace string) ([]RefRecord, e
 }
 
 // Stat implements Admin.
-func (h *Host) Stat(ctx context.Context, d blob.Digest) ([]BlobRecord, error) {
+func (l *Local) Stat(ctx context.Context, d blob.Digest) ([]BlobRecord, error) {
 	if err := blob.ValidateDigest(d); err != nil {
 		return nil, err
 	}
 	var out []BlobRecord
 	var unavailable []error
-	types := h.mediaTypes(ctx)
-	for _, e := range h.stack.Tiers() {
+	types := l.mediaTypes(ctx)
+	for _, e := range l.p.Stack.Tiers() {
 		i, err := e.Tier.Stat(ctx, d)
 		switch {
 		case err == nil:
@@ -164,17 +164,17 @@ func (h *Host) Stat(ctx context.Context, d blob.Digest) ([]BlobRecord, error) {
 		if len(unavailable) > 0 {
 			return nil, fmt.Errorf("%s: %w (and %w)", d, blob.ErrNotFound, errors.Join(unavailable...))
 		}
-		return nil, fmt.Errorf("%s: %w in any tier (%s)", d, blob.ErrNotFound, h.tierNames())
+		return nil, fmt.Errorf("%s: %w in any tier (%s)", d, blob.ErrNotFound, l.tierNames())
 	}
 	return out, nil
 }
 
 // Cat implements Admin.
-func (h *Host) Cat(ctx context.Context, d blob.Digest, w io.Writer) (int64, error) {
+func (l *Local) Cat(ctx context.Context, d blob.Digest, w io.Writer) (int64, error) {
 	if err := blob.ValidateDigest(d); err != nil {
 		return 0, err
 	}
-	rc, info, err := h.stack.Open(ctx, d)
+	rc, info, err := l.p.Stack.Open(ctx, d)
 	if err != nil {
 		return 0, err
 	}
@@ -183,8 +183,8 @@ func (h *Host) Cat(ctx context.Context, d blob.Digest, w io.Writer) (int64, erro
 }
 
 // Usage implements Admin.
-func (h *Host) Usage(ctx context.Context) ([]UsageRecord, error) {
-	tu, err := h.stack.TierUsage(ctx)
+func (l *Local) Usage(ctx context.Context) ([]UsageRecord, error) {
+	tu, err := l.p.Stack.TierUsage(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -196,17 +196,17 @@ func (h *Host) Usage(ctx context.Context) ([]UsageRecord, error) {
 		}
 		out = append(out, r)
 	}
-	ou := h.overlay.Usage()
-	out = append(out, UsageRecord{Tier: UsageOverlay, Blobs: int64(ou.Layers), Bytes: ou.Bytes, Budget: int64(h.cfg.Overlay.Budget)})
+	ou := l.p.Overlay.Usage()
+	out = append(out, UsageRecord{Tier: UsageOverlay, Blobs: int64(ou.Layers), Bytes: ou.Bytes, Budget: int64(l.p.OverlayBudget)})
 	er := UsageRecord{Tier: UsageExt4}
-	if eu, err := h.ext4.Usage(); err != nil {
+	if eu, err := l.p.Ext4.Usage(); err != nil {
 		er.Error = err.Error()
 	} else {
 		er.Blobs, er.Bytes, er.Budget = int64(eu.Images), eu.Bytes, eu.Budget
 	}
 	out = append(out, er)
 	rr := UsageRecord{Tier: UsageRoot}
-	if rr.Bytes, err = treeBytes(ctx, h.cfg.Disk.Root, h.cfg.Overlay.Root, h.cfg.Ext4.WorkDir); err != nil {
+	if rr.Bytes, err = treeBytes(ctx, l.p.Root, l.p.OverlayRoot, l.p.Ext4Dir); err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -296,7 +296,7 @@ func slicesContains(s []string, v string) bool {
 }
 
 // Evict implements Admin.
-func (h *Host) Evict(ctx context.Context, req EvictRequest) ([]EvictRecord, error) {
+func (l *Local) Evict(ctx context.Context, req EvictRequest) ([]EvictRecord, error) {
 	n := 0
 	for _, set := range []bool{req.Digest != "", req.Image != "", req.OlderThan > 0, req.ToSizeSet || req.ToSize > 0} {
 		if set {
@@ -308,14 +308,14 @@ func (h *Host) Evict(ctx context.Context, req EvictRequest) ([]EvictRecord, erro
 	}
 	switch {
 	case req.Digest != "":
-		return h.evictDigest(ctx, req)
+		return l.evictDigest(ctx, req)
 	case req.Image != "":
 		if req.Tier != "" {
 			return nil, fmt.Errorf("%w: evicting an image applies to every tier; drop --tier", ErrInvalidRequest)
 		}
-		return h.evictImage(ctx, req.Image)
+		return l.evictImage(ctx, req.Image)
 	}
-	sel, err := h.selectTiers(req.Tier, true)
+	sel, err := l.selectTiers(req.Tier, true)
 	if err != nil {
 		return nil, err
 	}
@@ -324,9 +324,9 @@ func (h *Host) Evict(ctx context.Context, req EvictRequest) ([]EvictRecord, erro
 		var rec EvictRecord
 		var err error
 		if req.OlderThan > 0 {
-			rec, err = h.evictOlder(ctx, e, time.Now().Add(-time.Duration(req.OlderThan)))
+			rec, err = l.evictOlder(ctx, e, time.Now().Add(-time.Duration(req.OlderThan)))
 		} else {
-			rec, err = h.evictTo(ctx, e, int64(req.ToSize))
+			rec, err = l.evictTo(ctx, e, int64(req.ToSize))
 		}
 		if err != nil {
 			return out, err
@@ -336,12 +336,12 @@ func (h *Host) Evict(ctx context.Context, req EvictRequest) ([]EvictRecord, erro
 	return out, nil
 }
 
-func (h *Host) evictDigest(ctx context.Context, req EvictRequest) ([]EvictRecord, error) {
+func (l *Local) evictDigest(ctx context.Context, req EvictRequest) ([]EvictRecord, error) {
 	d, err := blob.ParseDigest(req.Digest)
 	if err != nil {
 		return nil, err
 	}
-	sel, err := h.selectTiers(req.Tier, false)
+	sel, err := l.selectTiers(req.Tier, false)
 	if err != nil {
 		return nil, err
 	}
@@ -396,22 +396,22 @@ func tierList(sel []tiers.Entry) string {
 // never a negative count), then the ext4 images removed as the pseudo-tier
 // "ext4". An image no tier records (no tag ref, no membership, no
 // manifest) is an error wrapping blob.ErrNotFound.
-func (h *Host) evictImage(ctx context.Context, ref string) ([]EvictRecord, error) {
+func (l *Local) evictImage(ctx context.Context, ref string) ([]EvictRecord, error) {
 	r, err := registry.ParseReference(ref)
 	if err != nil {
 		return nil, err
 	}
-	if ok, err := h.imageRecorded(ctx, r); err != nil {
+	if ok, err := l.imageRecorded(ctx, r); err != nil {
 		return nil, err
 	} else if !ok {
 		return nil, fmt.Errorf("image %s: %w: it is not cached here", ref, blob.ErrNotFound)
 	}
-	local := h.stack.Local()
+	local := l.p.Stack.Local()
 	before, err := localBlobs(ctx, local)
 	if err != nil {
 		return nil, err
 	}
-	if err := h.fetcher.InvalidateCache(ctx, ref); err != nil {
+	if err := l.p.Fetcher.InvalidateCache(ctx, ref); err != nil {
 		return nil, err
 	}
 	mid, err := localBlobs(ctx, local)
@@ -426,7 +426,7 @@ func (h *Host) evictImage(ctx context.Context, ref string) ([]EvictRecord, error
 			}
 		}
 	}
-	if err := h.forgetDerived(ctx, local, gone); err != nil {
+	if err := l.forgetDerived(ctx, local, gone); err != nil {
 		return nil, err
 	}
 	after, err := localBlobs(ctx, local)
@@ -445,7 +445,7 @@ func (h *Host) evictImage(ctx context.Context, ref string) ([]EvictRecord, error
 		}
 		out = append(out, rec)
 	}
-	n, freed, err := h.ext4.Prune(ctx)
+	n, freed, err := l.p.Ext4.Prune(ctx)
 	if err != nil {
 		return out, fmt.Errorf("evict: ext4 images: %w", err)
 	}
@@ -454,15 +454,15 @@ func (h *Host) evictImage(ctx context.Context, ref string) ([]EvictRecord, error
 
 // imageRecorded reports whether some tier records the image r names: its
 // tag ref, or for a digest reference its membership ref or its manifest.
-func (h *Host) imageRecorded(ctx context.Context, r registry.Reference) (bool, error) {
+func (l *Local) imageRecorded(ctx context.Context, r registry.Reference) (bool, error) {
 	var err error
 	if d := r.Digest(); d != "" {
-		_, err = h.stack.GetRef(ctx, blob.RefKey{Namespace: fetcher.NamespaceMember, Name: r.Repo().String() + "@" + string(d)})
+		_, err = l.p.Stack.GetRef(ctx, blob.RefKey{Namespace: fetcher.NamespaceMember, Name: r.Repo().String() + "@" + string(d)})
 		if errors.Is(err, blob.ErrNotFound) {
-			_, err = h.stack.Stat(ctx, d)
+			_, err = l.p.Stack.Stat(ctx, d)
 		}
 	} else {
-		_, err = h.stack.GetRef(ctx, blob.RefKey{Namespace: blob.NamespaceTag, Name: r.Repo().String() + ":" + r.Tag()})
+		_, err = l.p.Stack.GetRef(ctx, blob.RefKey{Namespace: blob.NamespaceTag, Name: r.Repo().String() + ":" + r.Tag()})
 	}
 	if errors.Is(err, blob.ErrNotFound) {
 		return false, nil
@@ -473,7 +473,7 @@ func (h *Host) imageRecorded(ctx context.Context, r registry.Reference) (bool, e
 // forgetDerived removes from the local tiers the derivation refs of the
 // images whose manifest is in gone, and the derived blobs no remaining
 // derivation ref points at.
-func (h *Host) forgetDerived(ctx context.Context, local *tiers.Stack, gone map[blob.Digest]bool) error {
+func (l *Local) forgetDerived(ctx context.Context, local *tiers.Stack, gone map[blob.Digest]bool) error {
 	type derived struct {
 		t blob.Tier
 		k blob.RefKey
@@ -536,10 +536,10 @@ func heldByAny(held map[string]map[blob.Digest]int64, d blob.Digest) bool {
 }
 
 // evictOlder removes blobs of one tier last accessed before cutoff.
-func (h *Host) evictOlder(ctx context.Context, e tiers.Entry, cutoff time.Time) (EvictRecord, error) {
+func (l *Local) evictOlder(ctx context.Context, e tiers.Entry, cutoff time.Time) (EvictRecord, error) {
 	name := e.Tier.Name()
-	if name == TierDisk && h.disk != nil {
-		n, freed, err := h.disk.EvictOlderThan(ctx, cutoff)
+	if name == TierDisk && l.p.Disk != nil {
+		n, freed, err := l.p.Disk.EvictOlderThan(ctx, cutoff)
 		return EvictRecord{Tier: name, Blobs: n, Bytes: freed}, err
 	}
 	infos, err := walkAll(ctx, e.Tier)
@@ -564,10 +564,10 @@ func (h *Host) evictOlder(ctx context.Context, e tiers.Entry, cutoff time.Time) 
 }
 
 // evictTo evicts one tier's least recently used blobs down to target bytes.
-func (h *Host) evictTo(ctx context.Context, e tiers.Entry, target int64) (EvictRecord, error) {
+func (l *Local) evictTo(ctx context.Context, e tiers.Entry, target int64) (EvictRecord, error) {
 	name := e.Tier.Name()
-	if name == TierDisk && h.disk != nil {
-		n, freed, err := h.disk.EvictTo(ctx, target)
+	if name == TierDisk && l.p.Disk != nil {
+		n, freed, err := l.p.Disk.EvictTo(ctx, target)
 		return EvictRecord{Tier: name, Blobs: n, Bytes: freed}, err
 	}
 	infos, err := walkAll(ctx, e.Tier)
@@ -607,8 +607,8 @@ func walkAll(ctx context.Context, t blob.Tier) ([]blob.Info, error) {
 }
 
 // Verify implements Admin.
-func (h *Host) Verify(ctx context.Context, req VerifyRequest) ([]VerifyRecord, error) {
-	sel, err := h.selectTiers(req.Tier, true)
+func (l *Local) Verify(ctx context.Context, req VerifyRequest) ([]VerifyRecord, error) {
+	sel, err := l.selectTiers(req.Tier, true)
 	if err != nil {
 		return nil, err
 	}
@@ -618,15 +618,15 @@ func (h *Host) Verify(ctx context.Context, req VerifyRequest) ([]VerifyRecord, e
 		if e.Shared {
 			return nil, fmt.Errorf("verify %s: %w (a shared tier verifies on every read)", name, blob.ErrUnsupported)
 		}
-		if name == TierDisk && h.disk != nil {
+		if name == TierDisk && l.p.Disk != nil {
 			// Blobs whose file had vanished before the tier was opened: its
 			// reconciliation forgot their rows, so the walk below cannot
 			// meet them. Reported once.
-			for _, d := range h.takeForgotten() {
+			for _, d := range l.takeForgotten() {
 				out = append(out, VerifyRecord{Tier: name, Digest: d.String(), Status: StatusMissing, Removed: true,
 					Error: fmt.Sprintf("%s: %v: its file was missing or truncated when the disk tier was opened, and its index row was dropped", d, blob.ErrNotFound)})
 			}
-			err := h.disk.Verify(ctx, req.Remove, func(i blob.Info, err error) {
+			err := l.p.Disk.Verify(ctx, req.Remove, func(i blob.Info, err error) {
 				out = append(out, verifyRecord(name, i.Digest, i.Size, err, req.Remove))
 			})
 			if err != nil {
@@ -651,7 +651,7 @@ func (h *Host) Verify(ctx context.Context, req VerifyRequest) ([]VerifyRecord, e
 		}
 	}
 	if req.Overlay {
-		recs, err := h.verifyOverlay(ctx, req.Remove)
+		recs, err := l.verifyOverlay(ctx, req.Remove)
 		out = append(out, recs...)
 		if err != nil {
 			return out, err
@@ -663,10 +663,10 @@ func (h *Host) Verify(ctx context.Context, req VerifyRequest) ([]VerifyRecord, e
 // verifyOverlay re-checks every extracted overlay layer (see
 // overlay.Materializer.Verify): modified layers are dropped unless leased,
 // unverifiable ones only with remove.
-func (h *Host) verifyOverlay(ctx context.Context, remove bool) ([]VerifyRecord, error) {
+func (l *Local) verifyOverlay(ctx context.Context, remove bool) ([]VerifyRecord, error) {
 	var out []VerifyRecord
-	for _, d := range h.overlay.Layers() {
-		chk, err := h.overlay.Verify(ctx, d, remove)
+	for _, d := range l.p.Overlay.Layers() {
+		chk, err := l.p.Overlay.Verify(ctx, d, remove)
 		if ctx.Err() != nil {
 			return out, ctx.Err()
 		}
@@ -723,27 +723,27 @@ func verifyRecord(tier string, d blob.Digest, size int64, err error, removed boo
 
 // takeForgotten returns the disk tier's forgotten blobs (see
 // disk.Tier.Forgotten) the first time it is called, then nothing.
-func (h *Host) takeForgotten() []blob.Digest {
+func (l *Local) takeForgotten() []blob.Digest {
 	var out []blob.Digest
-	h.forgottenOnce.Do(func() { out = h.disk.Forgotten() })
+	l.forgottenOnce.Do(func() { out = l.p.Disk.Forgotten() })
 	return out
 }
 
 // GC implements Admin.
-func (h *Host) GC(ctx context.Context) (GCResult, error) {
+func (l *Local) GC(ctx context.Context) (GCResult, error) {
 	var res GCResult
-	stale, err := h.overlay.DropStaleMounts()
+	stale, err := l.p.Overlay.DropStaleMounts()
 	if err != nil {
 		return res, fmt.Errorf("gc: %w", err)
 	}
 	res.StaleMounts = len(stale)
-	res.Mounts = len(h.overlay.Mounts())
-	n, err := h.disk.PurgeExpiredRefs(ctx)
+	res.Mounts = len(l.p.Overlay.Mounts())
+	n, err := l.p.Disk.PurgeExpiredRefs(ctx)
 	if err != nil {
 		return res, fmt.Errorf("gc: expired refs: %w", err)
 	}
 	res.ExpiredRefs = n
-	for _, e := range h.stack.Tiers() {
+	for _, e := range l.p.Stack.Tiers() {
 		if e.Shared {
 			continue
 		}
@@ -751,7 +751,7 @@ func (h *Host) GC(ctx context.Context) (GCResult, error) {
 		var orphans []orphan
 		for _, ns := range []string{blob.NamespaceTag, fetcher.NamespaceMember, blob.NamespaceDerived} {
 			err := e.Tier.WalkRefs(ctx, ns, func(k blob.RefKey, r blob.Ref) error {
-				if _, err := h.stack.Stat(ctx, r.Digest); errors.Is(err, blob.ErrNotFound) {
+				if _, err := l.p.Stack.Stat(ctx, r.Digest); errors.Is(err, blob.ErrNotFound) {
 					orphans = append(orphans, orphan{k})
 				}
 				return nil
@@ -768,20 +768,20 @@ func (h *Host) GC(ctx context.Context) (GCResult, error) {
 			}
 		}
 	}
-	before := h.overlay.Usage()
-	if err := h.overlay.Cleanup(ctx); err != nil {
+	before := l.p.Overlay.Usage()
+	if err := l.p.Overlay.Cleanup(ctx); err != nil {
 		return res, fmt.Errorf("gc: overlay layers: %w", err)
 	}
-	after := h.overlay.Usage()
+	after := l.p.Overlay.Usage()
 	res.Layers = before.Layers - after.Layers
 	res.LayerBytes = before.Bytes - after.Bytes
 	res.LayersLeased = after.Leased
 	// ext4 images whose derivation ref went (with the orphans above, or
 	// evicted): both converters share one work directory.
-	if res.Ext4Images, res.Ext4Bytes, err = h.ext4.Prune(ctx); err != nil {
+	if res.Ext4Images, res.Ext4Bytes, err = l.p.Ext4.Prune(ctx); err != nil {
 		return res, fmt.Errorf("gc: ext4 images: %w", err)
 	}
-	n, freed, err := h.ext4.ApplyBudget(ctx)
+	n, freed, err := l.p.Ext4.ApplyBudget(ctx)
 	res.Ext4Images += n
 	res.Ext4Bytes += freed
 	if err != nil {
@@ -790,27 +790,27 @@ func (h *Host) GC(ctx context.Context) (GCResult, error) {
 	// Leftovers of killed conversions: of any age when no other process
 	// uses ext4-dir (the converter knows; ext4-dir may lie outside the
 	// root and be shared), else those a day old.
-	if res.Ext4TempFiles, res.Ext4TempBytes, err = h.ext4.RemoveStale(ctx); err != nil {
+	if res.Ext4TempFiles, res.Ext4TempBytes, err = l.p.Ext4.RemoveStale(ctx); err != nil {
 		return res, fmt.Errorf("gc: %w", err)
 	}
 	return res, nil
 }
 
 // Mounts implements Admin.
-func (h *Host) Mounts(ctx context.Context) ([]MountRecord, error) {
+func (l *Local) Mounts(ctx context.Context) ([]MountRecord, error) {
 	out := []MountRecord{}
-	for _, ml := range h.overlay.Mounts() {
+	for _, ml := range l.p.Overlay.Mounts() {
 		out = append(out, mountRecord(ml))
 	}
 	return out, nil
 }
 
 // ReleaseMount implements Admin.
-func (h *Host) ReleaseMount(ctx context.Context, dir string) (MountRecord, error) {
+func (l *Local) ReleaseMount(ctx context.Context, dir string) (MountRecord, error) {
 	if !filepath.IsAbs(dir) {
 		return MountRecord{}, fmt.Errorf("%w: mount directory %q is not absolute", ErrInvalidRequest, dir)
 	}
-	ml, err := h.overlay.ReleaseMount(dir)
+	ml, err := l.p.Overlay.ReleaseMount(dir)
 	switch {
 	case errors.Is(err, overlay.ErrNoMountLease):
 		return MountRecord{}, fmt.Errorf("%w: %w (nothing was mounted there by materialize --mount)", blob.ErrNotFound, err)
@@ -831,11 +831,11 @@ func mountRecord(ml overlay.MountLease) MountRecord {
 }
 
 // Metrics implements Admin.
-func (h *Host) Metrics(ctx context.Context, w io.Writer) error {
-	if h.gatherer == nil {
+func (l *Local) Metrics(ctx context.Context, w io.Writer) error {
+	if l.p.Gatherer == nil {
 		return fmt.Errorf("metrics: %w: the host was opened without a prometheus.Gatherer", blob.ErrUnsupported)
 	}
-	mfs, err := h.gatherer.Gather()
+	mfs, err := l.p.Gatherer.Gather()
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}

@@ -1,4 +1,4 @@
-package host
+package admin
 
 import (
 	"context"
@@ -7,15 +7,16 @@ import (
 	"time"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/units"
 )
 
 // ErrInvalidRequest is wrapped by admin errors about the request itself
 // (an unknown tier, conflicting evict selectors).
 var ErrInvalidRequest = errors.New("invalid request")
 
-// Admin is what an operator can do to a host's tiers. *Host implements it
-// directly; the *Client that Dial returns implements it by asking the process
-// that holds the root over its admin socket. Both give the same records and
+// Admin is what an operator can do to a host's tiers. *Local implements it
+// in the process that holds the root; the *Client that Dial returns
+// implements it by asking that process over its admin socket. Both give the same records and
 // the same errors (wrapping the same sentinels), so a tool written against
 // Admin behaves alike whether or not the root is in use.
 //
@@ -64,7 +65,7 @@ type Admin interface {
 	ReleaseMount(ctx context.Context, dir string) (MountRecord, error)
 	// Metrics writes the Prometheus text exposition of the host's registry.
 	Metrics(ctx context.Context, w io.Writer) error
-	// Close releases what the Admin holds (for a Host: the whole host).
+	// Close releases what the Admin holds (for a Local: the whole host).
 	Close() error
 }
 
@@ -111,11 +112,11 @@ type EvictRequest struct {
 	// them (fetcher.InvalidateCache). Tier must be empty.
 	Image string `json:"image,omitempty"`
 	// OlderThan removes blobs last accessed more than this long ago.
-	OlderThan Duration `json:"older_than,omitempty"`
+	OlderThan units.Duration `json:"older_than,omitempty"`
 	// ToSize evicts least recently used blobs until each selected tier
 	// holds at most this many bytes.
-	ToSize    Size `json:"to_size,omitempty"`
-	ToSizeSet bool `json:"to_size_set,omitempty"`
+	ToSize    units.Size `json:"to_size,omitempty"`
+	ToSizeSet bool       `json:"to_size_set,omitempty"`
 	// Tier restricts eviction to one tier; empty means every local tier.
 	Tier string `json:"tier,omitempty"`
 }
@@ -195,6 +196,6 @@ type GCResult struct {
 }
 
 var (
-	_ Admin = (*Host)(nil)
+	_ Admin = (*Local)(nil)
 	_ Admin = (*Client)(nil)
 )

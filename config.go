@@ -1,10 +1,11 @@
-package host
+package strata
 
 import (
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"net/url"
 	"os"
@@ -13,107 +14,96 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/yaml"
 
+	"github.com/strata-oci/strata/internal/units"
 	"github.com/strata-oci/strata/registry/credential"
 )
 
 // Defaults used by Default and for zero fields.
 const (
-	DefaultMemory        = Size(256 << 20)
-	DefaultMemoryMaxBlob = Size(64 << 20)
-	DefaultDiskBudget    = Size(10 << 30)
-	DefaultOverlayBudget = Size(10 << 30)
-	DefaultExt4Budget    = Size(10 << 30)
-	DefaultTTL           = Duration(15 * 60 * 1e9)
-	// DefaultMaxBlobSize caps one blob downloaded from a registry: 64 GiB,
-	// the same bound the materializers put on a layer's decompressed
-	// bytes (layerio.DefaultMaxBytes), so a layer too large to download
-	// is one too large to extract anyway. Real layers stay below it (the
-	// large ones, in CUDA and ML images, are a few GiB, rarely tens); a
-	// registry that declares or streams more is hostile or broken, and is
-	// refused early instead of filling the disk.
-	DefaultMaxBlobSize = Size(64 << 30)
+	defaultMemoryBudget  = Size(256 << 20)
+	defaultMemoryMaxBlob = Size(64 << 20)
+	defaultDiskBudget    = Size(10 << 30)
+	defaultOverlayBudget = Size(10 << 30)
+	defaultExt4Budget    = Size(10 << 30)
+	defaultTTL           = Duration(15 * time.Minute)
+	// defaultRegistryMaxBlob caps one blob downloaded from a registry:
+	// 64 GiB, the same bound the materializers put on a layer's
+	// decompressed bytes (layerio.DefaultMaxBytes), so a layer too large
+	// to download is one too large to extract anyway. Real layers stay
+	// below it (the large ones, in CUDA and ML images, are a few GiB,
+	// rarely tens); a registry that declares or streams more is hostile or
+	// broken, and is refused early instead of filling the disk.
+	defaultRegistryMaxBlob = Size(64 << 30)
 )
+
+// Size is a byte count that reads "256MiB", "1GiB", "10GB", "512k" or plain
+// bytes ("1048576") in a config file (a string or a number), in a flag and
+// in JSON; in Go it is a plain int64 (cfg.DiskBudget = 200 << 30). Binary
+// units (KiB, MiB, GiB, TiB) are powers of 1024, decimal units (kB, MB, GB,
+// TB) powers of 1000, a bare K, M, G or T is binary. It prints in the
+// largest binary unit that divides it.
+type Size = units.Size
+
+// Duration is a time.Duration that reads "15m", "90s", "1h30m" or "7d" in a
+// config file, a flag and JSON; in Go, Duration(15 * time.Minute).
+type Duration = units.Duration
 
 // Config is the whole configuration of a Strata host: the tier stack
 // (memory over disk over an optional shared REAPI tier), the registry client
-// and credentials, the fetcher's TTLs and platform, and the materializers.
+// and credentials, the fetcher's TTLs and platform, the materializers, and
+// where metrics and logs go.
 //
-// It is flat on the wire: every key of its YAML or JSON form is the name of
-// the blobctl flag that sets it ("memory", "disk-budget", "remote", ...),
-// so a config file and a command line read alike. The sub-structs are embedded
-// only to group fields in Go.
+// It is flat, in Go as on the wire: every key of its YAML or JSON form is
+// the name of the blobctl flag that sets it ("memory", "disk-budget",
+// "remote", ...), and the Go field beside it says the same with one word per
+// concept: a byte budget is ...Budget, a per-blob cap ...MaxBlob. Zero
+// fields mean the default where one is stated; Default fills in the rest.
 //
 // A Config may be printed: credentials and the identity key never show their
 // secrets, and remote header values are redacted by String.
 type Config struct {
-	Memory
-	Disk
-	Remote
-	Registry
-	Fetch
-	Overlay
-	Ext4
-	// NoAdmin turns off the admin endpoint (root/admin.sock). Without it,
-	// blobctl cannot inspect the root while this host holds it.
-	NoAdmin bool `json:"no-admin,omitempty"`
-	// Inspect opens an existing root only to look at it: the root must
-	// already be a Strata root (Open fails with an error wrapping ErrNoRoot
-	// otherwise, creating nothing), no eviction pass runs and no budget is
-	// applied (the budgets are only reported), stale mount leases are kept,
-	// and the budgets recorded in the root (see StoredBudgets) are left
-	// alone. Not a config key: blobctl sets it for its inspection commands.
-	Inspect bool `json:"-"`
-}
-
-// Memory configures the memory tier.
-type Memory struct {
-	// Size is the memory tier's byte budget; 0 disables the memory tier.
-	Size Size `json:"memory"`
-	// MaxBlob is the largest blob the memory tier keeps (default 64 MiB,
-	// never more than Size).
-	MaxBlob Size `json:"memory-max-blob,omitempty"`
-}
-
-// Disk configures the disk tier. Its root also holds the admin socket, the
-// host's identity key (when none is configured) and the materializers'
-// directories by default.
-type Disk struct {
-	// Root is the disk tier's directory. Required (Default sets it).
+	// Root is the disk tier's directory (required; Default sets it). It
+	// also holds the admin socket, the host's identity key (when none is
+	// configured) and the materializers' directories by default.
 	Root string `json:"root"`
-	// Budget bounds the disk tier's blob bytes (LRU eviction above 95%,
-	// down to 85%); 0 means unbounded.
-	Budget Size `json:"disk-budget"`
-}
 
-// Remote configures the shared REAPI tier, which is on only when Endpoint is
-// set.
-type Remote struct {
-	// Endpoint is "grpc://host:port" (plaintext) or "grpcs://host[:port]".
-	Endpoint string `json:"remote,omitempty"`
-	// Instance is the REAPI instance name.
-	Instance string `json:"remote-instance,omitempty"`
-	// Headers are sent with every call (API keys); values are never printed.
-	Headers map[string]string `json:"remote-header,omitempty"`
+	// MemoryBudget is the memory tier's byte budget; 0 disables the
+	// memory tier.
+	MemoryBudget Size `json:"memory"`
+	// MemoryMaxBlob is the largest blob the memory tier keeps (0: 64 MiB;
+	// never more than MemoryBudget).
+	MemoryMaxBlob Size `json:"memory-max-blob,omitempty"`
+	// DiskBudget bounds the disk tier's blob bytes (LRU eviction above
+	// 95%, down to 85%); 0 means unbounded.
+	DiskBudget Size `json:"disk-budget"`
+
+	// RemoteEndpoint turns on the shared REAPI tier: "grpc://host:port"
+	// (plaintext) or "grpcs://host[:port]". The Remote... fields below
+	// configure it.
+	RemoteEndpoint string `json:"remote,omitempty"`
+	// RemoteInstance is the REAPI instance name.
+	RemoteInstance string `json:"remote-instance,omitempty"`
+	// RemoteHeaders are sent with every call (API keys); values are never
+	// printed.
+	RemoteHeaders map[string]string `json:"remote-header,omitempty"`
 	// TLS for grpcs:// endpoints: a CA bundle, a client certificate and key
 	// (mTLS), and a server name override.
-	TLSCA         string `json:"remote-tls-ca,omitempty"`
-	TLSCert       string `json:"remote-tls-cert,omitempty"`
-	TLSKey        string `json:"remote-tls-key,omitempty"`
-	TLSServerName string `json:"remote-tls-server-name,omitempty"`
-	// StallTimeout is how long a started remote read or write may make no
-	// progress before it fails over (reapi.Config.StallTimeout); 0 means
-	// the default, 5s.
-	StallTimeout Duration `json:"remote-stall-timeout,omitempty"`
-	// AnonymousShared lets anonymous callers read and write the shared tier
-	// (off: they use only the local tiers).
-	AnonymousShared bool `json:"remote-anonymous-shared,omitempty"`
-}
+	RemoteTLSCA         string `json:"remote-tls-ca,omitempty"`
+	RemoteTLSCert       string `json:"remote-tls-cert,omitempty"`
+	RemoteTLSKey        string `json:"remote-tls-key,omitempty"`
+	RemoteTLSServerName string `json:"remote-tls-server-name,omitempty"`
+	// RemoteStallTimeout is how long a started remote read or write may
+	// make no progress before it fails over; 0 means the default, 5s.
+	RemoteStallTimeout Duration `json:"remote-stall-timeout,omitempty"`
+	// RemoteAnonymousShared lets anonymous callers read and write the
+	// shared tier (off: they use only the local tiers).
+	RemoteAnonymousShared bool `json:"remote-anonymous-shared,omitempty"`
 
-// Registry configures the registry client and credentials.
-type Registry struct {
 	// Mirrors maps a registry host ("docker.io") to mirror hosts tried in
 	// order before it.
 	Mirrors map[string][]string `json:"mirror,omitempty"`
@@ -127,20 +117,18 @@ type Registry struct {
 	// Keychain enables the Docker/Podman keychain (~/.docker/config.json,
 	// credential helpers). Off by default.
 	Keychain bool `json:"keychain,omitempty"`
-	// MaxBlobSize caps the size of one blob (a layer, a config) read from
-	// a registry: a blob whose declared size or Content-Length is larger
-	// is refused before its body is read, and a download that runs past
-	// it is cut off, with an error wrapping registry.ErrTooLarge. 0 means
-	// DefaultMaxBlobSize (64 GiB); there is no "unlimited".
-	MaxBlobSize Size `json:"max-blob-size,omitempty"`
-	// IdentityKey keys credential identities (access proofs). Empty: a
-	// random key generated once and kept in Root/identity.key. Hosts that
-	// share a REAPI tier must all configure the same key.
+	// RegistryMaxBlob caps the size of one blob (a layer, a config) read
+	// from a registry: a blob whose declared size or Content-Length is
+	// larger is refused before its body is read, and a download that runs
+	// past it is cut off, with an error wrapping registry.ErrTooLarge. 0
+	// means the default, 64 GiB; there is no "unlimited".
+	RegistryMaxBlob Size `json:"max-blob-size,omitempty"`
+	// IdentityKey keys credential identities (access proofs) and the
+	// signatures of the refs the host writes. Empty: a random key
+	// generated once and kept in Root/identity.key. Hosts that share a
+	// REAPI tier must all configure the same key.
 	IdentityKey credential.SecretKey `json:"identity-key,omitzero"`
-}
 
-// Fetch configures the fetcher.
-type Fetch struct {
 	// TagTTL is how long a resolved tag is trusted without asking the
 	// registry (0: always ask).
 	TagTTL Duration `json:"tag-ttl"`
@@ -150,31 +138,49 @@ type Fetch struct {
 	// Platform selects the manifest from an index, "os/arch[/variant]";
 	// empty means this machine's platform.
 	Platform string `json:"platform,omitempty"`
-}
 
-// Overlay configures the overlay materializer.
-type Overlay struct {
-	// Root holds extracted layers; default Root/overlay.
-	Root string `json:"overlay-root,omitempty"`
-	// Budget bounds the bytes of unleased extracted layers; 0: unbounded.
-	Budget Size `json:"overlay-budget"`
-	// UserXattr marks opaque directories with user.overlay.opaque (for
-	// mounts with the userxattr option).
-	UserXattr bool `json:"overlay-userxattr,omitempty"`
-}
+	// OverlayRoot holds extracted layers; default Root/overlay.
+	OverlayRoot string `json:"overlay-root,omitempty"`
+	// OverlayBudget bounds the bytes of unleased extracted layers; 0:
+	// unbounded.
+	OverlayBudget Size `json:"overlay-budget"`
+	// OverlayUserXattr marks opaque directories with user.overlay.opaque
+	// (for mounts with the userxattr option).
+	OverlayUserXattr bool `json:"overlay-userxattr,omitempty"`
 
-// Ext4 configures the ext4 materializer.
-type Ext4 struct {
-	// WorkDir holds ext4 images handed out; default Root/ext4.
-	WorkDir string `json:"ext4-dir,omitempty"`
-	// FreeBytes and FreeInodes are the free space every image gets.
-	FreeBytes  Size  `json:"ext4-free,omitempty"`
-	FreeInodes int64 `json:"ext4-free-inodes,omitempty"`
-	// Budget bounds the disk space of the images in WorkDir/images:
+	// Ext4Dir holds the ext4 images handed out; default Root/ext4.
+	Ext4Dir string `json:"ext4-dir,omitempty"`
+	// Ext4Free and Ext4FreeInodes are the free space every image gets.
+	Ext4Free       Size  `json:"ext4-free,omitempty"`
+	Ext4FreeInodes int64 `json:"ext4-free-inodes,omitempty"`
+	// Ext4Budget bounds the disk space of the images in Ext4Dir/images:
 	// after each materialization the least recently used are removed
 	// (images handed out in the last 30 seconds stay; a process that has
 	// one open keeps reading it). 0: unbounded.
-	Budget Size `json:"ext4-budget"`
+	Ext4Budget Size `json:"ext4-budget"`
+
+	// NoAdmin turns off the admin endpoint (Root/admin.sock). Without it,
+	// blobctl cannot inspect the root while this host holds it.
+	NoAdmin bool `json:"no-admin,omitempty"`
+
+	// Metrics receives every metric of the host (tiers, registry, fetcher,
+	// materializers, occupancy); nil: none are registered. If it is also a
+	// prometheus.Gatherer, the admin endpoint serves it at /metrics. Not a
+	// config key.
+	Metrics prometheus.Registerer `json:"-"`
+	// Logger receives what the components report to an operator (a bad
+	// copy skipped and repaired, an index rebuilt, a full filesystem, a
+	// failed eviction, leftovers removed); nil: nothing is logged. Never
+	// credentials or header values. Not a config key.
+	Logger *slog.Logger `json:"-"`
+
+	// Inspect opens an existing root only to look at it (what blobctl's
+	// inspection commands do; an executor leaves it false): the root must
+	// already be a Strata root (Open fails otherwise, creating nothing), no
+	// eviction pass runs and no budget is applied (the budgets are only
+	// reported), stale mount leases are kept, and the budgets recorded in
+	// the root are left alone. Not a config key.
+	Inspect bool `json:"-"`
 }
 
 // Default returns the configuration used when nothing is configured:
@@ -185,18 +191,20 @@ type Ext4 struct {
 // 64 GiB cap on one blob read from a registry.
 func Default() Config {
 	return Config{
-		Memory:   Memory{Size: DefaultMemory},
-		Disk:     Disk{Root: DefaultRoot(), Budget: DefaultDiskBudget},
-		Registry: Registry{MaxBlobSize: DefaultMaxBlobSize},
-		Fetch:    Fetch{TagTTL: DefaultTTL, ProofTTL: DefaultTTL},
-		Overlay:  Overlay{Budget: DefaultOverlayBudget},
-		Ext4:     Ext4{Budget: DefaultExt4Budget},
+		Root:            defaultRoot(),
+		MemoryBudget:    defaultMemoryBudget,
+		DiskBudget:      defaultDiskBudget,
+		RegistryMaxBlob: defaultRegistryMaxBlob,
+		TagTTL:          defaultTTL,
+		ProofTTL:        defaultTTL,
+		OverlayBudget:   defaultOverlayBudget,
+		Ext4Budget:      defaultExt4Budget,
 	}
 }
 
-// DefaultRoot returns $XDG_CACHE_HOME/strata, else ~/.cache/strata, else
+// defaultRoot returns $XDG_CACHE_HOME/strata, else ~/.cache/strata, else
 // (no home directory) a directory under os.TempDir.
-func DefaultRoot() string {
+func defaultRoot() string {
 	if d := os.Getenv("XDG_CACHE_HOME"); d != "" && filepath.IsAbs(d) {
 		return filepath.Join(d, "strata")
 	}
@@ -206,19 +214,19 @@ func DefaultRoot() string {
 	return filepath.Join(os.TempDir(), "strata-"+fmt.Sprint(os.Getuid()))
 }
 
-// maxBlobSize is the per-blob cap the registry client gets.
-func (r Registry) maxBlobSize() int64 {
-	if r.MaxBlobSize <= 0 {
-		return int64(DefaultMaxBlobSize)
+// registryMaxBlob is the per-blob cap the registry client gets.
+func (c Config) registryMaxBlob() int64 {
+	if c.RegistryMaxBlob <= 0 {
+		return int64(defaultRegistryMaxBlob)
 	}
-	return int64(r.MaxBlobSize)
+	return int64(c.RegistryMaxBlob)
 }
 
 // Load reads a YAML or JSON config file over base (usually Default()):
 // keys present in the file replace base's values. Keys match exactly (the
 // flag names, lower case): an unknown key, a key in another case and a
 // repeated key are errors, as is a value of the wrong type and an
-// identity-key shorter than MinIdentityKeyBytes or left at the placeholder
+// identity-key shorter than minIdentityKeyBytes or left at the placeholder
 // of the documentation. Errors wrap ErrInvalidConfig, name the file, the
 // line (where it can be found) and the key, and never echo a secret.
 func Load(path string, base Config) (Config, error) {
@@ -236,8 +244,8 @@ func Load(path string, base Config) (Config, error) {
 // ErrInvalidConfig marks a config file that cannot be used as written.
 var ErrInvalidConfig = errors.New("config")
 
-// MinIdentityKeyBytes is the shortest identity-key a config file may set.
-const MinIdentityKeyBytes = 32
+// minIdentityKeyBytes is the shortest identity-key a config file may set.
+const minIdentityKeyBytes = 32
 
 // identityKeyPlaceholder is the identity-key value docs/configuration.md
 // shows; a fleet that copied it unchanged would share a published key.
@@ -311,13 +319,13 @@ func decodeConfig(data []byte, base Config) (Config, error) {
 func checkIdentityKey(raw json.RawMessage) error {
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
-		return fmt.Errorf("want a string of at least %d random bytes", MinIdentityKeyBytes)
+		return fmt.Errorf("want a string of at least %d random bytes", minIdentityKeyBytes)
 	}
 	switch {
 	case s == identityKeyPlaceholder || strings.HasPrefix(s, "REPLACE-"):
-		return fmt.Errorf("still the placeholder from the documentation; set a secret of at least %d random bytes shared by the fleet (e.g. the output of: openssl rand -base64 48)", MinIdentityKeyBytes)
-	case len(s) < MinIdentityKeyBytes:
-		return fmt.Errorf("%d bytes, too short: it must be at least %d random bytes (e.g. the output of: openssl rand -base64 48)", len(s), MinIdentityKeyBytes)
+		return fmt.Errorf("still the placeholder from the documentation; set a secret of at least %d random bytes shared by the fleet (e.g. the output of: openssl rand -base64 48)", minIdentityKeyBytes)
+	case len(s) < minIdentityKeyBytes:
+		return fmt.Errorf("%d bytes, too short: it must be at least %d random bytes (e.g. the output of: openssl rand -base64 48)", len(s), minIdentityKeyBytes)
 	}
 	return nil
 }
@@ -370,7 +378,7 @@ func wantKind(t reflect.Type) string {
 }
 
 // configKeys returns the keys a config file may hold: the JSON names of
-// Config's fields, the embedded structs flattened.
+// Config's fields.
 func configKeys() map[string]bool {
 	keys := map[string]bool{}
 	var walk func(t reflect.Type)
@@ -417,29 +425,29 @@ func keyLines(data []byte) map[string]int {
 // network. Errors name the config key (the flag name) at fault.
 func (c Config) Validate() error {
 	var errs []error
-	if c.Disk.Root == "" {
+	if c.Root == "" {
 		errs = append(errs, errors.New("root: required (the disk tier's directory)"))
 	}
-	if c.Memory.MaxBlob > 0 && c.Memory.Size > 0 && c.Memory.MaxBlob > c.Memory.Size {
-		errs = append(errs, fmt.Errorf("memory-max-blob %s exceeds memory %s", c.Memory.MaxBlob, c.Memory.Size))
+	if c.MemoryMaxBlob > 0 && c.MemoryBudget > 0 && c.MemoryMaxBlob > c.MemoryBudget {
+		errs = append(errs, fmt.Errorf("memory-max-blob %s exceeds memory %s", c.MemoryMaxBlob, c.MemoryBudget))
 	}
-	if c.Registry.MaxBlobSize < 0 {
-		errs = append(errs, fmt.Errorf("max-blob-size %d: negative", int64(c.Registry.MaxBlobSize)))
+	if c.RegistryMaxBlob < 0 {
+		errs = append(errs, fmt.Errorf("max-blob-size %d: negative", int64(c.RegistryMaxBlob)))
 	}
-	if c.Remote.Endpoint == "" && (c.Remote.Instance != "" || len(c.Remote.Headers) > 0 || c.Remote.TLSCA != "" || c.Remote.TLSCert != "" || c.Remote.TLSKey != "") {
+	if c.RemoteEndpoint == "" && (c.RemoteInstance != "" || len(c.RemoteHeaders) > 0 || c.RemoteTLSCA != "" || c.RemoteTLSCert != "" || c.RemoteTLSKey != "") {
 		errs = append(errs, errors.New("remote-*: set without remote (the endpoint)"))
 	}
-	if c.Remote.Endpoint != "" {
-		if err := checkEndpoint(c.Remote.Endpoint); err != nil {
-			errs = append(errs, fmt.Errorf("remote %q: %w", c.Remote.Endpoint, err))
+	if c.RemoteEndpoint != "" {
+		if err := checkEndpoint(c.RemoteEndpoint); err != nil {
+			errs = append(errs, fmt.Errorf("remote %q: %w", c.RemoteEndpoint, err))
 		}
 	}
-	for _, s := range c.Registry.AllowCIDRs {
+	for _, s := range c.AllowCIDRs {
 		if _, err := netip.ParsePrefix(s); err != nil {
 			errs = append(errs, fmt.Errorf("allow-cidr %q: not an address range; want an address and a prefix length such as 127.0.0.0/8 or fd00::/8", s))
 		}
 	}
-	if k := c.Registry.IdentityKey; !k.IsZero() && bytes.Equal(k.Derive("placeholder-check"), credential.NewSecretKey([]byte(identityKeyPlaceholder)).Derive("placeholder-check")) {
+	if k := c.IdentityKey; !k.IsZero() && bytes.Equal(k.Derive("placeholder-check"), credential.NewSecretKey([]byte(identityKeyPlaceholder)).Derive("placeholder-check")) {
 		errs = append(errs, errors.New("identity-key: still the placeholder from the documentation; set a secret of at least 32 random bytes shared by the fleet"))
 	}
 	return errors.Join(errs...)
@@ -471,12 +479,13 @@ func checkEndpoint(s string) error {
 // remote header values).
 func (c Config) String() string {
 	red := c
-	if len(c.Remote.Headers) > 0 {
-		red.Remote.Headers = make(map[string]string, len(c.Remote.Headers))
-		for k := range c.Remote.Headers {
-			red.Remote.Headers[k] = "<redacted>"
+	if len(c.RemoteHeaders) > 0 {
+		red.RemoteHeaders = make(map[string]string, len(c.RemoteHeaders))
+		for k := range c.RemoteHeaders {
+			red.RemoteHeaders[k] = "<redacted>"
 		}
 	}
+	red.Metrics, red.Logger = nil, nil
 	b, err := yaml.Marshal(red)
 	if err != nil {
 		return fmt.Sprintf("config{%v}", err)

@@ -1,4 +1,4 @@
-package host
+package admin
 
 import (
 	"context"
@@ -39,7 +39,7 @@ type FetchResult struct {
 	Seconds   float64       `json:"seconds"`
 }
 
-// WarmHooks let a caller watch Warm (progress bars). Any may be nil; Host
+// WarmHooks let a caller watch Warm (progress bars). Any may be nil; Local
 // calls them from several goroutines at once, Client from one.
 type WarmHooks struct {
 	// Documents is called once with the records of the index, manifest and
@@ -70,12 +70,12 @@ func ImagePlatform(img *fetcher.Image) string {
 // Warm fetches ref for cred and reads every layer to the end, verified, at
 // most parallel at once, so that the whole image is in the local tiers
 // afterwards. It reports the tier each blob came from.
-func (h *Host) Warm(ctx context.Context, ref string, cred credential.Credential, parallel int, hooks *WarmHooks) (*FetchResult, error) {
+func (l *Local) Warm(ctx context.Context, ref string, cred credential.Credential, parallel int, hooks *WarmHooks) (*FetchResult, error) {
 	if hooks == nil {
 		hooks = &WarmHooks{}
 	}
 	start := time.Now()
-	img, err := h.fetcher.FetchImage(ctx, ref, cred)
+	img, err := l.p.Fetcher.FetchImage(ctx, ref, cred)
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +83,7 @@ func (h *Host) Warm(ctx context.Context, ref string, cred credential.Credential,
 	if img.Index != "" {
 		res.Index = img.Index.String()
 		var size int64
-		if info, err := h.stack.Stat(ctx, img.Index); err == nil {
+		if info, err := l.p.Stack.Stat(ctx, img.Index); err == nil {
 			size = info.Size
 		}
 		res.Blobs = append(res.Blobs, FetchRecord{Kind: "index", Digest: img.Index.String(), Source: img.Sources[img.Index], Bytes: size})
@@ -99,9 +99,9 @@ func (h *Host) Warm(ctx context.Context, ref string, cred credential.Credential,
 	recs := make([]FetchRecord, len(layers))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(parallel, 1))
-	for i, l := range layers {
+	for i, layer := range layers {
 		g.Go(func() error {
-			fl := l.(*fetcher.Layer) // what fetcher.Image.Layers holds
+			fl := layer.(*fetcher.Layer) // what fetcher.Image.Layers holds
 			rec, err := warmLayer(gctx, fl, hooks)
 			if hooks.Layer != nil {
 				hooks.Layer(fl, rec, err)
@@ -174,7 +174,7 @@ func (w warmRequest) credential() (credential.Credential, error) {
 	return credential.Basic("", w.Username, w.Password), nil
 }
 
-// Warm asks the holder of the root to warm ref (see Host.Warm), and calls
+// Warm asks the holder of the root to warm ref (see Local.Warm), and calls
 // hooks as the holder reports its progress. A holder that does not report
 // progress (an older version) answers only at the end: then Documents is
 // called once and Layer per layer, after the fact, and Reader never.

@@ -1,4 +1,4 @@
-package host
+package strata
 
 import (
 	"context"
@@ -72,7 +72,7 @@ func (s *sizeLiar) layerGets() int {
 }
 
 // TestMaxBlobSize: the registry client a host builds caps blobs at
-// Registry.MaxBlobSize, DefaultMaxBlobSize when it is unset: a layer that
+// Config.RegistryMaxBlob, defaultRegistryMaxBlob when it is unset: a layer that
 // declares more is refused with registry.ErrTooLarge before its body is
 // requested.
 func TestMaxBlobSize(t *testing.T) {
@@ -80,7 +80,7 @@ func TestMaxBlobSize(t *testing.T) {
 	big := []byte(strings.Repeat("a larger layer ", 300))
 	tests := []struct {
 		desc     string
-		cap      Size // Registry.MaxBlobSize; -1: leave Default()'s
+		cap      Size // Config.RegistryMaxBlob; -1: leave Default()'s
 		body     []byte
 		declared int64 // the layer descriptor's size
 		wantErr  error // nil: the layer reads whole
@@ -88,7 +88,7 @@ func TestMaxBlobSize(t *testing.T) {
 	}{
 		{desc: "default cap, 1 TiB declared (the manifest cap allows it)", cap: -1, body: small, declared: 1 << 40, wantErr: registry.ErrTooLarge},
 		{desc: "zero means the default, 1 TiB declared", cap: 0, body: small, declared: 1 << 40, wantErr: registry.ErrTooLarge},
-		{desc: "default cap, one byte over it declared", cap: -1, body: small, declared: int64(DefaultMaxBlobSize) + 1, wantErr: registry.ErrTooLarge},
+		{desc: "default cap, one byte over it declared", cap: -1, body: small, declared: int64(defaultRegistryMaxBlob) + 1, wantErr: registry.ErrTooLarge},
 		{desc: "configured cap, declared above it", cap: 1 << 10, body: big, declared: int64(len(big)), wantErr: registry.ErrTooLarge},
 		{desc: "configured cap, blob within it", cap: 1 << 10, body: small, declared: int64(len(small)), wantGets: 1},
 		{desc: "default cap, blob within it", cap: -1, body: small, declared: int64(len(small)), wantGets: 1},
@@ -100,9 +100,9 @@ func TestMaxBlobSize(t *testing.T) {
 			cfg := testConfig(t)
 			cfg.NoAdmin = true
 			if tc.cap >= 0 {
-				cfg.Registry.MaxBlobSize = tc.cap
+				cfg.RegistryMaxBlob = tc.cap
 			}
-			h, err := Open(ctx, cfg, prometheus.NewRegistry())
+			h, err := Open(ctx, withMetrics(cfg, prometheus.NewRegistry()))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -136,11 +136,11 @@ func TestMaxBlobSize(t *testing.T) {
 
 func TestValidateMaxBlobSize(t *testing.T) {
 	cfg := Default()
-	cfg.Registry.MaxBlobSize = -1
+	cfg.RegistryMaxBlob = -1
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "max-blob-size") {
 		t.Fatalf("negative max-blob-size: %v", err)
 	}
-	if Default().Registry.MaxBlobSize != DefaultMaxBlobSize {
-		t.Fatalf("Default() has max-blob-size %s, want %s", Default().Registry.MaxBlobSize, DefaultMaxBlobSize)
+	if Default().RegistryMaxBlob != defaultRegistryMaxBlob {
+		t.Fatalf("Default() has max-blob-size %s, want %s", Default().RegistryMaxBlob, defaultRegistryMaxBlob)
 	}
 }

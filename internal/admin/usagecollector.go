@@ -1,4 +1,4 @@
-package host
+package admin
 
 import (
 	"context"
@@ -30,8 +30,15 @@ var (
 // image directory, asked at every scrape. A tier that cannot answer (closed,
 // failing) is left out of that scrape.
 type usageCollector struct {
-	h *Host
+	l *Local
 }
+
+// UsageCollector returns the collector of the occupancy gauges
+// (strata_tier_usage_bytes, strata_tier_usage_blobs, strata_tier_budget_bytes,
+// strata_ext4_images_bytes, strata_ext4_images) of l's local tiers and ext4
+// directory, asked at every scrape.
+
+func (l *Local) UsageCollector() prometheus.Collector { return usageCollector{l: l} }
 
 func (c usageCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{tierUsageBytesDesc, tierUsageBlobsDesc, tierBudgetBytesDesc, ext4ImageBytesDesc, ext4ImagesDesc} {
@@ -43,11 +50,11 @@ func (c usageCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), usageTimeout)
 	defer cancel()
 	var local []blob.Tier
-	if c.h.memory != nil {
-		local = append(local, c.h.memory)
+	if c.l.p.Memory != nil {
+		local = append(local, c.l.p.Memory)
 	}
-	if c.h.disk != nil {
-		local = append(local, c.h.disk)
+	if c.l.p.Disk != nil {
+		local = append(local, c.l.p.Disk)
 	}
 	for _, t := range local {
 		u, err := t.Usage(ctx)
@@ -58,8 +65,8 @@ func (c usageCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(tierUsageBlobsDesc, prometheus.GaugeValue, float64(u.Blobs), t.Name())
 		ch <- prometheus.MustNewConstMetric(tierBudgetBytesDesc, prometheus.GaugeValue, float64(max(u.Budget, 0)), t.Name())
 	}
-	if c.h.ext4 != nil {
-		if u, err := c.h.ext4.Usage(); err == nil {
+	if c.l.p.Ext4 != nil {
+		if u, err := c.l.p.Ext4.Usage(); err == nil {
 			ch <- prometheus.MustNewConstMetric(ext4ImageBytesDesc, prometheus.GaugeValue, float64(u.Bytes))
 			ch <- prometheus.MustNewConstMetric(ext4ImagesDesc, prometheus.GaugeValue, float64(u.Images))
 		}

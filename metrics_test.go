@@ -1,4 +1,4 @@
-package host
+package strata
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/internal/registrytest"
 	"github.com/strata-oci/strata/registry"
 	"github.com/strata-oci/strata/registry/credential"
@@ -55,25 +56,25 @@ func TestTierUsageGauges(t *testing.T) {
 	}
 	registrytest.Push(t, reg, "app:v1", img, nil)
 	prom := prometheus.NewRegistry()
-	h, err := Open(ctx, testConfig(t), prom)
+	h, err := Open(ctx, withMetrics(testConfig(t), prom))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
 
-	for _, tier := range []string{TierMemory, TierDisk} {
+	for _, tier := range []string{admin.TierMemory, admin.TierDisk} {
 		if v, ok := gauge(t, prom, "strata_tier_usage_blobs", map[string]string{"tier": tier}); !ok || v != 0 {
 			t.Fatalf("strata_tier_usage_blobs{tier=%q} before any fetch = %v (present %v), want 0", tier, v, ok)
 		}
 	}
-	if v, ok := gauge(t, prom, "strata_tier_budget_bytes", map[string]string{"tier": TierDisk}); !ok || v != float64(DefaultDiskBudget) {
-		t.Fatalf("strata_tier_budget_bytes{tier=disk} = %v (present %v), want %d", v, ok, DefaultDiskBudget)
+	if v, ok := gauge(t, prom, "strata_tier_budget_bytes", map[string]string{"tier": admin.TierDisk}); !ok || v != float64(defaultDiskBudget) {
+		t.Fatalf("strata_tier_budget_bytes{tier=disk} = %v (present %v), want %d", v, ok, defaultDiskBudget)
 	}
-	res, err := h.Warm(ctx, reg+"/app:v1", credential.Anonymous, 2, nil)
+	res, err := h.Admin().Warm(ctx, reg+"/app:v1", credential.Anonymous, 2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	usage, err := h.Usage(ctx)
+	usage, err := h.Admin().Usage(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,10 +85,10 @@ func TestTierUsageGauges(t *testing.T) {
 			t.Errorf("tier %s: gauges say %v blobs, %v bytes; Usage says %d, %d", u.Tier, blobs, bytes, u.Blobs, u.Bytes)
 		}
 	}
-	if blobs, _ := gauge(t, prom, "strata_tier_usage_blobs", map[string]string{"tier": TierDisk}); blobs != float64(len(res.Blobs)) {
+	if blobs, _ := gauge(t, prom, "strata_tier_usage_blobs", map[string]string{"tier": admin.TierDisk}); blobs != float64(len(res.Blobs)) {
 		t.Errorf("strata_tier_usage_blobs{tier=disk} = %v after the fetch, want %d", blobs, len(res.Blobs))
 	}
-	if bytes, _ := gauge(t, prom, "strata_tier_usage_bytes", map[string]string{"tier": TierDisk}); bytes != float64(res.Bytes) {
+	if bytes, _ := gauge(t, prom, "strata_tier_usage_bytes", map[string]string{"tier": admin.TierDisk}); bytes != float64(res.Bytes) {
 		t.Errorf("strata_tier_usage_bytes{tier=disk} = %v after the fetch, want %d", bytes, res.Bytes)
 	}
 	if n, ok := gauge(t, prom, "strata_ext4_images", nil); !ok || n != 0 {
@@ -129,18 +130,18 @@ func TestRegistryMetricHosts(t *testing.T) {
 	registrytest.Push(t, known, "app:v1", img, nil)
 	registrytest.Push(t, unknown, "app:v1", img, nil)
 	cfg := testConfig(t)
-	cfg.Registry.Credentials = map[string]credential.Credential{
+	cfg.Credentials = map[string]credential.Credential{
 		known:            credential.Basic("", "alice", "s3cret"),
 		"*.example.test": credential.Basic("", "bob", "s3cret"),
 	}
 	prom := prometheus.NewRegistry()
-	h, err := Open(ctx, cfg, prom)
+	h, err := Open(ctx, withMetrics(cfg, prom))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
 	for _, ref := range []string{known + "/app:v1", unknown + "/app:v1"} {
-		if _, err := h.Warm(ctx, ref, credential.Anonymous, 1, nil); err != nil {
+		if _, err := h.Admin().Warm(ctx, ref, credential.Anonymous, 1, nil); err != nil {
 			t.Fatalf("Warm(%s): %v", ref, err)
 		}
 	}

@@ -1,10 +1,11 @@
-package host
+package strata
 
 import (
 	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/internal/testenv"
 	"io"
 	"io/fs"
@@ -53,18 +54,18 @@ func TestOpenMakesRootPrivate(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { os.RemoveAll(base) })
-			cfg.Disk.Root = base
+			cfg.Root = base
 			if tt.mode == 0 {
-				cfg.Disk.Root = filepath.Join(base, "new")
-			} else if err := os.Chmod(cfg.Disk.Root, tt.mode); err != nil {
+				cfg.Root = filepath.Join(base, "new")
+			} else if err := os.Chmod(cfg.Root, tt.mode); err != nil {
 				t.Fatal(err)
 			}
-			h, err := Open(ctx, cfg, nil)
+			h, err := Open(ctx, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer h.Close()
-			for _, p := range []string{cfg.Disk.Root, filepath.Join(cfg.Disk.Root, "overlay"), filepath.Join(cfg.Disk.Root, "overlay", "layers")} {
+			for _, p := range []string{cfg.Root, filepath.Join(cfg.Root, "overlay"), filepath.Join(cfg.Root, "overlay", "layers")} {
 				fi, err := os.Stat(p)
 				if err != nil {
 					t.Fatal(err)
@@ -83,24 +84,24 @@ func TestOpenMakesRootPrivate(t *testing.T) {
 func TestOpenRefusesRootOfAnotherUser(t *testing.T) {
 	requireRoot(t, "refusing a disk root owned by another user (needs chown)")
 	cfg := testConfig(t)
-	if err := os.Chmod(cfg.Disk.Root, 0o755); err != nil {
+	if err := os.Chmod(cfg.Root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chown(cfg.Disk.Root, 65534, 65534); err != nil {
+	if err := os.Chown(cfg.Root, 65534, 65534); err != nil {
 		t.Fatal(err)
 	}
-	h, err := Open(context.Background(), cfg, nil)
+	h, err := Open(context.Background(), cfg)
 	if err == nil {
 		h.Close()
-		t.Fatalf("Open accepted root %s owned by uid 65534", cfg.Disk.Root)
+		t.Fatalf("Open accepted root %s owned by uid 65534", cfg.Root)
 	}
 	if !errors.Is(err, fs.ErrPermission) || !strings.Contains(err.Error(), "65534") {
 		t.Errorf("error %v, want fs.ErrPermission naming uid 65534", err)
 	}
-	if fi, err := os.Stat(cfg.Disk.Root); err != nil || fi.Mode().Perm() != 0o755 {
+	if fi, err := os.Stat(cfg.Root); err != nil || fi.Mode().Perm() != 0o755 {
 		t.Errorf("the other user's root was changed: %v %v", fi.Mode(), err)
 	}
-	if es, _ := os.ReadDir(cfg.Disk.Root); len(es) != 0 {
+	if es, _ := os.ReadDir(cfg.Root); len(es) != 0 {
 		t.Errorf("Open left %d entries in the other user's root", len(es))
 	}
 }
@@ -138,8 +139,8 @@ func serveFakeAdmin(t *testing.T, sock string) *fakeAdmin {
 	return f
 }
 
-// TestDialRefusesUntrustedSocket (the red-team test "Dial trusts any
-// socket", now passing): Dial refuses a root or socket another user could
+// TestDialRefusesUntrustedSocket (the red-team test "admin.Dial trusts any
+// socket", now passing): admin.Dial refuses a root or socket another user could
 // control before sending anything, so no Warm hands over a password.
 func TestDialRefusesUntrustedSocket(t *testing.T) {
 	tests := []struct {
@@ -171,14 +172,14 @@ func TestDialRefusesUntrustedSocket(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
 			if tt.rootOnly {
-				requireRoot(t, "Dial against a root or socket of another user (needs chown)")
+				requireRoot(t, "admin.Dial against a root or socket of another user (needs chown)")
 			}
 			root, err := os.MkdirTemp("", "strata-dial-")
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { os.RemoveAll(root) })
-			sock := filepath.Join(root, AdminSocketName)
+			sock := filepath.Join(root, admin.SocketName)
 			fake := serveFakeAdmin(t, sock)
 			tt.setup(t, root, sock)
 			dialRoot := root
@@ -186,13 +187,13 @@ func TestDialRefusesUntrustedSocket(t *testing.T) {
 				dialRoot = root + "-link"
 			}
 			ctx := context.Background()
-			c, err := Dial(ctx, dialRoot)
+			c, err := admin.Dial(ctx, dialRoot)
 			if err == nil {
 				defer c.Close()
 				c.Warm(ctx, "registry.example/app:v1", credential.Basic("", "alice", "s3cr3t-PASSWORD"), 1, nil)
-				t.Errorf("Dial accepted %s", dialRoot)
-			} else if !errors.Is(err, ErrUntrustedAdmin) || errors.Is(err, ErrNoAdmin) {
-				t.Errorf("error %v, want ErrUntrustedAdmin (and not ErrNoAdmin)", err)
+				t.Errorf("admin.Dial accepted %s", dialRoot)
+			} else if !errors.Is(err, admin.ErrUntrustedAdmin) || errors.Is(err, admin.ErrNoAdmin) {
+				t.Errorf("error %v, want admin.ErrUntrustedAdmin (and not admin.ErrNoAdmin)", err)
 			}
 			fake.mu.Lock()
 			defer fake.mu.Unlock()
@@ -203,12 +204,12 @@ func TestDialRefusesUntrustedSocket(t *testing.T) {
 	}
 }
 
-// TestDialMissingSocketIsNoAdmin: a root nobody serves stays ErrNoAdmin
-// (blobctl tells the user so), not ErrUntrustedAdmin.
+// TestDialMissingSocketIsNoAdmin: a root nobody serves stays admin.ErrNoAdmin
+// (blobctl tells the user so), not admin.ErrUntrustedAdmin.
 func TestDialMissingSocketIsNoAdmin(t *testing.T) {
-	_, err := Dial(context.Background(), t.TempDir())
-	if !errors.Is(err, ErrNoAdmin) || errors.Is(err, ErrUntrustedAdmin) {
-		t.Fatalf("error %v, want ErrNoAdmin", err)
+	_, err := admin.Dial(context.Background(), t.TempDir())
+	if !errors.Is(err, admin.ErrNoAdmin) || errors.Is(err, admin.ErrUntrustedAdmin) {
+		t.Fatalf("error %v, want admin.ErrNoAdmin", err)
 	}
 }
 
@@ -220,7 +221,7 @@ func TestDialRefusesServerOfAnotherUser(t *testing.T) {
 	if os.Getenv("STRATA_PERM_LISTEN") != "" {
 		return // the helper process: see the init below
 	}
-	requireRoot(t, "Dial against a server process of another user (needs a process as nobody)")
+	requireRoot(t, "admin.Dial against a server process of another user (needs a process as nobody)")
 	base, err := os.MkdirTemp("", "strata-peer-")
 	if err != nil {
 		t.Fatal(err)
@@ -240,7 +241,7 @@ func TestDialRefusesServerOfAnotherUser(t *testing.T) {
 	root := filepath.Join(base, "root")
 	must(t, os.Mkdir(root, 0o700))
 	must(t, os.Chown(root, 65534, 65534)) // so that nobody can bind there
-	sock := filepath.Join(root, AdminSocketName)
+	sock := filepath.Join(root, admin.SocketName)
 
 	cmd := exec.Command(bin, "-test.run=^TestDialRefusesServerOfAnotherUser$", "-test.count=1")
 	cmd.Env = []string{"STRATA_PERM_LISTEN=" + sock}
@@ -268,13 +269,13 @@ func TestDialRefusesServerOfAnotherUser(t *testing.T) {
 	// only the peer credential tells.
 	must(t, os.Chown(root, 0, 0))
 	must(t, os.Lchown(sock, 0, 0))
-	c, err := Dial(context.Background(), root)
+	c, err := admin.Dial(context.Background(), root)
 	if err == nil {
 		c.Close()
-		t.Fatal("Dial accepted a server running as uid 65534")
+		t.Fatal("admin.Dial accepted a server running as uid 65534")
 	}
-	if !errors.Is(err, ErrUntrustedAdmin) || !strings.Contains(err.Error(), "runs as uid 65534") {
-		t.Errorf("error %v, want ErrUntrustedAdmin from the peer check naming uid 65534", err)
+	if !errors.Is(err, admin.ErrUntrustedAdmin) || !strings.Contains(err.Error(), "runs as uid 65534") {
+		t.Errorf("error %v, want admin.ErrUntrustedAdmin from the peer check naming uid 65534", err)
 	}
 	stdin.Close()
 	rest, _ := io.ReadAll(stdout)

@@ -1,4 +1,4 @@
-package host
+package hosttest
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/strata-oci/strata"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/internal/registrytest"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 	"github.com/strata-oci/strata/registry/credential"
@@ -48,23 +50,23 @@ func TestGCRemovesConversionLeftovers(t *testing.T) {
 			cfg := testConfig(t)
 			cfg.NoAdmin = true
 			if tt.sharedDir {
-				cfg.Ext4.WorkDir = filepath.Join(t.TempDir(), "ext4")
+				cfg.Ext4Dir = filepath.Join(t.TempDir(), "ext4")
 				other := testConfig(t)
 				other.NoAdmin = true
-				other.Ext4.WorkDir = cfg.Ext4.WorkDir
-				h2, err := Open(ctx, other, nil)
+				other.Ext4Dir = cfg.Ext4Dir
+				h2, err := strata.Open(ctx, other)
 				if err != nil {
 					t.Fatal(err)
 				}
 				defer h2.Close()
 			}
-			h, err := Open(ctx, cfg, prometheus.NewRegistry())
+			h, err := strata.Open(ctx, withMetrics(cfg, prometheus.NewRegistry()))
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer h.Close()
-			p := killedConversion(t, h.Config().Ext4.WorkDir, 1<<20)
-			res, err := h.GC(ctx)
+			p := killedConversion(t, h.Config().Ext4Dir, 1<<20)
+			res, err := h.Admin().GC(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -78,16 +80,16 @@ func TestGCRemovesConversionLeftovers(t *testing.T) {
 			if !tt.wantRemove && res.Ext4TempFiles != 0 {
 				t.Errorf("gc reports %d temp files removed, want 0", res.Ext4TempFiles)
 			}
-			usage, err := h.Usage(ctx)
+			usage, err := h.Admin().Usage(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
 			found := false
 			for _, u := range usage {
-				if u.Tier == UsageExt4 {
+				if u.Tier == admin.UsageExt4 {
 					found = true
-					if u.Budget != int64(DefaultExt4Budget) || u.Error != "" {
-						t.Errorf("ext4 usage %+v, want budget %d", u, DefaultExt4Budget)
+					if u.Budget != int64(strata.Default().Ext4Budget) || u.Error != "" {
+						t.Errorf("ext4 usage %+v, want budget %d", u, strata.Default().Ext4Budget)
 					}
 				}
 			}
@@ -107,7 +109,7 @@ func TestVerifyOverlayThroughHost(t *testing.T) {
 	registrytest.Push(t, reg, "app:v1", img, nil)
 	cfg := testConfig(t)
 	cfg.NoAdmin = true
-	h, err := Open(ctx, cfg, nil)
+	h, err := strata.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,15 +124,15 @@ func TestVerifyOverlayThroughHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	res.Lease.Release()
-	recs, err := h.Verify(ctx, VerifyRequest{Overlay: true})
+	recs, err := h.Admin().Verify(ctx, admin.VerifyRequest{Overlay: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	layers := 0
 	for _, r := range recs {
-		if r.Tier == UsageOverlay {
+		if r.Tier == admin.UsageOverlay {
 			layers++
-			if r.Status != StatusOK {
+			if r.Status != admin.StatusOK {
 				t.Errorf("untouched layer: %+v", r)
 			}
 		}
@@ -142,23 +144,23 @@ func TestVerifyOverlayThroughHost(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(res.LowerDirs[0], "planted"), []byte("x"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	recs, err = h.Verify(ctx, VerifyRequest{})
+	recs, err = h.Admin().Verify(ctx, admin.VerifyRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range recs {
-		if r.Tier == UsageOverlay {
+		if r.Tier == admin.UsageOverlay {
 			t.Fatalf("verify without Overlay looked at a layer: %+v", r)
 		}
 	}
-	recs, err = h.Verify(ctx, VerifyRequest{Overlay: true})
+	recs, err = h.Admin().Verify(ctx, admin.VerifyRequest{Overlay: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	bad := 0
 	for _, r := range recs {
-		if r.Tier == UsageOverlay {
-			if r.Status != StatusCorrupt || !r.Removed || !strings.Contains(r.Error, "added planted") {
+		if r.Tier == admin.UsageOverlay {
+			if r.Status != admin.StatusCorrupt || !r.Removed || !strings.Contains(r.Error, "added planted") {
 				t.Errorf("tampered layer: %+v, want corrupt, removed, naming the planted file", r)
 			}
 			bad++

@@ -1,4 +1,4 @@
-package host
+package strata
 
 import (
 	"bytes"
@@ -18,58 +18,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/internal/registrytest"
 	"github.com/strata-oci/strata/registry/credential"
 )
-
-func TestParseSize(t *testing.T) {
-	tests := []struct {
-		desc, in string
-		want     Size
-		wantErr  bool
-	}{
-		{"plain bytes", "1048576", 1 << 20, false},
-		{"mebibytes", "256MiB", 256 << 20, false},
-		{"gibibytes lower case", "1gib", 1 << 30, false},
-		{"decimal megabytes", "10MB", 10_000_000, false},
-		{"bare K is binary", "512k", 512 << 10, false},
-		{"fraction", "1.5GiB", 3 << 29, false},
-		{"space before unit", "2 MiB", 2 << 20, false},
-		{"zero", "0", 0, false},
-		{"negative", "-1", 0, true},
-		{"empty", "", 0, true},
-		{"unit only", "MiB", 0, true},
-		{"garbage", "lots", 0, true},
-		{"overflow", "99999999999TiB", 0, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.desc, func(t *testing.T) {
-			got, err := ParseSize(tt.in)
-			if (err != nil) != tt.wantErr || got != tt.want {
-				t.Fatalf("ParseSize(%q) = %d, %v; want %d, err %v", tt.in, got, err, tt.want, tt.wantErr)
-			}
-		})
-	}
-}
-
-func FuzzParseSize(f *testing.F) {
-	for _, s := range []string{"256MiB", "1GiB", "0", "1.5k", "10MB", "-3", "1e30"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		n, err := ParseSize(s)
-		if err != nil {
-			return
-		}
-		if n < 0 {
-			t.Fatalf("ParseSize(%q) = %d < 0", s, n)
-		}
-		// What String prints parses back to the same size.
-		if m, err := ParseSize(n.String()); err != nil || m != n {
-			t.Fatalf("round trip of %d via %q: %d, %v", n, n.String(), m, err)
-		}
-	})
-}
 
 func TestLoadFlatKeys(t *testing.T) {
 	dir := t.TempDir()
@@ -98,11 +50,11 @@ ext4-free: 16MiB
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Memory.Size != 64<<20 || cfg.Disk.Budget != 2<<30 || cfg.Remote.Instance != "main" ||
-		cfg.Fetch.TagTTL != Duration(5*time.Minute) || cfg.Fetch.ProofTTL != Duration(time.Hour) ||
-		cfg.Fetch.Platform != "linux/arm64" || cfg.Overlay.Budget != 1<<30 || cfg.Ext4.FreeBytes != 16<<20 ||
-		cfg.Registry.AllowCIDRs[0] != "127.0.0.0/8" || cfg.Registry.Mirrors["docker.io"][0] != "mirror.local:5000" ||
-		cfg.Registry.Credentials["ghcr.io"].Username != "alice" || cfg.Registry.IdentityKey.IsZero() {
+	if cfg.MemoryBudget != 64<<20 || cfg.DiskBudget != 2<<30 || cfg.RemoteInstance != "main" ||
+		cfg.TagTTL != Duration(5*time.Minute) || cfg.ProofTTL != Duration(time.Hour) ||
+		cfg.Platform != "linux/arm64" || cfg.OverlayBudget != 1<<30 || cfg.Ext4Free != 16<<20 ||
+		cfg.AllowCIDRs[0] != "127.0.0.0/8" || cfg.Mirrors["docker.io"][0] != "mirror.local:5000" ||
+		cfg.Credentials["ghcr.io"].Username != "alice" || cfg.IdentityKey.IsZero() {
 		t.Fatalf("loaded config differs: %s", cfg)
 	}
 	if s := cfg.String(); strings.Contains(s, "s3cret") {
@@ -118,27 +70,33 @@ ext4-free: 16MiB
 
 func TestDefaultRoot(t *testing.T) {
 	t.Setenv("XDG_CACHE_HOME", "/x/cache")
-	if got := Default().Disk.Root; got != "/x/cache/strata" {
+	if got := Default().Root; got != "/x/cache/strata" {
 		t.Fatalf("with XDG_CACHE_HOME: %s", got)
 	}
 	t.Setenv("XDG_CACHE_HOME", "")
 	t.Setenv("HOME", "/home/u")
-	if got := Default().Disk.Root; got != "/home/u/.cache/strata" {
+	if got := Default().Root; got != "/home/u/.cache/strata" {
 		t.Fatalf("with HOME: %s", got)
 	}
 }
 
+// withMetrics returns cfg with its metrics on reg.
+func withMetrics(cfg Config, reg prometheus.Registerer) Config {
+	cfg.Metrics = reg
+	return cfg
+}
+
 func testConfig(t *testing.T) Config {
 	cfg := Default()
-	cfg.Disk.Root = t.TempDir()
-	cfg.Registry.AllowCIDRs = []string{"127.0.0.0/8"}
+	cfg.Root = t.TempDir()
+	cfg.AllowCIDRs = []string{"127.0.0.0/8"}
 	return cfg
 }
 
 func TestIdentityKeyPersisted(t *testing.T) {
 	ctx := context.Background()
 	cfg := testConfig(t)
-	h, err := Open(ctx, cfg, nil)
+	h, err := Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,14 +105,14 @@ func TestIdentityKeyPersisted(t *testing.T) {
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
 	}
-	fi, err := os.Stat(filepath.Join(cfg.Disk.Root, IdentityKeyName))
+	fi, err := os.Stat(filepath.Join(cfg.Root, identityKeyName))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if fi.Mode().Perm() != 0o600 || fi.Size() != 32 {
 		t.Fatalf("identity key: mode %v size %d, want 0600 and 32 bytes", fi.Mode().Perm(), fi.Size())
 	}
-	h, err = Open(ctx, cfg, nil)
+	h, err = Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,13 +124,13 @@ func TestIdentityKeyPersisted(t *testing.T) {
 	if public := c.Identity(credential.SecretKey{}); public == id1 {
 		t.Fatal("identity keyed with the public key, not the generated one")
 	}
-	cfg.Registry.IdentityKey = credential.NewSecretKey([]byte("fleet-wide-key-0123456789abcdef!"))
-	h, err = Open(ctx, cfg, nil)
+	cfg.IdentityKey = credential.NewSecretKey([]byte("fleet-wide-key-0123456789abcdef!"))
+	h, err = Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	if h.Credentials().Identity(c) != c.Identity(cfg.Registry.IdentityKey) {
+	if h.Credentials().Identity(c) != c.Identity(cfg.IdentityKey) {
 		t.Fatal("configured identity key not used")
 	}
 }
@@ -180,7 +138,7 @@ func TestIdentityKeyPersisted(t *testing.T) {
 func TestAdminSocket(t *testing.T) {
 	ctx := context.Background()
 	cfg := testConfig(t)
-	sock := filepath.Join(cfg.Disk.Root, AdminSocketName)
+	sock := filepath.Join(cfg.Root, admin.SocketName)
 	// A stale socket from a crashed process.
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -189,7 +147,7 @@ func TestAdminSocket(t *testing.T) {
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	ln.Close()
 	reg := prometheus.NewRegistry()
-	h, err := Open(ctx, cfg, reg)
+	h, err := Open(ctx, withMetrics(cfg, reg))
 	if err != nil {
 		t.Fatalf("open over a stale socket: %v", err)
 	}
@@ -197,11 +155,11 @@ func TestAdminSocket(t *testing.T) {
 	if err != nil || fi.Mode().Type() != fs.ModeSocket || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("admin socket: %v, %v; want a 0600 socket", fi.Mode(), err)
 	}
-	// A second Open of the same root fails with ErrLocked; Dial works.
-	if _, err := Open(ctx, cfg, nil); !errors.Is(err, ErrLocked) {
+	// A second Open of the same root fails with ErrLocked; admin.Dial works.
+	if _, err := Open(ctx, cfg); !errors.Is(err, ErrLocked) {
 		t.Fatalf("second Open: %v, want ErrLocked", err)
 	}
-	c, err := Dial(ctx, cfg.Disk.Root)
+	c, err := admin.Dial(ctx, cfg.Root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,10 +171,10 @@ func TestAdminSocket(t *testing.T) {
 	// Content put through the host is seen the same directly and remotely.
 	data := []byte("hello admin socket")
 	d := blob.FromBytes(data)
-	if err := h.Stack().Put(ctx, d, int64(len(data)), bytes.NewReader(data)); err != nil {
+	if err := h.stack.Put(ctx, d, int64(len(data)), bytes.NewReader(data)); err != nil {
 		t.Fatal(err)
 	}
-	direct, err := h.Blobs(ctx, "")
+	direct, err := h.Admin().Blobs(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,10 +195,10 @@ func TestAdminSocket(t *testing.T) {
 	if _, err := c.Stat(ctx, missing); !errors.Is(err, blob.ErrNotFound) {
 		t.Fatalf("remote stat of a missing blob: %v, want ErrNotFound", err)
 	}
-	if _, err := c.Evict(ctx, EvictRequest{Tier: "nope", ToSizeSet: true}); !errors.Is(err, ErrInvalidRequest) {
-		t.Fatalf("remote evict of unknown tier: %v, want ErrInvalidRequest", err)
+	if _, err := c.Evict(ctx, admin.EvictRequest{Tier: "nope", ToSizeSet: true}); !errors.Is(err, admin.ErrInvalidRequest) {
+		t.Fatalf("remote evict of unknown tier: %v, want admin.ErrInvalidRequest", err)
 	}
-	recs, err := c.Evict(ctx, EvictRequest{Digest: d.String()})
+	recs, err := c.Evict(ctx, admin.EvictRequest{Digest: d.String()})
 	if err != nil || len(recs) != 2 {
 		t.Fatalf("evict: %+v, %v; want memory and disk", recs, err)
 	}
@@ -255,8 +213,8 @@ func TestAdminSocket(t *testing.T) {
 	if _, err := os.Lstat(sock); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("socket left after Close: %v", err)
 	}
-	if _, err := Dial(ctx, cfg.Disk.Root); !errors.Is(err, ErrNoAdmin) {
-		t.Fatalf("Dial after Close: %v, want ErrNoAdmin", err)
+	if _, err := admin.Dial(ctx, cfg.Root); !errors.Is(err, admin.ErrNoAdmin) {
+		t.Fatalf("admin.Dial after Close: %v, want admin.ErrNoAdmin", err)
 	}
 }
 
@@ -266,7 +224,7 @@ func TestFetchThroughHost(t *testing.T) {
 	img := registrytest.Image(t, registrytest.RandomBytes(t, 1<<16), registrytest.RandomBytes(t, 1<<10))
 	registrytest.Push(t, reg, "app:v1", img, nil)
 	cfg := testConfig(t)
-	h, err := Open(ctx, cfg, prometheus.NewRegistry())
+	h, err := Open(ctx, withMetrics(cfg, prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +235,7 @@ func TestFetchThroughHost(t *testing.T) {
 	}
 	for _, l := range fimg.Layers() {
 		var buf bytes.Buffer
-		if _, err := h.Cat(ctx, l.Digest(), &buf); !errors.Is(err, blob.ErrNotFound) {
+		if _, err := h.Admin().Cat(ctx, l.Digest(), &buf); !errors.Is(err, blob.ErrNotFound) {
 			t.Fatalf("cat of a layer not read yet: %v, want ErrNotFound (layers open lazily)", err)
 		}
 		rc, err := l.Open(ctx)
@@ -288,11 +246,11 @@ func TestFetchThroughHost(t *testing.T) {
 			t.Fatal(err)
 		}
 		rc.Close()
-		if n, err := h.Cat(ctx, l.Digest(), &buf); err != nil || n != l.Size() {
+		if n, err := h.Admin().Cat(ctx, l.Digest(), &buf); err != nil || n != l.Size() {
 			t.Fatalf("cat: %d bytes, %v; want %d", n, err, l.Size())
 		}
 	}
-	blobs, err := h.Blobs(ctx, TierDisk)
+	blobs, err := h.Admin().Blobs(ctx, admin.TierDisk)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,11 +262,11 @@ func TestFetchThroughHost(t *testing.T) {
 			t.Errorf("blob %s has no media type", b.Digest)
 		}
 	}
-	usage, err := h.Usage(ctx)
+	usage, err := h.Admin().Usage(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if usage[1].Tier != TierDisk || usage[1].Blobs != 4 || usage[1].Budget != int64(DefaultDiskBudget) {
+	if usage[1].Tier != admin.TierDisk || usage[1].Blobs != 4 || usage[1].Budget != int64(defaultDiskBudget) {
 		t.Fatalf("usage: %+v", usage)
 	}
 }
@@ -316,7 +274,7 @@ func TestFetchThroughHost(t *testing.T) {
 // TestDocsConfigExample loads the complete file shown in
 // docs/configuration.md, so the documented keys stay the real ones.
 func TestDocsConfigExample(t *testing.T) {
-	doc, err := os.ReadFile("../../docs/configuration.md")
+	doc, err := os.ReadFile("docs/configuration.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,7 +336,7 @@ func TestDocsConfigExample(t *testing.T) {
 // TestReadmeExample checks that the README's library example is the body
 // of Example, which the compiler checks.
 func TestReadmeExample(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,22 +355,4 @@ func TestReadmeExample(t *testing.T) {
 	if r, e := body(string(readme), "func main() {"), body(string(example), "func Example() {"); r != e {
 		t.Fatalf("README example differs from Example:\nREADME:%s\nExample:%s", r, e)
 	}
-}
-
-func FuzzParseDuration(f *testing.F) {
-	for _, s := range []string{"15m", "7d", "1.5d", "90s", "-1h", "1e9d", "d"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		d, err := ParseDuration(s)
-		if err != nil {
-			return
-		}
-		if d < 0 {
-			t.Fatalf("ParseDuration(%q) = %v < 0", s, d)
-		}
-		if e, err := ParseDuration(d.String()); err != nil || e != d {
-			t.Fatalf("round trip of %v via %q: %v, %v", d, d.String(), e, err)
-		}
-	})
 }

@@ -1,4 +1,4 @@
-package host
+package admin_test
 
 import (
 	"context"
@@ -18,8 +18,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/strata-oci/strata"
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/fetcher"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/internal/registrytest"
 	"github.com/strata-oci/strata/registry/credential"
 )
@@ -102,12 +104,12 @@ func TestWarmThroughClientReportsProgress(t *testing.T) {
 	var releaseOnce sync.Once
 	reg := registrytest.InProcess(t, holdLayer(held.String(), release))
 	registrytest.Push(t, reg, "app:v1", img, nil)
-	h, err := Open(ctx, testConfig(t), prometheus.NewRegistry())
+	h, err := strata.Open(ctx, withMetrics(testConfig(t), prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	c, err := Dial(ctx, h.Root())
+	c, err := admin.Dial(ctx, h.Config().Root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,9 +118,9 @@ func TestWarmThroughClientReportsProgress(t *testing.T) {
 	var mu sync.Mutex
 	var events []string
 	var reads []*countingRead
-	var layers []FetchRecord
-	hooks := &WarmHooks{
-		Documents: func(recs []FetchRecord) {
+	var layers []admin.FetchRecord
+	hooks := &admin.WarmHooks{
+		Documents: func(recs []admin.FetchRecord) {
 			mu.Lock()
 			defer mu.Unlock()
 			events = append(events, "documents")
@@ -134,7 +136,7 @@ func TestWarmThroughClientReportsProgress(t *testing.T) {
 			}
 			return countingReader{mu: &mu, c: cr, r: r}
 		},
-		Layer: func(l *fetcher.Layer, rec FetchRecord, err error) {
+		Layer: func(l *fetcher.Layer, rec admin.FetchRecord, err error) {
 			mu.Lock()
 			defer mu.Unlock()
 			if l != nil || err != nil {
@@ -177,8 +179,8 @@ func TestWarmThroughClientReportsProgress(t *testing.T) {
 	}
 
 	// An old client (no Accept) still gets one JSON answer.
-	var old FetchResult
-	if err := c.do(ctx, http.MethodPost, "/v1/warm", warmRequest{Image: reg + "/app:v1"}, &old); err != nil {
+	var old admin.FetchResult
+	if err := c.Do(ctx, http.MethodPost, "/v1/warm", admin.WarmRequest{Image: reg + "/app:v1"}, &old); err != nil {
 		t.Fatalf("warm without Accept: %v", err)
 	}
 	if old.Digest != res.Digest || len(old.Blobs) != 4 {
@@ -187,40 +189,40 @@ func TestWarmThroughClientReportsProgress(t *testing.T) {
 }
 
 // TestWarmThroughClientFails checks that a failure the holder reports at
-// the end of the stream comes back as its sentinel, as from Host.Warm.
+// the end of the stream comes back as its sentinel, as from strata.Host.Warm.
 func TestWarmThroughClientFails(t *testing.T) {
 	ctx := context.Background()
 	reg := registrytest.InProcess(t)
-	h, err := Open(ctx, testConfig(t), prometheus.NewRegistry())
+	h, err := strata.Open(ctx, withMetrics(testConfig(t), prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	c, err := Dial(ctx, h.Root())
+	c, err := admin.Dial(ctx, h.Config().Root)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_, direct := h.Warm(ctx, reg+"/nothing:v1", credential.Anonymous, 1, nil)
-	_, remote := c.Warm(ctx, reg+"/nothing:v1", credential.Anonymous, 1, &WarmHooks{})
+	_, direct := h.Admin().Warm(ctx, reg+"/nothing:v1", credential.Anonymous, 1, nil)
+	_, remote := c.Warm(ctx, reg+"/nothing:v1", credential.Anonymous, 1, &admin.WarmHooks{})
 	if direct == nil || remote == nil || !errors.Is(remote, blob.ErrNotFound) || remote.Error() != direct.Error() {
 		t.Fatalf("warm of a missing image: through the client %v; directly %v; want the same ErrNotFound", remote, direct)
 	}
 }
 
 // TestWarmFromOldHolder talks to a holder that predates the event stream:
-// it ignores the Accept header and answers with one FetchResult, which the
-// Client returns, replaying Documents and Layer from it.
+// it ignores the Accept header and answers with one admin.FetchResult, which the
+// admin.Client returns, replaying Documents and Layer from it.
 func TestWarmFromOldHolder(t *testing.T) {
 	root, err := os.MkdirTemp("", "strata-oldholder-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(root) })
-	want := FetchResult{Reference: "registry.example/app:v1", Digest: "sha256:" + strings.Repeat("a", 64), Platform: "linux/amd64",
-		Blobs: []FetchRecord{{Kind: "manifest", Digest: "sha256:" + strings.Repeat("a", 64)}, {Kind: "layer", Digest: "sha256:" + strings.Repeat("b", 64), Bytes: 5}}}
+	want := admin.FetchResult{Reference: "registry.example/app:v1", Digest: "sha256:" + strings.Repeat("a", 64), Platform: "linux/amd64",
+		Blobs: []admin.FetchRecord{{Kind: "manifest", Digest: "sha256:" + strings.Repeat("a", 64)}, {Kind: "layer", Digest: "sha256:" + strings.Repeat("b", 64), Bytes: 5}}}
 	var accept string
-	ln, err := net.Listen("unix", filepath.Join(root, AdminSocketName))
+	ln, err := net.Listen("unix", filepath.Join(root, admin.SocketName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,25 +239,25 @@ func TestWarmFromOldHolder(t *testing.T) {
 	t.Cleanup(func() { _ = srv.Close() })
 
 	ctx := context.Background()
-	c, err := Dial(ctx, root)
+	c, err := admin.Dial(ctx, root)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	var docs, layers int
-	res, err := c.Warm(ctx, want.Reference, credential.Anonymous, 1, &WarmHooks{
-		Documents: func(recs []FetchRecord) { docs += len(recs) },
+	res, err := c.Warm(ctx, want.Reference, credential.Anonymous, 1, &admin.WarmHooks{
+		Documents: func(recs []admin.FetchRecord) { docs += len(recs) },
 		Reader: func(blob.Digest, int64, string, io.Reader) io.Reader {
 			t.Error("Reader called for an answer without progress")
 			return nil
 		},
-		Layer: func(_ *fetcher.Layer, rec FetchRecord, err error) { layers++ },
+		Layer: func(_ *fetcher.Layer, rec admin.FetchRecord, err error) { layers++ },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if accept != warmEventsType {
-		t.Errorf("Accept %q, want %q", accept, warmEventsType)
+	if accept != admin.WarmEventsType {
+		t.Errorf("Accept %q, want %q", accept, admin.WarmEventsType)
 	}
 	if res.Digest != want.Digest || len(res.Blobs) != 2 || docs != 1 || layers != 1 {
 		t.Errorf("result %+v, %d documents, %d layers; want %+v, 1, 1", res, docs, layers, want)

@@ -1,4 +1,7 @@
-package host
+// Package units holds the two quantities of Strata's configuration and admin
+// requests: Size (bytes, "256MiB") and Duration ("15m", "7d"), each readable
+// from a config file, a flag and JSON. It imports nothing of the project.
+package units
 
 import (
 	"encoding/json"

@@ -1,4 +1,4 @@
-package host
+package hosttest
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/fetcher"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/internal/faulttest"
 	"github.com/strata-oci/strata/internal/reapitest"
 	"github.com/strata-oci/strata/internal/registrytest"
@@ -55,7 +56,7 @@ func matLayers(compress bool) (layers [][]byte, content []byte) {
 }
 
 // matEnv is faulttest's stack (fetcher.TestFaultMatrix's) with both
-// materializers over it, built as Open builds them.
+// materializers over it, built as strata.Open builds them.
 type matEnv struct {
 	*faulttest.Stack
 	ov     *overlay.Materializer
@@ -172,29 +173,29 @@ func TestFaultMatrixMaterialize(t *testing.T) {
 		gets int
 	}{
 		// memory (fault-injecting wrapper)
-		{desc: "memory: read fails after 300 KiB", tier: TierMemory,
+		{desc: "memory: read fails after 300 KiB", tier: admin.TierMemory,
 			inject: func(t *testing.T, e *matEnv) {
 				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultBreak, At: 300 << 10, Times: 1})
 			}},
-		{desc: "memory: read ends early (truncated)", tier: TierMemory,
+		{desc: "memory: read ends early (truncated)", tier: admin.TierMemory,
 			inject: func(t *testing.T, e *matEnv) {
 				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultTruncate, At: 300 << 10})
 			}, bad: true},
-		{desc: "memory: open fails", tier: TierMemory,
+		{desc: "memory: open fails", tier: admin.TierMemory,
 			inject: func(t *testing.T, e *matEnv) {
 				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultOpenError, Times: 1})
 			}},
-		{desc: "memory: flipped byte", tier: TierMemory,
+		{desc: "memory: flipped byte", tier: admin.TierMemory,
 			inject: func(t *testing.T, e *matEnv) {
 				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultFlip, At: 600 << 10})
 			}, wrong: true, bad: true},
-		{desc: "memory: entry lost", tier: TierMemory,
+		{desc: "memory: entry lost", tier: admin.TierMemory,
 			inject: func(t *testing.T, e *matEnv) {
 				e.Mem.Inject(e.digest(), tiertest.Fault{Kind: tiertest.FaultLose, Times: 1})
 			}},
 
 		// disk (real damage to the blob file)
-		{desc: "disk: flipped byte in the blob file", tier: TierDisk,
+		{desc: "disk: flipped byte in the blob file", tier: admin.TierDisk,
 			inject: func(t *testing.T, e *matEnv) {
 				b, err := os.ReadFile(e.BlobFile(e.digest()))
 				if err != nil {
@@ -205,13 +206,13 @@ func TestFaultMatrixMaterialize(t *testing.T) {
 					t.Fatal(err)
 				}
 			}, wrong: true, bad: true},
-		{desc: "disk: blob file truncated", tier: TierDisk,
+		{desc: "disk: blob file truncated", tier: admin.TierDisk,
 			inject: func(t *testing.T, e *matEnv) {
 				if err := os.Truncate(e.BlobFile(e.digest()), 500<<10); err != nil {
 					t.Fatal(err)
 				}
 			}, bad: true},
-		{desc: "disk: blob file lost", tier: TierDisk,
+		{desc: "disk: blob file lost", tier: admin.TierDisk,
 			inject: func(t *testing.T, e *matEnv) {
 				if err := os.Remove(e.BlobFile(e.digest())); err != nil {
 					t.Fatal(err)
@@ -219,28 +220,28 @@ func TestFaultMatrixMaterialize(t *testing.T) {
 			}},
 
 		// the shared REAPI tier (fault injector in front of the server)
-		{desc: "remote: stream aborted after 100 KiB on every try", tier: TierRemote,
+		{desc: "remote: stream aborted after 100 KiB on every try", tier: admin.TierRemote,
 			inject: func(t *testing.T, e *matEnv) {
 				e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Abort, AfterBytes: 100 << 10})
 			}, gets: 1},
-		{desc: "remote: connection dropped once (the tier resumes)", tier: TierRemote,
+		{desc: "remote: connection dropped once (the tier resumes)", tier: admin.TierRemote,
 			inject: func(t *testing.T, e *matEnv) {
 				e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Drop, AfterBytes: 300 << 10, Times: 1})
 			}},
-		{desc: "remote: stalled mid-read", tier: TierRemote,
+		{desc: "remote: stalled mid-read", tier: admin.TierRemote,
 			inject: func(t *testing.T, e *matEnv) {
 				in := e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Stall, AfterBytes: 300 << 10, Times: 1})
 				t.Cleanup(in.Release)
 			}, gets: 1},
-		{desc: "remote: UNAVAILABLE on every read", tier: TierRemote,
+		{desc: "remote: UNAVAILABLE on every read", tier: admin.TierRemote,
 			inject: func(t *testing.T, e *matEnv) {
 				e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Fail})
 			}, gets: 1},
-		{desc: "remote: flipped byte", tier: TierRemote,
+		{desc: "remote: flipped byte", tier: admin.TierRemote,
 			inject: func(t *testing.T, e *matEnv) {
 				e.Srv.Inject(reapitest.Fault{Call: reapitest.Read, Hash: e.digest().Encoded(), Action: reapitest.Flip, AfterBytes: 600 << 10, Times: 1})
 			}, wrong: true, bad: true, gets: 1},
-		{desc: "remote: entry lost", tier: TierRemote,
+		{desc: "remote: entry lost", tier: admin.TierRemote,
 			inject: func(t *testing.T, e *matEnv) { e.Srv.Lose(e.digest().Encoded()) }, gets: 1},
 
 		// the registry (proxy in front of it)

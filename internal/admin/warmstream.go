@@ -1,4 +1,4 @@
-package host
+package admin
 
 import (
 	"encoding/json"
@@ -67,7 +67,7 @@ func wantsWarmEvents(r *http.Request) bool {
 // serveWarmEvents runs the warm of req and streams its progress to w as
 // warm events. Once the stream has started, the status is 200 whatever
 // happens; a failure is the last event.
-func serveWarmEvents(w http.ResponseWriter, r *http.Request, h *Host, req warmRequest, cred credential.Credential) {
+func serveWarmEvents(w http.ResponseWriter, r *http.Request, l *Local, req warmRequest, cred credential.Credential) {
 	w.Header().Set("Content-Type", warmEventsType)
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
@@ -97,7 +97,7 @@ func serveWarmEvents(w http.ResponseWriter, r *http.Request, h *Host, req warmRe
 			send(warmEvent{Event: warmEvLayer, Blobs: []FetchRecord{rec}})
 		},
 	}
-	res, err := h.Warm(r.Context(), req.Image, cred, req.Parallel, hooks)
+	res, err := l.Warm(r.Context(), req.Image, cred, req.Parallel, hooks)
 	if err != nil {
 		send(warmEvent{Event: warmEvError, Error: err.Error(), Kind: errKind(err)})
 		return

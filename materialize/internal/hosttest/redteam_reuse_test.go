@@ -1,4 +1,4 @@
-package host
+package hosttest
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/strata-oci/strata"
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/fetcher"
 	"github.com/strata-oci/strata/internal/reapitest"
@@ -87,17 +88,17 @@ func alice() credential.Credential { return credential.Basic("", "alice", "alice
 
 // reuseEnv is one executor host with alice's registry and mallory's.
 type reuseEnv struct {
-	h      *Host
+	h      *strata.Host
 	reg    *prometheus.Registry
 	victim *victimImage
 	evil   *registrytest.Hostile
 }
 
-func newReuseEnv(t *testing.T, cfg Config) *reuseEnv {
+func newReuseEnv(t *testing.T, cfg strata.Config) *reuseEnv {
 	t.Helper()
 	reg := registrytest.InProcess(t, registrytest.BasicAuthHandler("alice", "alice-pw"))
 	e := &reuseEnv{reg: prometheus.NewRegistry(), victim: newVictim(t, reg), evil: registrytest.NewHostile(t)}
-	h, err := Open(context.Background(), cfg, e.reg)
+	h, err := strata.Open(context.Background(), withMetrics(cfg, e.reg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,11 +296,11 @@ func TestRedteamManifestReplay(t *testing.T) {
 func TestRedteamSharedDerivationReplay(t *testing.T) {
 	ctx := context.Background()
 	endpoint := reapitest.Start(t)
-	fleet := func() Config {
+	fleet := func() strata.Config {
 		cfg := testConfig(t)
-		cfg.Remote.Endpoint = endpoint
-		cfg.Remote.Instance = reapitest.Instance
-		cfg.Registry.IdentityKey = credential.NewSecretKey([]byte("a fleet key shared by every executor here"))
+		cfg.RemoteEndpoint = endpoint
+		cfg.RemoteInstance = reapitest.Instance
+		cfg.IdentityKey = credential.NewSecretKey([]byte("a fleet key shared by every executor here"))
 		return cfg
 	}
 	a := newReuseEnv(t, fleet())
@@ -308,7 +309,7 @@ func TestRedteamSharedDerivationReplay(t *testing.T) {
 		t.Fatalf("alice's conversion: %+v, %v", r, err)
 	}
 
-	b, err := Open(ctx, fleet(), nil)
+	b, err := strata.Open(ctx, fleet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -465,7 +466,7 @@ type materializeResult struct {
 	release func()
 }
 
-func materializeOverlay(ctx context.Context, h *Host, img *fetcher.Image) (*materializeResult, error) {
+func materializeOverlay(ctx context.Context, h *strata.Host, img *fetcher.Image) (*materializeResult, error) {
 	r, err := h.Overlay().Materialize(ctx, img)
 	if err != nil {
 		return nil, err
@@ -520,7 +521,7 @@ func TestSameRepositoryReusesWithoutDownload(t *testing.T) {
 	}
 	reg := registrytest.InProcess(t, count.Wrap, auth)
 	v := newVictim(t, reg)
-	h, err := Open(ctx, testConfig(t), prometheus.NewRegistry())
+	h, err := strata.Open(ctx, withMetrics(testConfig(t), prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
 	}

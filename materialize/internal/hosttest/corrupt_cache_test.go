@@ -1,4 +1,4 @@
-package host
+package hosttest
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/strata-oci/strata"
 	"github.com/strata-oci/strata/internal/registrytest"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 	"github.com/strata-oci/strata/registry/credential"
@@ -40,8 +41,8 @@ func TestCorruptCachedLayerIsRefetched(t *testing.T) {
 			img := registrytest.Image(t, tartest.New().File("base", []byte("base")).Gzip(), layer)
 			registrytest.Push(t, reg, "app:v1", img, nil)
 			cfg := testConfig(t)
-			cfg.Memory.Size = 0 // the disk tier serves every cached read
-			h, err := Open(ctx, cfg, prometheus.NewRegistry())
+			cfg.MemoryBudget = 0 // the disk tier serves every cached read
+			h, err := strata.Open(ctx, withMetrics(cfg, prometheus.NewRegistry()))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -56,7 +57,7 @@ func TestCorruptCachedLayerIsRefetched(t *testing.T) {
 				}
 			}
 			target := fimg.Layers()[1]
-			file := filepath.Join(cfg.Disk.Root, "blobs", "sha256", target.Digest().Encoded()[:2], target.Digest().Encoded())
+			file := filepath.Join(cfg.Root, "blobs", "sha256", target.Digest().Encoded()[:2], target.Digest().Encoded())
 			b, err := os.ReadFile(file)
 			if err != nil {
 				t.Fatal(err)
@@ -108,8 +109,8 @@ func TestRottenCopyWithAValidLookingEntry(t *testing.T) {
 	img := mutateLayerType(t, registrytest.Image(t, layer))
 	registrytest.Push(t, reg, "app:v1", img, nil)
 	cfg := testConfig(t)
-	cfg.Memory.Size = 0
-	h, err := Open(ctx, cfg, prometheus.NewRegistry())
+	cfg.MemoryBudget = 0
+	h, err := strata.Open(ctx, withMetrics(cfg, prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +123,7 @@ func TestRottenCopyWithAValidLookingEntry(t *testing.T) {
 	if err := l.Authorize(ctx); err != nil {
 		t.Fatal(err)
 	}
-	file := filepath.Join(cfg.Disk.Root, "blobs", "sha256", l.Digest().Encoded()[:2], l.Digest().Encoded())
+	file := filepath.Join(cfg.Root, "blobs", "sha256", l.Digest().Encoded()[:2], l.Digest().Encoded())
 	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)

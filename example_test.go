@@ -1,4 +1,4 @@
-package host_test
+package strata_test
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/strata-oci/strata/materialize/host"
+	"github.com/strata-oci/strata"
 	"github.com/strata-oci/strata/registry/credential"
 )
 
@@ -16,11 +16,11 @@ import (
 // image. (The README shows this code.)
 func Example() {
 	ctx := context.Background()
-	cfg := host.Default() // memory 256 MiB over disk in ~/.cache/strata
-	cfg.Disk.Budget = 20 << 30
+	cfg := strata.Default() // memory 256 MiB over disk in ~/.cache/strata
+	cfg.DiskBudget = 20 << 30
+	cfg.Metrics = prometheus.NewRegistry()
 
-	reg := prometheus.NewRegistry()
-	h, err := host.Open(ctx, cfg, reg)
+	h, err := strata.Open(ctx, cfg)
 	if err != nil {
 		log.Fatal(err)
 	}

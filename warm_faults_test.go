@@ -1,4 +1,4 @@
-package host
+package strata
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/internal/reapitest"
 	"github.com/strata-oci/strata/internal/registrytest"
 	"github.com/strata-oci/strata/registry/credential"
@@ -36,12 +37,12 @@ func TestWarmSucceedsOverFlippedCopies(t *testing.T) {
 			srv := reapitest.NewServer(t, reapitest.Options{})
 			open := func() *Host {
 				cfg := testConfig(t)
-				cfg.Memory.Size = 0 // reads reach the disk and remote tiers
-				cfg.Remote.Endpoint = srv.Endpoint()
-				cfg.Remote.Instance = reapitest.Instance
-				cfg.Remote.AnonymousShared = true
-				cfg.Registry.IdentityKey = credential.NewSecretKey([]byte("a fleet key shared by the executors of this test"))
-				h, err := Open(ctx, cfg, prometheus.NewRegistry())
+				cfg.MemoryBudget = 0 // reads reach the disk and remote tiers
+				cfg.RemoteEndpoint = srv.Endpoint()
+				cfg.RemoteInstance = reapitest.Instance
+				cfg.RemoteAnonymousShared = true
+				cfg.IdentityKey = credential.NewSecretKey([]byte("a fleet key shared by the executors of this test"))
+				h, err := Open(ctx, withMetrics(cfg, prometheus.NewRegistry()))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -50,13 +51,13 @@ func TestWarmSucceedsOverFlippedCopies(t *testing.T) {
 			}
 			h := open()
 			if where != "registry" {
-				if _, err := h.Warm(ctx, ref, credential.Anonymous, 0, nil); err != nil {
+				if _, err := h.Admin().Warm(ctx, ref, credential.Anonymous, 0, nil); err != nil {
 					t.Fatalf("first warm: %v", err)
 				}
 			}
 			switch where {
 			case "disk":
-				file := filepath.Join(h.Root(), "blobs", "sha256", d.Encoded()[:2], d.Encoded())
+				file := filepath.Join(h.cfg.Root, "blobs", "sha256", d.Encoded()[:2], d.Encoded())
 				b, err := os.ReadFile(file)
 				if err != nil {
 					t.Fatal(err)
@@ -69,14 +70,14 @@ func TestWarmSucceedsOverFlippedCopies(t *testing.T) {
 				h = open() // a second executor: nothing local, the layer in REAPI
 				srv.Inject(reapitest.Fault{Call: reapitest.Read, Action: reapitest.Flip, Hash: d.Encoded(), AfterBytes: 600 << 10, Times: 1})
 			}
-			hooks := &WarmHooks{}
+			hooks := &admin.WarmHooks{}
 			if where == "registry" {
 				// Once the documents are read: the next blob GET is the layer's.
-				hooks.Documents = func([]FetchRecord) {
+				hooks.Documents = func([]admin.FetchRecord) {
 					proxy.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Corrupt: true, Times: 1})
 				}
 			}
-			res, err := h.Warm(ctx, ref, credential.Anonymous, 0, hooks)
+			res, err := h.Admin().Warm(ctx, ref, credential.Anonymous, 0, hooks)
 			if err != nil {
 				t.Fatalf("warm over a flipped %s copy: %v", where, err)
 			}
@@ -87,7 +88,7 @@ func TestWarmSucceedsOverFlippedCopies(t *testing.T) {
 			}
 			// Every copy this host can see is right now.
 			var buf bytes.Buffer
-			if _, err := h.Cat(ctx, d, &buf); err != nil || !bytes.Equal(buf.Bytes(), layer) {
+			if _, err := h.Admin().Cat(ctx, d, &buf); err != nil || !bytes.Equal(buf.Bytes(), layer) {
 				t.Errorf("cached layer after the warm: %d bytes, %v", buf.Len(), err)
 			}
 		})

@@ -1,4 +1,4 @@
-package host
+package admin
 
 import (
 	"context"
@@ -44,7 +44,8 @@ import (
 // Errors are {"error": message, "kind": kind} with kind one of the errKind
 // values, mapped back to the same sentinels by the Client.
 
-type adminServer struct {
+// Server is the admin endpoint of a host this process holds.
+type Server struct {
 	srv  *http.Server
 	path string
 	done chan struct{}
@@ -52,9 +53,10 @@ type adminServer struct {
 
 type connKey struct{}
 
-// serveAdmin listens on path. The caller holds the disk root's lock, so an
+// Serve serves l's operations (the admin endpoint) on the unix socket at
+// path until Close. The caller holds the disk root's lock, so an
 // existing socket at path is a stale one from a process that died.
-func serveAdmin(path string, h *Host) (*adminServer, error) {
+func Serve(path string, l *Local) (*Server, error) {
 	if len(path) >= 108 {
 		return nil, fmt.Errorf("socket path %s is too long for a unix socket (%d bytes, at most 107): use a shorter root", path, len(path))
 	}
@@ -87,9 +89,9 @@ func serveAdmin(path string, h *Host) (*adminServer, error) {
 		ln.Close()
 		return nil, err
 	}
-	a := &adminServer{path: path, done: make(chan struct{})}
+	a := &Server{path: path, done: make(chan struct{})}
 	a.srv = &http.Server{
-		Handler:           a.handler(h),
+		Handler:           a.handler(l),
 		ReadHeaderTimeout: 10 * time.Second,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c)
@@ -102,9 +104,9 @@ func serveAdmin(path string, h *Host) (*adminServer, error) {
 	return a, nil
 }
 
-// close stops serving, waits for requests in flight (at most 10 s) and
+// Close stops serving, waits for requests in flight (at most 10 s) and
 // removes the socket.
-func (a *adminServer) close() {
+func (a *Server) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := a.srv.Shutdown(ctx); err != nil {
@@ -135,16 +137,16 @@ func peerAllowed(c net.Conn) bool {
 	return cred.Uid == 0 || int(cred.Uid) == os.Getuid()
 }
 
-func (a *adminServer) handler(h *Host) http.Handler {
+func (a *Server) handler(l *Local) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, map[string]any{"root": h.Root(), "pid": os.Getpid()})
+		writeJSON(w, map[string]any{"root": l.Root(), "pid": os.Getpid()})
 	})
 	mux.HandleFunc("GET /v1/blobs", func(w http.ResponseWriter, r *http.Request) {
-		reply(w)(unpack(h.Blobs(r.Context(), r.URL.Query().Get("tier"))))
+		reply(w)(unpack(l.Blobs(r.Context(), r.URL.Query().Get("tier"))))
 	})
 	mux.HandleFunc("GET /v1/blobs/{digest}", func(w http.ResponseWriter, r *http.Request) {
-		reply(w)(unpack(h.Stat(r.Context(), blob.Digest(r.PathValue("digest")))))
+		reply(w)(unpack(l.Stat(r.Context(), blob.Digest(r.PathValue("digest")))))
 	})
 	mux.HandleFunc("GET /v1/blobs/{digest}/content", func(w http.ResponseWriter, r *http.Request) {
 		d := blob.Digest(r.PathValue("digest"))
@@ -152,7 +154,7 @@ func (a *adminServer) handler(h *Host) http.Handler {
 			writeError(w, err)
 			return
 		}
-		rc, info, err := h.stack.Open(r.Context(), d)
+		rc, info, err := l.p.Stack.Open(r.Context(), d)
 		if err != nil {
 			writeError(w, err)
 			return
@@ -169,24 +171,24 @@ func (a *adminServer) handler(h *Host) http.Handler {
 	})
 	mux.HandleFunc("GET /v1/refs", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		reply(w)(unpack(h.Refs(r.Context(), q.Get("tier"), q.Get("namespace"))))
+		reply(w)(unpack(l.Refs(r.Context(), q.Get("tier"), q.Get("namespace"))))
 	})
 	mux.HandleFunc("GET /v1/usage", func(w http.ResponseWriter, r *http.Request) {
-		reply(w)(unpack(h.Usage(r.Context())))
+		reply(w)(unpack(l.Usage(r.Context())))
 	})
 	mux.HandleFunc("POST /v1/evict", func(w http.ResponseWriter, r *http.Request) {
 		var req EvictRequest
 		if !readJSON(w, r, &req) {
 			return
 		}
-		reply(w)(unpack(h.Evict(r.Context(), req)))
+		reply(w)(unpack(l.Evict(r.Context(), req)))
 	})
 	mux.HandleFunc("POST /v1/verify", func(w http.ResponseWriter, r *http.Request) {
 		var req VerifyRequest
 		if !readJSON(w, r, &req) {
 			return
 		}
-		reply(w)(unpack(h.Verify(r.Context(), req)))
+		reply(w)(unpack(l.Verify(r.Context(), req)))
 	})
 	mux.HandleFunc("POST /v1/warm", func(w http.ResponseWriter, r *http.Request) {
 		var req warmRequest
@@ -199,27 +201,27 @@ func (a *adminServer) handler(h *Host) http.Handler {
 			return
 		}
 		if wantsWarmEvents(r) {
-			serveWarmEvents(w, r, h, req, cred)
+			serveWarmEvents(w, r, l, req, cred)
 			return
 		}
-		reply(w)(unpack(h.Warm(r.Context(), req.Image, cred, req.Parallel, nil)))
+		reply(w)(unpack(l.Warm(r.Context(), req.Image, cred, req.Parallel, nil)))
 	})
 	mux.HandleFunc("POST /v1/gc", func(w http.ResponseWriter, r *http.Request) {
-		reply(w)(unpack(h.GC(r.Context())))
+		reply(w)(unpack(l.GC(r.Context())))
 	})
 	mux.HandleFunc("GET /v1/mounts", func(w http.ResponseWriter, r *http.Request) {
-		reply(w)(unpack(h.Mounts(r.Context())))
+		reply(w)(unpack(l.Mounts(r.Context())))
 	})
 	mux.HandleFunc("POST /v1/mounts/release", func(w http.ResponseWriter, r *http.Request) {
 		var req releaseMountRequest
 		if !readJSON(w, r, &req) {
 			return
 		}
-		reply(w)(unpack(h.ReleaseMount(r.Context(), req.Dir)))
+		reply(w)(unpack(l.ReleaseMount(r.Context(), req.Dir)))
 	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		if err := h.Metrics(r.Context(), w); err != nil {
+		if err := l.Metrics(r.Context(), w); err != nil {
 			writeError(w, err)
 		}
 	})

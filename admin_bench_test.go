@@ -1,4 +1,4 @@
-package host
+package strata
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/admin"
 	"github.com/strata-oci/strata/internal/registrytest"
 )
 
@@ -16,27 +17,27 @@ import (
 func BenchmarkAdmin(b *testing.B) {
 	ctx := context.Background()
 	cfg := Default()
-	cfg.Disk.Root = b.TempDir()
-	cfg.Memory.Size = 0 // read from disk, not RAM
-	h, err := Open(ctx, cfg, nil)
+	cfg.Root = b.TempDir()
+	cfg.MemoryBudget = 0 // read from disk, not RAM
+	h, err := Open(ctx, cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer h.Close()
-	c, err := Dial(ctx, cfg.Disk.Root)
+	c, err := admin.Dial(ctx, cfg.Root)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer c.Close()
 	data := registrytest.RandomBytes(b, 4<<20)
 	d := blob.FromBytes(data)
-	if err := h.Stack().Put(ctx, d, int64(len(data)), bytes.NewReader(data)); err != nil {
+	if err := h.stack.Put(ctx, d, int64(len(data)), bytes.NewReader(data)); err != nil {
 		b.Fatal(err)
 	}
 	for _, adm := range []struct {
 		name string
-		a    Admin
-	}{{"direct", h}, {"socket", c}} {
+		a    admin.Admin
+	}{{"direct", h.Admin()}, {"socket", c}} {
 		b.Run("stat/"+adm.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {

@@ -1,4 +1,4 @@
-package host
+package admin
 
 import (
 	"bytes"
@@ -52,7 +52,7 @@ func Dial(ctx context.Context, root string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	sock := filepath.Join(abs, AdminSocketName)
+	sock := filepath.Join(abs, SocketName)
 	if err := checkAdminPath(abs, sock); err != nil {
 		return nil, err
 	}

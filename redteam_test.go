@@ -1,4 +1,4 @@
-package host
+package strata
 
 import (
 	"bytes"
@@ -17,15 +17,16 @@ import (
 	"testing"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/admin"
 )
 
 // Red-team regression tests for the admin socket: path traversal through
 // digests, unverified cat, and connections from other users.
 
 // adminHTTP is a raw HTTP client over the admin socket of root, so tests
-// can send what the typed Client would refuse to send.
+// can send what the typed admin.Client would refuse to send.
 func adminHTTP(root string) *http.Client {
-	sock := filepath.Join(root, AdminSocketName)
+	sock := filepath.Join(root, admin.SocketName)
 	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -39,29 +40,29 @@ func TestRedteamAdminTraversal(t *testing.T) {
 	cfg := testConfig(t)
 	// A file an attacker would like to read or delete: next to the root,
 	// and one inside it that is not a blob.
-	outside := filepath.Join(filepath.Dir(cfg.Disk.Root), "canary")
+	outside := filepath.Join(filepath.Dir(cfg.Root), "canary")
 	secret := []byte("not a blob")
 	if err := os.WriteFile(outside, secret, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h, err := Open(ctx, cfg, nil)
+	h, err := Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	inside := filepath.Join(cfg.Disk.Root, IdentityKeyName)
+	inside := filepath.Join(cfg.Root, identityKeyName)
 	key, err := os.ReadFile(inside)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hc := adminHTTP(cfg.Disk.Root)
+	hc := adminHTTP(cfg.Root)
 	hex := strings.Repeat("a", 62)
 	digests := []struct {
 		desc string
 		d    string
 	}{
 		{"dot-dot after the algorithm", "sha256:../../canary"},
-		{"dot-dot to the identity key", "sha256:../" + IdentityKeyName},
+		{"dot-dot to the identity key", "sha256:../" + identityKeyName},
 		{"absolute path", "/etc/passwd"},
 		{"algorithm is a path", "../../canary:" + hex + "aa"},
 		{"slash inside the hex", "sha256:" + hex[:30] + "/" + hex[:33]},
@@ -96,7 +97,7 @@ func TestRedteamAdminTraversal(t *testing.T) {
 			if resp.StatusCode != http.StatusBadRequest {
 				t.Errorf("evict %q = %d %s, want 400", tc.d, resp.StatusCode, body)
 			}
-			if _, err := h.Stat(ctx, blob.Digest(tc.d)); !errors.Is(err, blob.ErrInvalidDigest) {
+			if _, err := h.Admin().Stat(ctx, blob.Digest(tc.d)); !errors.Is(err, blob.ErrInvalidDigest) {
 				t.Errorf("Stat(%q) = %v, want ErrInvalidDigest", tc.d, err)
 			}
 		})
@@ -114,26 +115,26 @@ func TestRedteamAdminTraversal(t *testing.T) {
 func TestRedteamAdminCatVerifies(t *testing.T) {
 	ctx := context.Background()
 	cfg := testConfig(t)
-	h, err := Open(ctx, cfg, nil)
+	h, err := Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
 	data := bytes.Repeat([]byte("strata admin cat "), 4096)
 	d := blob.FromBytes(data)
-	if err := h.Stack().Put(ctx, d, int64(len(data)), bytes.NewReader(data)); err != nil {
+	if err := h.stack.Put(ctx, d, int64(len(data)), bytes.NewReader(data)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.Evict(ctx, EvictRequest{Digest: d.String(), Tier: TierMemory}); err != nil {
+	if _, err := h.Admin().Evict(ctx, admin.EvictRequest{Digest: d.String(), Tier: admin.TierMemory}); err != nil {
 		t.Fatal(err)
 	}
-	file := filepath.Join(cfg.Disk.Root, "blobs", "sha256", d.Hex()[:2], d.Hex())
+	file := filepath.Join(cfg.Root, "blobs", "sha256", d.Hex()[:2], d.Hex())
 	bad := bytes.Clone(data)
 	bad[len(bad)-1] ^= 0xff
 	if err := os.WriteFile(file, bad, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, err := Dial(ctx, cfg.Disk.Root)
+	c, err := admin.Dial(ctx, cfg.Root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +142,7 @@ func TestRedteamAdminCatVerifies(t *testing.T) {
 	// The socket first: it must report the mismatch. The disk tier then
 	// drops the corrupt file, so a direct cat finds nothing; either way no
 	// caller gets the corrupt bytes as good.
-	for i, a := range []Admin{c, h} {
+	for i, a := range []admin.Admin{c, h.Admin()} {
 		var buf bytes.Buffer
 		_, err := a.Cat(ctx, d, &buf)
 		if i == 0 && !errors.Is(err, blob.ErrMismatch) {
@@ -176,9 +177,9 @@ func TestRedteamAdminOtherUser(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(base) })
 	cfg := Default()
-	cfg.Disk.Root = filepath.Join(base, "root")
-	cfg.Registry.AllowCIDRs = []string{"127.0.0.0/8"}
-	h, err := Open(ctx, cfg, nil)
+	cfg.Root = filepath.Join(base, "root")
+	cfg.AllowCIDRs = []string{"127.0.0.0/8"}
+	h, err := Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +196,7 @@ func TestRedteamAdminOtherUser(t *testing.T) {
 	if err := os.WriteFile(bin, b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(cfg.Disk.Root, AdminSocketName)
+	sock := filepath.Join(cfg.Root, admin.SocketName)
 	dial := func() string {
 		cmd := exec.Command(bin, "-test.run=^TestRedteamAdminOtherUser$", "-test.count=1")
 		cmd.Env = []string{"STRATA_REDTEAM_DIAL=" + sock}
@@ -216,11 +217,11 @@ func TestRedteamAdminOtherUser(t *testing.T) {
 	if got := dial(); !strings.HasPrefix(got, "error") {
 		t.Errorf("nobody through the default permissions: %s, want a connect error", got)
 	}
-	if fi, err := os.Stat(cfg.Disk.Root); err != nil || fi.Mode().Perm()&0o077 != 0 {
-		t.Errorf("root %s mode %v, want no access for group and others", cfg.Disk.Root, fi.Mode())
+	if fi, err := os.Stat(cfg.Root); err != nil || fi.Mode().Perm()&0o077 != 0 {
+		t.Errorf("root %s mode %v, want no access for group and others", cfg.Root, fi.Mode())
 	}
 	// Loosened: the server's peer check still refuses.
-	if err := os.Chmod(cfg.Disk.Root, 0o755); err != nil {
+	if err := os.Chmod(cfg.Root, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chmod(sock, 0o666); err != nil {
