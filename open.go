@@ -223,7 +223,7 @@ func Open(ctx context.Context, cfg Config) (_ *Host, err error) {
 	if remote != nil && !cfg.RemoteAnonymousShared {
 		localStore = h.stack.Local()
 	}
-	h.ext4, err = ext4.New(ext4.Config{Store: h.stack, LocalStore: localStore, WorkDir: cfg.Ext4Dir, FreeBytes: int64(cfg.Ext4Free), FreeInodes: cfg.Ext4FreeInodes, Budget: int64(cfg.Ext4Budget), SigningKey: signingKey, Registerer: reg, Logger: log})
+	h.ext4, err = ext4.New(ext4.Config{Store: h.stack, LocalStore: localStore, Stager: parts.Disk, WorkDir: cfg.Ext4Dir, FreeBytes: int64(cfg.Ext4Free), FreeInodes: cfg.Ext4FreeInodes, Budget: int64(cfg.Ext4Budget), SigningKey: signingKey, Registerer: reg, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("strata: ext4: %w", err)
 	}

@@ -38,7 +38,7 @@ type ext4Result struct {
 
 func (a *app) materializeCommand() *cobra.Command {
 	var format, mountDir, out string
-	var keep bool
+	var keep, link bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "materialize IMAGE --format overlay|ext4",
@@ -109,6 +109,12 @@ it is not the requested --platform, materialize warns on stderr.`,
 				if dst, err = checkOut(out, a.stdout); err != nil {
 					return err
 				}
+				if link && dst.stdout {
+					return usagef("--link needs a file for --out, not stdout")
+				}
+				dst.link = link
+			} else if link {
+				return usagef("--link needs --out FILE")
 			}
 			var target *mountTarget
 			if mountDir != "" {
@@ -179,12 +185,21 @@ it is not the requested --platform, materialize warns on stderr.`,
 			if err != nil {
 				return err
 			}
-			// The handout in ext4-dir is not kept as a second copy unless
-			// --keep: --out takes it over (by reflink or hard link where the
-			// filesystem allows) and the handout is removed.
+			// The handout in ext4-dir is not kept unless --keep: --out gets
+			// its copy (a reflink or in-kernel copy where the file system
+			// allows; with --link the cached file itself) and the handout
+			// is removed.
 			release := func() error { return h.Ext4().Cleanup(context.WithoutCancel(ctx), mimg, nil) }
 			prog.stepf("writing %s", out)
 			size, placed, err := dst.write(res.Path, keep, a.stdout, release)
+			if err == nil {
+				// The shared tier receives a converted image in the
+				// background (ext4.Config.Stager); wait for it, or Close
+				// would cancel it. Its failure is the converter's to count
+				// and log, not this command's.
+				prog.stepf("storing the image of %s in the shared tier", img.Reference)
+				_ = h.Ext4().Flush(ctx)
+			}
 			prog.close()
 			if err != nil {
 				return err
@@ -208,7 +223,8 @@ it is not the requested --platform, materialize warns on stderr.`,
 	cmd.Flags().StringVar(&format, "format", "", "overlay or ext4")
 	cmd.Flags().StringVar(&mountDir, "mount", "", "with --format overlay: also mount the read-only merged view at `DIR` (root only)")
 	cmd.Flags().StringVar(&out, "out", "", "with --format ext4: write the image to `FILE` (mode 0600; - for stdout)")
-	cmd.Flags().BoolVar(&keep, "keep", false, "with --format ext4: also keep the image in ext4-dir (a second copy, handed to later calls without a download)")
+	cmd.Flags().BoolVar(&link, "link", false, "with --out FILE: make FILE the cached image itself, a read-only (0400) hard link where it can be, instead of a writable copy; never write to it")
+	cmd.Flags().BoolVar(&keep, "keep", false, "with --format ext4: also keep the handout in ext4-dir (handed to later calls without a download)")
 	cmd.Flags().DurationVar(&timeout, "timeout", defaultTimeout, "give up after this long (0: no limit)")
 	return cmd
 }

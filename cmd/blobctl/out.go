@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +9,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/strata-oci/strata/materialize/ext4"
 )
 
 // outFile is a checked --out destination: a file path, or stdout ("-").
@@ -17,6 +18,9 @@ type outFile struct {
 	arg    string // as given, for messages
 	path   string // absolute; empty for stdout
 	stdout bool
+	// link: hand out the cached image itself, a read-only hard link
+	// (0400), instead of a writable copy (--link).
+	link bool
 }
 
 // checkOut validates --out before any work is done, so a bad path fails
@@ -63,14 +67,15 @@ func unwrapPath(err error) error {
 }
 
 // write puts the image at src into o and returns its size and how it was
-// placed: "reflink" (a copy-on-write clone), "hardlink" (the same file;
-// only when keep is false), "copy" (sparse) or "stdout".
+// placed (ext4.Placed*: a reflink, a copy_file_range of the data extents,
+// a sparse copy, or with o.link a hard link of the cached image), or
+// "stdout".
 //
-// Unless keep, release is called once the image's bytes are in o (or
-// linked there) and before o is made writable: it removes the local
-// handout, so that no second full copy stays behind and a hard-linked
-// --out shares its inode with nobody. A file is written 0600 (the image
-// holds every file of a possibly private image) under a temporary name in
+// Unless keep, release is called once the image's bytes are in o: it
+// removes the local handout, so that no second copy stays behind. A file
+// of its own is written 0600 (the image holds every file of a possibly
+// private image); with o.link, --out is the cached image itself, 0400,
+// and must stay unwritten. Either is written under a temporary name in
 // its directory and renamed over the path: an existing file is replaced
 // atomically, a symlink is replaced and not followed, and a failure
 // leaves nothing behind.
@@ -97,6 +102,19 @@ func (o *outFile) write(src string, keep bool, stdout io.Writer, release func() 
 		return size, "stdout", nil
 	}
 
+	if o.link {
+		// The cached image itself, read-only: no bytes written. CopyOut
+		// copies instead (still 0400) where it cannot link.
+		if how, err = ext4.CopyOut(src, o.path, 0o400); err != nil {
+			return 0, "", fmt.Errorf("--out %s: %w", o.arg, unwrapPath(err))
+		}
+		if !keep {
+			if err := release(); err != nil {
+				return 0, "", err
+			}
+		}
+		return size, how, nil
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(o.path), "."+filepath.Base(o.path)+".tmp-*")
 	if err != nil {
 		return 0, "", fmt.Errorf("--out %s: %w", o.arg, unwrapPath(err))
@@ -107,22 +125,13 @@ func (o *outFile) write(src string, keep bool, stdout io.Writer, release func() 
 			os.Remove(name)
 		}
 	}()
-	switch {
-	case unix.IoctlFileClone(int(tmp.Fd()), int(in.Fd())) == nil:
-		how = "reflink"
-	case !keep && os.Link(src, name+".link") == nil:
-		// The handout itself; release removes its other name below.
-		how = "hardlink"
+	// Never a hard link of the handout: it may be the disk tier's own file
+	// of the derived blob (ext4.Config.Stager), which --out's 0600 would
+	// make writable. CopyFile clones where the file system can, else
+	// copies the data extents in the kernel, keeping holes.
+	if how, err = ext4.CopyFile(tmp, in); err != nil {
 		tmp.Close()
-		os.Remove(name)
-		name = tmp.Name() + ".link"
-		tmp = nil
-	default:
-		how = "copy"
-		if err = sparseCopy(tmp, in); err != nil {
-			tmp.Close()
-			return 0, "", fmt.Errorf("--out %s: %w", o.arg, unwrapPath(err))
-		}
+		return 0, "", fmt.Errorf("--out %s: %w", o.arg, unwrapPath(err))
 	}
 	if tmp != nil {
 		if err = tmp.Close(); err != nil {
@@ -141,30 +150,4 @@ func (o *outFile) write(src string, keep bool, stdout io.Writer, release func() 
 		return 0, "", fmt.Errorf("--out %s: %w", o.arg, unwrapPath(err))
 	}
 	return size, how, nil
-}
-
-// sparseCopy copies in to out from offset 0, leaving holes for all-zero
-// 64 KiB blocks, and sets out's size to in's.
-func sparseCopy(out, in *os.File) error {
-	buf := make([]byte, 64<<10)
-	zero := make([]byte, len(buf))
-	var off int64
-	for {
-		n, rerr := io.ReadFull(in, buf)
-		if n > 0 {
-			if !bytes.Equal(buf[:n], zero[:n]) {
-				if _, err := out.WriteAt(buf[:n], off); err != nil {
-					return err
-				}
-			}
-			off += int64(n)
-		}
-		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
-			break
-		}
-		if rerr != nil {
-			return rerr
-		}
-	}
-	return out.Truncate(off)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"github.com/strata-oci/strata/materialize/ext4"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,8 +70,8 @@ func TestExt4OutPlacement(t *testing.T) {
 
 	out := filepath.Join(dir, "a.ext4")
 	r := decode[ext4Result](t, must(t, f.args("materialize", f.ref, "--format", "ext4", "--out", out, "--json")...))
-	if r.Placed != "reflink" && r.Placed != "hardlink" {
-		t.Errorf("placed by %q, want reflink or hardlink on one filesystem", r.Placed)
+	if r.Placed != ext4.PlacedReflink && r.Placed != ext4.PlacedCopyFileRange {
+		t.Errorf("placed by %q, want a reflink or an in-kernel copy on one filesystem", r.Placed)
 	}
 	if imgs := images(t, f.root); len(imgs) != 0 {
 		t.Errorf("a second copy stayed in ext4-dir: %v", imgs)
@@ -100,6 +101,19 @@ func TestExt4OutPlacement(t *testing.T) {
 	if got, _ := os.ReadFile(kept); !bytes.Equal(got, want) {
 		t.Error("--keep: --out differs from the first image")
 	}
+
+	// --link: --out is the cached image itself, read-only; no bytes
+	// written, and the tier's file is not made writable.
+	linked := filepath.Join(dir, "c.ext4")
+	r = decode[ext4Result](t, must(t, f.args("materialize", f.ref, "--format", "ext4", "--out", linked, "--link", "--json")...))
+	ls := statT(t, linked)
+	if r.Placed != ext4.PlacedLink || ls.Nlink < 2 || os.FileMode(ls.Mode).Perm() != 0o400 {
+		t.Errorf("--link: placed by %q, %d links, mode %v; want a link of the cached file, 0400", r.Placed, ls.Nlink, os.FileMode(ls.Mode).Perm())
+	}
+	if got, _ := os.ReadFile(linked); !bytes.Equal(got, want) {
+		t.Error("--link: --out differs from the first image")
+	}
+	os.Remove(linked)
 
 	// "-": the image on stdout, the summary on stderr, no file named "-".
 	wd, _ := os.Getwd()

@@ -47,7 +47,9 @@ func stallLayer(digest *atomic.Value, reached chan<- struct{}) func(http.Handler
 }
 
 // leftovers lists the regular files under dirs whose names mark them as
-// temporary (the converter's convert-*, download-*, and --out's .NAME.tmp-*).
+// temporary (the converter's convert-*, download-*, the disk tier's
+// staging files stage-* that conversions write into, and --out's
+// .NAME.tmp-*).
 func leftovers(t *testing.T, dirs ...string) []string {
 	t.Helper()
 	var out []string
@@ -57,7 +59,7 @@ func leftovers(t *testing.T, dirs ...string) []string {
 				return nil
 			}
 			base := d.Name()
-			if strings.Contains(base, ".tmp") || strings.HasPrefix(base, "convert-") || strings.HasPrefix(base, "download-") || strings.Contains(filepath.Dir(p), filepath.Join("ext4", "tmp")) {
+			if strings.Contains(base, ".tmp") || strings.HasPrefix(base, "convert-") || strings.HasPrefix(base, "download-") || strings.HasPrefix(base, "stage-") || strings.Contains(filepath.Dir(p), filepath.Join("ext4", "tmp")) {
 				out = append(out, p)
 			}
 			return nil
@@ -102,7 +104,7 @@ func TestInterruptCleansUp(t *testing.T) {
 				t.Fatalf("the conversion never read the layer; stderr: %s", stderr.String())
 			}
 			// The conversion is under way: its temp file exists.
-			if tmp := leftovers(t, filepath.Join(root, "ext4")); len(tmp) == 0 {
+			if tmp := leftovers(t, root); len(tmp) == 0 {
 				t.Fatalf("no conversion temp file while the layer is being read")
 			}
 			if err := cmd.Process.Signal(tc.sig); err != nil {
