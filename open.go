@@ -115,7 +115,7 @@ func Open(ctx context.Context, cfg Config) (_ *Host, err error) {
 		if maxBlob <= 0 {
 			maxBlob = defaultMemoryMaxBlob
 		}
-		parts.Memory = memory.New(memory.Config{Name: admin.TierMemory, MaxBytes: int64(cfg.MemoryBudget), MaxBlobBytes: min(int64(maxBlob), int64(cfg.MemoryBudget)), Logger: log})
+		parts.Memory = memory.New(memory.Config{Name: admin.TierMemory, Budget: int64(cfg.MemoryBudget), MaxBlob: min(int64(maxBlob), int64(cfg.MemoryBudget)), Logger: log})
 		// Trusted: the memory tier verified every blob as it was stored
 		// and memory does not rot, so the stack does not hash its hits.
 		entries = append(entries, tiers.Entry{Tier: parts.Memory, Trusted: true})
@@ -133,6 +133,7 @@ func Open(ctx context.Context, cfg Config) (_ *Host, err error) {
 	if cfg.RemoteEndpoint != "" {
 		remote, err = reapi.New(ctx, reapi.Config{
 			Endpoint:     cfg.RemoteEndpoint,
+			Logger:       log,
 			Instance:     cfg.RemoteInstance,
 			Headers:      cfg.RemoteHeaders,
 			StallTimeout: time.Duration(cfg.RemoteStallTimeout),
@@ -189,7 +190,7 @@ func Open(ctx context.Context, cfg Config) (_ *Host, err error) {
 			metricHosts = append(metricHosts, n)
 		}
 	}
-	client, err := registry.New(registry.Config{Mirrors: mirrors, AllowCIDRs: cfg.AllowCIDRs, MaxBlobSize: cfg.registryMaxBlob(), Metrics: reg, MetricHosts: metricHosts, UserAgent: "strata", Logger: log})
+	client, err := registry.New(registry.Config{Mirrors: mirrors, AllowCIDRs: cfg.AllowCIDRs, MaxBlob: cfg.registryMaxBlob(), Metrics: reg, MetricHosts: metricHosts, UserAgent: "strata", Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("strata: registry: %w", err)
 	}
@@ -201,8 +202,9 @@ func Open(ctx context.Context, cfg Config) (_ *Host, err error) {
 		TagTTL:          time.Duration(cfg.TagTTL),
 		ProofTTL:        time.Duration(cfg.ProofTTL),
 		AnonymousShared: cfg.RemoteAnonymousShared,
-		RefKey:          key.Derive("fetcher-refs"),
+		SigningKey:      key.Derive("fetcher-refs"),
 		Metrics:         reg,
+		Logger:          log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("strata: fetcher: %w", err)
@@ -223,7 +225,7 @@ func Open(ctx context.Context, cfg Config) (_ *Host, err error) {
 	if remote != nil && !cfg.RemoteAnonymousShared {
 		localStore = h.stack.Local()
 	}
-	h.ext4, err = ext4.New(ext4.Config{Store: h.stack, LocalStore: localStore, Stager: parts.Disk, WorkDir: cfg.Ext4Dir, FreeBytes: int64(cfg.Ext4Free), FreeInodes: cfg.Ext4FreeInodes, Budget: int64(cfg.Ext4Budget), SigningKey: signingKey, Registerer: reg, Logger: log})
+	h.ext4, err = ext4.New(ext4.Config{Store: h.stack, LocalStore: localStore, Stager: parts.Disk, WorkDir: cfg.Ext4Dir, FreeBytes: int64(cfg.Ext4Free), FreeInodes: cfg.Ext4FreeInodes, Budget: int64(cfg.Ext4Budget), SigningKey: signingKey, Metrics: reg, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("strata: ext4: %w", err)
 	}

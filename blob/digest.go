@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/strata-oci/strata/internal/trunc"
 )
 
 // Digest is an OCI content digest. Strata accepts only sha256.
@@ -18,10 +20,10 @@ const Algorithm = digest.SHA256
 func ParseDigest(s string) (Digest, error) {
 	d, err := digest.Parse(s)
 	if err != nil {
-		return "", fmt.Errorf("%w: %q: %v", ErrInvalidDigest, truncate(s, 100), err)
+		return "", fmt.Errorf("%w: %q: %v", ErrInvalidDigest, trunc.String(s, 100), err)
 	}
 	if d.Algorithm() != Algorithm {
-		return "", fmt.Errorf("%w: %q: algorithm %q is not supported (only sha256)", ErrInvalidDigest, truncate(s, 100), d.Algorithm())
+		return "", fmt.Errorf("%w: %q: algorithm %q is not supported (only sha256)", ErrInvalidDigest, trunc.String(s, 100), d.Algorithm())
 	}
 	return d, nil
 }
@@ -54,10 +56,3 @@ func FromBytes(b []byte) Digest { return Algorithm.FromBytes(b) }
 
 // EmptyDigest is the digest of the empty blob.
 var EmptyDigest = FromBytes(nil)
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
-}

@@ -5,11 +5,13 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/strata-oci/strata/internal/trunc"
 )
 
-// Well-known ref namespaces. The keys of the first three are built by
-// TagKey, MemberKey and ProofKey, so that every package that reads or
-// writes them names them alike.
+// Well-known ref namespaces. Their keys are built by TagKey, MemberKey,
+// ProofKey and DerivedKey, so that every package that reads or writes them
+// names them alike.
 const (
 	NamespaceTag     = "tag"     // image reference -> manifest digest
 	NamespaceMember  = "member"  // repository@digest -> a blob that repository's registry served
@@ -33,6 +35,14 @@ func MemberKey(repository string, d Digest) RefKey {
 // made for repository: scoped by the identity.
 func ProofKey(repository, identity string) RefKey {
 	return RefKey{Namespace: NamespaceProof, Scope: identity, Name: repository}
+}
+
+// DerivedKey is the key of the derivation ref naming the blob derived from
+// image in format, with options (canonical: everything that changes the
+// derived bytes, in one order) by derivation version: scoped by scope
+// (empty: global). The caller validates the key (its length is bounded).
+func DerivedKey(scope string, image Digest, format, options, version string) RefKey {
+	return RefKey{Namespace: NamespaceDerived, Scope: scope, Name: string(image) + "|" + format + "|" + options + "|" + version}
 }
 
 // MaxRefKeyLen bounds the encoded length of a ref key.
@@ -75,19 +85,19 @@ func (k RefKey) String() string {
 func ParseRefKey(s string) (RefKey, error) {
 	parts := strings.Split(s, "/")
 	if len(parts) != 3 {
-		return RefKey{}, fmt.Errorf("%w: %q is not namespace/scope/name", ErrInvalidRef, truncate(s, 100))
+		return RefKey{}, fmt.Errorf("%w: %q is not namespace/scope/name", ErrInvalidRef, trunc.String(s, 100))
 	}
 	var out [3]string
 	for i, p := range parts {
 		u, err := url.PathUnescape(p)
 		if err != nil {
-			return RefKey{}, fmt.Errorf("%w: %q: %v", ErrInvalidRef, truncate(s, 100), err)
+			return RefKey{}, fmt.Errorf("%w: %q: %v", ErrInvalidRef, trunc.String(s, 100), err)
 		}
 		out[i] = u
 	}
 	k := RefKey{Namespace: out[0], Scope: out[1], Name: out[2]}
 	if k.String() != s {
-		return RefKey{}, fmt.Errorf("%w: %q is not canonically encoded", ErrInvalidRef, truncate(s, 100))
+		return RefKey{}, fmt.Errorf("%w: %q is not canonically encoded", ErrInvalidRef, trunc.String(s, 100))
 	}
 	return k, k.Validate()
 }

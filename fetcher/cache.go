@@ -76,7 +76,7 @@ func (f *Fetcher) imageBlobs(ctx context.Context, st blob.Tier, r registry.Refer
 // walkDocument adds d and what it references to set. For an index it
 // follows the fetcher's platform (required) and any other entry the cache
 // holds (optional).
-func (f *Fetcher) walkDocument(ctx context.Context, st blob.Tier, d registry.Descriptor, set *imageSet, required bool) error {
+func (f *Fetcher) walkDocument(ctx context.Context, st blob.Tier, d manifest.Descriptor, set *imageSet, required bool) error {
 	data, _, err := readSmall(ctx, st, d.Digest, d.Size)
 	if err != nil {
 		if !required && errors.Is(err, blob.ErrNotFound) {
@@ -84,7 +84,7 @@ func (f *Fetcher) walkDocument(ctx context.Context, st blob.Tier, d registry.Des
 		}
 		return err
 	}
-	doc, err := manifest.Parse(d.MediaType, data)
+	doc, err := manifest.Parse(string(d.MediaType), data)
 	if err != nil {
 		return fmt.Errorf("cached manifest %s: %w", d.Digest, err)
 	}
@@ -101,7 +101,7 @@ func (f *Fetcher) walkDocument(ctx context.Context, st blob.Tier, d registry.Des
 			if !manifest.IsManifest(c.MediaType) && !manifest.IsIndex(c.MediaType) {
 				continue
 			}
-			cd := registry.Descriptor{Digest: c.Digest, Size: c.Size, MediaType: string(c.MediaType)}
+			cd := manifest.Descriptor{Digest: c.Digest, Size: c.Size, MediaType: c.MediaType}
 			if err := f.walkDocument(ctx, st, cd, set, required && c.Digest == want.Digest); err != nil {
 				return err
 			}

@@ -1,10 +1,10 @@
 package fetcher
 
 import (
+	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/registry"
 	"github.com/strata-oci/strata/registry/credential"
@@ -16,11 +16,6 @@ const (
 	DefaultTagTTL   = 15 * time.Minute
 	DefaultProofTTL = 15 * time.Minute
 )
-
-// NamespaceMember is blob.NamespaceMember, kept while callers move.
-//
-// Deprecated: use blob.NamespaceMember (or blob.MemberKey).
-const NamespaceMember = blob.NamespaceMember
 
 // SourceRegistry is the tier name reported (blob.Info.Tier) for bytes that
 // came from the registry.
@@ -50,15 +45,19 @@ type Config struct {
 	// AnonymousShared lets anonymous callers read and write the stack's
 	// shared tiers. Off by default: anonymous callers use Store.Local().
 	AnonymousShared bool
-	// RefKey signs the refs that decide access (tags, proofs, membership):
+	// SigningKey signs the refs that decide access (tags, proofs, membership):
 	// a ref is trusted only if its signature verifies, so whoever can
 	// write a shared tier cannot forge one. Executors that share proofs
 	// and membership through a shared tier must share this key (derive it
 	// from the fleet's identity key). Empty: New draws a random key, and
 	// refs are trusted by this Fetcher only (nothing survives a restart).
-	RefKey []byte
+	SigningKey []byte
 	// Metrics, when set, receives the fetcher's metrics.
 	Metrics prometheus.Registerer
+	// Logger receives a Debug line for every signed ref ignored because its
+	// signature does not verify (another fleet's key, or a forgery); nil
+	// discards them. Credentials are never logged.
+	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }

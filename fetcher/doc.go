@@ -39,7 +39,7 @@
 // the last source.
 //
 // Refs that decide access (tags, proofs, membership) carry an HMAC
-// signature under Config.RefKey over everything they say, and a ref whose
+// signature under Config.SigningKey over everything they say, and a ref whose
 // signature does not verify is never trusted: a shared tier (a remote action
 // cache) may be writable by build clients, who must not be able to forge
 // them. Executors that share one key (derived from a fleet-wide identity

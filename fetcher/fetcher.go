@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/internal/flight"
@@ -34,7 +37,7 @@ type Fetcher struct {
 	// fills collapses the fills that prove membership, per repository
 	// and digest (see blobAccess.fill).
 	fills  flight.Group[struct{}]
-	refKey []byte // signs the refs that decide access (Config.RefKey)
+	refKey []byte // signs the refs that decide access (Config.SigningKey)
 }
 
 // New returns a Fetcher for cfg. Store and Registry are required.
@@ -49,7 +52,7 @@ func New(cfg Config) (*Fetcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fetcher: metrics: %w", err)
 	}
-	f := &Fetcher{cfg: cfg, now: cfg.Now, platform: cfg.Platform, m: m, refKey: cfg.RefKey}
+	f := &Fetcher{cfg: cfg, now: cfg.Now, platform: cfg.Platform, m: m, refKey: cfg.SigningKey}
 	if len(f.refKey) == 0 {
 		f.refKey = make([]byte, 32)
 		if _, err := rand.Read(f.refKey); err != nil {
@@ -59,6 +62,9 @@ func New(cfg Config) (*Fetcher, error) {
 	f.fetches.OnJoin = m.collapsed.Inc
 	if f.now == nil {
 		f.now = time.Now
+	}
+	if f.cfg.Logger == nil {
+		f.cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if f.platform.OS == "" {
 		f.platform = manifest.Default()
@@ -171,7 +177,7 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 			return nil, fmt.Errorf("%s: %w", r, err)
 		}
 		img.Index = doc.Index.Digest
-		cdesc := registry.Descriptor{Digest: child.Digest, Size: child.Size, MediaType: string(child.MediaType)}
+		cdesc := manifest.Descriptor{Digest: child.Digest, Size: child.Size, MediaType: child.MediaType}
 		doc, err = f.readDocument(ctx, ba, cdesc, img)
 		if err != nil {
 			return nil, err
@@ -207,7 +213,7 @@ func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credenti
 
 // access is the outcome of authorizing a caller for a reference.
 type access struct {
-	target    registry.Descriptor // the manifest or index the reference names
+	target    manifest.Descriptor // the manifest or index the reference names
 	fromCache bool                // no network request was made
 	proved    bool                // a new proof was made at the origin
 	resolved  bool                // target came from the origin registry
@@ -298,7 +304,7 @@ func (f *Fetcher) proven(ctx context.Context, st *tiers.Stack, repo registry.Rep
 func (f *Fetcher) record(ctx context.Context, st *tiers.Stack, r registry.Reference, id string, acc access) {
 	now := f.now()
 	t := acc.target
-	ref := blob.Ref{Digest: t.Digest, Size: t.Size, MediaType: t.MediaType}
+	ref := blob.Ref{Digest: t.Digest, Size: t.Size, MediaType: string(t.MediaType)}
 	if acc.proved && f.cfg.ProofTTL > 0 {
 		p := ref
 		p.Expires = now.Add(f.cfg.ProofTTL)
@@ -319,16 +325,16 @@ func (f *Fetcher) putRef(ctx context.Context, st *tiers.Stack, k blob.RefKey, r 
 // (the target it resolved, or an entry of a document it vouched for),
 // through ba (the tiers, or the registry's manifests endpoint) and parses
 // it.
-func (f *Fetcher) readDocument(ctx context.Context, ba *blobAccess, d registry.Descriptor, img *Image) (*manifest.Document, error) {
+func (f *Fetcher) readDocument(ctx context.Context, ba *blobAccess, d manifest.Descriptor, img *Image) (*manifest.Document, error) {
 	if d.Size > maxDocumentSize {
 		return nil, fmt.Errorf("manifest %s of %d bytes: %w", d.Digest, d.Size, blob.ErrTooLarge)
 	}
-	data, tier, err := ba.readSmall(ctx, d.Digest, d.Size, d.MediaType)
+	data, tier, err := ba.readSmall(ctx, d.Digest, d.Size, string(d.MediaType))
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", d.Digest, err)
 	}
 	img.Sources[d.Digest] = tier
-	doc, err := manifest.Parse(d.MediaType, data)
+	doc, err := manifest.Parse(string(d.MediaType), data)
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", d.Digest, err)
 	}
@@ -367,7 +373,7 @@ func readWhole(rc io.ReadCloser, d blob.Digest, size int64) ([]byte, error) {
 	return data, nil
 }
 
-// getRef reads a ref, checks its signature (see Config.RefKey) and applies
+// getRef reads a ref, checks its signature (see Config.SigningKey) and applies
 // the fetcher's clock to its expiry (tiers apply their own; the fetcher's
 // may be injected).
 func (f *Fetcher) getRef(ctx context.Context, st blob.Tier, k blob.RefKey) (blob.Ref, error) {
@@ -384,8 +390,8 @@ func (f *Fetcher) getRef(ctx context.Context, st blob.Tier, k blob.RefKey) (blob
 	return r, nil
 }
 
-func descOf(r blob.Ref) registry.Descriptor {
-	return registry.Descriptor{Digest: r.Digest, Size: r.Size, MediaType: r.MediaType}
+func descOf(r blob.Ref) manifest.Descriptor {
+	return manifest.Descriptor{Digest: r.Digest, Size: r.Size, MediaType: types.MediaType(r.MediaType)}
 }
 
 func tagKey(r registry.Reference) blob.RefKey { return blob.TagKey(r.Repo().String(), r.Tag()) }

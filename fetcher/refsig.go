@@ -10,7 +10,7 @@ import (
 )
 
 // refSignature authenticates everything a ref says: its key, digest, size,
-// media type and expiry, under Config.RefKey.
+// media type and expiry, under Config.SigningKey.
 func (f *Fetcher) refSignature(k blob.RefKey, r blob.Ref) []byte {
 	exp := ""
 	if !r.Expires.IsZero() {
@@ -35,6 +35,7 @@ func (f *Fetcher) verify(k blob.RefKey, r blob.Ref) (blob.Ref, error) {
 		return f.refSignature(k, r)
 	})
 	if !ok {
+		f.cfg.Logger.Debug("fetcher: ignoring a ref whose signature does not verify", "ref", k.String())
 		return blob.Ref{}, fmt.Errorf("ref %s: %w (unsigned or bad signature)", k, blob.ErrNotFound)
 	}
 	r.MediaType = base

@@ -15,7 +15,7 @@ import (
 // including an unknown (negative) one.
 func TestReadSmallBounds(t *testing.T) {
 	ctx := context.Background()
-	mem := memory.New(memory.Config{Name: "memory", MaxBytes: 64 << 20, MaxBlobBytes: 32 << 20})
+	mem := memory.New(memory.Config{Name: "memory", Budget: 64 << 20, MaxBlob: 32 << 20})
 	t.Cleanup(func() { mem.Close() })
 	big := bytes.Repeat([]byte("d"), maxDocumentSize+1)
 	bd := blob.FromBytes(big)

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/trunc"
 	"github.com/strata-oci/strata/manifest/internal/strictjson"
 )
 
@@ -88,7 +89,7 @@ func parseConfig(contentType string, dg blob.Digest, data []byte) (*Config, erro
 		mt = types.OCIConfigJSON
 	}
 	if !IsImageConfig(mt) {
-		return nil, fmt.Errorf("%w: %q is not an image config media type", ErrUnknownMediaType, truncate(string(mt), 200))
+		return nil, fmt.Errorf("%w: %q is not an image config media type", ErrUnknownMediaType, trunc.String(string(mt), 200))
 	}
 	if err := strictjson.Check(data, configSchema); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
@@ -101,7 +102,7 @@ func parseConfig(contentType string, dg blob.Digest, data []byte) (*Config, erro
 	case w.RootFS == nil:
 		return nil, fmt.Errorf("%w: rootfs: missing", ErrInvalid)
 	case w.RootFS.Type != "layers":
-		return nil, fmt.Errorf("%w: rootfs.type: %q, want \"layers\"", ErrInvalid, truncate(w.RootFS.Type, 100))
+		return nil, fmt.Errorf("%w: rootfs.type: %q, want \"layers\"", ErrInvalid, trunc.String(w.RootFS.Type, 100))
 	}
 	var diffIDs []string
 	if w.RootFS.DiffIDs != nil {

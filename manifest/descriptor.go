@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/trunc"
 )
 
 // MaxDescriptorSize is the largest size a descriptor may declare (layer,
@@ -26,7 +27,7 @@ import (
 // overflows (a size of 9223372036854775807 crashed the verifying reader).
 // Under the cap, size+1 and any sum of a few sizes fit an int64 with room
 // to spare. It is a sanity bound, not a resource limit: hosts apply their
-// own, smaller per-blob cap (registry.Config.MaxBlobSize).
+// own, smaller per-blob cap (registry.Config.MaxBlob).
 const MaxDescriptorSize = 1 << 40
 
 // Descriptor points at content by media type, digest and size (the OCI
@@ -129,7 +130,7 @@ func (w *wireDescriptor) descriptor(path string) (Descriptor, error) {
 	for i, u := range w.URLs {
 		pu, err := url.Parse(u)
 		if err != nil || !pu.IsAbs() || pu.Host == "" {
-			return d, fmt.Errorf("%s.urls[%d]: %q is not an absolute URL", path, i, truncate(u, 200))
+			return d, fmt.Errorf("%s.urls[%d]: %q is not an absolute URL", path, i, trunc.String(u, 200))
 		}
 	}
 	d.URLs = w.URLs
@@ -188,7 +189,7 @@ func (n *jsonInt) UnmarshalJSON(b []byte) error {
 func parseInt(n jsonInt) (int64, error) {
 	v, err := strconv.ParseInt(string(n), 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%s is not an integer in the int64 range", truncate(string(n), 40))
+		return 0, fmt.Errorf("%s is not an integer in the int64 range", trunc.String(string(n), 40))
 	}
 	return v, nil
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/trunc"
 	"github.com/strata-oci/strata/manifest/internal/strictjson"
 )
 
@@ -199,7 +200,7 @@ func sniff(contentType string, data []byte) (*wireTop, Kind, types.MediaType, er
 		return nil, 0, "", fmt.Errorf("%w (declared %s)", ErrSchema1, declared)
 	}
 	if declared != "" && !IsManifest(declared) && !IsIndex(declared) {
-		return nil, 0, "", fmt.Errorf("%w: declared media type %q is not an image manifest or index", ErrUnknownMediaType, truncate(string(declared), 200))
+		return nil, 0, "", fmt.Errorf("%w: declared media type %q is not an image manifest or index", ErrUnknownMediaType, trunc.String(string(declared), 200))
 	}
 	if err := strictjson.Check(data, topSchema); err != nil {
 		return nil, 0, "", fmt.Errorf("%w: %v", ErrInvalid, err)
@@ -231,7 +232,7 @@ func sniff(contentType string, data []byte) (*wireTop, Kind, types.MediaType, er
 		return nil, 0, "", fmt.Errorf("%w: schemaVersion: %d, want 2", ErrInvalid, version)
 	}
 	if embedded != "" && !IsManifest(embedded) && !IsIndex(embedded) {
-		return nil, 0, "", fmt.Errorf("%w: mediaType %q is not an image manifest or index", ErrUnknownMediaType, truncate(string(embedded), 200))
+		return nil, 0, "", fmt.Errorf("%w: mediaType %q is not an image manifest or index", ErrUnknownMediaType, trunc.String(string(embedded), 200))
 	}
 	if declared != "" && embedded != "" && declared != embedded {
 		return nil, 0, "", fmt.Errorf("%w: declared %s but the document says %s", ErrMediaTypeMismatch, declared, embedded)

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/strata-oci/strata/internal/trunc"
 )
 
 // Media types this package knows beyond those go-containerregistry names.
@@ -66,7 +68,7 @@ var layerTypes = map[types.MediaType]layerType{
 func Compression(mt types.MediaType) (Codec, error) {
 	lt, ok := layerTypes[mt]
 	if !ok {
-		return None, fmt.Errorf("%w: %q is not an image layer media type", ErrUnknownMediaType, truncate(string(mt), 200))
+		return None, fmt.Errorf("%w: %q is not an image layer media type", ErrUnknownMediaType, trunc.String(string(mt), 200))
 	}
 	return lt.codec, nil
 }
@@ -107,7 +109,7 @@ func IsSchema1(mt types.MediaType) bool {
 func validMediaType(mt string) error {
 	typ, sub, ok := strings.Cut(mt, "/")
 	if !ok || !restrictedName(typ) || !restrictedName(sub) {
-		return fmt.Errorf("malformed media type %q", truncate(mt, 200))
+		return fmt.Errorf("malformed media type %q", trunc.String(mt, 200))
 	}
 	return nil
 }
@@ -147,17 +149,10 @@ func declaredType(contentType string) (types.MediaType, error) {
 	}
 	mt, _, err := mime.ParseMediaType(contentType)
 	if err != nil {
-		return "", fmt.Errorf("%w: declared media type %q: %v", ErrInvalid, truncate(contentType, 200), err)
+		return "", fmt.Errorf("%w: declared media type %q: %v", ErrInvalid, trunc.String(contentType, 200), err)
 	}
 	if genericContentTypes[mt] {
 		return "", nil
 	}
 	return types.MediaType(mt), nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/strata-oci/strata/internal/trunc"
 )
 
 // Platform is the platform an image runs on (the OCI image-index platform
@@ -31,12 +33,12 @@ var platformPartRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 func ParsePlatform(s string) (Platform, error) {
 	orig := s
 	fail := func(format string, a ...any) (Platform, error) {
-		return Platform{}, fmt.Errorf("%w %q: %s (want os/arch[/variant][:os.version], e.g. linux/arm64/v8)", ErrInvalidPlatform, truncate(orig, 100), fmt.Sprintf(format, a...))
+		return Platform{}, fmt.Errorf("%w %q: %s (want os/arch[/variant][:os.version], e.g. linux/arm64/v8)", ErrInvalidPlatform, trunc.String(orig, 100), fmt.Sprintf(format, a...))
 	}
 	var p Platform
 	if head, ver, ok := strings.Cut(s, ":"); ok {
 		if !platformPartRE.MatchString(ver) {
-			return fail("malformed os.version %q", truncate(ver, 100))
+			return fail("malformed os.version %q", trunc.String(ver, 100))
 		}
 		s, p.OSVersion = head, ver
 	}
@@ -53,7 +55,7 @@ func ParsePlatform(s string) (Platform, error) {
 			return fail("empty %s", names[i])
 		}
 		if !platformPartRE.MatchString(part) {
-			return fail("malformed %s %q", names[i], truncate(part, 100))
+			return fail("malformed %s %q", names[i], trunc.String(part, 100))
 		}
 	}
 	p.OS, p.Architecture = parts[0], parts[1]

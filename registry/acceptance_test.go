@@ -173,7 +173,7 @@ func TestBlobCapWithoutContentLength(t *testing.T) {
 	p := pushImage(t, host, "app/one:v1", 100000)
 	px := registrytest.NewProxy(t, host)
 	px.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Chunked: true})
-	r := newClient(t, func(c *registry.Config) { c.MaxBlobSize = 50000 })
+	r := newClient(t, func(c *registry.Config) { c.MaxBlob = 50000 })
 	_, err := readBlob(t, r.c, mustRef(t, px.Host()+"/app/one:v1"), p.layerD, -1)
 	if !errors.Is(err, registry.ErrTooLarge) {
 		t.Fatalf("err = %v, want ErrTooLarge while streaming", err)

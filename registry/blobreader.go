@@ -32,7 +32,7 @@ type blobReader struct {
 	repo   Repository
 	d      blob.Digest
 	total  int64 // expected length, -1 if unknown
-	limit  int64 // Config.MaxBlobSize, 0 = none
+	limit  int64 // Config.MaxBlob, 0 = none
 
 	body    io.ReadCloser
 	off     int64

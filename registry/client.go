@@ -21,22 +21,31 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
-	"github.com/strata-oci/strata/blob"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/manifest"
 )
 
 // ManifestMediaTypes are the manifest and index media types the client asks
 // for (Accept), in order of preference. Schema 1 is not asked for; a
 // registry that sends it anyway has its media type passed through for the
 // manifest package to reject.
-var ManifestMediaTypes = []string{
-	"application/vnd.oci.image.index.v1+json",
-	"application/vnd.oci.image.manifest.v1+json",
-	"application/vnd.docker.distribution.manifest.list.v2+json",
-	"application/vnd.docker.distribution.manifest.v2+json",
+var ManifestMediaTypes = []types.MediaType{
+	types.OCIImageIndex,
+	types.OCIManifestSchema1,
+	types.DockerManifestList,
+	types.DockerManifestSchema2,
 }
 
-var acceptHeader = strings.Join(ManifestMediaTypes, ", ")
+var acceptHeader = func() string {
+	s := make([]string, len(ManifestMediaTypes))
+	for i, mt := range ManifestMediaTypes {
+		s[i] = string(mt)
+	}
+	return strings.Join(s, ", ")
+}()
 
 // maxTransports bounds the cache of authenticated transports.
 const maxTransports = 1024
@@ -44,13 +53,6 @@ const maxTransports = 1024
 // maxBadMarks bounds the memory of (mirror, digest) pairs that served bad
 // content.
 const maxBadMarks = 4096
-
-// Descriptor describes a manifest or blob as the registry reported it.
-type Descriptor struct {
-	Digest    blob.Digest
-	Size      int64
-	MediaType string
-}
 
 // Client reads manifests and blobs from OCI registries, through configured
 // mirrors, under a network policy, with retries and resumable downloads. It
@@ -329,12 +331,12 @@ func checkRef(ref Reference) error {
 	return nil
 }
 
-func mediaType(h http.Header) string {
+func mediaType(h http.Header) types.MediaType {
 	ct := strings.TrimSpace(h.Get("Content-Type"))
 	if mt, _, err := mime.ParseMediaType(ct); err == nil {
-		return mt
+		return types.MediaType(mt)
 	}
-	return ct
+	return types.MediaType(ct)
 }
 
 // Resolve returns the descriptor of the manifest or index ref names. It
@@ -344,33 +346,33 @@ func mediaType(h http.Header) string {
 // It asks with HEAD and falls back to GET when the registry omits
 // Docker-Content-Digest or Content-Length. For a digest reference the
 // answer must carry that digest. It is Head under another name.
-func (c *Client) Resolve(ctx context.Context, ref Reference, auth authn.Authenticator) (Descriptor, error) {
+func (c *Client) Resolve(ctx context.Context, ref Reference, auth authn.Authenticator) (manifest.Descriptor, error) {
 	return c.Head(ctx, ref, auth)
 }
 
 var errNeedGet = errors.New("HEAD did not describe the manifest")
 
-func (c *Client) head(ctx context.Context, ep endpoint, ref Reference) (Descriptor, error) {
+func (c *Client) head(ctx context.Context, ep endpoint, ref Reference) (manifest.Descriptor, error) {
 	host, repo := ep.host(), ref.repo.Name()
 	resp, err := c.send(ctx, ep, ref.repo, http.MethodHead, "manifests", ref.Identifier(), http.Header{"Accept": {acceptHeader}})
 	if err != nil {
-		return Descriptor{}, err
+		return manifest.Descriptor{}, err
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return Descriptor{}, statusError("HEAD manifest "+ref.Identifier(), host, repo, resp.StatusCode)
+		return manifest.Descriptor{}, statusError("HEAD manifest "+ref.Identifier(), host, repo, resp.StatusCode)
 	}
 	d, err := blob.ParseDigest(resp.Header.Get("Docker-Content-Digest"))
 	if err != nil || resp.ContentLength < 0 {
-		return Descriptor{}, errNeedGet
+		return manifest.Descriptor{}, errNeedGet
 	}
 	if ref.digest != "" && d != ref.digest {
-		return Descriptor{}, fmt.Errorf("HEAD manifest %s/%s: %w", host, repo, &blob.MismatchError{Want: ref.digest, WantSize: -1, Got: d, GotSize: resp.ContentLength})
+		return manifest.Descriptor{}, fmt.Errorf("HEAD manifest %s/%s: %w", host, repo, &blob.MismatchError{Want: ref.digest, WantSize: -1, Got: d, GotSize: resp.ContentLength})
 	}
 	if resp.ContentLength > c.cfg.MaxManifestSize {
-		return Descriptor{}, fmt.Errorf("HEAD manifest %s %s/%s: %w: %d bytes (cap %d)", d, host, repo, ErrTooLarge, resp.ContentLength, c.cfg.MaxManifestSize)
+		return manifest.Descriptor{}, fmt.Errorf("HEAD manifest %s %s/%s: %w: %d bytes (cap %d)", d, host, repo, ErrTooLarge, resp.ContentLength, c.cfg.MaxManifestSize)
 	}
-	return Descriptor{Digest: d, Size: resp.ContentLength, MediaType: mediaType(resp.Header)}, nil
+	return manifest.Descriptor{Digest: d, Size: resp.ContentLength, MediaType: mediaType(resp.Header)}, nil
 }
 
 // Manifest fetches the manifest or index ref names and returns its bytes
@@ -385,16 +387,16 @@ func (c *Client) head(ctx context.Context, ep endpoint, ref Reference) (Descript
 // that the origin repository holds it: ask for a digest only when the
 // origin named it (Resolve, Head, or a document whose own digest the origin
 // named).
-func (c *Client) Manifest(ctx context.Context, ref Reference, auth authn.Authenticator) ([]byte, Descriptor, error) {
+func (c *Client) Manifest(ctx context.Context, ref Reference, auth authn.Authenticator) ([]byte, manifest.Descriptor, error) {
 	if err := checkRef(ref); err != nil {
-		return nil, Descriptor{}, err
+		return nil, manifest.Descriptor{}, err
 	}
 	if ref.digest == "" {
 		return c.getManifest(ctx, endpoint{reg: ref.repo.repo.Registry, auth: auth}, ref)
 	}
 	var (
 		body []byte
-		desc Descriptor
+		desc manifest.Descriptor
 	)
 	err := c.each(ctx, ref.repo, auth, func(ctx context.Context, ep endpoint) error {
 		b, d, err := c.getManifest(ctx, ep, ref)
@@ -402,50 +404,50 @@ func (c *Client) Manifest(ctx context.Context, ref Reference, auth authn.Authent
 		return err
 	})
 	if err != nil {
-		return nil, Descriptor{}, err
+		return nil, manifest.Descriptor{}, err
 	}
 	return body, desc, nil
 }
 
-func (c *Client) getManifest(ctx context.Context, ep endpoint, ref Reference) ([]byte, Descriptor, error) {
+func (c *Client) getManifest(ctx context.Context, ep endpoint, ref Reference) ([]byte, manifest.Descriptor, error) {
 	host, repo := ep.host(), ref.repo.Name()
 	op := "GET manifest " + ref.Identifier()
 	resp, err := c.send(ctx, ep, ref.repo, http.MethodGet, "manifests", ref.Identifier(), http.Header{"Accept": {acceptHeader}})
 	if err != nil {
-		return nil, Descriptor{}, err
+		return nil, manifest.Descriptor{}, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, Descriptor{}, statusError(op, host, repo, resp.StatusCode)
+		return nil, manifest.Descriptor{}, statusError(op, host, repo, resp.StatusCode)
 	}
 	limit := c.cfg.MaxManifestSize
 	if resp.ContentLength > limit {
-		return nil, Descriptor{}, fmt.Errorf("%s %s/%s: %w: %d bytes (cap %d)", op, host, repo, ErrTooLarge, resp.ContentLength, limit)
+		return nil, manifest.Descriptor{}, fmt.Errorf("%s %s/%s: %w: %d bytes (cap %d)", op, host, repo, ErrTooLarge, resp.ContentLength, limit)
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
-		return nil, Descriptor{}, transportError(op, host, repo, err)
+		return nil, manifest.Descriptor{}, transportError(op, host, repo, err)
 	}
 	if int64(len(b)) > limit {
-		return nil, Descriptor{}, fmt.Errorf("%s %s/%s: %w: more than %d bytes", op, host, repo, ErrTooLarge, limit)
+		return nil, manifest.Descriptor{}, fmt.Errorf("%s %s/%s: %w: more than %d bytes", op, host, repo, ErrTooLarge, limit)
 	}
 	got := blob.FromBytes(b)
 	if ref.digest != "" && got != ref.digest {
-		return nil, Descriptor{}, fmt.Errorf("%s %s/%s: %w", op, host, repo, &blob.MismatchError{Want: ref.digest, WantSize: -1, Got: got, GotSize: int64(len(b))})
+		return nil, manifest.Descriptor{}, fmt.Errorf("%s %s/%s: %w", op, host, repo, &blob.MismatchError{Want: ref.digest, WantSize: -1, Got: got, GotSize: int64(len(b))})
 	}
 	if hd, err := blob.ParseDigest(resp.Header.Get("Docker-Content-Digest")); err == nil && hd != got {
-		return nil, Descriptor{}, fmt.Errorf("%s %s/%s: Docker-Content-Digest disagrees with the body: %w", op, host, repo, &blob.MismatchError{Want: hd, WantSize: -1, Got: got, GotSize: int64(len(b))})
+		return nil, manifest.Descriptor{}, fmt.Errorf("%s %s/%s: Docker-Content-Digest disagrees with the body: %w", op, host, repo, &blob.MismatchError{Want: hd, WantSize: -1, Got: got, GotSize: int64(len(b))})
 	}
-	return b, Descriptor{Digest: got, Size: int64(len(b)), MediaType: mediaType(resp.Header)}, nil
+	return b, manifest.Descriptor{Digest: got, Size: int64(len(b)), MediaType: mediaType(resp.Header)}, nil
 }
 
 // Head resolves ref at the origin registry only, with the caller's
 // credentials, never through a mirror. A success is therefore also a proof
 // of access (as CheckAccess), and the fetcher can refresh a tag and its
 // access proof with one request. Errors are those of CheckAccess.
-func (c *Client) Head(ctx context.Context, ref Reference, auth authn.Authenticator) (Descriptor, error) {
+func (c *Client) Head(ctx context.Context, ref Reference, auth authn.Authenticator) (manifest.Descriptor, error) {
 	if err := checkRef(ref); err != nil {
-		return Descriptor{}, err
+		return manifest.Descriptor{}, err
 	}
 	ep := endpoint{reg: ref.repo.repo.Registry, auth: auth}
 	d, err := c.head(ctx, ep, ref)
@@ -490,8 +492,8 @@ func (c *Client) Blob(ctx context.Context, repo Repository, d blob.Digest, size 
 	if err := blob.ValidateDigest(d); err != nil {
 		return nil, fmt.Errorf("blob %s: %w", repo, err)
 	}
-	if c.cfg.MaxBlobSize > 0 && size > c.cfg.MaxBlobSize {
-		return nil, fmt.Errorf("blob %s in %s: %w: %d bytes (cap %d)", d, repo, ErrTooLarge, size, c.cfg.MaxBlobSize)
+	if c.cfg.MaxBlob > 0 && size > c.cfg.MaxBlob {
+		return nil, fmt.Errorf("blob %s in %s: %w: %d bytes (cap %d)", d, repo, ErrTooLarge, size, c.cfg.MaxBlob)
 	}
 	eps := c.endpoints(repo, auth)
 	for i, ep := range eps {
@@ -545,10 +547,10 @@ func (c *Client) openBlob(ctx context.Context, ep endpoint, next []endpoint, rep
 	if total < 0 {
 		total = resp.ContentLength
 	}
-	if c.cfg.MaxBlobSize > 0 && total > c.cfg.MaxBlobSize {
-		return fail(fmt.Errorf("GET blob %s %s/%s: %w: %d bytes (cap %d)", d, host, rname, ErrTooLarge, total, c.cfg.MaxBlobSize))
+	if c.cfg.MaxBlob > 0 && total > c.cfg.MaxBlob {
+		return fail(fmt.Errorf("GET blob %s %s/%s: %w: %d bytes (cap %d)", d, host, rname, ErrTooLarge, total, c.cfg.MaxBlob))
 	}
-	br := &blobReader{c: c, ctx: actx, cancel: cancel, ep: ep, next: next, repo: repo, d: d, total: total, limit: c.cfg.MaxBlobSize, body: resp.Body}
+	br := &blobReader{c: c, ctx: actx, cancel: cancel, ep: ep, next: next, repo: repo, d: d, total: total, limit: c.cfg.MaxBlob, body: resp.Body}
 	var onMismatch func(error)
 	if ep.mirror {
 		onMismatch = func(error) { c.markBad(ep, d) }

@@ -186,7 +186,7 @@ func TestBlobChecks(t *testing.T) {
 		}
 	})
 	t.Run("size cap on the declared size", func(t *testing.T) {
-		r := newClient(t, func(c *registry.Config) { c.MaxBlobSize = 1000 })
+		r := newClient(t, func(c *registry.Config) { c.MaxBlob = 1000 })
 		_, err := r.c.Blob(ctx, p.ref.Repo(), p.layerD, int64(len(p.layer)), nil)
 		if !errors.Is(err, registry.ErrTooLarge) {
 			t.Fatalf("err = %v, want ErrTooLarge", err)

@@ -56,8 +56,8 @@ type Config struct {
 
 	// MaxManifestSize caps manifests and indexes (default 10 MiB).
 	MaxManifestSize int64
-	// MaxBlobSize caps blobs; 0 means no cap.
-	MaxBlobSize int64
+	// MaxBlob caps blobs; 0 means no cap.
+	MaxBlob int64
 
 	// MaxAttempts bounds the attempts per HTTP request on 429, 5xx and
 	// connection resets (default 5; 1 disables retries).
@@ -173,7 +173,7 @@ func (c *Config) withDefaults() (Config, error) {
 	if out.MaxManifestSize == 0 {
 		out.MaxManifestSize = DefaultMaxManifestSize
 	}
-	if out.MaxManifestSize < 0 || out.MaxBlobSize < 0 {
+	if out.MaxManifestSize < 0 || out.MaxBlob < 0 {
 		return out, fmt.Errorf("registry: Config: negative size cap")
 	}
 	if out.MaxAttempts == 0 {

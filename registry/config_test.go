@@ -25,7 +25,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}{
 		{"bad CIDR", registry.Config{AllowCIDRs: []string{"127.0.0.1"}}},
 		{"bad mirror endpoint", registry.Config{Mirrors: map[string][]registry.Mirror{"docker.io": {{Endpoint: "http://mirror"}}}}},
-		{"negative cap", registry.Config{MaxBlobSize: -1}},
+		{"negative cap", registry.Config{MaxBlob: -1}},
 		{"zero attempts", registry.Config{MaxAttempts: -1}},
 		{"negative rate window", registry.Config{MinRateWindow: -1}},
 		{"metrics registered twice", registry.Config{Metrics: reg}},

@@ -43,7 +43,7 @@ var benchStacks = []struct {
 }
 
 func benchMem(b *testing.B, name string) *memory.Tier {
-	t := memory.New(memory.Config{Name: name, MaxBytes: 512 << 20, MaxBlobBytes: 64 << 20})
+	t := memory.New(memory.Config{Name: name, Budget: 512 << 20, MaxBlob: 64 << 20})
 	b.Cleanup(func() { t.Close() })
 	return t
 }

@@ -33,7 +33,7 @@ func TestConformanceStack(t *testing.T) {
 				t.Cleanup(func() { s.Close() })
 				return s
 			},
-			MaxBlobSize: memory.DefaultMaxBlobBytes,
+			MaxBlob: memory.DefaultMaxBlob,
 		}},
 		{"small memory over memory, instrumented", tiertest.Config{
 			// The top declines blobs over 64 KiB, so fills and Puts take
@@ -46,7 +46,7 @@ func TestConformanceStack(t *testing.T) {
 				t.Cleanup(func() { s.Close() })
 				return s
 			},
-			MaxBlobSize: memory.DefaultMaxBlobBytes,
+			MaxBlob: memory.DefaultMaxBlob,
 		}},
 		{"local view of memory over a shared memory", tiertest.Config{
 			New: func(t *testing.T) blob.Tier {
@@ -58,7 +58,7 @@ func TestConformanceStack(t *testing.T) {
 				t.Cleanup(func() { s.Close() })
 				return &closer{Stack: s.Local(), root: s}
 			},
-			MaxBlobSize: memory.DefaultMaxBlobBytes,
+			MaxBlob: memory.DefaultMaxBlob,
 		}},
 	}
 	for _, tt := range tests {
@@ -81,6 +81,6 @@ func TestConformanceInstrument(t *testing.T) {
 		New: func(t *testing.T) blob.Tier {
 			return tiers.Instrument(newMem(t, "memory", 0), newMetrics(t))
 		},
-		MaxBlobSize: memory.DefaultMaxBlobBytes,
+		MaxBlob: memory.DefaultMaxBlob,
 	})
 }

@@ -63,7 +63,7 @@ func TestConformanceStackDisk(t *testing.T) {
 			}
 			return newStack(t, root)
 		},
-		MaxBlobSize: 0, // the disk tier takes what memory declines
+		MaxBlob: 0, // the disk tier takes what memory declines
 		// The disk half rots (a flipped byte in its file); the memory half
 		// cannot, so it forgets the blob and the read goes to disk.
 		Corrupt: func(t *testing.T, tier blob.Tier, d blob.Digest) {
@@ -164,7 +164,7 @@ func BenchmarkStackDisk(b *testing.B) {
 		b.Run("OpenRead/fromDisk/"+sz.name, func(b *testing.B) {
 			// The memory tier declines everything: every read streams
 			// from disk through the stack.
-			mem := memory.New(memory.Config{Name: "memory", MaxBlobBytes: 1})
+			mem := memory.New(memory.Config{Name: "memory", MaxBlob: 1})
 			b.Cleanup(func() { mem.Close() })
 			s := tiers.NewStack(tiers.StackConfig{Tiers: []tiers.Entry{{Tier: mem}, {Tier: openDisk(b, b.TempDir())}}})
 			ctx := context.Background()

@@ -308,7 +308,7 @@ func BenchmarkStackReadFromDisk(b *testing.B) {
 				}
 			}
 			b.Run(name, func(b *testing.B) {
-				mem := memory.New(memory.Config{Name: "memory", MaxBlobBytes: 1})
+				mem := memory.New(memory.Config{Name: "memory", MaxBlob: 1})
 				b.Cleanup(func() { mem.Close() })
 				s := tiers.NewStack(tiers.StackConfig{Metrics: m, Tiers: []tiers.Entry{{Tier: mem}, {Tier: openDisk(b, b.TempDir())}}})
 				ctx := context.Background()

@@ -20,7 +20,7 @@ import (
 
 // newMem returns a memory tier closed at the end of the test.
 func newMem(t testing.TB, name string, maxBlob int64) *memory.Tier {
-	tier := memory.New(memory.Config{Name: name, MaxBlobBytes: maxBlob})
+	tier := memory.New(memory.Config{Name: name, MaxBlob: maxBlob})
 	t.Cleanup(func() { tier.Close() })
 	return tier
 }

@@ -457,7 +457,7 @@ func (l *Local) evictImage(ctx context.Context, ref string) ([]EvictRecord, erro
 func (l *Local) imageRecorded(ctx context.Context, r registry.Reference) (bool, error) {
 	var err error
 	if d := r.Digest(); d != "" {
-		_, err = l.p.Stack.GetRef(ctx, blob.RefKey{Namespace: fetcher.NamespaceMember, Name: r.Repo().String() + "@" + string(d)})
+		_, err = l.p.Stack.GetRef(ctx, blob.MemberKey(r.Repo().String(), d))
 		if errors.Is(err, blob.ErrNotFound) {
 			_, err = l.p.Stack.Stat(ctx, d)
 		}
@@ -749,7 +749,7 @@ func (l *Local) GC(ctx context.Context) (GCResult, error) {
 		}
 		type orphan struct{ k blob.RefKey }
 		var orphans []orphan
-		for _, ns := range []string{blob.NamespaceTag, fetcher.NamespaceMember, blob.NamespaceDerived} {
+		for _, ns := range []string{blob.NamespaceTag, blob.NamespaceMember, blob.NamespaceDerived} {
 			err := e.Tier.WalkRefs(ctx, ns, func(k blob.RefKey, r blob.Ref) error {
 				if _, err := l.p.Stack.Stat(ctx, r.Digest); errors.Is(err, blob.ErrNotFound) {
 					orphans = append(orphans, orphan{k})

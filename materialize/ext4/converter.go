@@ -128,8 +128,8 @@ type Config struct {
 	// that share derived images must share this key. Empty: New draws a
 	// random key, and refs are trusted by this Converter only.
 	SigningKey []byte
-	// Registerer, if set, receives the converter's metrics.
-	Registerer prometheus.Registerer
+	// Metrics, if set, receives the converter's metrics.
+	Metrics prometheus.Registerer
 	// Logger receives what an operator would want to know: a shared or
 	// local derived image that could not be used (missing, corrupt, of
 	// another layout) and was converted again, and leftovers of killed
@@ -277,9 +277,9 @@ func New(cfg Config) (*Converter, error) {
 		Name: "strata_ext4_converted_bytes_total",
 		Help: "Bytes of ext4 images produced by conversions.",
 	})
-	if cfg.Registerer != nil {
+	if cfg.Metrics != nil {
 		for _, m := range []prometheus.Collector{c.mOutcome, c.mDuration, c.mBytes} {
-			if err := cfg.Registerer.Register(m); err != nil {
+			if err := cfg.Metrics.Register(m); err != nil {
 				return nil, fmt.Errorf("ext4: register metrics: %w", err)
 			}
 		}
@@ -331,11 +331,7 @@ func (c *Converter) derive(img manifest.Image, opts *Options) (derivation, error
 	// bytes, in one order. Free space is added to local copies only, so it
 	// is not part of the stored image (nor of the ref key).
 	canon := fmt.Sprintf("max-disk=%d", c.cfg.MaxDiskSize)
-	key := blob.RefKey{
-		Namespace: blob.NamespaceDerived,
-		Scope:     c.cfg.Scope,
-		Name:      fmt.Sprintf("%s|%s|%s|%s", d, Format, canon, Version),
-	}
+	key := blob.DerivedKey(c.cfg.Scope, d, Format, canon, Version)
 	if err := key.Validate(); err != nil {
 		return derivation{}, err
 	}
@@ -502,7 +498,7 @@ func (c *Converter) Close() error {
 // content, which every caller of one flight would meet again.
 func contentError(err error) bool {
 	return errors.Is(err, ErrInvalidLayer) || errors.Is(err, layerio.ErrLimitExceeded) ||
-		errors.Is(err, layerio.ErrUnknownMediaType)
+		errors.Is(err, manifest.ErrUnknownMediaType)
 }
 
 // authorize has every layer of img authorize its caller (see

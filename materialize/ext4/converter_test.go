@@ -35,7 +35,7 @@ func newConverter(t *testing.T, store blob.Tier) *Converter {
 }
 
 func bigStore() *memory.Tier {
-	return memory.New(memory.Config{MaxBytes: 1 << 30, MaxBlobBytes: 512 << 20})
+	return memory.New(memory.Config{Budget: 1 << 30, MaxBlob: 512 << 20})
 }
 
 func sampleImage() *testImage {
@@ -393,7 +393,7 @@ func TestRefWithoutBlobConvertsAgain(t *testing.T) {
 
 // A store that declines the image (too large) still yields a local image.
 func TestStoreTooLargeStillMaterializes(t *testing.T) {
-	store := memory.New(memory.Config{MaxBlobBytes: 1024})
+	store := memory.New(memory.Config{MaxBlob: 1024})
 	c := newConverter(t, store)
 	res, err := c.Materialize(context.Background(), sampleImage(), nil)
 	if err != nil {
@@ -428,7 +428,7 @@ func TestNewValidatesConfig(t *testing.T) {
 func TestMetricsCountOutcomes(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	store := bigStore()
-	c, err := New(Config{Store: store, WorkDir: t.TempDir(), Registerer: reg})
+	c, err := New(Config{Store: store, WorkDir: t.TempDir(), Metrics: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +453,7 @@ func TestMetricsCountOutcomes(t *testing.T) {
 	}
 	// A second converter on the same registry is refused, not silently
 	// unregistered.
-	if _, err := New(Config{Store: store, WorkDir: t.TempDir(), Registerer: reg}); err == nil {
+	if _, err := New(Config{Store: store, WorkDir: t.TempDir(), Metrics: reg}); err == nil {
 		t.Error("duplicate registration accepted")
 	}
 }

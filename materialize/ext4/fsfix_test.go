@@ -282,7 +282,7 @@ func TestMultiGroupImage(t *testing.T) {
 		return tw.Close()
 	})
 	// A store that declines big blobs: the image stays local, not in memory.
-	c := newConverter(t, memory.New(memory.Config{MaxBlobBytes: 1 << 20}))
+	c := newConverter(t, memory.New(memory.Config{MaxBlob: 1 << 20}))
 	res, err := c.Materialize(context.Background(), &testImage{layers: []manifest.Layer{layer}}, &Options{FreeBytes: 10 << 20, FreeInodes: 3000})
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/klauspost/compress/gzip"
 
@@ -157,7 +158,7 @@ type countingLayer struct {
 	read *atomic.Int64
 }
 
-func (l *countingLayer) MediaType() types.MediaType { return types.MediaType(layerio.OCILayer) }
+func (l *countingLayer) MediaType() types.MediaType { return types.MediaType(types.OCILayer) }
 func (l *countingLayer) Open(ctx context.Context) (io.ReadCloser, error) {
 	rc, err := l.rawLayer.Open(ctx)
 	if err != nil {

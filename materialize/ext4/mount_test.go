@@ -39,7 +39,7 @@ func mountImage(t *testing.T, image string, rw bool) string {
 func TestFixturesMountedTreeMatchesExpected(t *testing.T) {
 	requireRoot(t)
 	requireBinary(t, "e2fsck")
-	conv, err := New(Config{Store: memory.New(memory.Config{MaxBlobBytes: 256 << 20, MaxBytes: 1 << 30}), WorkDir: t.TempDir()})
+	conv, err := New(Config{Store: memory.New(memory.Config{MaxBlob: 256 << 20, Budget: 1 << 30}), WorkDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,14 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"io"
 	"math"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/internal/safego"
-	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
 
@@ -19,13 +19,13 @@ import (
 // fetcher's layers, verifies what Open yields against that size.
 type sizedLayer struct {
 	data []byte
-	mt   string
+	mt   types.MediaType
 	size int64
 }
 
 func (l *sizedLayer) Digest() blob.Digest             { return blob.FromBytes(l.data) }
 func (l *sizedLayer) Authorize(context.Context) error { return nil }
-func (l *sizedLayer) MediaType() types.MediaType      { return types.MediaType(l.mt) }
+func (l *sizedLayer) MediaType() types.MediaType      { return l.mt }
 func (l *sizedLayer) Size() int64                     { return l.size }
 func (l *sizedLayer) Open(context.Context) (io.ReadCloser, error) {
 	return blob.NewVerifier(bytes.NewReader(l.data), l.Digest(), l.size, nil), nil
@@ -39,11 +39,11 @@ func TestMaterializeExtremeDeclaredSizes(t *testing.T) {
 	blobs := []struct {
 		name string
 		data []byte
-		mt   string
+		mt   types.MediaType
 	}{
-		{"uncompressed", tb, layerio.OCILayerUncompressed},
-		{"gzip", tartest.GzipBytes(tb), layerio.OCILayer},
-		{"zstd", tartest.ZstdBytes(tb), layerio.OCILayerZstd},
+		{"uncompressed", tb, types.OCIUncompressedLayer},
+		{"gzip", tartest.GzipBytes(tb), types.OCILayer},
+		{"zstd", tartest.ZstdBytes(tb), types.OCILayerZStd},
 	}
 	sizes := []struct {
 		desc string

@@ -219,7 +219,7 @@ type heldTier struct {
 
 func newHeldTier() *heldTier {
 	return &heldTier{
-		Tier:    memory.New(memory.Config{Name: "shared", MaxBytes: 1 << 30, MaxBlobBytes: 512 << 20}),
+		Tier:    memory.New(memory.Config{Name: "shared", Budget: 1 << 30, MaxBlob: 512 << 20}),
 		started: make(chan struct{}),
 		release: make(chan struct{}),
 	}

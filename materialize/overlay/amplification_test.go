@@ -16,11 +16,11 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/manifest"
-	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
 
@@ -110,7 +110,7 @@ func TestBudgetHoldsWhileWriting(t *testing.T) {
 	layer := bigFileLayer(t, "big", 64<<20, 'a')
 	m := newMaterializer(t, Config{Budget: budget})
 	stop := peakUsage(m.root)
-	_, err := m.Materialize(context.Background(), tartest.RawImage(tartest.RawLayer(layer, layerio.OCILayer)))
+	_, err := m.Materialize(context.Background(), tartest.RawImage(tartest.RawLayer(layer, types.OCILayer)))
 	peak := stop()
 	if !errors.Is(err, ErrLimitExceeded) {
 		t.Fatalf("Materialize of a %d KiB layer holding 64 MiB under an 8 MiB budget = %v, want ErrLimitExceeded", len(layer)>>10, err)
@@ -197,8 +197,8 @@ func TestZeroRunsBecomeHoles(t *testing.T) {
 	sparse := paxSparse("sparse", 100*mib, map[int64][]byte{0: []byte("begin"), 50 * mib: bytes.Repeat([]byte("m"), 8192)})
 
 	m := newMaterializer(t, Config{Budget: 16 * mib})
-	img := tartest.RawImage(tartest.RawLayer(zeros, layerio.OCILayer), tartest.RawLayer(mixedLayer, layerio.OCILayer),
-		tartest.RawLayer(sparse, layerio.OCILayerUncompressed))
+	img := tartest.RawImage(tartest.RawLayer(zeros, types.OCILayer), tartest.RawLayer(mixedLayer, types.OCILayer),
+		tartest.RawLayer(sparse, types.OCIUncompressedLayer))
 	res, err := m.Materialize(context.Background(), img)
 	if err != nil {
 		t.Fatal(err)
@@ -283,7 +283,7 @@ func (i originImage) Origin() string { return i.origin }
 func TestBombFailsFastOnRetry(t *testing.T) {
 	var read atomic.Int64
 	bomb := bigFileLayer(t, "bomb", 256<<20, 'b')
-	img := tartest.RawImage(countingLayer{tartest.RawLayer(bomb, layerio.OCILayer), &read})
+	img := tartest.RawImage(countingLayer{tartest.RawLayer(bomb, types.OCILayer), &read})
 	m := newMaterializer(t, Config{MaxLayerBytes: 32 << 20})
 	ctx := context.Background()
 
@@ -318,11 +318,11 @@ func TestTransientFailureNotRemembered(t *testing.T) {
 	var read atomic.Int64
 	m := newMaterializer(t, Config{})
 	// Wrong bytes under the digest: a mismatch, which a retry may cure.
-	bad := lyingLayer{b: tartest.New().File("f", []byte("other")).Gzip(), d: d, mt: layerio.OCILayer}
+	bad := lyingLayer{b: tartest.New().File("f", []byte("other")).Gzip(), d: d, mt: types.OCILayer}
 	if _, err := m.Materialize(context.Background(), tartest.RawImage(countingLayer{bad, &read})); err == nil {
 		t.Fatal("corrupt layer accepted")
 	}
-	res, err := m.Materialize(context.Background(), tartest.RawImage(countingLayer{tartest.RawLayer(good, layerio.OCILayer), &read}))
+	res, err := m.Materialize(context.Background(), tartest.RawImage(countingLayer{tartest.RawLayer(good, types.OCILayer), &read}))
 	if err != nil {
 		t.Fatalf("after a transient failure: %v", err)
 	}

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/internal/sparse"
+	"github.com/strata-oci/strata/internal/trunc"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 )
 
@@ -144,7 +145,7 @@ func applyLayer(ctx context.Context, rootPath string, r io.Reader, cfg applyConf
 			}
 		}
 		if err := a.entry(e, ents); err != nil {
-			return a.stats, fmt.Errorf("entry %q: %w", truncate(e.Name, 200), err)
+			return a.stats, fmt.Errorf("entry %q: %w", trunc.String(e.Name, 200), err)
 		}
 	}
 	if err := a.finishDirs(); err != nil {
@@ -526,7 +527,7 @@ func (a *applier) link(pfd int, base, target string, h *tar.Header) error {
 	tfd, err := a.openDir(tdir)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("%w: hard link target %q does not exist in the layer", ErrInvalidLayer, truncate(h.Linkname, 200))
+			return fmt.Errorf("%w: hard link target %q does not exist in the layer", ErrInvalidLayer, trunc.String(h.Linkname, 200))
 		}
 		return err
 	}
@@ -534,12 +535,12 @@ func (a *applier) link(pfd int, base, target string, h *tar.Header) error {
 	var st unix.Stat_t
 	if err := unix.Fstatat(tfd, tbase, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if err == unix.ENOENT {
-			return fmt.Errorf("%w: hard link target %q does not exist in the layer", ErrInvalidLayer, truncate(h.Linkname, 200))
+			return fmt.Errorf("%w: hard link target %q does not exist in the layer", ErrInvalidLayer, trunc.String(h.Linkname, 200))
 		}
 		return &os.PathError{Op: "stat", Path: target, Err: err}
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-		return fmt.Errorf("%w: hard link to directory %q", ErrInvalidLayer, truncate(h.Linkname, 200))
+		return fmt.Errorf("%w: hard link to directory %q", ErrInvalidLayer, trunc.String(h.Linkname, 200))
 	}
 	// Linking a name to itself would first remove the target.
 	var self unix.Stat_t
@@ -664,7 +665,7 @@ func (a *applier) xattrs(h *tar.Header, set func(k string, v []byte) error) erro
 				a.stats.Skipped++
 				continue
 			}
-			return &os.PathError{Op: "setxattr " + truncate(name, 100), Path: h.Name, Err: err}
+			return &os.PathError{Op: "setxattr " + trunc.String(name, 100), Path: h.Name, Err: err}
 		}
 	}
 	return nil
@@ -867,11 +868,4 @@ func atime(h *tar.Header) unix.Timespec {
 		return timespec(h.AccessTime)
 	}
 	return timespec(h.ModTime)
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

@@ -599,7 +599,7 @@ func (m *Materializer) ensure(ctx context.Context, l manifest.Layer, origin stri
 // budget is not: it is the leader's image).
 func contentError(err error) bool {
 	return errors.Is(err, ErrInvalidLayer) || layerio.IsLayerLimit(err) ||
-		errors.Is(err, layerio.ErrUnknownMediaType)
+		errors.Is(err, manifest.ErrUnknownMediaType)
 }
 
 // ensureOnce is one attempt of ensure. joined reports that the caller

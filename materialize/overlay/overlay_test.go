@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/strata-oci/strata/internal/testenv"
 	"io"
 	"os"
 	"path/filepath"
@@ -14,13 +12,16 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/strata-oci/strata/internal/testenv"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/manifest"
-	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
 
@@ -398,18 +399,18 @@ func TestMaterializeErrors(t *testing.T) {
 	tests := []struct {
 		desc    string
 		layers  [][]byte
-		types   []string
+		types   []types.MediaType
 		cfg     Config
 		digest  blob.Digest
 		lie     bool // Open verifies against digest, which the bytes do not match
 		wantErr error
 	}{
-		{desc: "unknown media type", layers: [][]byte{good}, types: []string{"application/octet-stream"}, wantErr: layerio.ErrUnknownMediaType},
+		{desc: "unknown media type", layers: [][]byte{good}, types: []types.MediaType{"application/octet-stream"}, wantErr: manifest.ErrUnknownMediaType},
 		{desc: "hard link to a missing target", layers: [][]byte{good, tartest.New().Link("l", "nope").Gzip()}, wantErr: ErrInvalidLayer},
 		{desc: "too many entries", layers: [][]byte{tartest.New().File("a", nil).File("b", nil).File("c", nil).Gzip()}, cfg: Config{MaxEntries: 2}, wantErr: ErrLimitExceeded},
 		{desc: "too many bytes", layers: [][]byte{tartest.New().File("a", make([]byte, 100_000)).Gzip()}, cfg: Config{MaxLayerBytes: 50_000}, wantErr: ErrLimitExceeded},
 		{desc: "truncated gzip", layers: [][]byte{good[:len(good)-5]}, wantErr: io.ErrUnexpectedEOF},
-		{desc: "gzip labelled zstd", layers: [][]byte{good}, types: []string{layerio.OCILayerZstd}},
+		{desc: "gzip labelled zstd", layers: [][]byte{good}, types: []types.MediaType{types.OCILayerZStd}},
 		{desc: "layer bytes that do not match the digest (checked at the end of the blob)", layers: [][]byte{good}, digest: blob.FromBytes([]byte("other")), lie: true, wantErr: blob.ErrMismatch},
 		{desc: "layer digest that is a path", layers: [][]byte{good}, digest: "sha256:../../../../etc", wantErr: blob.ErrInvalidDigest},
 	}
@@ -456,7 +457,7 @@ func TestMaterializeErrors(t *testing.T) {
 func TestTooManyLayers(t *testing.T) {
 	var layers []manifest.Layer
 	for i := 0; i <= MaxLayers; i++ {
-		layers = append(layers, tartest.RawLayer(tartest.New().File(fmt.Sprint(i), nil).Tar(), layerio.OCILayerUncompressed))
+		layers = append(layers, tartest.RawLayer(tartest.New().File(fmt.Sprint(i), nil).Tar(), types.OCIUncompressedLayer))
 	}
 	m := newMaterializer(t, Config{})
 	_, err := m.Materialize(context.Background(), tartest.RawImage(layers...))
@@ -549,11 +550,11 @@ func TestMountWritable(t *testing.T) {
 type lyingLayer struct {
 	b  []byte
 	d  blob.Digest
-	mt string
+	mt types.MediaType
 }
 
 func (l lyingLayer) Digest() blob.Digest             { return l.d }
-func (l lyingLayer) MediaType() types.MediaType      { return types.MediaType(l.mt) }
+func (l lyingLayer) MediaType() types.MediaType      { return l.mt }
 func (l lyingLayer) Size() int64                     { return int64(len(l.b)) }
 func (l lyingLayer) Authorize(context.Context) error { return nil }
 func (l lyingLayer) Open(context.Context) (io.ReadCloser, error) {

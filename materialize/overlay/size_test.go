@@ -4,17 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"io"
 	"math"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/internal/safego"
 	"github.com/strata-oci/strata/manifest"
-	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
 
@@ -22,13 +22,13 @@ import (
 // the fetcher's layers, verifies what Open yields against that size.
 type declaredLayer struct {
 	b    []byte
-	mt   string
+	mt   types.MediaType
 	size int64
 }
 
 func (l declaredLayer) Digest() blob.Digest             { return blob.FromBytes(l.b) }
 func (l declaredLayer) Authorize(context.Context) error { return nil }
-func (l declaredLayer) MediaType() types.MediaType      { return types.MediaType(l.mt) }
+func (l declaredLayer) MediaType() types.MediaType      { return l.mt }
 func (l declaredLayer) Size() int64                     { return l.size }
 func (l declaredLayer) Open(context.Context) (io.ReadCloser, error) {
 	return blob.NewVerifier(bytes.NewReader(l.b), l.Digest(), l.size, nil), nil
@@ -43,11 +43,11 @@ func TestMaterializeExtremeDeclaredSizes(t *testing.T) {
 	blobs := []struct {
 		name string
 		b    []byte
-		mt   string
+		mt   types.MediaType
 	}{
-		{"uncompressed", tb, layerio.OCILayerUncompressed},
-		{"gzip", tartest.GzipBytes(tb), layerio.OCILayer},
-		{"zstd", tartest.ZstdBytes(tb), layerio.OCILayerZstd},
+		{"uncompressed", tb, types.OCIUncompressedLayer},
+		{"gzip", tartest.GzipBytes(tb), types.OCILayer},
+		{"zstd", tartest.ZstdBytes(tb), types.OCILayerZStd},
 	}
 	sizes := []struct {
 		desc string
@@ -65,7 +65,7 @@ func TestMaterializeExtremeDeclaredSizes(t *testing.T) {
 			t.Run(b.name+", "+s.desc, func(t *testing.T) {
 				m := newMaterializer(t, Config{})
 				img := tartest.RawImage(
-					tartest.RawLayer(good, layerio.OCILayer),
+					tartest.RawLayer(good, types.OCILayer),
 					declaredLayer{b: b.b, mt: b.mt, size: s.size(int64(len(b.b)))},
 				)
 				_, err := m.Materialize(context.Background(), img)

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/trunc"
 )
 
 // A layer's manifest (meta/<hex>.files) lists every entry of its directory
@@ -150,11 +151,11 @@ type manifestEntry struct {
 func parseManifestLine(line string) (manifestEntry, error) {
 	q, err := strconv.QuotedPrefix(line)
 	if err != nil || len(line) < len(q)+2 || line[len(q)] != ' ' {
-		return manifestEntry{}, fmt.Errorf("malformed manifest line %q", truncate(line, 200))
+		return manifestEntry{}, fmt.Errorf("malformed manifest line %q", trunc.String(line, 200))
 	}
 	p, err := strconv.Unquote(q)
 	if err != nil {
-		return manifestEntry{}, fmt.Errorf("malformed manifest line %q", truncate(line, 200))
+		return manifestEntry{}, fmt.Errorf("malformed manifest line %q", trunc.String(line, 200))
 	}
 	return manifestEntry{path: p, fields: line[len(q)+1:]}, nil
 }
@@ -300,7 +301,7 @@ func xattrDigest(p string) (string, error) {
 				continue
 			}
 			if err != nil {
-				return "", &os.PathError{Op: "getxattr " + truncate(k, 100), Path: p, Err: err}
+				return "", &os.PathError{Op: "getxattr " + trunc.String(k, 100), Path: p, Err: err}
 			}
 			v = v[:vn]
 			break

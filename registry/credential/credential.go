@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+
+	"github.com/strata-oci/strata/internal/trunc"
 )
 
 // Source says where a resolved credential came from.
@@ -275,5 +277,5 @@ func credFor(registry string) string {
 	if registry == "" {
 		return "credential"
 	}
-	return "credential for " + truncate(redactUserinfo(registry), 100)
+	return "credential for " + trunc.String(redactUserinfo(registry), 100)
 }

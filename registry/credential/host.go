@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/strata-oci/strata/internal/trunc"
 )
 
 // DockerHub is the canonical host of Docker Hub, as go-containerregistry
@@ -25,7 +27,7 @@ var hostRE = regexp.MustCompile(`^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a
 func NormalizeRegistry(host string) (string, error) {
 	h := strings.ToLower(host)
 	if len(h) > 255 || !hostRE.MatchString(h) {
-		return "", fmt.Errorf("%w: %q (want host[:port], e.g. ghcr.io or registry.local:5000)", ErrInvalidRegistry, truncate(redactUserinfo(host), 100))
+		return "", fmt.Errorf("%w: %q (want host[:port], e.g. ghcr.io or registry.local:5000)", ErrInvalidRegistry, trunc.String(redactUserinfo(host), 100))
 	}
 	if dockerHubAliases[h] {
 		return DockerHub, nil
@@ -53,11 +55,11 @@ type pattern struct {
 func parsePattern(p string) (pattern, error) {
 	rest, ok := strings.CutPrefix(p, "*.")
 	if !ok {
-		return pattern{}, fmt.Errorf("%w: pattern %q must be a host or *.domain", ErrInvalidRegistry, truncate(redactUserinfo(p), 100))
+		return pattern{}, fmt.Errorf("%w: pattern %q must be a host or *.domain", ErrInvalidRegistry, trunc.String(redactUserinfo(p), 100))
 	}
 	h := strings.ToLower(rest)
 	if !hostRE.MatchString(h) || strings.HasPrefix(h, "[") {
-		return pattern{}, fmt.Errorf("%w: pattern %q: malformed domain", ErrInvalidRegistry, truncate(redactUserinfo(p), 100))
+		return pattern{}, fmt.Errorf("%w: pattern %q: malformed domain", ErrInvalidRegistry, trunc.String(redactUserinfo(p), 100))
 	}
 	host, port := splitPort(h)
 	return pattern{raw: p, suffix: "." + host, port: port}, nil
@@ -81,11 +83,4 @@ func redactUserinfo(s string) string {
 		return "<redacted>" + tail
 	}
 	return s
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

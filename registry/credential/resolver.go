@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+
+	"github.com/strata-oci/strata/internal/trunc"
 )
 
 // DefaultCacheTTL is how long keychain lookups are cached by default.
@@ -93,7 +95,7 @@ func New(cfg Config) (*Resolver, error) {
 	for _, k := range keys {
 		c := cfg.Registries[k]
 		if c.IsAnonymous() {
-			return nil, fmt.Errorf("%w: registry %q: credential has no username and no secret", ErrInvalidConfig, truncate(redactUserinfo(k), 100))
+			return nil, fmt.Errorf("%w: registry %q: credential has no username and no secret", ErrInvalidConfig, trunc.String(redactUserinfo(k), 100))
 		}
 		c.Source = SourceConfig
 		if strings.HasPrefix(k, "*") {

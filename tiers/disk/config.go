@@ -25,11 +25,11 @@ type Config struct {
 	// that opens the root only to inspect it: Budget is then reported by
 	// Usage but never applied. EvictTo and EvictOlderThan still work.
 	NoEvict bool
-	// MaxBlobSize makes Put decline larger blobs with blob.ErrTooLarge.
+	// MaxBlob makes Put decline larger blobs with blob.ErrTooLarge.
 	// 0 means LowWatermark*Budget, the most that eviction leaves in place
 	// (no limit when Budget is 0): a bigger blob would be evicted as soon
 	// as it was stored.
-	MaxBlobSize int64
+	MaxBlob int64
 	// FlushInterval is how often buffered last-access updates are written
 	// to the index; default 1s. They are also written when FlushThreshold
 	// of them are pending (default 1024) and on Close.
@@ -61,11 +61,11 @@ func (c Config) withDefaults() (Config, error) {
 	if !(c.LowWatermark > 0 && c.LowWatermark <= c.HighWatermark && c.HighWatermark <= 1) {
 		return c, fmt.Errorf("disk: watermarks must satisfy 0 < low (%v) <= high (%v) <= 1", c.LowWatermark, c.HighWatermark)
 	}
-	if c.MaxBlobSize < 0 {
-		return c, fmt.Errorf("disk: negative MaxBlobSize %d", c.MaxBlobSize)
+	if c.MaxBlob < 0 {
+		return c, fmt.Errorf("disk: negative MaxBlob %d", c.MaxBlob)
 	}
-	if c.MaxBlobSize == 0 {
-		c.MaxBlobSize = int64(c.LowWatermark * float64(c.Budget))
+	if c.MaxBlob == 0 {
+		c.MaxBlob = int64(c.LowWatermark * float64(c.Budget))
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = time.Second

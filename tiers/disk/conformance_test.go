@@ -13,11 +13,11 @@ import (
 // that admits the suite's 64 MiB blob and nothing bigger.
 func TestConformance(t *testing.T) {
 	cfg := func(root string) Config {
-		return Config{Root: root, Budget: 1 << 30, MaxBlobSize: tiertest.LargeBlobSize, FlushThreshold: 16}
+		return Config{Root: root, Budget: 1 << 30, MaxBlob: tiertest.LargeBlobSize, FlushThreshold: 16}
 	}
 	tiertest.Run(t, tiertest.Config{
-		New:         func(t *testing.T) blob.Tier { return openTier(t, cfg("")) },
-		MaxBlobSize: tiertest.LargeBlobSize,
+		New:     func(t *testing.T) blob.Tier { return openTier(t, cfg("")) },
+		MaxBlob: tiertest.LargeBlobSize,
 		Corrupt: func(t *testing.T, tier blob.Tier, d blob.Digest) {
 			f, err := os.OpenFile(tier.(*Tier).path(d.Encoded()), os.O_RDWR, 0)
 			if err != nil {

@@ -23,7 +23,7 @@ func TestNoEvictAndForgotten(t *testing.T) {
 	if err := os.Remove(filepath.Join(root, "blobs", "sha256", gone[:2], gone)); err != nil {
 		t.Fatal(err)
 	}
-	small := openTier(t, Config{Root: root, Budget: 1 << 10, MaxBlobSize: 1 << 20, NoEvict: true})
+	small := openTier(t, Config{Root: root, Budget: 1 << 10, MaxBlob: 1 << 20, NoEvict: true})
 	if f := small.Forgotten(); len(f) != 1 || string(f[0]) != want[3] {
 		t.Fatalf("Forgotten() = %v, want [%s]", f, want[3])
 	}

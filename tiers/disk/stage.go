@@ -10,6 +10,7 @@ import (
 	"os"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/ctxio"
 )
 
 // stagePrefix names staging files in root/tmp (Open removes every file
@@ -87,7 +88,7 @@ func (t *Tier) stagingOf(f *os.File) (*staging, error) {
 //
 // If the tier already holds the digest, that copy stays and f remains a
 // staging file (removed by DiscardStaged). If the content is larger than
-// Config.MaxBlobSize the error wraps blob.ErrTooLarge and f remains a
+// Config.MaxBlob the error wraps blob.ErrTooLarge and f remains a
 // staging file the caller may still read, link or copy. f stays open
 // either way until DiscardStaged.
 func (t *Tier) CommitStaged(ctx context.Context, f *os.File) (blob.Info, error) {
@@ -115,8 +116,8 @@ func (t *Tier) CommitStaged(ctx context.Context, f *os.File) (blob.Info, error) 
 		return fail(err)
 	}
 	size := fi.Size()
-	if t.cfg.MaxBlobSize > 0 && size > t.cfg.MaxBlobSize {
-		return fail(fmt.Errorf("%w: %d bytes exceeds %d", blob.ErrTooLarge, size, t.cfg.MaxBlobSize))
+	if t.cfg.MaxBlob > 0 && size > t.cfg.MaxBlob {
+		return fail(fmt.Errorf("%w: %d bytes exceeds %d", blob.ErrTooLarge, size, t.cfg.MaxBlob))
 	}
 	// Flush to disk while hashing from the page cache: once committed the
 	// file is trusted without hashing again after a crash.
@@ -124,7 +125,7 @@ func (t *Tier) CommitStaged(ctx context.Context, f *os.File) (blob.Info, error) 
 	go func() { synced <- f.Sync() }()
 	h := sha256.New()
 	bp := bufPool.Get().(*[]byte)
-	_, herr := io.CopyBuffer(h, ctxReader{ctx.Err, io.NewSectionReader(f, 0, size)}, *bp)
+	_, herr := io.CopyBuffer(h, ctxio.NewReader[blob.Digest](ctx, io.NewSectionReader(f, 0, size)), *bp)
 	bufPool.Put(bp)
 	if serr := <-synced; serr != nil {
 		return fail(serr)

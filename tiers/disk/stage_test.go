@@ -98,7 +98,7 @@ func TestStagedOutcomes(t *testing.T) {
 		{name: "discarded without commit: nothing visible", wantBlobs: 0},
 		{name: "committed", commit: true, wantBlobs: 1},
 		{name: "duplicate of a held blob: counted once", prePut: true, commit: true, wantBlobs: 1},
-		{name: "larger than MaxBlobSize: declined, still readable", cfg: Config{MaxBlobSize: 100 << 10}, commit: true, wantErr: blob.ErrTooLarge, wantBlobs: 0},
+		{name: "larger than MaxBlob: declined, still readable", cfg: Config{MaxBlob: 100 << 10}, commit: true, wantErr: blob.ErrTooLarge, wantBlobs: 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := openTier(t, tc.cfg)

@@ -15,6 +15,7 @@ import (
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/ctxio"
 	"github.com/strata-oci/strata/internal/privdir"
 )
 
@@ -488,8 +489,8 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 	if size < 0 {
 		return fmt.Errorf("disk %q: put %s: %w: negative size %d", t.cfg.Name, d, blob.ErrInvalidDigest, size)
 	}
-	if t.cfg.MaxBlobSize > 0 && size > t.cfg.MaxBlobSize {
-		return fmt.Errorf("disk %q: put %s: %w: %d bytes exceeds %d", t.cfg.Name, d, blob.ErrTooLarge, size, t.cfg.MaxBlobSize)
+	if t.cfg.MaxBlob > 0 && size > t.cfg.MaxBlob {
+		return fmt.Errorf("disk %q: put %s: %w: %d bytes exceeds %d", t.cfg.Name, d, blob.ErrTooLarge, size, t.cfg.MaxBlob)
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("disk %q: put %s: %w", t.cfg.Name, d, err)
@@ -530,7 +531,7 @@ func (t *Tier) writeAndCommit(ctx context.Context, d blob.Digest, hex string, si
 		}
 	}()
 	w := &sparseWriter{f: f}
-	if _, err := blob.Copy(w, ctxReader{ctx.Err, r}, d, size); err != nil {
+	if _, err := blob.Copy(w, ctxio.NewReader[blob.Digest](ctx, r), d, size); err != nil {
 		return err
 	}
 	if err := w.finish(); err != nil {
@@ -708,23 +709,6 @@ func (t *Tier) Usage(ctx context.Context) (blob.Usage, error) {
 		return blob.Usage{}, err
 	}
 	return blob.Usage{Blobs: t.blobs.Load(), Bytes: t.bytes.Load(), Refs: n, Budget: t.cfg.Budget}, nil
-}
-
-// ctxReader fails reads once a context is done (err is its Err method),
-// so a Put stops between chunks.
-type ctxReader struct {
-	err func() error
-	r   io.Reader
-}
-
-// VerifiedBlob implements blob.VerifiedReader when the wrapped reader does.
-func (c ctxReader) VerifiedBlob() (blob.Digest, int64) { return blob.VerifiedBlobOf(c.r) }
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // syncDir fsyncs a directory so a rename or create in it is durable.

@@ -134,8 +134,8 @@ func TestPutTooLarge(t *testing.T) {
 		max  int
 	}{
 		{"default limit: the low watermark of the budget", Config{Budget: 1000}, 850},
-		{"explicit limit", Config{Budget: 1000, MaxBlobSize: 990}, 990},
-		{"limit without a budget", Config{MaxBlobSize: 100}, 100},
+		{"explicit limit", Config{Budget: 1000, MaxBlob: 990}, 990},
+		{"limit without a budget", Config{MaxBlob: 100}, 100},
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {

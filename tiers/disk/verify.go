@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/ctxio"
 )
 
 // Verify re-hashes every blob and calls fn (if not nil) once per blob with
@@ -48,7 +49,7 @@ func (t *Tier) verifyOne(ctx context.Context, d blob.Digest, hex string, size in
 	if remove {
 		onMismatch = func(err error) { t.dropCorrupt(hex, f, err) }
 	}
-	v := blob.NewVerifier(ctxReader{ctx.Err, f}, d, size, onMismatch)
+	v := blob.NewVerifier(ctxio.NewReader[blob.Digest](ctx, f), d, size, onMismatch)
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	if _, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{v}, *bp); err != nil {

@@ -191,7 +191,7 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 // Example_budget shows a memory tier declining a blob above its per-blob
 // limit so a stack can store it in a lower tier.
 func Example_budget() {
-	tier := memory.New(memory.Config{MaxBytes: 1 << 20, MaxBlobBytes: 1 << 10})
+	tier := memory.New(memory.Config{Budget: 1 << 20, MaxBlob: 1 << 10})
 	defer tier.Close()
 	big := bytes.Repeat([]byte("x"), 2<<10)
 	err := tier.Put(context.Background(), blob.FromBytes(big), int64(len(big)), bytes.NewReader(big))

@@ -16,7 +16,7 @@ import (
 // nothing.
 func TestEvictionLogged(t *testing.T) {
 	var buf bytes.Buffer
-	tier := newTier(t, memory.Config{MaxBytes: 100, Logger: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	tier := newTier(t, memory.Config{Budget: 100, Logger: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	ctx := context.Background()
 	put := func(b []byte) {
 		t.Helper()

@@ -82,7 +82,7 @@ func TestLRUEvictionOrder(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
 			log := &evictLog{}
-			tier := newTier(t, memory.Config{MaxBytes: 10_000, OnEvict: log.add})
+			tier := newTier(t, memory.Config{Budget: 10_000, OnEvict: log.add})
 			name := map[blob.Digest]string{bigD: "big"}
 			for n, d := range digests {
 				name[d] = n
@@ -146,7 +146,7 @@ func TestEvictCallbackOutsideLock(t *testing.T) {
 	var tier *memory.Tier
 	var calls int
 	var problems []string
-	tier = newTier(t, memory.Config{MaxBytes: 2000, OnEvict: func(d blob.Digest, size int64) {
+	tier = newTier(t, memory.Config{Budget: 2000, OnEvict: func(d blob.Digest, size int64) {
 		calls++
 		if _, err := tier.Stat(ctx, d); !errors.Is(err, blob.ErrNotFound) {
 			problems = append(problems, fmt.Sprintf("Stat of evicted %s = %v, want ErrNotFound", d, err))
@@ -201,12 +201,12 @@ func TestPerBlobLimit(t *testing.T) {
 		tooLarge  bool
 		wantLimit int64
 	}{
-		{"at the per-blob limit", memory.Config{MaxBytes: 10_000, MaxBlobBytes: 1000}, 1000, false, 1000},
-		{"one byte over the per-blob limit", memory.Config{MaxBytes: 10_000, MaxBlobBytes: 1000}, 1001, true, 1000},
-		{"far over the per-blob limit", memory.Config{MaxBytes: 10_000, MaxBlobBytes: 1000}, 1 << 40, true, 1000},
-		{"limit above the budget is clamped to it", memory.Config{MaxBytes: 5000, MaxBlobBytes: 1 << 30}, 5001, true, 5000},
+		{"at the per-blob limit", memory.Config{Budget: 10_000, MaxBlob: 1000}, 1000, false, 1000},
+		{"one byte over the per-blob limit", memory.Config{Budget: 10_000, MaxBlob: 1000}, 1001, true, 1000},
+		{"far over the per-blob limit", memory.Config{Budget: 10_000, MaxBlob: 1000}, 1 << 40, true, 1000},
+		{"limit above the budget is clamped to it", memory.Config{Budget: 5000, MaxBlob: 1 << 30}, 5001, true, 5000},
 		{"default limit is 64 MiB", memory.Config{}, 64<<20 + 1, true, 64 << 20},
-		{"default limit follows a smaller budget", memory.Config{MaxBytes: 4096}, 4097, true, 4096},
+		{"default limit follows a smaller budget", memory.Config{Budget: 4096}, 4097, true, 4096},
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
@@ -296,7 +296,7 @@ func TestRefsLRUBounded(t *testing.T) {
 	})
 
 	t.Run("refs do not use the blob budget", func(t *testing.T) {
-		tier := newTier(t, memory.Config{MaxBytes: 1000})
+		tier := newTier(t, memory.Config{Budget: 1000})
 		b, bd := tiertest.RandomBytes(5, 1000)
 		tiertest.PutBytes(t, ctx, tier, b)
 		for i := range 100 {
@@ -366,7 +366,7 @@ func TestLastAccess(t *testing.T) {
 // was opened on after the blob is evicted or the tier is closed.
 func TestReadersSurviveEvictionAndClose(t *testing.T) {
 	ctx := context.Background()
-	tier := newTier(t, memory.Config{MaxBytes: 1000})
+	tier := newTier(t, memory.Config{Budget: 1000})
 	a, ad := tiertest.RandomBytes(1, 1000)
 	tiertest.PutBytes(t, ctx, tier, a)
 	rc1, _, err := tier.Open(ctx, ad)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-
-	"github.com/strata-oci/strata/blob"
 )
 
 // errReaderClosed is returned by Reads after Close.
@@ -68,24 +66,4 @@ func (r *reader) Close() error {
 	r.closed = true
 	r.data = nil
 	return nil
-}
-
-// ctxReader stops reading once ctx is done and caps each Read at putChunk
-// bytes so that happens promptly.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-// VerifiedBlob implements blob.VerifiedReader when the wrapped reader does.
-func (c *ctxReader) VerifiedBlob() (blob.Digest, int64) { return blob.VerifiedBlobOf(c.r) }
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	if len(p) > putChunk {
-		p = p[:putChunk]
-	}
-	return c.r.Read(p)
 }

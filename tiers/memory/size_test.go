@@ -45,7 +45,7 @@ func TestPutExtremeDeclaredSizes(t *testing.T) {
 			{"data with EOF", func() io.Reader { return iotest.DataErrReader(bytes.NewReader(content)) }},
 		} {
 			t.Run(tc.desc+", "+src.name, func(t *testing.T) {
-				tier := newTier(t, memory.Config{MaxBytes: math.MaxInt64, MaxBlobBytes: math.MaxInt64})
+				tier := newTier(t, memory.Config{Budget: math.MaxInt64, MaxBlob: math.MaxInt64})
 				err := tier.Put(ctx, d, tc.size, src.r())
 				if tc.ok {
 					if err != nil {
@@ -82,7 +82,7 @@ func TestPutMemoryFollowsTheStream(t *testing.T) {
 	d := blob.FromBytes([]byte("the blob that was declared"))
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	err := tier.Put(ctx, d, memory.DefaultMaxBlobBytes, bytes.NewReader(content))
+	err := tier.Put(ctx, d, memory.DefaultMaxBlob, bytes.NewReader(content))
 	runtime.ReadMemStats(&after)
 	if !errors.Is(err, blob.ErrMismatch) {
 		t.Fatalf("Put: %v, want a mismatch", err)

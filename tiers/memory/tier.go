@@ -16,36 +16,37 @@ import (
 	"time"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/ctxio"
 )
 
 // Defaults used for zero Config fields.
 const (
-	DefaultName         = "memory"
-	DefaultMaxBytes     = 256 << 20
-	DefaultMaxBlobBytes = 64 << 20
-	DefaultMaxRefs      = 100_000
-	DefaultMaxRefBytes  = 16 << 20
+	DefaultName        = "memory"
+	DefaultBudget      = 256 << 20
+	DefaultMaxBlob     = 64 << 20
+	DefaultMaxRefs     = 100_000
+	DefaultMaxRefBytes = 16 << 20
 )
 
 // Config configures a memory tier. Zero fields take the defaults above.
 type Config struct {
 	// Name identifies the tier in errors and Info.Tier (default "memory").
 	Name string
-	// MaxBytes is the byte budget for blob content (default 256 MiB). When a
+	// Budget is the byte budget for blob content (default 256 MiB). When a
 	// Put would exceed it, least recently used blobs are evicted.
-	MaxBytes int64
-	// MaxBlobBytes is the per-blob limit (default 64 MiB; never more than
-	// MaxBytes). Put of a larger blob returns blob.ErrTooLarge without
+	Budget int64
+	// MaxBlob is the per-blob limit (default 64 MiB; never more than
+	// Budget). Put of a larger blob returns blob.ErrTooLarge without
 	// reading the stream. A Put in progress holds its buffer (at most
-	// MaxBlobBytes) outside the budget until it commits.
-	MaxBlobBytes int64
+	// MaxBlob) outside the budget until it commits.
+	MaxBlob int64
 	// MaxRefs bounds the number of refs (default 100,000); beyond it the least
 	// recently used refs are evicted.
 	MaxRefs int
 	// MaxRefBytes bounds the bytes held by refs, counted as the lengths of
 	// namespace, scope, name, digest and media type plus a fixed per-ref
 	// overhead (default 16 MiB); beyond it the least recently used refs are
-	// evicted. Refs do not count toward MaxBytes.
+	// evicted. Refs do not count toward Budget.
 	MaxRefBytes int64
 	// OnEvict, if set, is called with the digest and size of every blob
 	// dropped to fit the byte budget (not for Delete). It is called after the
@@ -105,8 +106,8 @@ type refEntry struct {
 func New(cfg Config) *Tier {
 	t := &Tier{
 		name:         cfg.Name,
-		maxBytes:     cfg.MaxBytes,
-		maxBlobBytes: cfg.MaxBlobBytes,
+		maxBytes:     cfg.Budget,
+		maxBlobBytes: cfg.MaxBlob,
 		maxRefs:      cfg.MaxRefs,
 		maxRefBytes:  cfg.MaxRefBytes,
 		onEvict:      cfg.OnEvict,
@@ -121,10 +122,10 @@ func New(cfg Config) *Tier {
 		t.log = slog.New(slog.DiscardHandler)
 	}
 	if t.maxBytes <= 0 {
-		t.maxBytes = DefaultMaxBytes
+		t.maxBytes = DefaultBudget
 	}
 	if t.maxBlobBytes <= 0 {
-		t.maxBlobBytes = min(DefaultMaxBlobBytes, t.maxBytes)
+		t.maxBlobBytes = min(DefaultMaxBlob, t.maxBytes)
 	}
 	t.maxBlobBytes = min(t.maxBlobBytes, t.maxBytes)
 	if t.maxRefs <= 0 {
@@ -288,12 +289,12 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 //
 // The buffer grows with the bytes that arrive rather than being sized by
 // the declared size up front: a size is a claim (a manifest's), and a
-// source that declares MaxBlobBytes and sends a few bytes must not cost
-// MaxBlobBytes of memory, nor a size near MaxInt64 (under a tier configured
+// source that declares MaxBlob and sends a few bytes must not cost
+// MaxBlob of memory, nor a size near MaxInt64 (under a tier configured
 // without a practical limit) an allocation that fails. The final slice has
 // exactly size bytes of capacity.
 func readVerified(ctx context.Context, d blob.Digest, size int64, r io.Reader) ([]byte, error) {
-	v := blob.NewVerifier(&ctxReader{ctx: ctx, r: r}, d, size, nil)
+	v := blob.NewVerifier(ctxio.NewReader[blob.Digest](ctx, r), d, size, nil)
 	data := make([]byte, 0, min(size, putChunk))
 	for int64(len(data)) < size {
 		if len(data) == cap(data) {
@@ -302,7 +303,9 @@ func readVerified(ctx context.Context, d blob.Digest, size int64, r io.Reader) (
 			copy(grown, data)
 			data = grown
 		}
-		n, err := v.Read(data[len(data):cap(data)])
+		// At most putChunk bytes a Read, so a cancelled ctx is noticed
+		// promptly (each Read checks it first).
+		n, err := v.Read(data[len(data):min(cap(data), len(data)+putChunk)])
 		data = data[:len(data)+n]
 		if err == io.EOF && int64(len(data)) == size {
 			break // the last bytes came with a verified end

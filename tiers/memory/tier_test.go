@@ -18,8 +18,8 @@ func newTier(t *testing.T, cfg memory.Config) *memory.Tier {
 // whose per-blob limit (64 MiB) admits the suite's largest blob.
 func TestConformance(t *testing.T) {
 	tiertest.Run(t, tiertest.Config{
-		New:         func(t *testing.T) blob.Tier { return newTier(t, memory.Config{}) },
-		MaxBlobSize: memory.DefaultMaxBlobBytes,
+		New:     func(t *testing.T) blob.Tier { return newTier(t, memory.Config{}) },
+		MaxBlob: memory.DefaultMaxBlob,
 	})
 }
 
@@ -28,8 +28,8 @@ func TestConformance(t *testing.T) {
 func TestConformanceSmallBlobLimit(t *testing.T) {
 	tiertest.Run(t, tiertest.Config{
 		New: func(t *testing.T) blob.Tier {
-			return newTier(t, memory.Config{Name: "memory-small", MaxBlobBytes: 1 << 20})
+			return newTier(t, memory.Config{Name: "memory-small", MaxBlob: 1 << 20})
 		},
-		MaxBlobSize: 1 << 20,
+		MaxBlob: 1 << 20,
 	})
 }

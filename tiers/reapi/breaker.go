@@ -1,6 +1,7 @@
 package reapi
 
 import (
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -46,6 +47,8 @@ type breaker struct {
 	threshold int // <= 0: disabled
 	coolDown  time.Duration
 	now       func() time.Time
+	log       *slog.Logger // opening and recovering, at Warn and Info
+	name      string       // the tier's name, for the log
 
 	mu       sync.Mutex
 	state    BreakerState
@@ -56,8 +59,8 @@ type breaker struct {
 	opens, rejected uint64
 }
 
-func newBreaker(cfg BreakerConfig, now func() time.Time) *breaker {
-	return &breaker{threshold: cfg.Failures, coolDown: cfg.CoolDown, now: now}
+func newBreaker(cfg BreakerConfig, now func() time.Time, log *slog.Logger, name string) *breaker {
+	return &breaker{threshold: cfg.Failures, coolDown: cfg.CoolDown, now: now, log: log, name: name}
 }
 
 // allow reports whether a call may go to the server, and whether it is the
@@ -88,7 +91,17 @@ func (b *breaker) record(probe bool, o outcome) {
 		return
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
+	before := b.state
+	defer func() {
+		after := b.state
+		b.mu.Unlock()
+		switch {
+		case after == BreakerOpen && before != BreakerOpen:
+			b.log.Warn("reapi tier: circuit breaker opened; calls fail over to the next tier until a probe succeeds", "tier", b.name, "failures", b.threshold, "cool-down", b.coolDown)
+		case after == BreakerClosed && before != BreakerClosed:
+			b.log.Info("reapi tier: circuit breaker closed; the server answers again", "tier", b.name)
+		}
+	}()
 	if probe {
 		b.probing = false
 	}

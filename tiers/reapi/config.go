@@ -2,6 +2,7 @@ package reapi
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"sort"
@@ -112,6 +113,11 @@ type Config struct {
 	// DialOptions are appended to the tier's own gRPC dial options (for
 	// example a stats handler for tracing or byte counting).
 	DialOptions []grpc.DialOption
+	// Logger receives a Warn line when the circuit breaker opens (the tier
+	// stops answering and reads fail over) and an Info line when it closes
+	// again; nil discards them. Header values and credentials are never
+	// logged.
+	Logger *slog.Logger
 }
 
 // TLSConfig configures TLS for grpcs:// endpoints. Zero means TLS with the
@@ -351,6 +357,9 @@ func (c Config) withDefaults() (Config, endpoint, error) {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c, ep, nil
 }

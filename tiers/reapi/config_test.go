@@ -1,8 +1,10 @@
 package reapi
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -109,7 +111,7 @@ func TestNewIncompatibleServer(t *testing.T) {
 
 func TestBreaker(t *testing.T) {
 	now := time.Unix(0, 0)
-	b := newBreaker(BreakerConfig{Failures: 2, CoolDown: time.Minute}, func() time.Time { return now })
+	b := newBreaker(BreakerConfig{Failures: 2, CoolDown: time.Minute}, func() time.Time { return now }, slog.New(slog.DiscardHandler), "reapi")
 	step := func(desc string, o outcome, wantState BreakerState) {
 		t.Helper()
 		ok, probe := b.allow()
@@ -152,7 +154,7 @@ func TestBreaker(t *testing.T) {
 	if s := b.stats(); s.Opens != 2 || s.Rejected != 4 {
 		t.Fatalf("stats %+v, want 2 opens and 4 rejected", s)
 	}
-	disabled := newBreaker(BreakerConfig{Failures: -1}, time.Now)
+	disabled := newBreaker(BreakerConfig{Failures: -1}, time.Now, slog.New(slog.DiscardHandler), "reapi")
 	for i := 0; i < 10; i++ {
 		disabled.record(false, outcomeFailure)
 	}
@@ -174,4 +176,34 @@ func FuzzParseEndpoint(f *testing.F) {
 			t.Fatalf("parseEndpoint(%q) accepted host:port %q", s, ep.hostport)
 		}
 	})
+}
+
+// TestBreakerLogs: the breaker tells the operator when it opens (Warn) and
+// when the server answers again (Info), once per transition.
+func TestBreakerLogs(t *testing.T) {
+	now := time.Unix(0, 0)
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	b := newBreaker(BreakerConfig{Failures: 2, CoolDown: time.Minute}, func() time.Time { return now }, log, "shared")
+	for _, o := range []outcome{outcomeFailure, outcomeFailure} {
+		_, probe := b.allow()
+		b.record(probe, o)
+	}
+	if got := strings.Count(buf.String(), "level=WARN"); got != 1 || !strings.Contains(buf.String(), "tier=shared") {
+		t.Fatalf("after opening: %d Warn lines, want 1 naming the tier:\n%s", got, buf.String())
+	}
+	now = now.Add(time.Minute)
+	ok, probe := b.allow()
+	if !ok || !probe {
+		t.Fatalf("after the cool-down: allow = %v, %v; want the probe", ok, probe)
+	}
+	b.record(probe, outcomeSuccess)
+	if got := strings.Count(buf.String(), "level=INFO"); got != 1 {
+		t.Fatalf("after recovering: %d Info lines, want 1:\n%s", got, buf.String())
+	}
+	_, probe = b.allow()
+	b.record(probe, outcomeSuccess)
+	if n := strings.Count(buf.String(), "\n"); n != 2 {
+		t.Fatalf("%d log lines, want 2 (one per transition):\n%s", n, buf.String())
+	}
 }

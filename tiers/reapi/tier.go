@@ -147,7 +147,7 @@ func New(ctx context.Context, cfg Config) (*Tier, error) {
 		ac:      repb.NewActionCacheClient(conn),
 		bs:      bspb.NewByteStreamClient(conn),
 		capc:    repb.NewCapabilitiesClient(conn),
-		breaker: newBreaker(cfg.Breaker, cfg.Now),
+		breaker: newBreaker(cfg.Breaker, cfg.Now, cfg.Logger, cfg.Name),
 		sizes:   newLRU[string, sizeInfo](cfg.CacheEntries),
 		exists:  newLRU[string, time.Time](cfg.CacheEntries),
 		corrupt: newLRU[string, struct{}](cfg.CacheEntries),

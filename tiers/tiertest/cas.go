@@ -191,7 +191,7 @@ func (s *suite) testReaderShapes(t *testing.T) {
 
 func (s *suite) testLarge(t *testing.T) {
 	if !s.fits(LargeBlobSize) {
-		t.Skipf("tier declines blobs above %d bytes; not testing a %d byte blob", s.cfg.MaxBlobSize, LargeBlobSize)
+		t.Skipf("tier declines blobs above %d bytes; not testing a %d byte blob", s.cfg.MaxBlob, LargeBlobSize)
 	}
 	tier := s.cfg.New(t)
 	ctx := context.Background()
@@ -222,29 +222,29 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 func (s *suite) testTooLarge(t *testing.T) {
-	if s.cfg.MaxBlobSize <= 0 {
-		t.Skip("tier has no per-blob limit (Config.MaxBlobSize is 0)")
+	if s.cfg.MaxBlob <= 0 {
+		t.Skip("tier has no per-blob limit (Config.MaxBlob is 0)")
 	}
 	tier := s.cfg.New(t)
 	ctx := context.Background()
-	size := s.cfg.MaxBlobSize + 1
+	size := s.cfg.MaxBlob + 1
 	// The tier must decline from the size alone, so the digest need not be
 	// the content's (hashing a large blob here would only cost time).
 	d := blob.FromBytes([]byte(fmt.Sprint("tiertest: too large ", size)))
 	cr := &countingReader{r: randomReader(7, size)}
 	err := tier.Put(ctx, d, size, cr)
 	if !errors.Is(err, blob.ErrTooLarge) {
-		t.Fatalf("Put of %d bytes (limit %d) = %v, want ErrTooLarge", size, s.cfg.MaxBlobSize, err)
+		t.Fatalf("Put of %d bytes (limit %d) = %v, want ErrTooLarge", size, s.cfg.MaxBlob, err)
 	}
 	if cr.n >= size {
 		t.Errorf("Put read all %d bytes before declining; it must decline from the size alone", cr.n)
 	}
 	expectMiss(t, tier, d, "after a declined Put")
 	// A blob exactly at the limit is accepted.
-	if s.cfg.MaxBlobSize <= CancelBlobSize {
-		at := PutRandom(t, ctx, tier, 8, s.cfg.MaxBlobSize)
-		if got, n := StreamDigest(t, ctx, tier, at); got != at || n != s.cfg.MaxBlobSize {
-			t.Errorf("blob at the limit read back as %d bytes %s, want %d bytes %s", n, got, s.cfg.MaxBlobSize, at)
+	if s.cfg.MaxBlob <= CancelBlobSize {
+		at := PutRandom(t, ctx, tier, 8, s.cfg.MaxBlob)
+		if got, n := StreamDigest(t, ctx, tier, at); got != at || n != s.cfg.MaxBlob {
+			t.Errorf("blob at the limit read back as %d bytes %s, want %d bytes %s", n, got, s.cfg.MaxBlob, at)
 		}
 	}
 }

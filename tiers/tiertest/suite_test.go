@@ -22,7 +22,7 @@ func naiveConfig(bugs string) tiertest.Config {
 			t.Cleanup(func() { n.Close() })
 			return n
 		},
-		MaxBlobSize: naiveLimit,
+		MaxBlob: naiveLimit,
 		Corrupt: func(t *testing.T, tier blob.Tier, d blob.Digest) {
 			tier.(*naive).corrupt(d)
 		},

@@ -12,7 +12,7 @@
 // digest, 16 on many blobs and refs), context cancellation before calls and
 // in the middle of reads and writes, Info fields, refs (round trip,
 // overwrite, scoping, expiry, validation, listing), Delete, Walk, Usage,
-// Close and, where the tier supports it, per-blob limits (MaxBlobSize),
+// Close and, where the tier supports it, per-blob limits (MaxBlob),
 // detection of rotten storage (Corrupt) and a close/reopen cycle (Reopen).
 // Subtests are named after the rule they hold, so a failure names it.
 //
@@ -57,11 +57,11 @@ type Config struct {
 	// tombstoned). CannotDelete implies it.
 	CannotDeleteBlobs bool
 
-	// MaxBlobSize, when > 0, is the largest blob the tier accepts: Put of a
+	// MaxBlob, when > 0, is the largest blob the tier accepts: Put of a
 	// bigger one must return blob.ErrTooLarge, store nothing and not read the
 	// whole stream. Cases that need a bigger blob (the 64 MiB one) are
 	// skipped and others shrink to fit. 0 means no limit.
-	MaxBlobSize int64
+	MaxBlob int64
 
 	// Reopen, when set, closes old and returns a tier over the same storage
 	// (for tiers that persist, such as disk). The "Reopen" subtest checks
@@ -152,7 +152,7 @@ func (s *suite) noBlobDelete() bool { return s.cfg.CannotDelete || s.cfg.CannotD
 
 // fits reports whether a blob of size bytes is within the tier's limit.
 func (s *suite) fits(size int64) bool {
-	return s.cfg.MaxBlobSize <= 0 || size <= s.cfg.MaxBlobSize
+	return s.cfg.MaxBlob <= 0 || size <= s.cfg.MaxBlob
 }
 
 // clamp returns size, or the tier's limit when that is smaller.
@@ -160,5 +160,5 @@ func (s *suite) clamp(size int64) int64 {
 	if s.fits(size) {
 		return size
 	}
-	return s.cfg.MaxBlobSize
+	return s.cfg.MaxBlob
 }

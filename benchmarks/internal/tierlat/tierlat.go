@@ -89,7 +89,7 @@ func Run(ctx context.Context, backend string, cfg Config) ([]Result, error) {
 
 func open(backend, dir string) (blob.Tier, func() error, error) {
 	mem := func() *memory.Tier {
-		return memory.New(memory.Config{Name: "memory", MaxBytes: 512 << 20, MaxBlobBytes: 64 << 20})
+		return memory.New(memory.Config{Name: "memory", Budget: 512 << 20, MaxBlob: 64 << 20})
 	}
 	switch backend {
 	case "memory":

@@ -175,7 +175,7 @@ func TestOverlayAndExt4BuildTheSameTree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conv, err := ext4.New(ext4.Config{Store: memory.New(memory.Config{MaxBlobBytes: 256 << 20, MaxBytes: 1 << 30}),
+	conv, err := ext4.New(ext4.Config{Store: memory.New(memory.Config{MaxBlob: 256 << 20, Budget: 1 << 30}),
 		WorkDir: t.TempDir(), MaxLayerBytes: maxLayerBytes, MaxEntries: maxEntries, MaxDiskSize: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
@@ -247,7 +247,7 @@ func FuzzOverlayExt4(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	conv, err := ext4.New(ext4.Config{Store: memory.New(memory.Config{MaxBlobBytes: 256 << 20, MaxBytes: 1 << 30}),
+	conv, err := ext4.New(ext4.Config{Store: memory.New(memory.Config{MaxBlob: 256 << 20, Budget: 1 << 30}),
 		WorkDir: f.TempDir(), MaxLayerBytes: maxLayerBytes, MaxEntries: maxEntries, MaxDiskSize: 1 << 30})
 	if err != nil {
 		f.Fatal(err)

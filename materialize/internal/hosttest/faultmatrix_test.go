@@ -78,7 +78,7 @@ func newMatEnv(t *testing.T, v1img v1.Image, layers [][]byte) *matEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.ov.Close() })
-	if e.conv, err = ext4.New(ext4.Config{Store: e.Stack.Stack, LocalStore: e.Stack.Stack, WorkDir: filepath.Join(root, "ext4"), Registerer: e.Reg}); err != nil {
+	if e.conv, err = ext4.New(ext4.Config{Store: e.Stack.Stack, LocalStore: e.Stack.Stack, WorkDir: filepath.Join(root, "ext4"), Metrics: e.Reg}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.conv.Close() })

@@ -8,6 +8,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/strata-oci/strata/internal/trunc"
 )
 
 // ErrInvalidLayer is wrapped by every error about a layer's tar content
@@ -223,7 +225,7 @@ func (e *Entries) Read(p []byte) (int, error) {
 	}
 	n, err := e.tr.Read(p)
 	if err == io.ErrUnexpectedEOF {
-		err = fmt.Errorf("%w: %q: tar stream cut short", ErrInvalidLayer, truncate(e.cur.Name, 200))
+		err = fmt.Errorf("%w: %q: tar stream cut short", ErrInvalidLayer, trunc.String(e.cur.Name, 200))
 	}
 	return n, err
 }
@@ -266,7 +268,7 @@ func (e *Entries) Next() (*Entry, error) {
 			return nil, fmt.Errorf("%w: more than %d entries", ErrLimitExceeded, e.lim.MaxEntries)
 		}
 		if err := e.header(h); err != nil {
-			return nil, fmt.Errorf("entry %q: %w", truncate(h.Name, 200), err)
+			return nil, fmt.Errorf("entry %q: %w", trunc.String(h.Name, 200), err)
 		}
 	}
 }
@@ -372,7 +374,7 @@ func (e *Entries) header(h *tar.Header) error {
 			return err
 		}
 		if target == "" || e.names[target]&stateNonDir == 0 {
-			return fmt.Errorf("%w: hard link to %q, which is not an earlier non-directory entry of the layer", ErrInvalidLayer, truncate(h.Linkname, 200))
+			return fmt.Errorf("%w: hard link to %q, which is not an earlier non-directory entry of the layer", ErrInvalidLayer, trunc.String(h.Linkname, 200))
 		}
 		ent.Link = target
 	}
@@ -407,7 +409,7 @@ func (e *Entries) parents(dir string) error {
 			break
 		}
 		if st&stateNonDir != 0 {
-			return fmt.Errorf("%w: parent %q is a non-directory of the layer (entries are not written through it)", ErrInvalidLayer, truncate(d, 200))
+			return fmt.Errorf("%w: parent %q is a non-directory of the layer (entries are not written through it)", ErrInvalidLayer, trunc.String(d, 200))
 		}
 		missing = append(missing, d)
 		d, _ = splitName(d)
@@ -448,7 +450,7 @@ func (e *Entries) marker(dir, base string, h *tar.Header) error {
 		}
 		st := e.names[dir]
 		if st&stateNonDir != 0 {
-			return fmt.Errorf("%w: opaque marker in %q, a non-directory of the layer", ErrInvalidLayer, truncate(dir, 200))
+			return fmt.Errorf("%w: opaque marker in %q, a non-directory of the layer", ErrInvalidLayer, trunc.String(dir, 200))
 		}
 		if !st.isDir() {
 			st = stateImplicit
@@ -462,7 +464,7 @@ func (e *Entries) marker(dir, base string, h *tar.Header) error {
 	}
 	target := base[len(WhiteoutPrefix):]
 	if target == "" || target == "." || target == ".." || strings.HasPrefix(target, WhiteoutPrefix) {
-		return fmt.Errorf("%w: invalid whiteout %q", ErrInvalidLayer, truncate(base, 200))
+		return fmt.Errorf("%w: invalid whiteout %q", ErrInvalidLayer, trunc.String(base, 200))
 	}
 	if err := e.parents(dir); err != nil {
 		return err

@@ -20,9 +20,6 @@ import (
 
 // Sentinel errors.
 var (
-	// ErrUnknownMediaType: the layer's media type is not a tar layer this
-	// package can decompress (gzip, zstd or uncompressed; OCI or Docker).
-	ErrUnknownMediaType = errors.New("unsupported layer media type")
 	// ErrLimitExceeded: the decompressed stream is longer than the
 	// configured limit (a decompression bomb, or a limit set too low), or a
 	// layer's entries exceed EntryLimits. It wraps blob.ErrTooLarge.
@@ -35,57 +32,6 @@ type limitError struct{}
 
 func (limitError) Error() string { return "decompressed layer exceeds size limit" }
 func (limitError) Unwrap() error { return blob.ErrTooLarge }
-
-// Compression is a layer blob's compression.
-type Compression int
-
-// The compressions a layer may use.
-const (
-	Uncompressed Compression = iota
-	Gzip
-	Zstd
-)
-
-func (c Compression) String() string {
-	switch c {
-	case Uncompressed:
-		return "uncompressed"
-	case Gzip:
-		return "gzip"
-	case Zstd:
-		return "zstd"
-	}
-	return fmt.Sprintf("Compression(%d)", int(c))
-}
-
-// Media types of tar layers, OCI and Docker spellings.
-const (
-	OCILayer                  = "application/vnd.oci.image.layer.v1.tar+gzip"
-	OCILayerZstd              = "application/vnd.oci.image.layer.v1.tar+zstd"
-	OCILayerUncompressed      = "application/vnd.oci.image.layer.v1.tar"
-	OCINondistributable       = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-	OCINondistributableZstd   = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
-	OCINondistributableTar    = "application/vnd.oci.image.layer.nondistributable.v1.tar"
-	DockerLayer               = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-	DockerForeignLayer        = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-	DockerLayerUncompressed   = "application/vnd.docker.image.rootfs.diff.tar"
-	DockerLayerZstd           = "application/vnd.docker.image.rootfs.diff.tar.zstd"
-	dockerForeignUncompressed = "application/vnd.docker.image.rootfs.foreign.diff.tar"
-)
-
-// CompressionOf returns the compression a layer media type implies, or an
-// error wrapping ErrUnknownMediaType.
-func CompressionOf(mediaType string) (Compression, error) {
-	switch mediaType {
-	case OCILayer, OCINondistributable, DockerLayer, DockerForeignLayer:
-		return Gzip, nil
-	case OCILayerZstd, OCINondistributableZstd, DockerLayerZstd:
-		return Zstd, nil
-	case OCILayerUncompressed, OCINondistributableTar, DockerLayerUncompressed, dockerForeignUncompressed:
-		return Uncompressed, nil
-	}
-	return 0, fmt.Errorf("%w: %q", ErrUnknownMediaType, truncate(mediaType, 120))
-}
 
 // Limits bound what one layer may decompress to.
 type Limits struct {
@@ -115,7 +61,7 @@ const (
 // The caller closes the reader, which closes the blob reader. Cancelling
 // ctx fails later reads if l honours it.
 func Open(ctx context.Context, l manifest.Layer, lim Limits) (io.ReadCloser, error) {
-	c, err := CompressionOf(string(l.MediaType()))
+	c, err := manifest.Compression(l.MediaType())
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", l.Digest(), err)
 	}
@@ -222,7 +168,7 @@ func Settle(r io.ReadCloser, cause error) error {
 // both the decompressed stream and r ended cleanly (trailing bytes after the
 // compressed stream are an error). Closing it closes r if r is an
 // io.Closer. It is not safe for concurrent use.
-func Decompress(r io.Reader, c Compression, lim Limits) (io.ReadCloser, error) {
+func Decompress(r io.Reader, c manifest.Codec, lim Limits) (io.ReadCloser, error) {
 	max := lim.MaxBytes
 	if max == 0 {
 		max = DefaultMaxBytes
@@ -241,9 +187,9 @@ func Decompress(r io.Reader, c Compression, lim Limits) (io.ReadCloser, error) {
 	r = &stickyReader{r: r}
 	s := &stream{src: r, srcClose: closer, max: max}
 	switch c {
-	case Uncompressed:
+	case manifest.None:
 		s.dec = r
-	case Gzip:
+	case manifest.Gzip:
 		// gzip reads through a bufio.Reader; its default 4 KiB buffer costs
 		// a Read of the blob stream (a tee, a verifier) per 4 KiB.
 		zr, err := gzip.NewReader(bufio.NewReaderSize(r, 64<<10))
@@ -252,7 +198,7 @@ func Decompress(r io.Reader, c Compression, lim Limits) (io.ReadCloser, error) {
 		}
 		s.dec = zr
 		s.decClose = zr.Close
-	case Zstd:
+	case manifest.Zstd:
 		zr, err := zstd.NewReader(r,
 			zstd.WithDecoderConcurrency(1),
 			zstd.WithDecoderMaxWindow(win),
@@ -264,7 +210,7 @@ func Decompress(r io.Reader, c Compression, lim Limits) (io.ReadCloser, error) {
 		s.dec = zr
 		s.decClose = func() error { zr.Close(); return nil }
 	default:
-		return nil, fmt.Errorf("%w: compression %v", ErrUnknownMediaType, c)
+		return nil, fmt.Errorf("%w: compression %v", manifest.ErrUnknownMediaType, c)
 	}
 	s.compression = c
 	return s, nil
@@ -292,7 +238,7 @@ type stream struct {
 	srcClose    io.Closer
 	dec         io.Reader
 	decClose    func() error
-	compression Compression
+	compression manifest.Codec
 	max         int64
 	n           int64
 	err         error
@@ -318,7 +264,7 @@ func (s *stream) Read(p []byte) (int, error) {
 	}
 	switch {
 	case err == io.EOF:
-		if s.compression != Uncompressed {
+		if s.compression != manifest.None {
 			// Read the rest of the blob, so a verifier under us sees EOF and
 			// checks the digest; anything left over is not part of the layer.
 			var buf [512]byte
@@ -335,7 +281,7 @@ func (s *stream) Read(p []byte) (int, error) {
 		}
 		s.err = io.EOF
 	case err != nil:
-		if s.compression != Uncompressed {
+		if s.compression != manifest.None {
 			err = fmt.Errorf("%s: %w", s.compression, err)
 		}
 		s.err = err
@@ -354,11 +300,4 @@ func (s *stream) Close() error {
 		}
 	}
 	return err
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

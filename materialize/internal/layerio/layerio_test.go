@@ -4,14 +4,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"io"
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
@@ -19,18 +21,18 @@ import (
 type fakeLayer struct {
 	b         []byte
 	digest    blob.Digest
-	mediaType string
+	mediaType types.MediaType
 }
 
 func (l fakeLayer) Digest() blob.Digest             { return l.digest }
 func (l fakeLayer) Authorize(context.Context) error { return nil }
-func (l fakeLayer) MediaType() types.MediaType      { return types.MediaType(l.mediaType) }
+func (l fakeLayer) MediaType() types.MediaType      { return l.mediaType }
 func (l fakeLayer) Size() int64                     { return int64(len(l.b)) }
 func (l fakeLayer) Open(context.Context) (io.ReadCloser, error) {
 	return blob.NewVerifier(io.NopCloser(bytes.NewReader(l.b)), l.digest, int64(len(l.b)), nil), nil
 }
 
-func layerOf(b []byte, mt string) fakeLayer {
+func layerOf(b []byte, mt types.MediaType) fakeLayer {
 	return fakeLayer{b: b, digest: blob.FromBytes(b), mediaType: mt}
 }
 
@@ -38,7 +40,7 @@ func TestOpen(t *testing.T) {
 	tarBytes := tartest.New().File("f", tartest.Content("f", 100_000)).Tar()
 	gz := tartest.GzipBytes(tarBytes)
 	zs := tartest.ZstdBytes(tarBytes)
-	corrupt := layerOf(gz, layerio.OCILayer)
+	corrupt := layerOf(gz, types.OCILayer)
 	corrupt.digest = blob.FromBytes([]byte("something else"))
 	tests := []struct {
 		desc    string
@@ -47,23 +49,23 @@ func TestOpen(t *testing.T) {
 		wantErr error
 		errText string
 	}{
-		{desc: "OCI gzip", l: layerOf(gz, layerio.OCILayer)},
-		{desc: "Docker gzip", l: layerOf(gz, layerio.DockerLayer)},
-		{desc: "OCI nondistributable gzip", l: layerOf(gz, layerio.OCINondistributable)},
-		{desc: "OCI zstd", l: layerOf(zs, layerio.OCILayerZstd)},
-		{desc: "OCI uncompressed", l: layerOf(tarBytes, layerio.OCILayerUncompressed)},
-		{desc: "Docker uncompressed", l: layerOf(tarBytes, layerio.DockerLayerUncompressed)},
-		{desc: "limit exactly met", l: layerOf(gz, layerio.OCILayer), lim: layerio.Limits{MaxBytes: int64(len(tarBytes))}},
-		{desc: "unknown media type", l: layerOf(gz, "application/vnd.oci.image.config.v1+json"), wantErr: layerio.ErrUnknownMediaType},
-		{desc: "gzip over the limit", l: layerOf(gz, layerio.OCILayer), lim: layerio.Limits{MaxBytes: int64(len(tarBytes)) - 1}, wantErr: layerio.ErrLimitExceeded},
-		{desc: "zstd over the limit", l: layerOf(zs, layerio.OCILayerZstd), lim: layerio.Limits{MaxBytes: 1000}, wantErr: layerio.ErrLimitExceeded},
-		{desc: "tar over the limit", l: layerOf(tarBytes, layerio.OCILayerUncompressed), lim: layerio.Limits{MaxBytes: 1000}, wantErr: layerio.ErrLimitExceeded},
-		{desc: "gzip labelled zstd", l: layerOf(gz, layerio.OCILayerZstd), errText: "zstd"},
-		{desc: "zstd labelled gzip", l: layerOf(zs, layerio.OCILayer), errText: "gzip"},
+		{desc: "OCI gzip", l: layerOf(gz, types.OCILayer)},
+		{desc: "Docker gzip", l: layerOf(gz, types.DockerLayer)},
+		{desc: "OCI nondistributable gzip", l: layerOf(gz, types.OCIRestrictedLayer)},
+		{desc: "OCI zstd", l: layerOf(zs, types.OCILayerZStd)},
+		{desc: "OCI uncompressed", l: layerOf(tarBytes, types.OCIUncompressedLayer)},
+		{desc: "Docker uncompressed", l: layerOf(tarBytes, types.DockerUncompressedLayer)},
+		{desc: "limit exactly met", l: layerOf(gz, types.OCILayer), lim: layerio.Limits{MaxBytes: int64(len(tarBytes))}},
+		{desc: "unknown media type", l: layerOf(gz, "application/vnd.oci.image.config.v1+json"), wantErr: manifest.ErrUnknownMediaType},
+		{desc: "gzip over the limit", l: layerOf(gz, types.OCILayer), lim: layerio.Limits{MaxBytes: int64(len(tarBytes)) - 1}, wantErr: layerio.ErrLimitExceeded},
+		{desc: "zstd over the limit", l: layerOf(zs, types.OCILayerZStd), lim: layerio.Limits{MaxBytes: 1000}, wantErr: layerio.ErrLimitExceeded},
+		{desc: "tar over the limit", l: layerOf(tarBytes, types.OCIUncompressedLayer), lim: layerio.Limits{MaxBytes: 1000}, wantErr: layerio.ErrLimitExceeded},
+		{desc: "gzip labelled zstd", l: layerOf(gz, types.OCILayerZStd), errText: "zstd"},
+		{desc: "zstd labelled gzip", l: layerOf(zs, types.OCILayer), errText: "gzip"},
 		{desc: "digest mismatch surfaces at EOF", l: corrupt, wantErr: blob.ErrMismatch},
-		{desc: "trailing garbage after gzip", l: layerOf(append(append([]byte{}, gz...), "garbage"...), layerio.OCILayer), errText: "gzip"},
-		{desc: "trailing garbage after zstd", l: layerOf(append(append([]byte{}, zs...), "garbage!"...), layerio.OCILayerZstd), errText: "zstd"},
-		{desc: "truncated gzip", l: layerOf(gz[:len(gz)/2], layerio.OCILayer), errText: "unexpected EOF"},
+		{desc: "trailing garbage after gzip", l: layerOf(append(append([]byte{}, gz...), "garbage"...), types.OCILayer), errText: "gzip"},
+		{desc: "trailing garbage after zstd", l: layerOf(append(append([]byte{}, zs...), "garbage!"...), types.OCILayerZStd), errText: "zstd"},
+		{desc: "truncated gzip", l: layerOf(gz[:len(gz)/2], types.OCILayer), errText: "unexpected EOF"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
@@ -112,7 +114,7 @@ func TestZstdWindowLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	frame := buf.Bytes()
-	rc, err := layerio.Decompress(bytes.NewReader(frame), layerio.Zstd, layerio.Limits{ZstdMaxWindow: 8 << 20})
+	rc, err := layerio.Decompress(bytes.NewReader(frame), manifest.Zstd, layerio.Limits{ZstdMaxWindow: 8 << 20})
 	if err == nil {
 		_, err = io.ReadAll(rc)
 		rc.Close()
@@ -124,7 +126,7 @@ func TestZstdWindowLimit(t *testing.T) {
 		t.Fatalf("err = %v, want a window-size error", err)
 	}
 	// The same frame passes under the default limit.
-	rc, err = layerio.Decompress(bytes.NewReader(frame), layerio.Zstd, layerio.Limits{})
+	rc, err = layerio.Decompress(bytes.NewReader(frame), manifest.Zstd, layerio.Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +143,7 @@ func TestBombIsCutOff(t *testing.T) {
 	zw, _ := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
 	bomb := zw.EncodeAll(make([]byte, 256<<20), nil)
 	zw.Close()
-	l := layerOf(bomb, layerio.OCILayerZstd)
+	l := layerOf(bomb, types.OCILayerZStd)
 	rc, err := layerio.Open(context.Background(), l, layerio.Limits{MaxBytes: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -156,35 +158,13 @@ func TestBombIsCutOff(t *testing.T) {
 	}
 }
 
-func TestCompressionOf(t *testing.T) {
-	for _, tc := range []struct {
-		mt   string
-		want layerio.Compression
-	}{
-		{layerio.OCILayer, layerio.Gzip},
-		{layerio.DockerForeignLayer, layerio.Gzip},
-		{layerio.OCILayerZstd, layerio.Zstd},
-		{layerio.OCINondistributableZstd, layerio.Zstd},
-		{layerio.DockerLayerUncompressed, layerio.Uncompressed},
-		{layerio.OCINondistributableTar, layerio.Uncompressed},
-	} {
-		got, err := layerio.CompressionOf(tc.mt)
-		if err != nil || got != tc.want {
-			t.Errorf("CompressionOf(%q) = %v, %v; want %v", tc.mt, got, err, tc.want)
-		}
-	}
-	if _, err := layerio.CompressionOf(strings.Repeat("x", 1000)); !errors.Is(err, layerio.ErrUnknownMediaType) || len(err.Error()) > 200 {
-		t.Errorf("long unknown media type: %v", err)
-	}
-}
-
 func FuzzDecompress(f *testing.F) {
 	tb := tartest.New().File("f", []byte("hello")).Tar()
 	f.Add(tartest.GzipBytes(tb), uint8(1))
 	f.Add(tartest.ZstdBytes(tb), uint8(2))
 	f.Add(tb, uint8(0))
 	f.Fuzz(func(t *testing.T, data []byte, kind uint8) {
-		c := layerio.Compression(kind % 3)
+		c := manifest.Codec(kind % 3)
 		const limit = 1 << 20
 		rc, err := layerio.Decompress(bytes.NewReader(data), c, layerio.Limits{MaxBytes: limit, ZstdMaxWindow: 8 << 20})
 		if err != nil {
@@ -195,7 +175,7 @@ func FuzzDecompress(f *testing.F) {
 		if n > limit {
 			t.Fatalf("%d bytes passed a %d-byte limit (err %v)", n, limit, err)
 		}
-		if c == layerio.Uncompressed && err == nil && n != int64(len(data)) {
+		if c == manifest.None && err == nil && n != int64(len(data)) {
 			t.Fatalf("uncompressed: %d bytes of %d", n, len(data))
 		}
 	})

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
@@ -24,8 +26,8 @@ func TestOpenSettlesBadHeader(t *testing.T) {
 		layer    fakeLayer
 		mismatch bool
 	}{
-		{"corrupt copy: first byte flipped", fakeLayer{b: flipped, digest: blob.FromBytes(gz), mediaType: layerio.OCILayer}, true},
-		{"a layer that is not gzip", layerOf(flipped, layerio.OCILayer), false},
+		{"corrupt copy: first byte flipped", fakeLayer{b: flipped, digest: blob.FromBytes(gz), mediaType: types.OCILayer}, true},
+		{"a layer that is not gzip", layerOf(flipped, types.OCILayer), false},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			rc, err := layerio.Open(context.Background(), tc.layer, layerio.Limits{})

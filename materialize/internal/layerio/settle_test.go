@@ -7,6 +7,8 @@ import (
 	"io"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
@@ -32,11 +34,11 @@ func TestSettle(t *testing.T) {
 		stopAfter int // bytes the consumer reads before it gives up (-1: until an error)
 		mismatch  bool
 	}{
-		{"corrupt copy, decompressor fails", fakeLayer{b: bad, digest: blob.FromBytes(gz), mediaType: layerio.OCILayer}, false, -1, true},
-		{"corrupt copy behind readahead", fakeLayer{b: bad, digest: blob.FromBytes(gz), mediaType: layerio.OCILayer}, true, -1, true},
-		{"right bytes, consumer refuses", layerOf(gz, layerio.OCILayer), false, 4096, false},
-		{"right bytes behind readahead", layerOf(gz, layerio.OCILayer), true, 4096, false},
-		{"uncompressed, right bytes", layerOf(tarBytes, layerio.OCILayerUncompressed), true, 1000, false},
+		{"corrupt copy, decompressor fails", fakeLayer{b: bad, digest: blob.FromBytes(gz), mediaType: types.OCILayer}, false, -1, true},
+		{"corrupt copy behind readahead", fakeLayer{b: bad, digest: blob.FromBytes(gz), mediaType: types.OCILayer}, true, -1, true},
+		{"right bytes, consumer refuses", layerOf(gz, types.OCILayer), false, 4096, false},
+		{"right bytes behind readahead", layerOf(gz, types.OCILayer), true, 4096, false},
+		{"uncompressed, right bytes", layerOf(tarBytes, types.OCIUncompressedLayer), true, 1000, false},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			rc, err := layerio.Open(context.Background(), tc.layer, layerio.Limits{})

@@ -4,13 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"io"
 	"math"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/internal/safego"
+	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 	"github.com/strata-oci/strata/materialize/internal/tartest"
 )
@@ -20,12 +22,12 @@ import (
 type sizedLayer struct {
 	b         []byte
 	size      int64
-	mediaType string
+	mediaType types.MediaType
 }
 
 func (l sizedLayer) Digest() blob.Digest             { return blob.FromBytes(l.b) }
 func (l sizedLayer) Authorize(context.Context) error { return nil }
-func (l sizedLayer) MediaType() types.MediaType      { return types.MediaType(l.mediaType) }
+func (l sizedLayer) MediaType() types.MediaType      { return l.mediaType }
 func (l sizedLayer) Size() int64                     { return l.size }
 func (l sizedLayer) Open(context.Context) (io.ReadCloser, error) {
 	return blob.NewVerifier(io.NopCloser(bytes.NewReader(l.b)), l.Digest(), l.size, nil), nil
@@ -61,11 +63,11 @@ func TestExtremeDeclaredSizes(t *testing.T) {
 	tarBytes := tartest.New().File("f", tartest.Content("f", 70_000)).Tar()
 	blobs := map[string]struct {
 		b  []byte
-		mt string
+		mt types.MediaType
 	}{
-		"gzip":         {tartest.GzipBytes(tarBytes), layerio.OCILayer},
-		"zstd":         {tartest.ZstdBytes(tarBytes), layerio.OCILayerZstd},
-		"uncompressed": {tarBytes, layerio.OCILayerUncompressed},
+		"gzip":         {tartest.GzipBytes(tarBytes), types.OCILayer},
+		"zstd":         {tartest.ZstdBytes(tarBytes), types.OCILayerZStd},
+		"uncompressed": {tarBytes, types.OCIUncompressedLayer},
 	}
 	tests := []struct {
 		desc string
@@ -108,14 +110,14 @@ func TestExtremeDeclaredSizes(t *testing.T) {
 func TestExtremeLimits(t *testing.T) {
 	tarBytes := tartest.New().File("f", tartest.Content("lim", 50_000)).Tar()
 	for _, max := range []int64{math.MaxInt64, math.MaxInt64 - 1, math.MaxInt64 / 2, -1, math.MinInt64, 0} {
-		for _, c := range []layerio.Compression{layerio.Uncompressed, layerio.Gzip, layerio.Zstd} {
+		for _, c := range []manifest.Codec{manifest.None, manifest.Gzip, manifest.Zstd} {
 			var b []byte
 			switch c {
-			case layerio.Uncompressed:
+			case manifest.None:
 				b = tarBytes
-			case layerio.Gzip:
+			case manifest.Gzip:
 				b = tartest.GzipBytes(tarBytes)
-			case layerio.Zstd:
+			case manifest.Zstd:
 				b = tartest.ZstdBytes(tarBytes)
 			}
 			rc, err := layerio.Decompress(bytes.NewReader(b), c, layerio.Limits{MaxBytes: max})
@@ -174,7 +176,7 @@ func FuzzLayerSizes(f *testing.F) {
 			}
 		}
 	}
-	mts := []string{layerio.OCILayerUncompressed, layerio.OCILayer, layerio.OCILayerZstd}
+	mts := []types.MediaType{types.OCIUncompressedLayer, types.OCILayer, types.OCILayerZStd}
 	f.Fuzz(func(t *testing.T, data []byte, kind uint8, size, max int64) {
 		l := sizedLayer{b: data, size: size, mediaType: mts[int(kind)%len(mts)]}
 		got, err := readThrough(l, layerio.Limits{MaxBytes: max, ZstdMaxWindow: 8 << 20}, 4096)

@@ -10,7 +10,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/strata-oci/strata/materialize/internal/layerio"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // Fixture is one test image of the shared fidelity set.
@@ -23,7 +23,7 @@ type Fixture struct {
 	Layers [][]byte
 	// MediaTypes, when set, gives each layer's media type; otherwise
 	// MediaTypeOf guesses it.
-	MediaTypes []string
+	MediaTypes []types.MediaType
 }
 
 // Image returns the fixture as an OCI image.
@@ -176,7 +176,7 @@ func Fixtures() []Fixture {
 				New().Dir("u").File("u/plain", []byte("plain")).Tar(),
 				New().Dir("g").File("g/docker", []byte("docker")).Gzip(),
 			},
-			MediaTypes: []string{"", "", layerio.DockerLayer},
+			MediaTypes: []types.MediaType{"", "", types.DockerLayer},
 		},
 	}
 }

@@ -16,34 +16,35 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/ctxio"
 	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/materialize/internal/layerio"
 )
 
 // MediaTypeOf guesses a layer blob's OCI media type from its first bytes:
 // gzip and zstd magic numbers, otherwise an uncompressed tar.
-func MediaTypeOf(blobBytes []byte) string {
+func MediaTypeOf(blobBytes []byte) types.MediaType {
 	switch {
 	case bytes.HasPrefix(blobBytes, []byte{0x1f, 0x8b}):
-		return layerio.OCILayer
+		return types.OCILayer
 	case bytes.HasPrefix(blobBytes, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		return layerio.OCILayerZstd
+		return types.OCILayerZStd
 	}
-	return layerio.OCILayerUncompressed
+	return types.OCIUncompressedLayer
 }
 
 // layer is an in-memory v1.Layer over a blob with an explicit media type.
 type layer struct {
 	blob      []byte
-	mediaType string
+	mediaType types.MediaType
 	digest    v1.Hash
 	diffID    v1.Hash
 }
 
 // NewLayer returns an in-memory v1.Layer whose blob (as stored, compressed
-// or not) is b and whose media type is mediaType (any spelling layerio
+// or not) is b and whose media type is mediaType (any spelling manifest.Compression
 // accepts, Docker ones included).
-func NewLayer(b []byte, mediaType string) (v1.Layer, error) {
+func NewLayer(b []byte, mediaType types.MediaType) (v1.Layer, error) {
 	l := &layer{blob: b, mediaType: mediaType}
 	var err error
 	if l.digest, err = v1.NewHash(string(blob.FromBytes(b))); err != nil {
@@ -65,12 +66,12 @@ func NewLayer(b []byte, mediaType string) (v1.Layer, error) {
 func (l *layer) Digest() (v1.Hash, error)            { return l.digest, nil }
 func (l *layer) DiffID() (v1.Hash, error)            { return l.diffID, nil }
 func (l *layer) Size() (int64, error)                { return int64(len(l.blob)), nil }
-func (l *layer) MediaType() (types.MediaType, error) { return types.MediaType(l.mediaType), nil }
+func (l *layer) MediaType() (types.MediaType, error) { return l.mediaType, nil }
 func (l *layer) Compressed() (io.ReadCloser, error) {
 	return io.NopCloser(bytes.NewReader(l.blob)), nil
 }
 func (l *layer) Uncompressed() (io.ReadCloser, error) {
-	c, err := layerio.CompressionOf(l.mediaType)
+	c, err := manifest.Compression(l.mediaType)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +145,7 @@ func Adapt(img v1.Image) (manifest.Image, error) {
 		if err != nil {
 			return nil, fmt.Errorf("layer %d media type: %w", i, err)
 		}
-		out.layers = append(out.layers, &v1Layer{l: l, digest: blob.Digest(ld.String()), size: size, mediaType: string(mt)})
+		out.layers = append(out.layers, &v1Layer{l: l, digest: blob.Digest(ld.String()), size: size, mediaType: mt})
 	}
 	return out, nil
 }
@@ -165,11 +166,11 @@ type v1Layer struct {
 	l         v1.Layer
 	digest    blob.Digest
 	size      int64
-	mediaType string
+	mediaType types.MediaType
 }
 
 func (l *v1Layer) Digest() blob.Digest        { return l.digest }
-func (l *v1Layer) MediaType() types.MediaType { return types.MediaType(l.mediaType) }
+func (l *v1Layer) MediaType() types.MediaType { return l.mediaType }
 func (l *v1Layer) Size() int64                { return l.size }
 
 // Authorize: the test holds the layer's bytes.
@@ -182,28 +183,22 @@ func (l *v1Layer) Open(ctx context.Context) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", l.digest, err)
 	}
-	return blob.NewVerifier(&ctxReader{ctx: ctx, rc: rc}, l.digest, l.size, nil), nil
+	return blob.NewVerifier(ctxReadCloser(ctx, rc), l.digest, l.size, nil), nil
 }
 
-type ctxReader struct {
-	ctx context.Context
-	rc  io.ReadCloser
+// ctxReadCloser reads rc until ctx is done; closing it closes rc.
+func ctxReadCloser(ctx context.Context, rc io.ReadCloser) io.ReadCloser {
+	return struct {
+		io.Reader
+		io.Closer
+	}{ctxio.NewReader[blob.Digest](ctx, rc), rc}
 }
-
-func (r *ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.rc.Read(p)
-}
-
-func (r *ctxReader) Close() error { return r.rc.Close() }
 
 // RawLayer returns a manifest.Layer over blob b with the given media type
 // and no checks at all (it may be corrupt or mislabelled): for testing how
 // materializers handle bad layers. Open verifies against b's digest, so
 // reads succeed.
-func RawLayer(b []byte, mediaType string) manifest.Layer {
+func RawLayer(b []byte, mediaType types.MediaType) manifest.Layer {
 	return &rawLayer{b: b, mediaType: mediaType, digest: blob.FromBytes(b)}
 }
 
@@ -219,12 +214,12 @@ func RawImage(layers ...manifest.Layer) manifest.Image {
 
 type rawLayer struct {
 	b         []byte
-	mediaType string
+	mediaType types.MediaType
 	digest    blob.Digest
 }
 
 func (l *rawLayer) Digest() blob.Digest        { return l.digest }
-func (l *rawLayer) MediaType() types.MediaType { return types.MediaType(l.mediaType) }
+func (l *rawLayer) MediaType() types.MediaType { return l.mediaType }
 func (l *rawLayer) Size() int64                { return int64(len(l.b)) }
 
 // Authorize: the test holds the layer's bytes.
@@ -233,5 +228,5 @@ func (l *rawLayer) Open(ctx context.Context) (io.ReadCloser, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return blob.NewVerifier(&ctxReader{ctx: ctx, rc: io.NopCloser(bytes.NewReader(l.b))}, l.digest, int64(len(l.b)), nil), nil
+	return blob.NewVerifier(ctxReadCloser(ctx, io.NopCloser(bytes.NewReader(l.b))), l.digest, int64(len(l.b)), nil), nil
 }
