@@ -103,6 +103,11 @@ type Config struct {
 	// RemoteAnonymousShared lets anonymous callers read and write the
 	// shared tier (off: they use only the local tiers).
 	RemoteAnonymousShared bool `json:"remote-anonymous-shared,omitempty"`
+	// RemoteNoLeases turns off fleet-wide pull collapse: without it,
+	// executors sharing the remote tier leave short signed leases there so
+	// that one of them pulls a blob from the registry and the others wait
+	// for it (docs/reapi.md, "Fill leases").
+	RemoteNoLeases bool `json:"remote-no-leases,omitempty"`
 
 	// Mirrors maps a registry host ("docker.io") to mirror hosts tried in
 	// order before it.

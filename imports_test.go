@@ -38,6 +38,8 @@ var rules = []rule{
 	{"internal/refsig", nil}, {"internal/testenv", nil}, {"internal/units", nil},
 	{"internal/trunc", nil}, {"internal/ctxio", nil},
 	{"internal/flight", []string{"internal/safego"}},
+	// Fill leases know a store and a signature, nothing of images.
+	{"internal/lease", []string{"blob", "internal/refsig"}},
 	{"manifest", []string{"blob", "manifest/internal/"}},
 	{"manifest/internal/", nil},
 	{"registry/credential", []string{}},
@@ -48,7 +50,7 @@ var rules = []rule{
 	{"tiers/disk", []string{"blob"}},
 	{"tiers/reapi", []string{"blob"}},
 	// Only the fetcher joins registries and tiers, and through the stack.
-	{"fetcher", []string{"blob", "manifest", "registry", "registry/credential", "tiers"}},
+	{"fetcher", []string{"blob", "manifest", "registry", "registry/credential", "tiers", "internal/lease"}},
 	// Nothing under materialize/ knows registries, tiers or the fetcher:
 	// the materializers read images through manifest.Image.
 	{"materialize/", []string{"blob", "manifest", "materialize/internal/"}},

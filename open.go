@@ -194,6 +194,10 @@ func Open(ctx context.Context, cfg Config) (_ *Host, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("strata: registry: %w", err)
 	}
+	var leases fetcher.Leases
+	if remote != nil && !cfg.RemoteNoLeases {
+		leases = fetcher.Leases{Store: remote, SigningKey: key.Derive("fetch-leases")}
+	}
 	h.fetcher, err = fetcher.New(fetcher.Config{
 		Store:           h.stack,
 		Registry:        client,
@@ -205,6 +209,7 @@ func Open(ctx context.Context, cfg Config) (_ *Host, err error) {
 		SigningKey:      key.Derive("fetcher-refs"),
 		Metrics:         reg,
 		Logger:          log,
+		Leases:          leases,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("strata: fetcher: %w", err)

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/internal/flight"
+	"github.com/strata-oci/strata/internal/lease"
 	"github.com/strata-oci/strata/registry"
 	"github.com/strata-oci/strata/tiers"
 )
@@ -37,6 +38,9 @@ type blobAccess struct {
 	st   *tiers.Stack
 	repo registry.Repository
 	auth authn.Authenticator
+	// leases: pulls of non-member blobs go through fleet leases
+	// (Config.Leases; see fleetTurn).
+	leases bool
 }
 
 // source is the caller's registry, for d of size bytes (a manifest or
@@ -95,12 +99,11 @@ func (b *blobAccess) readSmall(ctx context.Context, d blob.Digest, size int64, m
 // tiers; its verified end records the membership, then ends the flight.
 // A caller that waited for a flight (or found the membership inside one)
 // gets no reader and no error once the repository is a member: it reads
-// the tiers. A flight that failed, or whose leader gave up, is not the
+// the tiers. With fleet leases (Config.Leases), the leader first takes its
+// turn in the fleet (fleetTurn): it may find that another executor's pull
+// made the repository a member meanwhile. A flight that failed, or whose leader gave up, is not the
 // waiter's answer (the leader's credentials, context or registry were its
 // own): the waiter looks again, and after maxFillJoins fills on its own.
-//
-// Fleet-wide collapse (a lease in the shared tier, issue 19) belongs in
-// the leader's path, before the registry is read: see registrySource.
 func (b *blobAccess) fill(ctx context.Context, d blob.Digest, size int64, manifestType string) (io.ReadCloser, blob.Info, error) {
 	key := memberKey(b.repo, d).Name
 	for joins := 0; joins < maxFillJoins; joins++ {
@@ -110,7 +113,21 @@ func (b *blobAccess) fill(ctx context.Context, d blob.Digest, size int64, manife
 				c.End(struct{}{}, nil)
 				return nil, blob.Info{}, nil
 			}
-			return b.fillFrom(ctx, c, d, size, manifestType)
+			if !b.leases {
+				return b.fillFrom(ctx, c, d, size, manifestType, nil)
+			}
+			// Fleet-wide: pull only if this executor leads (or nobody
+			// did in time); else another executor's pull made the
+			// repository a member and the caller reads the tiers.
+			ls, ready, err := b.fleetTurn(ctx, d, size)
+			if err != nil || ready {
+				c.End(struct{}{}, err)
+				if err != nil {
+					return nil, blob.Info{}, fmt.Errorf("%s: %w", d, err)
+				}
+				return nil, blob.Info{}, nil
+			}
+			return b.fillFrom(ctx, c, d, size, manifestType, ls)
 		}
 		_, err := c.Wait(ctx)
 		if cerr := ctx.Err(); cerr != nil {
@@ -120,15 +137,21 @@ func (b *blobAccess) fill(ctx context.Context, d blob.Digest, size int64, manife
 			return nil, blob.Info{}, nil
 		}
 	}
-	return b.fillFrom(ctx, nil, d, size, manifestType)
+	return b.fillFrom(ctx, nil, d, size, manifestType, nil)
 }
 
 // fillFrom streams d from the caller's registry into the tiers and returns
 // the reader that proves membership at its verified end and then ends c
-// (nil: no flight).
-func (b *blobAccess) fillFrom(ctx context.Context, c *flight.Call[struct{}], d blob.Digest, size int64, manifestType string) (io.ReadCloser, blob.Info, error) {
+// (nil: no flight). A fleet lease ls, if any, is held while the pull
+// runs and released with its outcome.
+func (b *blobAccess) fillFrom(ctx context.Context, c *flight.Call[struct{}], d blob.Digest, size int64, manifestType string, ls *lease.Lease) (io.ReadCloser, blob.Info, error) {
+	endLease := func(bool) {}
+	if ls != nil {
+		endLease = b.f.holdLease(ctx, ls, memberKey(b.repo, d))
+	}
 	rc, info, err := b.st.Fill(ctx, b.repo.String(), d, size, b.source(d, size, manifestType))
 	if err != nil {
+		endLease(false)
 		if c != nil {
 			c.End(struct{}{}, err)
 		}
@@ -139,6 +162,9 @@ func (b *blobAccess) fillFrom(ctx context.Context, c *flight.Call[struct{}], d b
 		// read from the registry, verified, and the tiers took it.
 		b.f.putRef(context.WithoutCancel(ctx), b.st, memberKey(b.repo, d), blob.Ref{Digest: d, Size: size, MediaType: manifestType})
 	}, end: func(err error) {
+		// The membership is recorded (proved runs first): followers
+		// that see the lease go find the blob.
+		endLease(err == nil)
 		if c != nil {
 			c.End(struct{}{}, err)
 		}

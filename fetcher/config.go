@@ -60,6 +60,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Leases, when its Store is set, collapses pulls across the executors
+	// that share that tier (see Leases).
+	Leases Leases
 }
 
 // DefaultConfig returns a Config with the default TTLs; the caller sets

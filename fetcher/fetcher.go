@@ -13,6 +13,7 @@ import (
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/internal/flight"
+	"github.com/strata-oci/strata/internal/lease"
 	"github.com/strata-oci/strata/manifest"
 	"github.com/strata-oci/strata/registry"
 	"github.com/strata-oci/strata/registry/credential"
@@ -38,6 +39,9 @@ type Fetcher struct {
 	// and digest (see blobAccess.fill).
 	fills  flight.Group[struct{}]
 	refKey []byte // signs the refs that decide access (Config.SigningKey)
+	// leaser takes and follows fleet-wide fill leases (Config.Leases);
+	// nil when they are off.
+	leaser *lease.Leaser
 }
 
 // New returns a Fetcher for cfg. Store and Registry are required.
@@ -65,6 +69,9 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	if f.cfg.Logger == nil {
 		f.cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if f.leaser, err = newLeaser(cfg.Leases, f.now); err != nil {
+		return nil, fmt.Errorf("fetcher: leases: %w", err)
 	}
 	if f.platform.OS == "" {
 		f.platform = manifest.Default()
@@ -158,7 +165,8 @@ func (f *Fetcher) store(cred credential.Credential) *tiers.Stack {
 // fetch does one FetchImage's work for an already-resolved credential.
 func (f *Fetcher) fetch(ctx context.Context, r registry.Reference, cred credential.Credential, id string) (*Image, error) {
 	st := f.store(cred)
-	ba := &blobAccess{f: f, st: st, repo: r.Repo(), auth: cred.Authenticator()}
+	// Anonymous callers never take or follow fleet leases.
+	ba := &blobAccess{f: f, st: st, repo: r.Repo(), auth: cred.Authenticator(), leases: f.leaser != nil && !cred.IsAnonymous()}
 
 	acc, err := f.authorize(ctx, st, r, cred, id)
 	if err != nil {

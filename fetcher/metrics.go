@@ -13,6 +13,7 @@ const (
 	MetricCollapsed     = "strata_fetch_collapsed_total"
 	MetricProofs        = "strata_fetch_access_proofs_total"
 	MetricBytesAvoided  = "strata_fetch_registry_bytes_avoided_total"
+	MetricLeases        = "strata_fetch_leases_total"
 )
 
 type metrics struct {
@@ -20,6 +21,7 @@ type metrics struct {
 	collapsed    prometheus.Counter
 	proofs       *prometheus.CounterVec // result: made, hit, denied, offline
 	bytesAvoided prometheus.Counter
+	leases       *prometheus.CounterVec // event (see lease.go)
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -41,11 +43,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: MetricBytesAvoided,
 			Help: "Layer bytes served from a tier instead of the registry.",
 		}),
+		leases: newLeaseMetric(),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.duration, m.collapsed, m.proofs, m.bytesAvoided} {
+	for _, c := range []prometheus.Collector{m.duration, m.collapsed, m.proofs, m.bytesAvoided, m.leases} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

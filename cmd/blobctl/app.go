@@ -144,6 +144,7 @@ func bindConfigFlags(fs *pflag.FlagSet, c *strata.Config) {
 	fs.StringVar(&c.RemoteTLSServerName, "remote-tls-server-name", c.RemoteTLSServerName, "server `NAME` to verify in the remote's certificate")
 	fs.Var(&c.RemoteStallTimeout, "remote-stall-timeout", "fail over from a remote read or write that makes no progress for `DURATION` (default 5s)")
 	fs.BoolVar(&c.RemoteAnonymousShared, "remote-anonymous-shared", c.RemoteAnonymousShared, "let anonymous pulls read and write the shared remote tier")
+	fs.BoolVar(&c.RemoteNoLeases, "remote-no-leases", c.RemoteNoLeases, "do not collapse registry pulls across executors through leases in the shared remote tier")
 	fs.Var(mirrorFlag{&c.Mirrors}, "mirror", "`REGISTRY=MIRROR` tried before REGISTRY (repeatable, in order)")
 	fs.StringArrayVar(&c.AllowCIDRs, "allow-cidr", c.AllowCIDRs, "open the network policy to `CIDR` (repeatable; e.g. 127.0.0.0/8 for a local registry)")
 	fs.BoolVar(&c.Keychain, "keychain", c.Keychain, "use the Docker/Podman keychain (~/.docker/config.json, credential helpers)")

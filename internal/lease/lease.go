@@ -58,6 +58,9 @@ const maxRecord = 4 << 10
 const (
 	StateFilling = "filling" // the holder is filling the blob
 	StateFailed  = "failed"  // the holder gave up: anyone may take over now
+	// StateUnshared: the holder has the blob but could not put it in the
+	// shared store; waiting is pointless, every follower fills by itself.
+	StateUnshared = "unshared"
 )
 
 // ErrDeadline is returned by Wait when the follower's own deadline came
@@ -285,11 +288,26 @@ func (ls *Lease) Renew(ctx context.Context) error {
 // ErrLost: another holder took the lease over.
 var ErrLost = errors.New("lost the lease")
 
-// Release ends the lease. After a successful fill the ref is deleted (the
-// blob is there now); after a failed one the record is rewritten as
-// failed, so that a follower takes over at once instead of waiting for the
-// expiry. A lease lost to another holder is left alone.
-func (ls *Lease) Release(ctx context.Context, filled bool) error {
+// Outcome of a fill, for Release.
+type Result int
+
+const (
+	// Filled: the blob is in the shared store now.
+	Filled Result = iota
+	// Failed: the fill failed; a follower takes over at once.
+	Failed
+	// Unshared: the fill succeeded but the blob did not reach the shared
+	// store; followers stop waiting and fill by themselves.
+	Unshared
+)
+
+// Release ends the lease. After a fill that reached the shared store the
+// ref is deleted; after a failed one the record is rewritten as failed, so
+// that a follower takes over at once instead of waiting for the expiry;
+// after one that did not reach the shared store, as unshared, so that
+// every follower fills by itself at once (one at a time would make the
+// fleet pull in a chain). A lease lost to another holder is left alone.
+func (ls *Lease) Release(ctx context.Context, res Result) error {
 	cur, ok, err := ls.l.Read(ctx, ls.k)
 	if err != nil {
 		return err
@@ -297,14 +315,18 @@ func (ls *Lease) Release(ctx context.Context, filled bool) error {
 	if ok && (cur.Holder != ls.rec.Holder || cur.Generation != ls.rec.Generation) {
 		return nil
 	}
-	if filled {
+	rec := ls.rec
+	switch res {
+	case Filled:
 		if err := ls.l.cfg.Store.DeleteRef(ctx, ls.k); err != nil && !errors.Is(err, blob.ErrNotFound) {
 			return err
 		}
 		return nil
+	case Unshared:
+		rec.State = StateUnshared
+	default:
+		rec.State = StateFailed
 	}
-	rec := ls.rec
-	rec.State = StateFailed
 	return ls.l.write(ctx, ls.k, rec)
 }
 
@@ -337,11 +359,11 @@ const (
 	Lead
 )
 
-// Wait follows k's lease: it polls done with backoff until it reports
+// Wait takes or follows k's lease: it polls done with backoff until it reports
 // true (Ready), or takes the lease when it is free, has failed or has
 // expired (Lead, with the Lease; takeover reports a predecessor), or
-// returns ErrDeadline at deadline (the caller fills by itself, without a
-// lease). Errors of done end the wait; store errors while reading the
+// returns ErrDeadline at deadline or when the holder reports that it could
+// not share the blob (the caller fills by itself, without a lease). Errors of done end the wait; store errors while reading the
 // lease end it with ErrDeadline's meaning too (wrapped), since a follower
 // must never depend on a store that fails.
 func (l *Leaser) Wait(ctx context.Context, k blob.RefKey, size int64, deadline time.Time, done func(context.Context) (bool, error)) (out Outcome, ls *Lease, takeover bool, err error) {
@@ -361,7 +383,19 @@ func (l *Leaser) Wait(ctx context.Context, k blob.RefKey, size int64, deadline t
 		if err != nil {
 			return 0, nil, false, fmt.Errorf("%w (reading the lease: %v)", ErrDeadline, err)
 		}
+		if found && cur.State == StateUnshared && l.cfg.Now().Before(cur.Expires) {
+			return 0, nil, false, fmt.Errorf("%w (the holder could not share the blob)", ErrDeadline)
+		}
 		if !found || !cur.Live(l.cfg.Now()) {
+			// A holder that just finished deletes its lease after the blob
+			// arrived: look again before taking the lease, or a follower
+			// that looked just before the arrival would fill again.
+			if ok, err := done(ctx); err != nil || ok {
+				if err != nil {
+					return 0, nil, false, err
+				}
+				return Ready, nil, false, nil
+			}
 			ls, _, takeover, err := l.Acquire(ctx, k, size)
 			if err != nil {
 				return 0, nil, false, fmt.Errorf("%w (taking the lease: %v)", ErrDeadline, err)

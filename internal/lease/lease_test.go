@@ -61,7 +61,7 @@ func TestAcquireThenFollow(t *testing.T) {
 	if cur.Holder != a.Holder() {
 		t.Fatalf("follows %q, want %q", cur.Holder, a.Holder())
 	}
-	if err := ls.Release(ctx, true); err != nil {
+	if err := ls.Release(ctx, lease.Filled); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok, _ := b.Read(ctx, key); ok {
@@ -182,7 +182,7 @@ func TestExpiredLeaseIsTakenOverAndFenced(t *testing.T) {
 		t.Fatalf("the old holder's Renew: %v, want ErrLost", err)
 	}
 	// The old holder's release must not disturb the new lease.
-	if err := la.Release(ctx, false); err != nil {
+	if err := la.Release(ctx, lease.Failed); err != nil {
 		t.Fatal(err)
 	}
 	cur, ok, _ := b.Read(ctx, key)
@@ -203,11 +203,16 @@ func TestWait(t *testing.T) {
 	}{
 		{desc: "the blob arrives", doneAt: 3, deadline: time.Minute, want: "ready"},
 		{desc: "the leader failed: take over at once", leader: func(t *testing.T, ls *lease.Lease) {
-			if err := ls.Release(context.Background(), false); err != nil {
+			if err := ls.Release(context.Background(), lease.Failed); err != nil {
 				t.Fatal(err)
 			}
 		}, deadline: time.Minute, want: "lead"},
 		{desc: "the leader is alive and slow: own deadline", deadline: 0, want: "deadline"},
+		{desc: "the leader could not share the blob: fill at once", leader: func(t *testing.T, ls *lease.Lease) {
+			if err := ls.Release(context.Background(), lease.Unshared); err != nil {
+				t.Fatal(err)
+			}
+		}, deadline: time.Minute, want: "deadline"},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			st := memory.New(memory.Config{})
