@@ -20,7 +20,7 @@ var leaves = []string{"internal/safego", "internal/sparse", "internal/privdir", 
 
 // testHelpers are fakes and builders for tests: no production package may
 // import them (benchmarks may).
-var testHelpers = []string{"internal/registrytest", "internal/reapitest", "internal/faulttest", "tiers/tiertest", "materialize/internal/tartest"}
+var testHelpers = []string{"internal/registrytest", "internal/reapitest", "internal/faulttest", "internal/fleettest", "tiers/tiertest", "materialize/internal/tartest"}
 
 // rule says which project packages pkg may import (by prefix), as
 // docs/architecture.md draws the layers. Packages not matched by any rule
