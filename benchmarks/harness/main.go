@@ -5,7 +5,7 @@
 // run, interleaved. See docs/benchmarks.md.
 //
 //	go run ./benchmarks/harness -size smoke              # CI-sized, well under 2 minutes
-//	go run ./benchmarks/harness -size full -out bench-out # under 10 minutes on 2 cores
+//	go run ./benchmarks/harness -size full -out bench-out # about 12 minutes on 2 cores
 //	go run ./benchmarks/harness -size full -compare bench-out/results.json -update-doc
 //
 // It writes results.json, results.md and SVG charts into -out and prints
@@ -40,6 +40,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/benchmarks/internal/pipeline"
+	"github.com/strata-oci/strata/benchmarks/internal/reapisrv"
 	"github.com/strata-oci/strata/benchmarks/internal/regserver"
 	"github.com/strata-oci/strata/benchmarks/internal/report"
 	"github.com/strata-oci/strata/benchmarks/internal/synth"
@@ -154,6 +155,21 @@ type plan struct {
 	warmSamples int
 	skipTiers   bool
 	tierProcs   int // processes per tier backend (see mergeTiers)
+	// memoryBudget, when set, replaces every executor's memory tier budget
+	// (see pipeline.Job.MemoryBudget).
+	memoryBudget *int64
+}
+
+// needsRemote reports whether a scenario of p needs the shared REAPI tier.
+func (p plan) needsRemote() bool {
+	for _, ip := range p.images {
+		for _, s := range ip.scenarios {
+			if slices.Contains(pipeline.NeedsRemote, s) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 type imagePlan struct {
@@ -180,12 +196,16 @@ func (p *plan) restrict(names []string) error {
 func makePlan(size string, seed uint64) (plan, error) {
 	all := pipeline.Scenarios
 	cold := []string{pipeline.FetchCold, pipeline.FetchColdPeer, pipeline.OverlayCold, pipeline.OverlayColdPeer, pipeline.Ext4}
+	// The small-file image: overlay cold against its peer and its floor,
+	// and ext4 cold against the classic route.
+	smallFiles := []string{pipeline.OverlayCold, pipeline.OverlayColdPeer, pipeline.OverlayFloor, pipeline.Ext4Cold, pipeline.Ext4ColdPeer}
 	switch size {
 	case "smoke":
 		return plan{
 			images: []imagePlan{
 				{spec: synth.Spec{Name: "bench/smoke-gzip", Seed: seed, Layers: 3, LayerBytes: 2 << 20, FilesPerLayer: 100, Compressibility: 0.5, Compression: synth.Gzip, Whiteouts: 5}, scenarios: all},
 				{spec: synth.Spec{Name: "bench/smoke-zstd", Seed: seed + 1, Layers: 2, LayerBytes: 1 << 20, FilesPerLayer: 50, Compressibility: 0.5, Compression: synth.Zstd, Whiteouts: 2}, scenarios: cold},
+				{spec: synth.Spec{Name: "bench/smoke-debian", Seed: seed + 2, Layers: 3, FilesPerLayer: 100, Compressibility: 0.6, Compression: synth.Gzip, Whiteouts: 5, Profile: synth.Debian}, scenarios: smallFiles},
 			},
 			tiers:       tierlat.Config{Sizes: []int64{1 << 10, 64 << 10, 1 << 20}, Budget: 60 * time.Millisecond, Warmup: 10 * time.Millisecond, MinSamples: 5, MaxSamples: 5000},
 			reps:        1,
@@ -199,6 +219,9 @@ func makePlan(size string, seed uint64) (plan, error) {
 				// the issue-7 image (512 MiB, 20k files, multi-layer) in one.
 				{spec: synth.Spec{Name: "bench/big-gzip", Seed: seed, Layers: 8, LayerBytes: 64 << 20, FilesPerLayer: 2500, Compressibility: 0.5, Compression: synth.Gzip, Whiteouts: 20}, scenarios: all},
 				{spec: synth.Spec{Name: "bench/mid-zstd", Seed: seed + 1, Layers: 4, LayerBytes: 32 << 20, FilesPerLayer: 1000, Compressibility: 0.5, Compression: synth.Zstd, Whiteouts: 10}, scenarios: cold},
+				// Like the issue-18 Debian image: 6 gzip layers, about 8k
+				// small files (about 1k directories, 800 symlinks).
+				{spec: synth.Spec{Name: "bench/debian-like", Seed: seed + 2, Layers: 6, FilesPerLayer: 1350, Compressibility: 0.6, Compression: synth.Gzip, Whiteouts: 20, Profile: synth.Debian}, scenarios: smallFiles},
 			},
 			tiers:       tierlat.Config{Sizes: []int64{1 << 10, 64 << 10, 1 << 20, 64 << 20}, Budget: 250 * time.Millisecond, Warmup: 100 * time.Millisecond, MinSamples: 7, MaxSamples: 200_000},
 			reps:        5,
@@ -213,7 +236,7 @@ func makePlan(size string, seed uint64) (plan, error) {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("harness", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	size := fs.String("size", "smoke", "smoke (CI, well under 2 minutes) or full (under 10 minutes on 2 cores)")
+	size := fs.String("size", "smoke", "smoke (CI, well under 2 minutes) or full (about 12 minutes on 2 cores)")
 	out := fs.String("out", "bench-out", "directory for results.json, results.md and the SVG charts")
 	seed := fs.Uint64("seed", 1, "seed of the synthetic images")
 	reps := fs.Int("reps", 0, "repetitions of each pipeline scenario (default: 1 for smoke, 5 for full)")
@@ -225,6 +248,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	from := fs.String("from", "", "render an earlier run's results.json instead of measuring (with -compare, -out, -update-doc)")
 	only := fs.String("only", "", "comma-separated pipeline scenarios to run (default: all); tier measurements are skipped when set")
 	regBin := fs.String("registry-binary", regserver.DistributionBinary, "distribution registry binary (in-process registry when absent)")
+	memBudget := fs.Int64("memory-budget", -1, "memory tier budget in bytes of every executor (0: no memory tier; -1: strata.Default's)")
+	remoteZstd := fs.Bool("remote-zstd", true, "the shared REAPI tier advertises zstd compressed-blobs (as production servers do)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -236,6 +261,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *reps > 0 {
 		p.reps = *reps
 	}
+	if *memBudget >= 0 {
+		p.memoryBudget = memBudget
+	}
 	if *only != "" {
 		if err := p.restrict(strings.Split(*only, ",")); err != nil {
 			fmt.Fprintln(stderr, "harness:", err)
@@ -246,7 +274,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *from != "" {
 		r, err = report.Read(*from)
 	} else {
-		r, err = bench(ctx, p, *size, *seed, *work, *scratch, *regBin, stderr)
+		r, err = bench(ctx, p, *size, *seed, *work, *scratch, *regBin, *remoteZstd, stderr)
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "harness:", err)
@@ -279,7 +307,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func bench(ctx context.Context, p plan, size string, seed uint64, workParent, scratchMode, regBin string, log io.Writer) (*report.Report, error) {
+func bench(ctx context.Context, p plan, size string, seed uint64, workParent, scratchMode, regBin string, remoteZstd bool, log io.Writer) (*report.Report, error) {
 	start := time.Now()
 	r := &report.Report{Size: size, Seed: seed, Machine: machine(), Started: start.UTC().Format(time.RFC3339), TierRSS: map[string]int64{}}
 	cpu0, cpuOK := cpuTicks()
@@ -304,6 +332,23 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, sc
 	r.Registry = reg.Kind
 	fmt.Fprintf(log, "harness: registry %s at %s\n", reg.Kind, reg.Host)
 
+	// The shared REAPI tier, when a scenario needs one.
+	var remote *reapisrv.Server
+	if p.needsRemote() {
+		if remote, err = reapisrv.Start(reapisrv.Options{Zstd: remoteZstd}); err != nil {
+			return nil, err
+		}
+		defer remote.Close()
+		r.Remote = remote.Desc
+		fmt.Fprintf(log, "harness: shared REAPI tier at %s\n", remote.Endpoint)
+	}
+	remoteJob := func(j pipeline.Job) pipeline.Job {
+		if remote != nil {
+			j.Remote, j.RemoteInstance = remote.Endpoint, reapisrv.Instance
+		}
+		return j
+	}
+
 	type pushed struct {
 		plan          imagePlan
 		img           report.Image
@@ -320,7 +365,7 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, sc
 		if err != nil {
 			return nil, err
 		}
-		ri := report.Image{Name: ip.spec.Name, Ref: ref, Digest: img.Digest, Compression: ip.spec.Compression, Layers: ip.spec.Layers,
+		ri := report.Image{Name: ip.spec.Name, Ref: ref, Digest: img.Digest, Compression: ip.spec.Compression, Profile: ip.spec.Profile, Layers: ip.spec.Layers,
 			Files: img.Files, UncompressedBytes: img.UncompressedBytes, CompressedBytes: img.CompressedBytes, Seconds: time.Since(t0).Seconds()}
 		images = append(images, pushed{plan: ip, img: ri})
 		r.Images = append(r.Images, ri)
@@ -351,6 +396,17 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, sc
 			return nil, fmt.Errorf("prime %s: %w", im.img.Name, err)
 		}
 		fmt.Fprintf(log, "harness: primed the warm cache of %s in %.1fs\n", im.img.Name, time.Since(t0).Seconds())
+		if remote == nil || !slices.ContainsFunc(im.plan.scenarios, func(s string) bool { return slices.Contains(pipeline.NeedsRemote, s) }) {
+			continue
+		}
+		job.Scenario, job.WorkDir = pipeline.PrimeRemote, filepath.Join(work, "cache", fmt.Sprint(i), "remote")
+		job = remoteJob(job)
+		t0 = time.Now()
+		if _, _, err := runChild(ctx, exe, childSpec{Kind: "pipeline", Job: job}, &res); err != nil {
+			return nil, fmt.Errorf("prime the shared tier with %s: %w", im.img.Name, err)
+		}
+		os.RemoveAll(job.WorkDir)
+		fmt.Fprintf(log, "harness: primed the shared REAPI tier with %s and its ext4 image in %.1fs\n", im.img.Name, time.Since(t0).Seconds())
 	}
 
 	// Finished jobs are deleted or kept: see keepJobs.
@@ -410,7 +466,7 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, sc
 	for rep := 0; rep < p.reps; rep++ {
 		for _, im := range images {
 			for _, sc := range im.plan.scenarios {
-				if sc == pipeline.Ext4Peer && !haveBinary("mke2fs") || strings.Contains(sc, "flatten-tar") && !haveBinary("tar") {
+				if (sc == pipeline.Ext4Peer || sc == pipeline.Ext4ColdPeer) && !haveBinary("mke2fs") || (strings.Contains(sc, "flatten-tar") || sc == pipeline.Ext4ColdPeer) && !haveBinary("tar") {
 					continue
 				}
 				dir, err := jobDir()
@@ -420,6 +476,10 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, sc
 				repo := strings.TrimPrefix(im.img.Ref, reg.Host+"/")
 				job := pipeline.Job{Scenario: sc, Registry: reg.Host, Proxy: proxy, RefKey: refKey, Repo: repo, UncompressedBytes: im.img.UncompressedBytes, Files: im.img.Files,
 					WorkDir: dir, CacheDir: im.cache, LayoutDir: im.layout, Concurrency: p.concurrency, WarmSamples: p.warmSamples}
+				if slices.Contains(pipeline.NeedsRemote, sc) {
+					job = remoteJob(job)
+				}
+				job.MemoryBudget = p.memoryBudget
 				settle()
 				var res childResult
 				rss, cpu, err := runChild(ctx, exe, childSpec{Kind: "pipeline", Job: job}, &res)
@@ -492,6 +552,15 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, sc
 	for _, s := range r.Pipeline {
 		if f := agg[key{s.Image, pipeline.FloorOf[s.Name]}]; f != nil && f.Median > 0 {
 			r.Floors = append(r.Floors, report.FloorRatio{Scenario: s.Name, Floor: f.Name, Image: s.Image, Ratio: s.Median / f.Median})
+		}
+	}
+	for _, im := range images {
+		for _, g := range pipeline.Goals {
+			a, b := agg[key{im.img.Name, g.Scenario}], agg[key{im.img.Name, g.Versus}]
+			if a == nil || b == nil || b.Median <= 0 {
+				continue
+			}
+			r.Goals = append(r.Goals, report.NewGoal(g.Name, im.img.Name, *a, *b, g.Max, g.MaxRSSMiB))
 		}
 	}
 	r.Machine.LoadAfter = loadavg()

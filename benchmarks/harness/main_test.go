@@ -59,8 +59,8 @@ func TestSmokeHarness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Registry == "" || r.Machine.CPUs < 1 || len(r.Images) != 2 {
-		t.Errorf("report header: registry %q, %d CPUs, %d images", r.Registry, r.Machine.CPUs, len(r.Images))
+	if r.Registry == "" || r.Remote == "" || r.Machine.CPUs < 1 || len(r.Images) != 3 {
+		t.Errorf("report header: registry %q, REAPI tier %q, %d CPUs, %d images", r.Registry, r.Remote, r.Machine.CPUs, len(r.Images))
 	}
 	got := map[string]report.Scenario{}
 	for _, s := range r.Pipeline {
@@ -75,12 +75,39 @@ func TestSmokeHarness(t *testing.T) {
 			t.Errorf("scenario %s missing on bench/smoke-gzip", name)
 		}
 	}
-	// Every image blob is downloaded once per cold fetch, and once in all
-	// by the executors of the dedup scenario.
-	for _, name := range []string{pipeline.FetchCold, pipeline.Dedup} {
+	// The small-file image runs overlay cold, its peer and floor, and ext4
+	// cold with the classic route.
+	for _, name := range []string{pipeline.OverlayCold, pipeline.OverlayColdPeer, pipeline.OverlayFloor, pipeline.Ext4Cold, pipeline.Ext4ColdPeer} {
+		if _, ok := got["bench/smoke-debian "+name]; !ok {
+			t.Errorf("scenario %s missing on bench/smoke-debian", name)
+		}
+	}
+	// Every image blob is downloaded once per cold fetch (and cold ext4
+	// conversion), and once in all by the executors of the dedup scenario.
+	for _, name := range []string{pipeline.FetchCold, pipeline.Dedup, pipeline.Ext4Cold} {
 		if s := got["bench/smoke-gzip "+name]; s.BlobGetsMax != 1 {
 			t.Errorf("%s: a blob was downloaded %d times, want 1", name, s.BlobGetsMax)
 		}
+	}
+	// The cache hits from the shared tier download no blob from the
+	// registry (their jobs fail otherwise, so they are only present).
+	for _, name := range pipeline.NeedsRemote {
+		if s := got["bench/smoke-gzip "+name]; s.BlobGetsMax != 0 || s.Median <= 0 {
+			t.Errorf("%s: %d registry GETs of a blob, median %v", name, s.BlobGetsMax, s.Median)
+		}
+	}
+	// Every goal is computed where both its sides ran: 7 on the image that
+	// runs everything, the two overlay ones and the ext4 cold one on the
+	// small-file image, the fetch and overlay peers on the zstd image.
+	goals := map[string]int{}
+	for _, g := range r.Goals {
+		goals[g.Image]++
+		if g.Ratio <= 0 || g.Max <= 0 || g.Met != (g.Ratio <= g.Max && (g.MaxRSSKiB == 0 || g.PeakRSSKiB <= g.MaxRSSKiB)) {
+			t.Errorf("goal %+v", g)
+		}
+	}
+	if goals["bench/smoke-gzip"] != len(pipeline.Goals) || goals["bench/smoke-debian"] != 3 || goals["bench/smoke-zstd"] != 2 {
+		t.Errorf("goals per image %v, want %d, 3 and 2", goals, len(pipeline.Goals))
 	}
 	if len(r.Ratios) == 0 {
 		t.Error("no peer ratios")
@@ -138,7 +165,7 @@ func TestSmokeHarness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"| image | scenario | reps | median |", "|---|---|---:|", "| backend | op | size |", "| bench/smoke-gzip | overlay-cold |"} {
+	for _, s := range []string{"| image | scenario | reps | median |", "|---|---|---:|", "| backend | op | size |", "| bench/smoke-gzip | overlay-cold |", "| goal | image | Strata | vs |", "| cache hit from the REAPI tier vs cold from the registry | bench/smoke-gzip | fetch-reapi-hit | fetch-cold |"} {
 		if !bytes.Contains(md, []byte(s)) {
 			t.Errorf("results.md lacks %q", s)
 		}
@@ -181,7 +208,7 @@ func TestOnly(t *testing.T) {
 		names = append(names, s.Image+" "+s.Name)
 	}
 	slices.Sort(names)
-	want := []string{"bench/smoke-gzip fetch-warm", "bench/smoke-gzip overlay-cold", "bench/smoke-gzip resolve-warm", "bench/smoke-zstd overlay-cold"}
+	want := []string{"bench/smoke-debian overlay-cold", "bench/smoke-gzip fetch-warm", "bench/smoke-gzip overlay-cold", "bench/smoke-gzip resolve-warm", "bench/smoke-zstd overlay-cold"}
 	if !slices.Equal(names, want) || len(r.Tiers) != 0 {
 		t.Errorf("scenarios %v and %d tier rows; want %v and none", names, len(r.Tiers), want)
 	}

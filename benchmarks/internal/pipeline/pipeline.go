@@ -60,22 +60,67 @@ const (
 	OverlayPresent         = "overlay-present" // reported by OverlayWarm jobs
 	Ext4                   = "ext4"
 	Ext4Peer               = "ext4/peer-mke2fs"
-	Dedup                  = "dedup"
+	// Ext4Cold is FetchImage and ext4 conversion with empty tiers (layers
+	// stream from the registry); its peer is the classic route from the
+	// registry: the flattening export piped into tar -x, then mke2fs -d.
+	Ext4Cold     = "ext4-cold"
+	Ext4ColdPeer = "ext4-cold/peer-classic"
+	// FetchReapiHit is fetch-cold's work (FetchImage, every layer read to
+	// the end) by an executor with empty local tiers over a shared REAPI
+	// tier that holds the image (Job.Remote): a cache hit from the shared
+	// tier. It must download no blob from the registry (checked).
+	FetchReapiHit = "fetch-reapi-hit"
+	// Ext4ReapiDownload is ext4's Materialize by an executor with empty
+	// local tiers over a shared REAPI tier that holds the derived image:
+	// the image is downloaded, not converted (checked).
+	Ext4ReapiDownload = "ext4-reapi-download"
+	Dedup             = "dedup"
 	// Prime is not a measurement: it fills Job.CacheDir (a disk tier holding
 	// the image, tag and access proof) and Job.LayoutDir (an OCI layout of
 	// the image) for the warm scenarios and the ext4 peer.
 	Prime = "prime"
+	// PrimeRemote is not a measurement either: through an executor over
+	// the shared REAPI tier (Job.Remote) it fetches the image from the
+	// registry and converts it to ext4, and waits until the shared tier
+	// holds the layers and the derived image.
+	PrimeRemote = "prime-remote"
 )
 
 // Scenarios lists every scenario in the order the harness interleaves them:
 // each Strata scenario next to its peer.
-var Scenarios = []string{FetchCold, FetchColdPeer, FetchWarm, OverlayCold, OverlayColdPeer, OverlayFloor, OverlayWarm, Ext4, Ext4Peer, Dedup}
+var Scenarios = []string{FetchCold, FetchColdPeer, FetchReapiHit, FetchWarm, OverlayCold, OverlayColdPeer, OverlayFloor, OverlayWarm, Ext4, Ext4Peer, Ext4ReapiDownload, Ext4Cold, Ext4ColdPeer, Dedup}
+
+// NeedsRemote lists the scenarios that need a shared REAPI tier primed
+// with the image (see PrimeRemote).
+var NeedsRemote = []string{FetchReapiHit, Ext4ReapiDownload}
 
 // FloorOf maps a Strata scenario to the floor it is compared with.
 var FloorOf = map[string]string{OverlayCold: OverlayFloor, OverlayWarm: OverlayFloorLocal}
 
 // PeerOf maps a peer scenario to the Strata scenario it is compared with.
-var PeerOf = map[string]string{FetchColdPeer: FetchCold, OverlayColdPeer: OverlayCold, Ext4Peer: Ext4}
+var PeerOf = map[string]string{FetchColdPeer: FetchCold, OverlayColdPeer: OverlayCold, Ext4Peer: Ext4, Ext4ColdPeer: Ext4Cold}
+
+// Goal is a target of issue 18's acceptance: Scenario's median over
+// Versus's median on the same image, measured in the same run, at most
+// Max; and, when MaxRSSMiB is set, Scenario's peak RSS at most that.
+type Goal struct {
+	Name      string
+	Scenario  string
+	Versus    string
+	Max       float64
+	MaxRSSMiB int64
+}
+
+// Goals are checked on every image that ran both sides.
+var Goals = []Goal{
+	{Name: "fetch cold vs the ggcr pull", Scenario: FetchCold, Versus: FetchColdPeer, Max: 1.0},
+	{Name: "overlay cold vs the export piped into tar -x", Scenario: OverlayCold, Versus: OverlayColdPeer, Max: 0.5},
+	{Name: "overlay cold vs the floor", Scenario: OverlayCold, Versus: OverlayFloor, Max: 1.3},
+	{Name: "ext4 cold vs the classic route (export, tar -x, mke2fs -d)", Scenario: Ext4Cold, Versus: Ext4ColdPeer, Max: 0.33, MaxRSSMiB: 256},
+	{Name: "ext4 from cached layers vs the classic route from cached layers", Scenario: Ext4, Versus: Ext4Peer, Max: 0.33, MaxRSSMiB: 256},
+	{Name: "cache hit from the REAPI tier vs cold from the registry", Scenario: FetchReapiHit, Versus: FetchCold, Max: 0.6},
+	{Name: "derived ext4 download from the REAPI tier vs converting it", Scenario: Ext4ReapiDownload, Versus: Ext4, Max: 0.2},
+}
 
 // Job is one repetition of one scenario on one image.
 type Job struct {
@@ -107,6 +152,14 @@ type Job struct {
 	// WarmSamples bounds the samples of the sub-millisecond scenarios
 	// (resolve-warm, overlay-present).
 	WarmSamples int `json:"warm_samples"`
+	// Remote is the shared REAPI tier's endpoint ("grpc://127.0.0.1:port",
+	// instance RemoteInstance) for PrimeRemote and the scenarios in
+	// NeedsRemote; the harness serves it for the whole run.
+	Remote         string `json:"remote,omitempty"`
+	RemoteInstance string `json:"remote_instance,omitempty"`
+	// MemoryBudget, when not nil, replaces the default memory tier budget
+	// of every executor (0 turns the memory tier off).
+	MemoryBudget *int64 `json:"memory_budget,omitempty"`
 }
 
 // Outcome is what a job measured.
@@ -149,10 +202,20 @@ func Run(ctx context.Context, job Job) (*Outcome, error) {
 		err = e.ext4(ctx)
 	case Ext4Peer:
 		err = e.mke2fs(ctx)
+	case Ext4Cold:
+		err = e.ext4Cold(ctx)
+	case Ext4ColdPeer:
+		err = e.classic(ctx)
+	case FetchReapiHit:
+		err = e.fetchReapiHit(ctx)
+	case Ext4ReapiDownload:
+		err = e.ext4ReapiDownload(ctx)
 	case Dedup:
 		err = e.dedup(ctx)
 	case Prime:
 		err = e.prime(ctx)
+	case PrimeRemote:
+		err = e.primeRemote(ctx)
 	default:
 		err = fmt.Errorf("pipeline: unknown scenario %q", job.Scenario)
 	}
@@ -183,6 +246,9 @@ type options struct {
 	// primed cache puts them in its own WorkDir, so that every repetition
 	// extracts or converts again.
 	overlayRoot, ext4Dir string
+	// remote puts the shared REAPI tier (Job.Remote) under the local
+	// tiers, open to anonymous callers (the harness's caller).
+	remote bool
 }
 
 // open opens one Strata executor through strata.Open, the assembly an
@@ -199,8 +265,18 @@ func (e *env) open(ctx context.Context, dir string, o options) (*strata.Host, er
 	cfg.TagTTL, cfg.ProofTTL = strata.Duration(time.Hour), strata.Duration(time.Hour)
 	cfg.NoAdmin = true
 	cfg.OverlayRoot, cfg.Ext4Dir = o.overlayRoot, o.ext4Dir
+	if e.job.MemoryBudget != nil {
+		cfg.MemoryBudget = strata.Size(*e.job.MemoryBudget)
+	}
 	if o.noMemory {
 		cfg.MemoryBudget = 0
+	}
+	if o.remote {
+		if e.job.Remote == "" {
+			return nil, errors.New("no shared REAPI tier (Job.Remote)")
+		}
+		cfg.RemoteEndpoint, cfg.RemoteInstance = e.job.Remote, e.job.RemoteInstance
+		cfg.RemoteAnonymousShared = true
 	}
 	return strata.Open(ctx, cfg)
 }
@@ -537,36 +613,45 @@ func exportTo(ctx context.Context, img v1.Image, dir string) error {
 
 func (e *env) flattenTar(ctx context.Context) error {
 	dir := filepath.Join(e.job.WorkDir, "tree")
+	t0 := time.Now()
+	tool, err := e.export(ctx, dir)
+	if err != nil {
+		return err
+	}
+	e.add(OverlayColdPeer, time.Since(t0))
+	e.out.Tool = tool
+	e.out.BlobGets = e.px.BlobGets()
+	return nil
+}
+
+// export extracts the image's flattened filesystem from the registry into
+// dir: `crane export | tar -x` when the crane binary is installed, else
+// go-containerregistry's library doing the same (crane.Pull +
+// mutate.Extract) piped into tar -x. It returns which it used.
+func (e *env) export(ctx context.Context, dir string) (tool string, err error) {
 	if bin := craneBinary(); bin != "" {
-		e.out.Tool = "crane binary: crane export | tar -x"
-		t0 := time.Now()
 		cmd := exec.CommandContext(ctx, bin, "export", "--insecure", e.ref, "-")
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
-			return err
+			return "", err
 		}
 		if err := cmd.Start(); err != nil {
-			return err
+			return "", err
 		}
 		terr := tarX(ctx, stdout, dir)
 		if err := errors.Join(terr, cmd.Wait()); err != nil {
-			return err
+			return "", err
 		}
-		e.add(OverlayColdPeer, time.Since(t0))
-	} else {
-		e.out.Tool = "ggcr library (crane binary absent): crane.Pull + mutate.Extract | tar -x"
-		t0 := time.Now()
-		img, err := e.pull()
-		if err != nil {
-			return err
-		}
-		if err := exportTo(ctx, img, dir); err != nil {
-			return err
-		}
-		e.add(OverlayColdPeer, time.Since(t0))
+		return "crane binary: crane export | tar -x", nil
 	}
-	e.out.BlobGets = e.px.BlobGets()
-	return nil
+	img, err := e.pull()
+	if err != nil {
+		return "", err
+	}
+	if err := exportTo(ctx, img, dir); err != nil {
+		return "", err
+	}
+	return "ggcr library (crane binary absent): crane.Pull + mutate.Extract | tar -x", nil
 }
 
 // mke2fs is the classic route from cached blobs (the OCI layout Prime
@@ -604,14 +689,78 @@ func (e *env) mke2fs(ctx context.Context) error {
 		return err
 	}
 	extracted := time.Since(t0)
+	if err := e.mkfs(ctx, bin, tree, out); err != nil {
+		return err
+	}
+	total := time.Since(t0)
+	e.add(Ext4Peer, total)
+	e.out.Note = fmt.Sprintf("extract %.2fs + mke2fs %.2fs", extracted.Seconds(), (total - extracted).Seconds())
+	return nil
+}
+
+// mkfs makes an ext4 image at out of the tree with mke2fs -d, sized for the
+// image (its bytes plus 30%, a block per file, 64 MiB) with two inodes per
+// file.
+func (e *env) mkfs(ctx context.Context, bin, tree, out string) error {
 	sizeK := (e.job.UncompressedBytes*13/10 + int64(e.job.Files)*4096 + 64<<20) >> 10
 	args := []string{"-q", "-F", "-t", "ext4", "-b", "4096", "-N", strconv.Itoa(e.job.Files*2 + 1000), "-d", tree, out, strconv.FormatInt(sizeK, 10) + "k"}
 	if o, err := exec.CommandContext(ctx, bin, args...).CombinedOutput(); err != nil {
 		return fmt.Errorf("mke2fs %s: %v: %s", strings.Join(args, " "), err, o)
 	}
+	return nil
+}
+
+// ext4Cold fetches and converts with empty tiers: the layers stream from
+// the registry into the converter, which stores the derived image in the
+// job's disk tier and hands it out.
+func (e *env) ext4Cold(ctx context.Context) error {
+	x, err := e.open(ctx, filepath.Join(e.job.WorkDir, "tiers"), options{})
+	if err != nil {
+		return err
+	}
+	defer x.Close()
+	t0 := time.Now()
+	img, err := x.Fetcher().FetchImage(ctx, e.ref, credential.Anonymous)
+	if err != nil {
+		return err
+	}
+	res, err := x.Ext4().Materialize(ctx, img, nil)
+	if err != nil {
+		return err
+	}
+	e.add(Ext4Cold, time.Since(t0))
+	if res.FromCache {
+		return errors.New("cold ext4 conversion was answered from a cache")
+	}
+	e.out.Note = fmt.Sprintf("image %d bytes", res.Size)
+	e.out.BlobGets = e.px.BlobGets()
+	return nil
+}
+
+// classic is the classic ext4 route from the registry, timed: the
+// flattening export (flattenTar's: the crane binary or the ggcr library)
+// piped into tar -x, then mke2fs -t ext4 -d of the tree.
+func (e *env) classic(ctx context.Context) error {
+	bin, err := exec.LookPath("mke2fs")
+	if err != nil {
+		return errors.New("mke2fs not installed (e2fsprogs)")
+	}
+	tree := filepath.Join(e.job.WorkDir, "tree")
+	out := filepath.Join(e.job.WorkDir, "classic.ext4")
+	t0 := time.Now()
+	tool, err := e.export(ctx, tree)
+	if err != nil {
+		return err
+	}
+	extracted := time.Since(t0)
+	if err := e.mkfs(ctx, bin, tree, out); err != nil {
+		return err
+	}
 	total := time.Since(t0)
-	e.add(Ext4Peer, total)
+	e.add(Ext4ColdPeer, total)
+	e.out.Tool = tool + ", then mke2fs -t ext4 -d"
 	e.out.Note = fmt.Sprintf("extract %.2fs + mke2fs %.2fs", extracted.Seconds(), (total - extracted).Seconds())
+	e.out.BlobGets = e.px.BlobGets()
 	return nil
 }
 

@@ -41,6 +41,10 @@ type Report struct {
 	Pipeline []Scenario       `json:"pipeline"`
 	Ratios   []Ratio          `json:"ratios"`
 	Floors   []FloorRatio     `json:"floors,omitempty"`
+	// Goals are issue 18's acceptance ratios, each measured in this run.
+	Goals []Goal `json:"goals,omitempty"`
+	// Remote says what served the shared REAPI tier, when one ran.
+	Remote string `json:"remote,omitempty"`
 	// Compare, when set, compares this run's medians with an earlier run.
 	Compare *Comparison `json:"compare,omitempty"`
 }
@@ -66,6 +70,7 @@ type Image struct {
 	Ref               string  `json:"ref"`
 	Digest            string  `json:"digest"`
 	Compression       string  `json:"compression"`
+	Profile           string  `json:"profile,omitempty"`
 	Layers            int     `json:"layers"`
 	Files             int     `json:"files"`
 	UncompressedBytes int64   `json:"uncompressed_bytes"`
@@ -120,6 +125,38 @@ type FloorRatio struct {
 	Floor    string  `json:"floor"`
 	Image    string  `json:"image"`
 	Ratio    float64 `json:"strata_over_floor"`
+}
+
+// Goal is one acceptance ratio: Scenario's median over Versus's median on
+// Image, both measured in the same run, against its target Max (and, when
+// MaxRSSKiB is set, Scenario's peak RSS against it).
+type Goal struct {
+	Name       string  `json:"name"`
+	Image      string  `json:"image"`
+	Scenario   string  `json:"scenario"`
+	Versus     string  `json:"versus"`
+	Median     float64 `json:"median_ns"`
+	VsMedian   float64 `json:"versus_median_ns"`
+	Ratio      float64 `json:"ratio"`
+	Max        float64 `json:"max"`
+	PeakRSSKiB int64   `json:"peak_rss_kib,omitempty"`
+	MaxRSSKiB  int64   `json:"max_rss_kib,omitempty"`
+	Met        bool    `json:"met"`
+}
+
+// NewGoal compares a with b against max (and a's peak RSS against
+// maxRSSMiB when it is not 0).
+func NewGoal(name, image string, a, b Scenario, max float64, maxRSSMiB int64) Goal {
+	g := Goal{Name: name, Image: image, Scenario: a.Name, Versus: b.Name, Median: a.Median, VsMedian: b.Median, Max: max}
+	if b.Median > 0 {
+		g.Ratio = a.Median / b.Median
+	}
+	g.Met = b.Median > 0 && g.Ratio <= max
+	if maxRSSMiB > 0 {
+		g.PeakRSSKiB, g.MaxRSSKiB = a.PeakRSSKiB, maxRSSMiB<<10
+		g.Met = g.Met && a.PeakRSSKiB <= g.MaxRSSKiB
+	}
+	return g
 }
 
 // Comparison compares medians with an earlier run.
@@ -264,14 +301,41 @@ func (r *Report) Markdown(w io.Writer, charts []string) {
 	if m.Scratch != "" {
 		fmt.Fprintf(w, "Jobs wrote to %s.  \n", m.Scratch)
 	}
-	fmt.Fprintf(w, "Registry: %s, reached through a counting proxy on 127.0.0.1.\n\n", r.Registry)
+	fmt.Fprintf(w, "Registry: %s, reached through a counting proxy on 127.0.0.1.", r.Registry)
+	if r.Remote != "" {
+		fmt.Fprintf(w, "  \nShared REAPI tier: %s.", r.Remote)
+	}
+	fmt.Fprint(w, "\n\n")
+
+	if len(r.Goals) > 0 {
+		fmt.Fprintln(w, "### Goals (issue 18; ratio = Strata median / the other side's median, same run)")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| goal | image | Strata | vs | medians | ratio | target | peak RSS | met |")
+		fmt.Fprintln(w, "|---|---|---|---|---:|---:|---:|---:|---|")
+		for _, g := range r.Goals {
+			rss, target := "-", fmt.Sprintf("<= %.2f", g.Max)
+			if g.MaxRSSKiB > 0 {
+				rss = MiB(g.PeakRSSKiB<<10) + " (<= " + MiB(g.MaxRSSKiB<<10) + ")"
+			}
+			met := "no"
+			if g.Met {
+				met = "yes"
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s / %s | %.2f | %s | %s | %s |\n", g.Name, g.Image, g.Scenario, g.Versus, svg.FormatNS(g.Median), svg.FormatNS(g.VsMedian), g.Ratio, target, rss, met)
+		}
+		fmt.Fprintln(w)
+	}
 
 	fmt.Fprintln(w, "### Images")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| image | layers | files | uncompressed | compressed | compression | digest |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---|---|")
 	for _, im := range r.Images {
-		fmt.Fprintf(w, "| %s | %d | %d | %s | %s | %s | `%.19s…` |\n", im.Name, im.Layers, im.Files, MiB(im.UncompressedBytes), MiB(im.CompressedBytes), im.Compression, im.Digest)
+		comp := im.Compression
+		if im.Profile != "" {
+			comp += ", " + im.Profile + " profile"
+		}
+		fmt.Fprintf(w, "| %s | %d | %d | %s | %s | %s | `%.19s…` |\n", im.Name, im.Layers, im.Files, MiB(im.UncompressedBytes), MiB(im.CompressedBytes), comp, im.Digest)
 	}
 	fmt.Fprintln(w)
 

@@ -62,3 +62,47 @@ func TestUpdateDoc(t *testing.T) {
 		})
 	}
 }
+
+// TestNewGoal: a goal is met when the ratio is within its target and, when
+// it bounds peak RSS, the Strata side's peak RSS is too; a comparison side
+// that measured nothing never meets it.
+func TestNewGoal(t *testing.T) {
+	a := Scenario{Name: "ext4-cold", Median: 30, PeakRSSKiB: 200 << 10}
+	b := Scenario{Name: "ext4-cold/peer-classic", Median: 100}
+	for _, tc := range []struct {
+		desc      string
+		a, b      Scenario
+		max       float64
+		maxRSSMiB int64
+		ratio     float64
+		met       bool
+	}{
+		{"within the target", a, b, 0.33, 0, 0.3, true},
+		{"exactly the target", a, b, 0.3, 0, 0.3, true},
+		{"over the target", a, b, 0.25, 0, 0.3, false},
+		{"within the target and the RSS bound", a, b, 0.33, 256, 0.3, true},
+		{"within the target, over the RSS bound", a, b, 0.33, 128, 0.3, false},
+		{"nothing measured on the other side", a, Scenario{Name: "x"}, 0.33, 0, 0, false},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			g := NewGoal("g", "img", tc.a, tc.b, tc.max, tc.maxRSSMiB)
+			if math.Abs(g.Ratio-tc.ratio) > 1e-9 || g.Met != tc.met {
+				t.Errorf("ratio %v met %v, want %v %v", g.Ratio, g.Met, tc.ratio, tc.met)
+			}
+			if tc.maxRSSMiB > 0 && (g.PeakRSSKiB != tc.a.PeakRSSKiB || g.MaxRSSKiB != tc.maxRSSMiB<<10) {
+				t.Errorf("RSS %d of %d KiB", g.PeakRSSKiB, g.MaxRSSKiB)
+			}
+		})
+	}
+	r := &Report{Goals: []Goal{NewGoal("ext4 cold vs classic", "img", a, b, 0.33, 256), NewGoal("fetch", "img", a, b, 0.2, 0)}}
+	var sb strings.Builder
+	r.Markdown(&sb, nil)
+	for _, want := range []string{
+		"| ext4 cold vs classic | img | ext4-cold | ext4-cold/peer-classic | 30ns / 100ns | 0.30 | <= 0.33 | 200.0 MiB (<= 256.0 MiB) | yes |",
+		"| fetch | img | ext4-cold | ext4-cold/peer-classic | 30ns / 100ns | 0.30 | <= 0.20 | - | no |",
+	} {
+		if !strings.Contains(sb.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, sb.String())
+		}
+	}
+}

@@ -62,7 +62,25 @@ type Spec struct {
 	// deletes (OCI whiteouts); every upper layer also rewrites a few shared
 	// files and holds a symlink and a hard link.
 	Whiteouts int `json:"whiteouts"`
+	// Profile shapes the layers: "" (Uniform) gives FilesPerLayer files of
+	// about LayerBytes/FilesPerLayer bytes in flat directories of 256;
+	// Debian gives a root filesystem like a Debian-based image's (see
+	// debianTree), where LayerBytes is ignored.
+	Profile string `json:"profile,omitempty"`
 }
+
+// Profiles (Spec.Profile).
+const (
+	Uniform = ""
+	// Debian: FilesPerLayer*Layers regular files, 60% of them in the
+	// first layer (the base system) and the rest spread over the upper
+	// ones; sizes drawn like a Debian root filesystem's (60% under 4 KiB,
+	// 28% 4-32 KiB, 10% 32-128 KiB, 1.9% 128 KiB-1 MiB, 0.1% 1-4 MiB);
+	// about one directory per 8 files, nested up to 6 deep under the
+	// usual top directories; a symlink per 10 files; a few hard links;
+	// every layer rewrites var/lib/dpkg/status.
+	Debian = "debian"
+)
 
 // Validate reports a Spec the generator cannot build.
 func (s Spec) Validate() error {
@@ -73,7 +91,9 @@ func (s Spec) Validate() error {
 		return fmt.Errorf("synth: %d layers (want 1..128)", s.Layers)
 	case s.FilesPerLayer < 1:
 		return fmt.Errorf("synth: %d files per layer (want >= 1)", s.FilesPerLayer)
-	case s.LayerBytes < int64(s.FilesPerLayer):
+	case s.Profile != Uniform && s.Profile != Debian:
+		return fmt.Errorf("synth: profile %q (want %q or %q)", s.Profile, Uniform, Debian)
+	case s.Profile == Uniform && s.LayerBytes < int64(s.FilesPerLayer):
 		return fmt.Errorf("synth: %d bytes per layer for %d files", s.LayerBytes, s.FilesPerLayer)
 	case s.Compressibility < 0 || s.Compressibility > 1:
 		return fmt.Errorf("synth: compressibility %v (want 0..1)", s.Compressibility)
@@ -250,6 +270,9 @@ func writeLayer(ctx context.Context, spec Spec, idx int, path string) (*fileLaye
 var pattern = bytes.Repeat([]byte("strata synthetic benchmark content, compressible part. "), 64)
 
 func writeTar(ctx context.Context, tw *tar.Writer, spec Spec, idx int) (layerStats, error) {
+	if spec.Profile == Debian {
+		return writeDebianTar(ctx, tw, spec, idx)
+	}
 	var st layerStats
 	var key [32]byte
 	for i := range 8 {

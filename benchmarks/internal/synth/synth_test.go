@@ -105,6 +105,7 @@ func TestValidate(t *testing.T) {
 		{"compressibility above 1", func(s *Spec) { s.Compressibility = 1.5 }},
 		{"unknown compression", func(s *Spec) { s.Compression = "lz4" }},
 		{"more whiteouts than files", func(s *Spec) { s.Whiteouts = 100 }},
+		{"unknown profile", func(s *Spec) { s.Profile = "alpine" }},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			s := ok
@@ -116,5 +117,91 @@ func TestValidate(t *testing.T) {
 	}
 	if err := ok.Validate(); err != nil {
 		t.Errorf("valid spec refused: %v", err)
+	}
+}
+
+// TestDebianProfile: a Debian-profile image is reproducible and has the
+// shape the profile promises: 60% of the files in the base layer, most of
+// them small, some over 128 KiB, about a directory per 8 files nested
+// deeper than the top directories, symlinks, hard links, whiteouts of
+// files of the layer below, and dpkg's status file in every layer.
+func TestDebianProfile(t *testing.T) {
+	spec := Spec{Name: "bench/deb", Seed: 5, Layers: 4, FilesPerLayer: 500, Compressibility: 0.6, Compression: Gzip, Whiteouts: 10, Profile: Debian}
+	img, err := Generate(context.Background(), spec, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Generate(context.Background(), spec, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Digest != again.Digest {
+		t.Errorf("same spec, digests %s and %s", img.Digest, again.Digest)
+	}
+	layers, err := img.Img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files, small, large, dirs, deep, symlinks, hardlinks, whiteouts, status int
+	perLayer := make([]int, len(layers))
+	for i, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := tar.NewReader(rc)
+		for {
+			h, err := tr.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("layer %d: %v", i, err)
+			}
+			switch {
+			case strings.Contains(h.Name, ".wh."):
+				whiteouts++
+			case h.Typeflag == tar.TypeReg:
+				files++
+				perLayer[i]++
+				if h.Size < 4<<10 {
+					small++
+				}
+				if h.Size >= 128<<10 {
+					large++
+				}
+				if h.Name == "var/lib/dpkg/status" {
+					status++
+				}
+			case h.Typeflag == tar.TypeDir:
+				dirs++
+				if strings.Count(h.Name, "/") > 5 {
+					deep++
+				}
+			case h.Typeflag == tar.TypeSymlink:
+				symlinks++
+			case h.Typeflag == tar.TypeLink:
+				hardlinks++
+			}
+		}
+		rc.Close()
+	}
+	if files != img.Files || files < 2000 || files > 2010 {
+		t.Errorf("%d files, Image says %d, want about 2000", files, img.Files)
+	}
+	if perLayer[0] < files/2 {
+		t.Errorf("base layer holds %d of %d files, want 60%%", perLayer[0], files)
+	}
+	if small < files/2 || large == 0 {
+		t.Errorf("%d of %d files under 4 KiB (want over half), %d of 128 KiB or more (want some)", small, files, large)
+	}
+	if dirs < files/10 || deep == 0 {
+		t.Errorf("%d directories for %d files (want about 1 per 8), %d nested deep (want some)", dirs, files, deep)
+	}
+	if symlinks < files/20 || hardlinks != 4*len(layers) {
+		t.Errorf("%d symlinks (want about 1 per 10 files), %d hard links (want %d)", symlinks, hardlinks, 4*len(layers))
+	}
+	if whiteouts != 10*(len(layers)-1) || status != len(layers) {
+		t.Errorf("%d whiteouts (want %d), status file in %d layers (want %d)", whiteouts, 10*(len(layers)-1), status, len(layers))
 	}
 }
