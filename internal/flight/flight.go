@@ -11,8 +11,10 @@
 // Two shapes are offered:
 //   - Do runs a function on a goroutine of its own, on a context detached
 //     from every caller's: each caller waits on its own context and leaves
-//     alone, and the work is cancelled only when every caller has left. A
-//     panic in the function becomes every caller's error.
+//     alone, and the work is cancelled only when every caller has left
+//     (with Group.Linger, never: it runs to its end). A panic in the
+//     function becomes every caller's error. DoShared is Do reporting
+//     whether the outcome was shared, as golang.org/x/sync/singleflight.
 //   - Lead makes the first caller the leader, who does the work itself
 //     (say, streaming it to its own reader) and reports the outcome with
 //     End; the others Wait. A leader that gives up (its context ended, it
@@ -40,6 +42,11 @@ type Group[T any] struct {
 	// OnJoin, if set, is called (under the group's lock: it must not call
 	// the group) whenever a caller joins a call in progress.
 	OnJoin func()
+	// Linger, if set, keeps Do's work running when every caller has left:
+	// its context then ends only when the function returns (the function
+	// may end it sooner by means of its own, say a Close), the key stays
+	// taken until then, and callers that come meanwhile join it.
+	Linger bool
 
 	mu sync.Mutex
 	m  map[string]*Call[T]
@@ -53,8 +60,10 @@ type Call[T any] struct {
 	val  T
 	err  error
 
-	// Do only: the callers still waiting, and the work's cancel.
+	// Do only: the callers still waiting, the callers that ever joined,
+	// and the work's cancel.
 	waiters int
+	joins   int
 	cancel  context.CancelFunc
 	once    sync.Once
 }
@@ -63,6 +72,7 @@ type Call[T any] struct {
 // registered under key. It runs under g.mu.
 func (g *Group[T]) join(key string) (c *Call[T], leader bool) {
 	if c, ok := g.m[key]; ok {
+		c.joins++
 		if g.OnJoin != nil {
 			g.OnJoin()
 		}
@@ -95,6 +105,20 @@ func (c *Call[T]) forget() {
 // at once. A panic in fn is recovered and returned to every caller as an
 // error wrapping safego.ErrPanic.
 func (g *Group[T]) Do(ctx context.Context, key string, fn func(context.Context) (T, error)) (v T, joined bool, err error) {
+	v, leader, _, err := g.do(ctx, key, fn)
+	return v, !leader, err
+}
+
+// DoShared is Do reporting, instead of whether this caller joined, whether
+// the outcome it returns was shared: the call had callers besides the one
+// that started it (true for that one too, as singleflight's "shared"). A
+// caller that left before the outcome (ctx's error) gets false.
+func (g *Group[T]) DoShared(ctx context.Context, key string, fn func(context.Context) (T, error)) (v T, shared bool, err error) {
+	v, _, shared, err = g.do(ctx, key, fn)
+	return v, shared, err
+}
+
+func (g *Group[T]) do(ctx context.Context, key string, fn func(context.Context) (T, error)) (v T, leader, shared bool, err error) {
 	g.mu.Lock()
 	c, leader := g.join(key)
 	if leader {
@@ -111,11 +135,12 @@ func (g *Group[T]) Do(ctx context.Context, key string, fn func(context.Context) 
 
 	select {
 	case <-c.done:
-		return c.val, !leader, c.err
+		// joins is final: no one joins a call after it ended.
+		return c.val, leader, c.joins > 0, c.err
 	case <-ctx.Done():
 		g.mu.Lock()
 		c.waiters--
-		if c.waiters == 0 && c.cancel != nil {
+		if c.waiters == 0 && c.cancel != nil && !g.Linger {
 			// Nobody is left to use the result: stop the work, and let
 			// the next caller start afresh rather than join a cancelled
 			// call.
@@ -126,7 +151,7 @@ func (g *Group[T]) Do(ctx context.Context, key string, fn func(context.Context) 
 		}
 		g.mu.Unlock()
 		var zero T
-		return zero, !leader, ctx.Err()
+		return zero, leader, false, ctx.Err()
 	}
 }
 

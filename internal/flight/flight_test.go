@@ -269,3 +269,101 @@ func TestLeadWaiterLeaves(t *testing.T) {
 		t.Fatalf("Wait after End = %d, %v", v, err)
 	}
 }
+
+// DoShared reports what singleflight calls shared: the leader and the
+// callers that joined it get true once anyone joined; a lone caller, and a
+// caller that left before the outcome, get false.
+func TestDoShared(t *testing.T) {
+	var g Group[int]
+	ctx := context.Background()
+	if v, shared, err := g.DoShared(ctx, "alone", func(context.Context) (int, error) { return 1, nil }); v != 1 || shared || err != nil {
+		t.Fatalf("lone caller: %d, shared %v, %v; want 1, false, nil", v, shared, err)
+	}
+
+	started, release := make(chan struct{}), make(chan struct{})
+	joined := make(chan struct{}, 2)
+	g.OnJoin = func() { joined <- struct{}{} }
+	leader := make(chan bool, 1)
+	go func() {
+		_, shared, _ := g.DoShared(ctx, "k", func(context.Context) (int, error) {
+			close(started)
+			<-release
+			return 2, nil
+		})
+		leader <- shared
+	}()
+	<-started
+	leftCtx, leave := context.WithCancel(ctx)
+	left := make(chan bool, 1)
+	go func() {
+		_, shared, err := g.DoShared(leftCtx, "k", nil)
+		left <- shared || !errors.Is(err, context.Canceled)
+	}()
+	waiter := make(chan bool, 1)
+	go func() {
+		v, shared, err := g.DoShared(ctx, "k", nil)
+		waiter <- shared && v == 2 && err == nil
+	}()
+	<-joined
+	<-joined
+	leave()
+	if <-left {
+		t.Error("a caller that left got shared (or no context error)")
+	}
+	close(release)
+	if !<-leader {
+		t.Error("the leader of a call others joined: shared = false")
+	}
+	if !<-waiter {
+		t.Error("a caller that joined: not shared, or not the outcome")
+	}
+}
+
+// With Linger, work that every caller left runs on to its end, and a
+// caller that comes meanwhile joins it instead of starting another.
+func TestDoLinger(t *testing.T) {
+	g := Group[int]{Linger: true}
+	joined := make(chan struct{}, 1)
+	g.OnJoin = func() { joined <- struct{}{} }
+	started, release := make(chan struct{}), make(chan struct{})
+	workErr := make(chan error, 1)
+	var runs atomic.Int64
+	work := func(ctx context.Context) (int, error) {
+		runs.Add(1)
+		close(started)
+		<-release
+		workErr <- ctx.Err()
+		return 3, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	left := make(chan error, 1)
+	go func() { _, _, err := g.Do(ctx, "k", work); left <- err }()
+	<-started
+	cancel()
+	if err := <-left; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the caller that left = %v, want context.Canceled", err)
+	}
+	late := make(chan int, 1)
+	go func() {
+		v, j, err := g.Do(context.Background(), "k", work)
+		if !j || err != nil {
+			v = -1
+		}
+		late <- v
+	}()
+	select {
+	case <-joined:
+	case v := <-late:
+		t.Fatalf("a caller after everyone left did not join the lingering work (%d)", v)
+	}
+	close(release)
+	if v := <-late; v != 3 {
+		t.Fatalf("a caller after everyone left: %d, want 3 from the lingering work (joined)", v)
+	}
+	if err := <-workErr; err != nil {
+		t.Fatalf("the lingering work's context ended: %v", err)
+	}
+	if n := runs.Load(); n != 1 {
+		t.Fatalf("the work ran %d times, want 1", n)
+	}
+}

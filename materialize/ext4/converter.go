@@ -21,9 +21,9 @@ import (
 	"github.com/Microsoft/hcsshim/ext4/tar2ext4"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/flight"
 	"github.com/strata-oci/strata/internal/privdir"
 	"github.com/strata-oci/strata/internal/safego"
 	"github.com/strata-oci/strata/internal/sparse"
@@ -185,10 +185,13 @@ type Stats struct {
 // blobs. It is safe for concurrent use; identical concurrent requests
 // collapse into one conversion.
 type Converter struct {
-	cfg     Config
-	imgDir  string
-	tmpDir  string
-	flights singleflight.Group
+	cfg    Config
+	imgDir string
+	tmpDir string
+	// flights collapse identical concurrent calls (see Materialize). They
+	// linger: work runs to its end even when every caller left, so that
+	// the next call finds it done (the image in WorkDir).
+	flights flight.Group[*Result]
 	failed  layerio.Failures // layers whose content failed a limit or was invalid
 
 	// Flights run on contexts of their own (a caller giving up does not
@@ -245,9 +248,10 @@ func New(cfg Config) (*Converter, error) {
 		}
 	}
 	c := &Converter{
-		cfg:    cfg,
-		imgDir: filepath.Join(cfg.WorkDir, "images"),
-		tmpDir: filepath.Join(cfg.WorkDir, "tmp"),
+		cfg:     cfg,
+		imgDir:  filepath.Join(cfg.WorkDir, "images"),
+		tmpDir:  filepath.Join(cfg.WorkDir, "tmp"),
+		flights: flight.Group[*Result]{Linger: true},
 	}
 	c.base, c.stop = context.WithCancel(context.Background())
 	// The images are whole filesystems of images their callers may have had
@@ -433,9 +437,8 @@ func (c *Converter) Materialize(ctx context.Context, img manifest.Image, opts *O
 		return r, nil
 	}
 	for attempt := 0; ; attempt++ {
-		ch := c.flights.DoChan(dv.flight, func() (_ any, err error) {
-			// singleflight re-panics on a goroutine of its own, which
-			// nothing could recover: end a panic here.
+		res, shared, err := c.flights.DoShared(ctx, dv.flight, func(ctx context.Context) (_ *Result, err error) {
+			// The flight turns a panic into an error; this one names the image.
 			defer safego.Recover(&err, "ext4: materialize "+string(dv.digest))
 			fctx, done, err := c.flight(ctx)
 			if err != nil {
@@ -444,36 +447,35 @@ func (c *Converter) Materialize(ctx context.Context, img manifest.Image, opts *O
 			defer done()
 			return c.produce(fctx, img, dv)
 		})
-		select {
-		case res := <-ch:
-			if res.Shared {
-				c.collapsed.Add(1)
-			}
-			if res.Err != nil {
-				if res.Shared && attempt == 0 && ctx.Err() == nil && !contentError(res.Err) {
-					continue // the leader's failure is not this caller's answer
-				}
-				return nil, res.Err
-			}
-			r := *res.Val.(*Result)
-			c.used(dv)
-			return &r, nil
-		case <-ctx.Done():
-			return nil, fmt.Errorf("ext4: materialize %s: %w", dv.digest, ctx.Err())
+		if shared {
+			c.collapsed.Add(1)
 		}
+		if err != nil {
+			if ctx.Err() != nil && errors.Is(err, ctx.Err()) { // this caller gave up
+				return nil, fmt.Errorf("ext4: materialize %s: %w", dv.digest, err)
+			}
+			if shared && attempt == 0 && ctx.Err() == nil && !contentError(err) {
+				continue // the leader's failure is not this caller's answer
+			}
+			return nil, err
+		}
+		r := *res
+		c.used(dv)
+		return &r, nil
 	}
 }
 
-// flight returns the context a flight runs on: ctx's values without its
-// cancellation, ended by Close; done must be called when the flight ends.
-func (c *Converter) flight(ctx context.Context) (fctx context.Context, done func(), err error) {
+// flight returns the context a flight's work runs on (fctx, the flight's
+// own, detached from its callers) ended also by Close; done must be called
+// when the work ends.
+func (c *Converter) flight(fctx context.Context) (_ context.Context, done func(), err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return nil, nil, fmt.Errorf("ext4: converter closed: %w", context.Canceled)
 	}
 	c.running.Add(1)
-	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	fctx, cancel := context.WithCancel(fctx)
 	stop := context.AfterFunc(c.base, cancel)
 	return fctx, func() { stop(); cancel(); c.running.Done() }, nil
 }

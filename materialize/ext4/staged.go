@@ -162,7 +162,10 @@ func (c *Converter) convertStaged(ctx context.Context, img manifest.Image, dv de
 // returned. One store runs per derivation; Close cancels them, Flush
 // waits for them. The store reads f through a verifying reader: the
 // bytes leaving this host are hashed again, whatever happened to the
-// file since it was committed.
+// file since it was committed. (No internal/flight call: nobody waits for
+// a store's outcome, a second store of one derivation is dropped rather
+// than joined, and Flush waits for every store running, which a
+// flight.Group does not list.)
 func (c *Converter) storeLater(dv derivation, f *os.File, d blob.Digest, size int64) {
 	discard := func() { c.cfg.Stager.DiscardStaged(f) }
 	id := dv.key.String()

@@ -207,6 +207,24 @@ func (m *Materializer) unleaseLocked(e *layerEntry) {
 // origin. Callers of another origin extract on their own (the first commit
 // wins, the others discard theirs), so a caller whose registry stalls or
 // lies never holds up or fails another's materialization.
+//
+// These flights are the materializer's own, not internal/flight's
+// Group.Do, because three of their promises need the materializer's lock
+// around the flight itself, which a Group (with a lock of its own) cannot
+// give without growing hooks into it:
+//   - the layer is committed and leased to every caller still waiting in
+//     one step under m.mu (e.leases += f.waiters), so that no eviction runs
+//     between the commit and the callers' leases; with Do each caller
+//     would lease after Do returned, and an evict in between would remove
+//     a layer just extracted (under a full budget, again and again);
+//   - the look in m.layers and the joining of a flight are one step under
+//     m.mu, so no caller starts a second extraction of a layer committed
+//     in between;
+//   - an extraction is counted in m.running (and refused after Close) by
+//     the caller that starts it, before Materialize can return: Close and
+//     running.Wait see an abandoned extraction until it has removed its
+//     temporary directory, where Do's goroutine would count itself only
+//     once it runs.
 type flightKey struct {
 	digest blob.Digest
 	origin string

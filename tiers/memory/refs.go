@@ -24,16 +24,16 @@ func (t *Tier) GetRef(ctx context.Context, k blob.RefKey) (blob.Ref, error) {
 		t.mu.Unlock()
 		return blob.Ref{}, t.errClosed("get ref")
 	}
-	e := t.refs[k]
-	if e != nil && e.r.Expired(now) {
+	e, ok := t.refs.Peek(k)
+	if ok && e.r.Expired(now) {
 		t.removeRef(e)
-		e = nil
+		ok = false
 	}
-	if e == nil {
+	if !ok {
 		t.mu.Unlock()
 		return blob.Ref{}, fmt.Errorf("memory tier %q: get ref %s: %w", t.name, k, blob.ErrNotFound)
 	}
-	t.moveRefToFront(e)
+	t.refs.Get(k) // most recently used
 	r := e.r
 	t.mu.Unlock()
 	return r, nil
@@ -62,18 +62,17 @@ func (t *Tier) PutRef(ctx context.Context, k blob.RefKey, r blob.Ref) error {
 	if t.closed {
 		return t.errClosed("put ref")
 	}
-	if old := t.refs[k]; old != nil {
+	if old, ok := t.refs.Peek(k); ok {
 		t.removeRef(old)
 	}
 	if r.Expired(time.Now()) {
 		return nil
 	}
-	e := &refEntry{k: k, r: r, cost: cost}
-	t.refs[k] = e
-	t.pushRefFront(e)
+	t.refs.Set(k, &refEntry{k: k, r: r, cost: cost})
 	t.refBytes += cost
-	for len(t.refs) > t.maxRefs || t.refBytes > t.maxRefBytes {
-		t.removeRef(t.refLRU.prev) // never e: it alone fits both bounds
+	for t.refs.Len() > t.maxRefs || t.refBytes > t.maxRefBytes {
+		_, oldest, _ := t.refs.Oldest() // never the new ref: it alone fits both bounds
+		t.removeRef(oldest)
 	}
 	return nil
 }
@@ -92,8 +91,8 @@ func (t *Tier) DeleteRef(ctx context.Context, k blob.RefKey) error {
 	if t.closed {
 		return t.errClosed("delete ref")
 	}
-	e := t.refs[k]
-	if e == nil {
+	e, ok := t.refs.Peek(k)
+	if !ok {
 		return fmt.Errorf("memory tier %q: delete ref %s: %w", t.name, k, blob.ErrNotFound)
 	}
 	t.removeRef(e)
@@ -121,15 +120,13 @@ func (t *Tier) WalkRefs(ctx context.Context, namespace string, fn func(blob.RefK
 		return t.errClosed("walk refs")
 	}
 	var list []kv
-	for e := t.refLRU.next; e != &t.refLRU; {
-		next := e.next
+	for _, e := range t.refs.All() {
 		switch {
 		case e.r.Expired(now):
 			t.removeRef(e)
 		case namespace == "" || e.k.Namespace == namespace:
 			list = append(list, kv{e.k, e.r})
 		}
-		e = next
 	}
 	t.mu.Unlock()
 	for _, x := range list {
@@ -146,28 +143,8 @@ func (t *Tier) WalkRefs(ctx context.Context, namespace string, fn func(blob.RefK
 	return nil
 }
 
-// Ref LRU helpers; callers hold t.mu.
-
-func (t *Tier) pushRefFront(e *refEntry) {
-	e.prev = &t.refLRU
-	e.next = t.refLRU.next
-	e.next.prev = e
-	t.refLRU.next = e
-}
-
+// removeRef drops e; the caller holds t.mu.
 func (t *Tier) removeRef(e *refEntry) {
-	e.prev.next = e.next
-	e.next.prev = e.prev
-	e.prev, e.next = nil, nil
-	delete(t.refs, e.k)
+	t.refs.Remove(e.k)
 	t.refBytes -= e.cost
-}
-
-func (t *Tier) moveRefToFront(e *refEntry) {
-	if t.refLRU.next == e {
-		return
-	}
-	e.prev.next = e.next
-	e.next.prev = e.prev
-	t.pushRefFront(e)
 }

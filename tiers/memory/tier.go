@@ -17,6 +17,7 @@ import (
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/internal/ctxio"
+	"github.com/strata-oci/strata/internal/lru"
 )
 
 // Defaults used for zero Config fields.
@@ -77,11 +78,9 @@ type Tier struct {
 
 	mu       sync.Mutex
 	closed   bool
-	blobs    map[blob.Digest]*entry
-	lru      entry // sentinel of the blob LRU ring; lru.next is most recent
+	blobs    lru.Map[blob.Digest, *entry] // most recently used first
 	bytes    int64
-	refs     map[blob.RefKey]*refEntry
-	refLRU   refEntry // sentinel of the ref LRU ring
+	refs     lru.Map[blob.RefKey, *refEntry]
 	refBytes int64
 }
 
@@ -92,14 +91,12 @@ type entry struct {
 	d          blob.Digest
 	data       []byte
 	lastAccess time.Time
-	prev, next *entry
 }
 
 type refEntry struct {
-	k          blob.RefKey
-	r          blob.Ref
-	cost       int64
-	prev, next *refEntry
+	k    blob.RefKey
+	r    blob.Ref
+	cost int64
 }
 
 // New returns an empty memory tier.
@@ -112,8 +109,6 @@ func New(cfg Config) *Tier {
 		maxRefBytes:  cfg.MaxRefBytes,
 		onEvict:      cfg.OnEvict,
 		log:          cfg.Logger,
-		blobs:        make(map[blob.Digest]*entry),
-		refs:         make(map[blob.RefKey]*refEntry),
 	}
 	if t.name == "" {
 		t.name = DefaultName
@@ -134,8 +129,6 @@ func New(cfg Config) *Tier {
 	if t.maxRefBytes <= 0 {
 		t.maxRefBytes = DefaultMaxRefBytes
 	}
-	t.lru.prev, t.lru.next = &t.lru, &t.lru
-	t.refLRU.prev, t.refLRU.next = &t.refLRU, &t.refLRU
 	return t
 }
 
@@ -165,13 +158,12 @@ func (t *Tier) Stat(ctx context.Context, d blob.Digest) (blob.Info, error) {
 		t.mu.Unlock()
 		return blob.Info{}, t.errClosed("stat")
 	}
-	e := t.blobs[d]
-	if e == nil {
+	e, ok := t.blobs.Get(d)
+	if !ok {
 		t.mu.Unlock()
 		return blob.Info{}, t.notFound("stat", d)
 	}
 	e.lastAccess = now
-	t.moveToFront(e)
 	t.mu.Unlock()
 	return blob.Info{Digest: d, Size: int64(len(e.data)), LastAccess: now, Tier: t.name}, nil
 }
@@ -190,13 +182,12 @@ func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Inf
 		t.mu.Unlock()
 		return nil, blob.Info{}, t.errClosed("open")
 	}
-	e := t.blobs[d]
-	if e == nil {
+	e, ok := t.blobs.Get(d)
+	if !ok {
 		t.mu.Unlock()
 		return nil, blob.Info{}, t.notFound("open", d)
 	}
 	e.lastAccess = now
-	t.moveToFront(e)
 	data := e.data
 	t.mu.Unlock()
 	return &reader{ctx: ctx, data: data}, blob.Info{Digest: d, Size: int64(len(data)), LastAccess: now, Tier: t.name}, nil
@@ -228,9 +219,8 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 		t.mu.Unlock()
 		return t.errClosed("put")
 	}
-	if e := t.blobs[d]; e != nil {
+	if e, ok := t.blobs.Get(d); ok {
 		e.lastAccess = now
-		t.moveToFront(e)
 		t.mu.Unlock()
 		return nil
 	}
@@ -249,21 +239,17 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 		t.mu.Unlock()
 		return t.errClosed("put")
 	}
-	if e := t.blobs[d]; e != nil { // a concurrent Put won
+	if e, ok := t.blobs.Get(d); ok { // a concurrent Put won
 		e.lastAccess = now
-		t.moveToFront(e)
 		t.mu.Unlock()
 		return nil
 	}
-	e := &entry{d: d, data: data, lastAccess: time.Now()}
-	t.blobs[d] = e
-	t.pushFront(e)
+	t.blobs.Set(d, &entry{d: d, data: data, lastAccess: time.Now()})
 	t.bytes += size
 	var evicted []*entry
 	for t.bytes > t.maxBytes {
-		victim := t.lru.prev // never e: size <= maxBytes
-		t.unlink(victim)
-		delete(t.blobs, victim.d)
+		_, victim, _ := t.blobs.Oldest() // never the new entry: size <= maxBytes
+		t.blobs.Remove(victim.d)
 		t.bytes -= int64(len(victim.data))
 		evicted = append(evicted, victim)
 	}
@@ -348,13 +334,11 @@ func (t *Tier) Delete(ctx context.Context, d blob.Digest) error {
 		t.mu.Unlock()
 		return t.errClosed("delete")
 	}
-	e := t.blobs[d]
-	if e == nil {
+	e, ok := t.blobs.Remove(d)
+	if !ok {
 		t.mu.Unlock()
 		return t.notFound("delete", d)
 	}
-	t.unlink(e)
-	delete(t.blobs, d)
 	t.bytes -= int64(len(e.data))
 	t.mu.Unlock()
 	return nil
@@ -372,8 +356,8 @@ func (t *Tier) Walk(ctx context.Context, fn func(blob.Info) error) error {
 		t.mu.Unlock()
 		return t.errClosed("walk")
 	}
-	infos := make([]blob.Info, 0, len(t.blobs))
-	for e := t.lru.next; e != &t.lru; e = e.next {
+	infos := make([]blob.Info, 0, t.blobs.Len())
+	for _, e := range t.blobs.All() {
 		infos = append(infos, blob.Info{Digest: e.d, Size: int64(len(e.data)), LastAccess: e.lastAccess, Tier: t.name})
 	}
 	t.mu.Unlock()
@@ -399,7 +383,7 @@ func (t *Tier) Usage(ctx context.Context) (blob.Usage, error) {
 	if t.closed {
 		return blob.Usage{}, t.errClosed("usage")
 	}
-	return blob.Usage{Blobs: int64(len(t.blobs)), Bytes: t.bytes, Refs: int64(len(t.refs)), Budget: t.maxBytes}, nil
+	return blob.Usage{Blobs: int64(t.blobs.Len()), Bytes: t.bytes, Refs: int64(t.refs.Len()), Budget: t.maxBytes}, nil
 }
 
 // Close drops everything the tier holds. Later calls fail with an error
@@ -409,33 +393,8 @@ func (t *Tier) Close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.closed = true
-	t.blobs, t.refs = nil, nil
-	t.lru.prev, t.lru.next = &t.lru, &t.lru
-	t.refLRU.prev, t.refLRU.next = &t.refLRU, &t.refLRU
+	t.blobs.Clear()
+	t.refs.Clear()
 	t.bytes, t.refBytes = 0, 0
 	return nil
-}
-
-// LRU ring helpers; callers hold t.mu.
-
-func (t *Tier) pushFront(e *entry) {
-	e.prev = &t.lru
-	e.next = t.lru.next
-	e.next.prev = e
-	t.lru.next = e
-}
-
-func (t *Tier) unlink(e *entry) {
-	e.prev.next = e.next
-	e.next.prev = e.prev
-	e.prev, e.next = nil, nil
-}
-
-func (t *Tier) moveToFront(e *entry) {
-	if t.lru.next == e {
-		return
-	}
-	e.prev.next = e.next
-	e.next.prev = e.prev
-	t.pushFront(e)
 }

@@ -68,12 +68,12 @@ type Tier struct {
 	// sizes maps a blob's sha256 hex to what the tier knows of it;
 	// exists holds blobs recently seen present (hex -> expiry); corrupt
 	// holds blobs the server served corrupt, until a Put re-uploads them.
-	sizes   *lru[string, sizeInfo]
-	exists  *lru[string, time.Time]
-	corrupt *lru[string, struct{}]
+	sizes   *cache[string, sizeInfo]
+	exists  *cache[string, time.Time]
+	corrupt *cache[string, struct{}]
 	// kinds remembers whether a blob's content compresses (hex -> true),
 	// learnt from its first bytes on Put or on a read; see compressible.
-	kinds *lru[string, bool]
+	kinds *cache[string, bool]
 
 	// readAhead bounds the read-ahead buffers of parallel reads; parts
 	// recycles them.
@@ -148,10 +148,10 @@ func New(ctx context.Context, cfg Config) (*Tier, error) {
 		bs:      bspb.NewByteStreamClient(conn),
 		capc:    repb.NewCapabilitiesClient(conn),
 		breaker: newBreaker(cfg.Breaker, cfg.Now, cfg.Logger, cfg.Name),
-		sizes:   newLRU[string, sizeInfo](cfg.CacheEntries),
-		exists:  newLRU[string, time.Time](cfg.CacheEntries),
-		corrupt: newLRU[string, struct{}](cfg.CacheEntries),
-		kinds:   newLRU[string, bool](cfg.CacheEntries),
+		sizes:   newCache[string, sizeInfo](cfg.CacheEntries),
+		exists:  newCache[string, time.Time](cfg.CacheEntries),
+		corrupt: newCache[string, struct{}](cfg.CacheEntries),
+		kinds:   newCache[string, bool](cfg.CacheEntries),
 
 		readAhead: &budget{max: cfg.Parallel.Memory},
 	}
