@@ -246,12 +246,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	updateDoc := fs.Bool("update-doc", false, "rewrite the results section of -doc with this run")
 	doc := fs.String("doc", "docs/benchmarks.md", "the document -update-doc rewrites")
 	from := fs.String("from", "", "render an earlier run's results.json instead of measuring (with -compare, -out, -update-doc)")
+	fleet := fs.Bool("fleet", false, "measure fleet-wide pull collapse instead (1, 4 and 16 executors sharing a REAPI tier, with and without leases; -reps times, default 3) and print a Markdown table")
 	only := fs.String("only", "", "comma-separated pipeline scenarios to run (default: all); tier measurements are skipped when set")
 	regBin := fs.String("registry-binary", regserver.DistributionBinary, "distribution registry binary (in-process registry when absent)")
 	memBudget := fs.Int64("memory-budget", -1, "memory tier budget in bytes of every executor (0: no memory tier; -1: strata.Default's)")
 	remoteZstd := fs.Bool("remote-zstd", true, "the shared REAPI tier advertises zstd compressed-blobs (as production servers do)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *fleet {
+		n := *reps
+		if n <= 0 {
+			n = 3
+		}
+		if err := runFleet(stdout, n); err != nil {
+			fmt.Fprintln(stderr, "harness:", err)
+			return 1
+		}
+		return 0
 	}
 	p, err := makePlan(*size, *seed)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"github.com/strata-oci/strata/internal/testenv"
 	"io"
 	"os"
@@ -282,5 +283,36 @@ func TestMergeTiers(t *testing.T) {
 	}
 	if pt.P50 != 9000 || pt.Samples != 15 || pt.AllocsPerOp != 2 {
 		t.Errorf("put merged to %+v, want p50 9000, 15 samples", pt)
+	}
+}
+
+// TestFleet: -fleet measures 1, 4 and 16 executors with and without
+// leases; with leases a layer is pulled at most twice by the fleet, and
+// without them 16 executors pull it more often than that (the comparison
+// is live).
+func TestFleet(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"-fleet", "-reps", "1"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	rows := map[string]float64{}
+	for _, line := range strings.Split(out.String(), "\n") {
+		var n int
+		var leases string
+		var gets float64
+		if _, err := fmt.Sscanf(line, "| %d | %s | %f |", &n, &leases, &gets); err == nil {
+			rows[fmt.Sprintf("%d/%s", n, leases)] = gets
+		}
+	}
+	if len(rows) != 6 {
+		t.Fatalf("%d rows, want 6:\n%s", len(rows), out.String())
+	}
+	for _, n := range []int{1, 4, 16} {
+		if g := rows[fmt.Sprintf("%d/true", n)]; g > 2 {
+			t.Errorf("%d executors with leases: %.2f GETs per layer, want at most 2", n, g)
+		}
+	}
+	if g := rows["16/false"]; g <= 2 {
+		t.Errorf("16 executors without leases: %.2f GETs per layer; the control shows no difference", g)
 	}
 }
