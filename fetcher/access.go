@@ -62,9 +62,15 @@ func (b *blobAccess) member(ctx context.Context, d blob.Digest) bool {
 // reader's verified end. Info.Tier names the tier that served the bytes,
 // or SourceRegistry.
 func (b *blobAccess) open(ctx context.Context, d blob.Digest, size int64, manifestType string) (io.ReadCloser, blob.Info, error) {
-	for {
+	for tries := 0; ; tries++ {
 		if b.member(ctx, d) {
 			return b.st.OpenOrFill(ctx, b.repo.String(), d, size, b.source(d, size, manifestType))
+		}
+		if tries > maxFillJoins {
+			// The membership another fill proved keeps vanishing (a
+			// flapping shared tier): read the registry, without a
+			// flight or a lease, rather than go round forever.
+			return b.fillFrom(ctx, nil, d, size, manifestType, nil)
 		}
 		rc, info, err := b.fill(ctx, d, size, manifestType)
 		if rc != nil || err != nil {

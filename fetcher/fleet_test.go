@@ -2,7 +2,10 @@ package fetcher_test
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -12,6 +15,9 @@ import (
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/internal/fleettest"
 	"github.com/strata-oci/strata/internal/reapitest"
+	"github.com/strata-oci/strata/internal/registrytest"
+	"github.com/strata-oci/strata/manifest"
+	"github.com/strata-oci/strata/registry/credential"
 )
 
 // checkBytes fails unless every executor (but those in mayFail) read
@@ -171,5 +177,73 @@ func BenchmarkFleet(b *testing.B) {
 				b.ReportMetric(ready/float64(b.N)*1000, "ms-to-ready/executor")
 			})
 		}
+	}
+}
+
+// TestFleetLeasesDoNotAdmitOtherRepositories: while a fleet with leases
+// pulls a private image, mallory, through one of the fleet's executors and
+// with credentials of her own (so she takes part in leases), fetches a
+// manifest from a registry she controls that lists the victim's config
+// and layer digests. Leases are keyed by repository, so she neither
+// follows the fleet's leases nor is handed the bytes they brought into
+// the shared tier: every read of hers fails, before and after the fleet
+// has the blobs.
+func TestFleetLeasesDoNotAdmitOtherRepositories(t *testing.T) {
+	ctx := context.Background()
+	fl := fleettest.New(t, fleettest.Options{N: 4, Leases: true})
+	ref, layers := fl.Push(t)
+	ev := registrytest.NewHostile(t)
+	ev.BasicAuth("mallory", "mallory-PASSWORD")
+
+	// The victim's documents, as the fleet's first executor sees them.
+	warm := fl.Execs[1]
+	img, err := warm.Fetcher.FetchImage(ctx, ref, fleettest.Credential())
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc := func(d manifest.Descriptor) map[string]any {
+		return map[string]any{"mediaType": d.MediaType, "digest": d.Digest, "size": d.Size}
+	}
+	var ls []map[string]any
+	for _, l := range img.Manifest.Layers {
+		ls = append(ls, desc(l))
+	}
+	doc, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+		"config": desc(img.Manifest.Config), "layers": ls,
+	})
+	ev.Manifest("latest", doc, "application/vnd.oci.image.manifest.v1+json")
+	mallory := credential.Basic("", "mallory", "mallory-PASSWORD")
+
+	attempt := func() {
+		im, err := fl.Execs[0].Fetcher.FetchImage(ctx, ev.Host+"/evil/app:latest", mallory)
+		if err != nil {
+			return // refused at the config: nothing handed out
+		}
+		for i, l := range im.Layers() {
+			rc, err := l.Open(ctx)
+			if err != nil {
+				continue
+			}
+			got, err := io.ReadAll(rc)
+			rc.Close()
+			if err == nil || bytes.Equal(got, layers[i]) {
+				t.Errorf("mallory read layer %d (%d bytes, err %v)", i, len(got), err)
+			}
+		}
+	}
+	// During the fleet's pull and after it.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 5 {
+			attempt()
+		}
+	}()
+	checkBytes(t, fl.Run(ref), layers, nil)
+	<-done
+	attempt()
+	if n := fl.LeaseEvents("followed"); n == 0 {
+		t.Log("no lease was followed (the fleet may have been too quick); mallory was still refused")
 	}
 }
