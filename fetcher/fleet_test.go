@@ -63,6 +63,16 @@ func TestFleetCollapsesPulls(t *testing.T) {
 				maxGets = max(maxGets, fl.GETs(d))
 				maxUploads = max(maxUploads, fl.Uploads(d))
 			}
+			// The image's documents are blobs of the fleet too.
+			img, err := fl.Execs[0].Fetcher.FetchImage(context.Background(), ref, fleettest.Credential())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range []blob.Digest{img.Digest(), img.Manifest.Config.Digest} {
+				if n := fl.Uploads(d); tc.leases && n > 2 {
+					t.Errorf("document %s was uploaded %d times to the CAS, want at most 2", d, n)
+				}
+			}
 			t.Logf("most registry GETs of one layer: %d; most CAS uploads of one layer: %d; leases taken %d, followed %d",
 				maxGets, maxUploads, fl.LeaseEvents("taken"), fl.LeaseEvents("followed"))
 			if !tc.leases {
