@@ -199,32 +199,13 @@ func (t *Tier) DiscardStaged(f *os.File) error {
 // as an access, like Open. The caller closes the file. Errors wrap
 // blob.ErrNotFound for a blob the tier does not hold.
 func (t *Tier) OpenBlobFile(ctx context.Context, d blob.Digest) (*os.File, blob.Info, error) {
-	hex, err := t.check(d)
+	f, _, r, err := t.openFile(ctx, d)
 	if err != nil {
 		return nil, blob.Info{}, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, blob.Info{}, fmt.Errorf("disk %q: open %s: %w", t.cfg.Name, d, err)
-	}
-	r, found, err := t.lookup(hex)
-	if err != nil {
-		return nil, blob.Info{}, fmt.Errorf("disk %q: open %s: %w", t.cfg.Name, d, err)
-	}
-	if !found {
-		return nil, blob.Info{}, t.notFound(d)
-	}
-	f, err := os.Open(t.path(hex))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, blob.Info{}, t.notFound(d)
-	}
-	if err != nil {
-		return nil, blob.Info{}, fmt.Errorf("disk %q: open %s: %w", t.cfg.Name, d, err)
 	}
 	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() != r.size {
 		f.Close()
 		return nil, blob.Info{}, fmt.Errorf("disk %q: open %s: %w: the file does not match its index row", t.cfg.Name, d, blob.ErrNotFound)
 	}
-	r.atime = t.now()
-	t.touch(hex, r)
 	return f, t.info(d, r), nil
 }

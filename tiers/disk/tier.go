@@ -348,19 +348,30 @@ func (t *Tier) Stat(ctx context.Context, d blob.Digest) (blob.Info, error) {
 // the tier then drops the entry. Cancelling ctx fails later Reads. The
 // reader must be closed; it is not safe for concurrent Reads.
 func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Info, error) {
-	hex, err := t.check(d)
+	f, _, r, err := t.openFile(ctx, d)
 	if err != nil {
 		return nil, blob.Info{}, err
 	}
+	return newReader(ctx, t, d, f, r.size), t.info(d, r), nil
+}
+
+// openFile opens d's file for Open and OpenBlobFile and counts the access.
+// A file gone behind the tier's back drops its row; errors wrap
+// blob.ErrNotFound for a blob the tier does not hold.
+func (t *Tier) openFile(ctx context.Context, d blob.Digest) (*os.File, string, row, error) {
+	hex, err := t.check(d)
+	if err != nil {
+		return nil, "", row{}, err
+	}
 	if err := ctx.Err(); err != nil {
-		return nil, blob.Info{}, fmt.Errorf("disk %q: open %s: %w", t.cfg.Name, d, err)
+		return nil, "", row{}, fmt.Errorf("disk %q: open %s: %w", t.cfg.Name, d, err)
 	}
 	r, found, err := t.lookup(hex)
 	if err != nil {
-		return nil, blob.Info{}, fmt.Errorf("disk %q: open %s: %w", t.cfg.Name, d, err)
+		return nil, "", row{}, fmt.Errorf("disk %q: open %s: %w", t.cfg.Name, d, err)
 	}
 	if !found {
-		return nil, blob.Info{}, t.notFound(d)
+		return nil, "", row{}, t.notFound(d)
 	}
 	f, err := os.Open(t.path(hex))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -369,14 +380,14 @@ func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Inf
 			_, err := os.Lstat(t.path(hex))
 			return errors.Is(err, fs.ErrNotExist)
 		})
-		return nil, blob.Info{}, t.notFound(d)
+		return nil, "", row{}, t.notFound(d)
 	}
 	if err != nil {
-		return nil, blob.Info{}, fmt.Errorf("disk %q: open %s: %w", t.cfg.Name, d, err)
+		return nil, "", row{}, fmt.Errorf("disk %q: open %s: %w", t.cfg.Name, d, err)
 	}
 	r.atime = t.now()
 	t.touch(hex, r)
-	return newReader(ctx, t, d, f, r.size), t.info(d, r), nil
+	return f, hex, r, nil
 }
 
 // dropIf removes hex's file and row if cond (evaluated under the digest's
