@@ -5,10 +5,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -298,43 +296,8 @@ func FuzzFlatten(f *testing.F) {
 	})
 }
 
-// paxSparseBomb is a hand-made tar with one PAX 1.0 sparse entry: 512 bytes
-// of sparse map and 1 byte of data that archive/tar would expand to 9 GB.
+// paxSparseBomb is a tar with one PAX 1.0 sparse entry: 512 bytes of
+// sparse map and 1 byte of data that archive/tar would expand to 9 GB.
 func paxSparseBomb() []byte {
-	rec := func(k, v string) string {
-		r := " " + k + "=" + v + "\n"
-		n := len(r) + 1
-		for len(strconv.Itoa(n))+len(r) != n {
-			n++
-		}
-		return strconv.Itoa(n) + r
-	}
-	pax := rec("GNU.sparse.major", "1") + rec("GNU.sparse.minor", "0") + rec("GNU.sparse.name", "s") + rec("GNU.sparse.realsize", "9000000000")
-	header := func(name string, typ byte, size int) []byte {
-		b := make([]byte, 512)
-		copy(b, name)
-		copy(b[100:], "0000644\x00")
-		copy(b[108:], "0000000\x00")
-		copy(b[116:], "0000000\x00")
-		copy(b[124:], fmt.Sprintf("%011o\x00", size))
-		copy(b[136:], "00000000000\x00")
-		b[156] = typ
-		copy(b[257:], "ustar\x0000")
-		copy(b[148:], "        ")
-		sum := 0
-		for _, c := range b {
-			sum += int(c)
-		}
-		copy(b[148:], fmt.Sprintf("%06o\x00 ", sum))
-		return b
-	}
-	pad := func(b []byte) []byte { return append(b, make([]byte, (512-len(b)%512)%512)...) }
-	var out []byte
-	out = append(out, header("PaxHeaders/s", 'x', len(pax))...)
-	out = append(out, pad([]byte(pax))...)
-	data := pad([]byte("1\n0\n1\n"))
-	data = append(data, 'x')
-	out = append(out, header("s", '0', len(data))...)
-	out = append(out, pad(data)...)
-	return append(out, make([]byte, 1024)...)
+	return tartest.PAXSparse("s", 9000000000, map[int64][]byte{0: []byte("x")})
 }

@@ -5,12 +5,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -124,64 +122,6 @@ func TestBudgetHoldsWhileWriting(t *testing.T) {
 	}
 }
 
-// paxSparse is a PAX 1.0 sparse tar entry (as GNU tar --sparse writes it)
-// of logical size realSize with data chunks at the given offsets.
-func paxSparse(name string, realSize int64, chunks map[int64][]byte) []byte {
-	rec := func(k, v string) string {
-		r := " " + k + "=" + v + "\n"
-		n := len(r) + 1
-		for len(strconv.Itoa(n))+len(r) != n {
-			n++
-		}
-		return strconv.Itoa(n) + r
-	}
-	pax := rec("GNU.sparse.major", "1") + rec("GNU.sparse.minor", "0") + rec("GNU.sparse.name", name) +
-		rec("GNU.sparse.realsize", strconv.FormatInt(realSize, 10))
-	header := func(name string, typ byte, size int) []byte {
-		b := make([]byte, 512)
-		copy(b, name)
-		copy(b[100:], "0000644\x00")
-		copy(b[108:], "0000000\x00")
-		copy(b[116:], "0000000\x00")
-		copy(b[124:], fmt.Sprintf("%011o\x00", size))
-		copy(b[136:], "00000000000\x00")
-		b[156] = typ
-		copy(b[257:], "ustar\x0000")
-		copy(b[148:], "        ")
-		sum := 0
-		for _, c := range b {
-			sum += int(c)
-		}
-		copy(b[148:], fmt.Sprintf("%06o\x00 ", sum))
-		return b
-	}
-	pad := func(b []byte) []byte { return append(b, make([]byte, (512-len(b)%512)%512)...) }
-	offs := make([]int64, 0, len(chunks))
-	for off := range chunks {
-		offs = append(offs, off)
-	}
-	for i := range offs { // sort, small n
-		for j := i + 1; j < len(offs); j++ {
-			if offs[j] < offs[i] {
-				offs[i], offs[j] = offs[j], offs[i]
-			}
-		}
-	}
-	sparseMap := strconv.Itoa(len(offs)) + "\n"
-	var data []byte
-	for _, off := range offs {
-		sparseMap += strconv.FormatInt(off, 10) + "\n" + strconv.Itoa(len(chunks[off])) + "\n"
-		data = append(data, chunks[off]...)
-	}
-	body := append(pad([]byte(sparseMap)), data...)
-	var out []byte
-	out = append(out, header("PaxHeaders/"+name, 'x', len(pax))...)
-	out = append(out, pad([]byte(pax))...)
-	out = append(out, header(name, '0', len(body))...)
-	out = append(out, pad(body)...)
-	return append(out, make([]byte, 1024)...)
-}
-
 // TestZeroRunsBecomeHoles: a file of 256 MiB of zeros, a file with data
 // around a long zero run and a PAX sparse entry extract with their full
 // logical sizes and contents, take (almost) no disk, and fit a 16 MiB
@@ -194,7 +134,7 @@ func TestZeroRunsBecomeHoles(t *testing.T) {
 	mixed.Write(make([]byte, 32*mib))
 	mixed.Write([]byte("tail"))
 	mixedLayer := tartest.New().File("mixed", mixed.Bytes()).Gzip()
-	sparse := paxSparse("sparse", 100*mib, map[int64][]byte{0: []byte("begin"), 50 * mib: bytes.Repeat([]byte("m"), 8192)})
+	sparse := tartest.PAXSparse("sparse", 100*mib, map[int64][]byte{0: []byte("begin"), 50 * mib: bytes.Repeat([]byte("m"), 8192)})
 
 	m := newMaterializer(t, Config{Budget: 16 * mib})
 	img := tartest.RawImage(tartest.RawLayer(zeros, types.OCILayer), tartest.RawLayer(mixedLayer, types.OCILayer),
