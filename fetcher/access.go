@@ -83,18 +83,7 @@ func (b *blobAccess) open(ctx context.Context, d blob.Digest, size int64, manife
 // readSmall reads a small blob (a manifest, index or config) whole and
 // verified through open; it returns the name of the tier that served it.
 func (b *blobAccess) readSmall(ctx context.Context, d blob.Digest, size int64, manifestType string) ([]byte, string, error) {
-	if size > maxDocumentSize {
-		return nil, "", fmt.Errorf("%s of %d bytes: %w (cap %d)", d, size, blob.ErrTooLarge, maxDocumentSize)
-	}
-	rc, info, err := b.open(ctx, d, size, manifestType)
-	if err != nil {
-		return nil, "", err
-	}
-	data, err := readWhole(rc, d, size)
-	if err != nil {
-		return nil, "", err
-	}
-	return data, info.Tier, nil
+	return readSmall(d, size, func() (io.ReadCloser, blob.Info, error) { return b.open(ctx, d, size, manifestType) })
 }
 
 // fill makes the repository a member for d the groupcache way: fills of

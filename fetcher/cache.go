@@ -2,9 +2,10 @@ package fetcher
 
 import (
 	"context"
-
 	"errors"
 	"fmt"
+	"io"
+
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/strata-oci/strata/blob"
@@ -77,7 +78,7 @@ func (f *Fetcher) imageBlobs(ctx context.Context, st blob.Tier, r registry.Refer
 // follows the fetcher's platform (required) and any other entry the cache
 // holds (optional).
 func (f *Fetcher) walkDocument(ctx context.Context, st blob.Tier, d manifest.Descriptor, set *imageSet, required bool) error {
-	data, _, err := readSmall(ctx, st, d.Digest, d.Size)
+	data, _, err := readSmall(d.Digest, d.Size, func() (io.ReadCloser, blob.Info, error) { return st.Open(ctx, d.Digest) })
 	if err != nil {
 		if !required && errors.Is(err, blob.ErrNotFound) {
 			return nil

@@ -349,14 +349,15 @@ func (f *Fetcher) readDocument(ctx context.Context, ba *blobAccess, d manifest.D
 	return doc, nil
 }
 
-// readSmall reads a small blob whole and verifies it, whichever tier
-// served it. It reads at most maxDocumentSize bytes, whatever size says
-// (a size < 0, unknown, included).
-func readSmall(ctx context.Context, t blob.Tier, d blob.Digest, size int64) ([]byte, string, error) {
+// readSmall reads a small blob d, opened by open, whole and verifies it,
+// whichever tier served it, and returns the tier's name. It reads at most
+// maxDocumentSize bytes, whatever size says (a size < 0, unknown,
+// included), and refuses a larger size before opening.
+func readSmall(d blob.Digest, size int64, open func() (io.ReadCloser, blob.Info, error)) ([]byte, string, error) {
 	if size > maxDocumentSize {
 		return nil, "", fmt.Errorf("%s of %d bytes: %w (cap %d)", d, size, blob.ErrTooLarge, maxDocumentSize)
 	}
-	rc, info, err := t.Open(ctx, d)
+	rc, info, err := open()
 	if err != nil {
 		return nil, "", err
 	}

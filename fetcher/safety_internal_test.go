@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"testing"
 
 	"github.com/strata-oci/strata/blob"
@@ -42,7 +43,7 @@ func TestReadSmallBounds(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
-			data, _, err := readSmall(ctx, mem, tc.d, tc.size)
+			data, _, err := readSmall(tc.d, tc.size, func() (io.ReadCloser, blob.Info, error) { return mem.Open(ctx, tc.d) })
 			if tc.wantErr == nil {
 				if err != nil || !bytes.Equal(data, small) {
 					t.Fatalf("got %d bytes, %v", len(data), err)
