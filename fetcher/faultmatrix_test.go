@@ -236,27 +236,7 @@ func TestFaultMatrix(t *testing.T) {
 
 			// No tier holds wrong bytes, and the local tiers hold the
 			// layer again.
-			e.Mem.Clear(d)
-			for _, tier := range []blob.Tier{e.Mem, e.Disk, e.Remote} {
-				rc, _, err := tier.Open(ctx, d)
-				if err != nil {
-					if tier != blob.Tier(e.Remote) {
-						t.Errorf("tier %s lacks the layer after the calls: %v", tier.Name(), err)
-					}
-					continue
-				}
-				b, err := io.ReadAll(rc)
-				rc.Close()
-				switch {
-				case err == nil && !bytes.Equal(b, e.layers[faultLayer]):
-					t.Errorf("tier %s served wrong bytes with io.EOF", tier.Name())
-				case errors.Is(err, blob.ErrMismatch):
-					t.Errorf("tier %s holds a bad copy: %v", tier.Name(), err)
-				case err != nil && tier != blob.Tier(e.Remote):
-					// The remote row's fault may still be armed.
-					t.Errorf("tier %s: read: %v", tier.Name(), err)
-				}
-			}
+			e.RequireHealed(t, d, e.layers[faultLayer])
 		})
 	}
 }

@@ -7,7 +7,10 @@
 package faulttest
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"io"
 	"net/http"
 	"path/filepath"
 	"testing"
@@ -194,5 +197,36 @@ func (s *Stack) WaitRepaired(t *testing.T, tier string) {
 				repairs("ok"), repairs("error"), repairs("refused"))
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// RequireHealed fails the test if any tier holds wrong bytes for d (want
+// is the blob), or if the memory or disk tier lacks it: after a fault,
+// the local tiers hold the blob again and no bad copy is left. It clears
+// d from the memory tier first, so that the disk tier's copy is read too.
+// The remote tier may lack d, or still fail to read it (its row's fault
+// may still be armed), but must not serve wrong bytes as good ones.
+func (s *Stack) RequireHealed(t *testing.T, d blob.Digest, want []byte) {
+	t.Helper()
+	ctx := context.Background()
+	s.Mem.Clear(d)
+	for _, tier := range []blob.Tier{s.Mem, s.Disk, s.Remote} {
+		rc, _, err := tier.Open(ctx, d)
+		if err != nil {
+			if tier != blob.Tier(s.Remote) {
+				t.Errorf("tier %s lacks the blob after the calls: %v", tier.Name(), err)
+			}
+			continue
+		}
+		b, err := io.ReadAll(rc)
+		rc.Close()
+		switch {
+		case err == nil && !bytes.Equal(b, want):
+			t.Errorf("tier %s served wrong bytes with io.EOF", tier.Name())
+		case errors.Is(err, blob.ErrMismatch):
+			t.Errorf("tier %s holds a bad copy: %v", tier.Name(), err)
+		case err != nil && tier != blob.Tier(s.Remote):
+			t.Errorf("tier %s: read: %v", tier.Name(), err)
+		}
 	}
 }
