@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"testing"
 
@@ -229,4 +230,64 @@ func (l *rawLayer) Open(ctx context.Context) (io.ReadCloser, error) {
 		return nil, err
 	}
 	return blob.NewVerifier(ctxReadCloser(ctx, io.NopCloser(bytes.NewReader(l.b))), l.digest, int64(len(l.b)), nil), nil
+}
+
+// DeclaredLayer returns a layer over blob b with media type mt that
+// declares size for it (a manifest may lie) and, like the fetcher's
+// layers, verifies what Open yields against that size.
+func DeclaredLayer(b []byte, mt types.MediaType, size int64) manifest.Layer {
+	return declaredLayer{b: b, mt: mt, size: size}
+}
+
+type declaredLayer struct {
+	b    []byte
+	mt   types.MediaType
+	size int64
+}
+
+func (l declaredLayer) Digest() blob.Digest             { return blob.FromBytes(l.b) }
+func (l declaredLayer) Authorize(context.Context) error { return nil }
+func (l declaredLayer) MediaType() types.MediaType      { return l.mt }
+func (l declaredLayer) Size() int64                     { return l.size }
+func (l declaredLayer) Open(context.Context) (io.ReadCloser, error) {
+	return blob.NewVerifier(bytes.NewReader(l.b), l.Digest(), l.size, nil), nil
+}
+
+// SizeCase is a layer whose declared size is wrong, and a name for it.
+type SizeCase struct {
+	Name  string
+	Layer manifest.Layer
+}
+
+// WrongSizes returns one small tar layer, uncompressed, gzip and zstd,
+// each declaring sizes from 2^63-1 down to zero but never its own: every
+// read of one must end in a mismatch.
+func WrongSizes() []SizeCase {
+	tb := New().File("etc/hostname", []byte("box\n")).Tar()
+	blobs := []struct {
+		name string
+		b    []byte
+		mt   types.MediaType
+	}{
+		{"uncompressed", tb, types.OCIUncompressedLayer},
+		{"gzip", GzipBytes(tb), types.OCILayer},
+		{"zstd", ZstdBytes(tb), types.OCILayerZStd},
+	}
+	sizes := []struct {
+		desc string
+		size func(n int64) int64
+	}{
+		{"2^63-1", func(int64) int64 { return math.MaxInt64 }},
+		{"2^63-2", func(int64) int64 { return math.MaxInt64 - 1 }},
+		{"1 TiB", func(int64) int64 { return 1 << 40 }},
+		{"one byte short", func(n int64) int64 { return n - 1 }},
+		{"zero", func(int64) int64 { return 0 }},
+	}
+	var out []SizeCase
+	for _, b := range blobs {
+		for _, s := range sizes {
+			out = append(out, SizeCase{Name: b.name + ", " + s.desc, Layer: DeclaredLayer(b.b, b.mt, s.size(int64(len(b.b))))})
+		}
+	}
+	return out
 }
