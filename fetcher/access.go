@@ -103,17 +103,19 @@ func (b *blobAccess) fill(ctx context.Context, d blob.Digest, size int64, manife
 	key := memberKey(b.repo, d).Name
 	for joins := 0; joins < maxFillJoins; joins++ {
 		c, leader := b.f.fills.Lead(key)
-		if leader {
+		if leader && !b.leases {
 			if b.member(ctx, d) {
 				c.End(struct{}{}, nil)
 				return nil, blob.Info{}, nil
 			}
-			if !b.leases {
-				return b.fillFrom(ctx, c, d, size, manifestType, nil)
-			}
+			return b.fillFrom(ctx, c, d, size, manifestType, nil)
+		}
+		if leader {
 			// Fleet-wide: pull only if this executor leads (or nobody
-			// did in time); else another executor's pull made the
-			// repository a member and the caller reads the tiers.
+			// did in time); else another executor's pull (or a local
+			// one: fleetTurn's first look is this flight's re-check of
+			// the membership) made the repository a member and the
+			// caller reads the tiers.
 			ls, ready, err := b.fleetTurn(ctx, d, size)
 			if err != nil || ready {
 				c.End(struct{}{}, err)
