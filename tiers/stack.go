@@ -46,7 +46,8 @@ type StackConfig struct {
 	// repairs.
 	Metrics *Metrics
 	// Logger receives a line for every tier that fails mid-read, serves a
-	// bad copy, or is repaired (default: discard).
+	// bad copy, or is repaired, and for every tier that fails a Put or
+	// PutRef the others took (the caller sees success) (default: discard).
 	Logger *slog.Logger
 }
 

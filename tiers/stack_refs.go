@@ -59,8 +59,10 @@ func (s *Stack) PutRef(ctx context.Context, k blob.RefKey, r blob.Ref) error {
 	}
 	var firstErr, weak error
 	stored := false
-	for _, e := range s.ents {
+	errs := make([]error, len(s.ents))
+	for i, e := range s.ents {
 		err := e.Tier.PutRef(ctx, k, r)
+		errs[i] = err
 		switch {
 		case err == nil:
 			stored = true
@@ -78,6 +80,7 @@ func (s *Stack) PutRef(ctx context.Context, k blob.RefKey, r blob.Ref) error {
 	}
 	switch {
 	case stored:
+		s.logPartial("put ref", s.ents, errs)
 		return nil
 	case firstErr != nil:
 		return fmt.Errorf("stack %q: %w", s.root.name, firstErr)

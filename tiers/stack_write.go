@@ -145,10 +145,11 @@ func readVerified(r io.Reader, d blob.Digest, size int64) ([]byte, error) {
 // declines.
 func (s *Stack) putOutcome(cands []*stackEntry, size int64, errs []error) error {
 	var firstErr, unavailable, declined error
+	stored := false
 	for i, err := range errs {
 		switch {
 		case err == nil:
-			return nil
+			stored = true
 		case errors.Is(err, blob.ErrTooLarge):
 			cands[i].noteDecline(size)
 			if declined == nil {
@@ -165,12 +166,27 @@ func (s *Stack) putOutcome(cands []*stackEntry, size int64, errs []error) error 
 		}
 	}
 	switch {
+	case stored:
+		s.logPartial("put", cands, errs)
+		return nil
 	case firstErr != nil:
 		return fmt.Errorf("stack %q: %w", s.root.name, firstErr)
 	case unavailable != nil:
 		return fmt.Errorf("stack %q: %w", s.root.name, unavailable)
 	default:
 		return fmt.Errorf("stack %q: %w", s.root.name, declined)
+	}
+}
+
+// logPartial tells the Logger which tiers failed a write that others
+// took (the caller sees success): a shared tier that keeps refusing writes
+// is otherwise visible only in the metrics. A tier declining a size, or
+// refs it does not keep (a read-only ActionCache), is no failure.
+func (s *Stack) logPartial(op string, cands []*stackEntry, errs []error) {
+	for i, err := range errs {
+		if err != nil && !errors.Is(err, blob.ErrTooLarge) && !errors.Is(err, blob.ErrUnsupported) {
+			s.root.log.Warn("tier failed a write the other tiers took", "stack", s.root.name, "op", op, "tier", cands[i].Tier.Name(), "err", err)
+		}
 	}
 }
 
