@@ -31,6 +31,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
@@ -140,9 +141,19 @@ func profile(scenario string, stderr io.Writer) func() {
 		f.Close()
 		return func() {}
 	}
+	// An execution trace next to it (go tool trace): where the job waited.
+	tf, err := os.Create(strings.TrimSuffix(f.Name(), ".pprof") + ".trace")
+	if err == nil && trace.Start(tf) != nil {
+		tf.Close()
+		tf = nil
+	}
 	return func() {
 		pprof.StopCPUProfile()
 		f.Close()
+		if tf != nil {
+			trace.Stop()
+			tf.Close()
+		}
 	}
 }
 
@@ -691,6 +702,9 @@ func runChild(ctx context.Context, exe string, spec childSpec, res *childResult)
 	cmd := exec.CommandContext(ctx, exe, childArg, string(b))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if os.Getenv("STRATA_HARNESS_LOG") != "" { // the children log (see pipeline.env.open): pass it on
+		cmd.Stderr = io.MultiWriter(&stderr, os.Stderr)
+	}
 	if err := cmd.Run(); err != nil {
 		return 0, 0, fmt.Errorf("child: %v: %s", err, strings.TrimSpace(stderr.String()))
 	}

@@ -26,10 +26,29 @@ type casService struct {
 	mu      sync.Mutex
 	lost    map[string]bool
 	offsets map[string][]int64
+	zstd    map[string][]byte // Options.StoredZstd: a blob's zstd form, by hash
 }
 
 func newCASService(s *Server) *casService {
-	return &casService{CAS: s.CAS, s: s, lost: map[string]bool{}, offsets: map[string][]int64{}}
+	return &casService{CAS: s.CAS, s: s, lost: map[string]bool{}, offsets: map[string][]int64{}, zstd: map[string][]byte{}}
+}
+
+// compress returns the zstd form of data, the whole blob d when whole:
+// from Options.StoredZstd's store when it holds it.
+func (c *casService) compress(d digest.Digest, data []byte, whole bool) []byte {
+	if !c.s.o.StoredZstd || !whole {
+		return encoder.EncodeAll(data, nil)
+	}
+	c.mu.Lock()
+	z, ok := c.zstd[d.Hash]
+	c.mu.Unlock()
+	if !ok {
+		z = encoder.EncodeAll(data, nil)
+		c.mu.Lock()
+		c.zstd[d.Hash] = z
+		c.mu.Unlock()
+	}
+	return z
 }
 
 var encoder = func() *zstd.Encoder {
@@ -43,12 +62,14 @@ var encoder = func() *zstd.Encoder {
 func (c *casService) lose(hash string) {
 	c.mu.Lock()
 	c.lost[hash] = true
+	delete(c.zstd, hash)
 	c.mu.Unlock()
 }
 
 func (c *casService) found(hash string) {
 	c.mu.Lock()
 	delete(c.lost, hash)
+	delete(c.zstd, hash) // written again: compress what is stored now
 	c.mu.Unlock()
 }
 
@@ -134,12 +155,13 @@ func (c *casService) Read(req *bspb.ReadRequest, stream bsgrpc.ByteStream_ReadSe
 	if !ok {
 		return status.Errorf(codes.NotFound, "fake: blob %s not found", r.d)
 	}
+	whole := off == 0 && limit == 0
 	data = data[off:]
 	if limit > 0 && limit < int64(len(data)) {
 		data = data[:limit]
 	}
 	if r.compressed {
-		data = encoder.EncodeAll(data, nil)
+		data = c.compress(r.d, data, whole)
 	}
 	for len(data) > 0 {
 		n := min(len(data), c.s.o.ChunkSize)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"strconv"
@@ -320,5 +321,57 @@ func TestKeepExisting(t *testing.T) {
 	}
 	if s.CAS.BlobWrites(d) != 0 {
 		t.Fatal("the fake stored the blob again")
+	}
+}
+
+// TestStoredZstdServesTheSameBlob: with StoredZstd a blob read whole as
+// compressed-blobs is served from its kept zstd form, which decodes to the
+// blob, read after read; a read from an offset still gets the rest.
+func TestStoredZstdServesTheSameBlob(t *testing.T) {
+	s := NewServer(t, Options{Zstd: true, StoredZstd: true})
+	data := bytes.Repeat([]byte("stored zstd form of a blob, "), 40000)
+	d := s.CAS.Put(data)
+	bs := dial(t, s).bs
+	read := func(off int64) []byte {
+		t.Helper()
+		stream, err := bs.Read(context.Background(), &bspb.ReadRequest{ResourceName: fmt.Sprintf("%s/compressed-blobs/zstd/%s/%d", Instance, d.Hash, d.Size), ReadOffset: off})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var z []byte
+		for {
+			resp, err := stream.Recv()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			z = append(z, resp.GetData()...)
+		}
+		dec, err := zstd.NewReader(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dec.Close()
+		out, err := dec.DecodeAll(z, nil)
+		if err != nil {
+			t.Fatalf("decode: %v", err)
+		}
+		return out
+	}
+	for i := 0; i < 3; i++ {
+		if got := read(0); !bytes.Equal(got, data) {
+			t.Fatalf("read %d: %d bytes, not the blob", i, len(got))
+		}
+	}
+	if got := read(1000); !bytes.Equal(got, data[1000:]) {
+		t.Fatalf("read from 1000: %d bytes, not the rest of the blob", len(got))
+	}
+	s.cas.mu.Lock()
+	kept := len(s.cas.zstd)
+	s.cas.mu.Unlock()
+	if kept != 1 {
+		t.Fatalf("%d zstd forms kept, want 1 (the whole blob's)", kept)
 	}
 }

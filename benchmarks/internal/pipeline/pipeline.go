@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -265,6 +266,9 @@ func (e *env) open(ctx context.Context, dir string, o options) (*strata.Host, er
 	cfg.TagTTL, cfg.ProofTTL = strata.Duration(time.Hour), strata.Duration(time.Hour)
 	cfg.NoAdmin = true
 	cfg.OverlayRoot, cfg.Ext4Dir = o.overlayRoot, o.ext4Dir
+	if os.Getenv("STRATA_HARNESS_LOG") != "" {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	if e.job.MemoryBudget != nil {
 		cfg.MemoryBudget = strata.Size(*e.job.MemoryBudget)
 	}

@@ -27,7 +27,8 @@ type Server struct {
 
 // Options are those of Start: Zstd makes the server advertise zstd
 // compressed-blobs and batch compression, as bazel-remote, Buildbarn and
-// BuildBuddy do.
+// BuildBuddy do, and keep the zstd form of what it served compressed
+// (reapitest.Options.StoredZstd).
 type Options struct {
 	Zstd bool
 }
@@ -45,10 +46,10 @@ func Start(o Options) (s *Server, err error) {
 			panic(r)
 		}
 	}()
-	srv := reapitest.NewServer(tb, reapitest.Options{Zstd: o.Zstd})
+	srv := reapitest.NewServer(tb, reapitest.Options{Zstd: o.Zstd, StoredZstd: o.Zstd})
 	desc := "the REAPI SDK's fake CAS (in memory) over gRPC on 127.0.0.1, served by the harness process, ByteStream messages of 64 KiB (the fake's default)"
 	if o.Zstd {
-		desc += ", zstd compressed-blobs advertised (the fake compresses on every compressed read)"
+		desc += ", zstd compressed-blobs advertised; a blob read compressed is compressed once and its zstd form kept for later reads (as bazel-remote stores blobs zstd-compressed by default)"
 	}
 	return &Server{Endpoint: srv.Endpoint(), Desc: desc, tb: tb}, nil
 }
