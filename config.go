@@ -26,7 +26,7 @@ import (
 // Defaults used by Default and for zero fields.
 const (
 	defaultMemoryBudget  = Size(256 << 20)
-	defaultMemoryMaxBlob = Size(16 << 20)
+	defaultMemoryMaxBlob = Size(4 << 20)
 	defaultDiskBudget    = Size(10 << 30)
 	defaultOverlayBudget = Size(10 << 30)
 	defaultExt4Budget    = Size(10 << 30)
@@ -75,7 +75,7 @@ type Config struct {
 	// MemoryBudget is the memory tier's byte budget; 0 disables the
 	// memory tier.
 	MemoryBudget Size `json:"memory"`
-	// MemoryMaxBlob is the largest blob the memory tier keeps (0: 16 MiB;
+	// MemoryMaxBlob is the largest blob the memory tier keeps (0: 4 MiB;
 	// never more than MemoryBudget).
 	MemoryMaxBlob Size `json:"memory-max-blob,omitempty"`
 	// DiskBudget bounds the disk tier's blob bytes (LRU eviction above

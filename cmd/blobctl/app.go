@@ -134,7 +134,7 @@ func (a *app) rootCommand() *cobra.Command {
 func bindConfigFlags(fs *pflag.FlagSet, c *strata.Config) {
 	fs.StringVar(&c.Root, "root", c.Root, "disk tier root `DIR`")
 	fs.Var(&c.MemoryBudget, "memory", "memory tier `SIZE` (e.g. 256MiB; 0 disables it)")
-	fs.Var(&c.MemoryMaxBlob, "memory-max-blob", "largest blob the memory tier keeps (default 16MiB)")
+	fs.Var(&c.MemoryMaxBlob, "memory-max-blob", "largest blob the memory tier keeps (default 4MiB)")
 	fs.Var(&c.DiskBudget, "disk-budget", "disk tier budget `SIZE` (0: unbounded)")
 	fs.StringVar(&c.RemoteEndpoint, "remote", c.RemoteEndpoint, "shared REAPI tier `grpc://HOST:PORT` or grpcs://HOST[:PORT]")
 	fs.StringVar(&c.RemoteInstance, "remote-instance", c.RemoteInstance, "REAPI instance `NAME`")
