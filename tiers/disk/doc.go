@@ -7,6 +7,8 @@
 // Under the root directory:
 //
 //	LOCK                        held with flock(LOCK_EX) while a Tier is open
+//	SESSION                     the boot id, while a Tier is open (see Guarantees)
+//	SUSPECT                     after a machine crash, until a Verify completes
 //	blobs/sha256/ab/<hex>       one file per blob, named by its digest
 //	tmp/                        temp files of Puts and staging files (same filesystem)
 //	index/                      Badger: blob rows (size, last access) and refs
@@ -15,12 +17,33 @@
 // # Guarantees
 //
 // A blob becomes visible all-or-nothing: Put writes a temp file while hashing
-// it, fsyncs it, checks digest and size, renames it into place and fsyncs the
-// directory, and only then records the index row. A crash at any point leaves
-// at most a temp file or a file without a row; Open reconciles the index with
-// the files (see ReconcileStats). Reads hash as they stream and fail at EOF
-// with a *blob.MismatchError if a file rotted, after which the entry is
-// dropped, so the caller can treat the error as a miss and refetch.
+// it, checks digest and size, renames it into place and only then records
+// the index row, so no reader, in this process or another, ever sees part
+// of a blob while the system runs. A crash of the process at any point
+// leaves at most a temp file or a file without a row (the page cache still
+// holds what was written); Open reconciles the index with the files (see
+// ReconcileStats). Reads hash as they stream and fail at EOF with a
+// *blob.MismatchError if a file rotted, after which the entry is dropped,
+// so the caller can treat the error as a miss and refetch.
+//
+// Put does not fsync: a background syncer fsyncs each committed file and
+// then its directory, and Close returns only once every blob is durable.
+// (The fsyncs were a fifth of a cold image fetch, and every read hashes the
+// blob anyway.) A blob the syncer cannot make durable is logged and dropped.
+// So a power loss or kernel crash may leave an index row whose file is torn.
+// To know, Open writes root/SESSION with the boot id and a clean Close
+// removes it. An Open that finds it from another boot marks the tier
+// suspect (root/SUSPECT, logged once) until a Verify pass completes with
+// only good blobs left: meanwhile OpenBlobFile, the one way out that hands
+// a file over instead of streaming it through a hash, hashes each blob
+// before its first handout and drops a torn one. A torn file without a row
+// is hashed by reconcile like any orphan. A Put of a blob the tier holds
+// but has not verified since the crash writes it again. An Open that finds
+// SESSION from this boot (only the process died) flushes the filesystem
+// once (syncfs), so the next clean Close can vouch for those files too.
+// OpenBlobFile fsyncs the file it returns, so a hard link of it is durable.
+// If SESSION cannot be written, Puts fsync before they return, as staged
+// blobs always do (see CommitStaged).
 //
 // Only one Tier may hold a root at a time, in this process or any other:
 // a second Open fails with an error wrapping ErrLocked. Tools that must work

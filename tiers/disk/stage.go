@@ -194,18 +194,27 @@ func (t *Tier) DiscardStaged(f *os.File) error {
 // OpenBlobFile opens the file of blob d read-only, for a caller that hands
 // the blob out as a hard link of that very file (linking the descriptor)
 // instead of copying it, and returns it with the blob's Info. The file is
-// the blob as committed and the tier never writes it, but it may have
-// rotted on disk: the caller must hash it before handing it out. It counts
-// as an access, like Open. The caller closes the file. Errors wrap
-// blob.ErrNotFound for a blob the tier does not hold.
+// the blob as committed and the tier never writes it; it is on disk
+// (fsynced) before it is returned, so a link of it survives a power loss.
+// After a machine crash with the tier open (see the package doc,
+// Guarantees) the tier hashes the file before it first hands it out, and
+// drops an entry whose file was torn. It may still have rotted on disk
+// since: the caller must hash it before handing it out. It counts as an
+// access, like Open. The caller closes the file. Errors wrap
+// blob.ErrNotFound for a blob the tier does not hold (or no longer holds
+// intact).
 func (t *Tier) OpenBlobFile(ctx context.Context, d blob.Digest) (*os.File, blob.Info, error) {
-	f, _, r, err := t.openFile(ctx, d)
+	f, hex, r, err := t.openFile(ctx, d)
 	if err != nil {
 		return nil, blob.Info{}, err
 	}
 	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() != r.size {
 		f.Close()
 		return nil, blob.Info{}, fmt.Errorf("disk %q: open %s: %w: the file does not match its index row", t.cfg.Name, d, blob.ErrNotFound)
+	}
+	if err := t.readyForHandout(ctx, d, hex, f, r.size); err != nil {
+		f.Close()
+		return nil, blob.Info{}, err
 	}
 	return f, t.info(d, r), nil
 }

@@ -60,6 +60,10 @@ type Tier struct {
 	stageMu sync.Mutex
 	staged  map[*os.File]*staging
 
+	// dur tracks blobs Put has not made durable yet, for the syncer, and
+	// whether the tier is suspect after a machine crash (see durable.go).
+	dur durable
+
 	blobs, bytes atomic.Int64
 	recon        ReconcileStats
 	forgotten    []string // hex of the rows reconcile forgot (see Forgotten)
@@ -82,8 +86,9 @@ var _ blob.Tier = (*Tier)(nil)
 // Open opens or creates the tier at cfg.Root, makes it private (mode 0700;
 // a root owned by another user is refused with an error wrapping
 // fs.ErrPermission), locks it (see ErrLocked),
-// reconciles the index with the files (see ReconcileStats) and starts the
-// background flusher and evictor.
+// reconciles the index with the files (see ReconcileStats), records the
+// session (see the package doc, Guarantees) and starts the background
+// flusher, evictor and syncer.
 //
 // A damaged index (one Badger refuses or panics on) is moved aside to
 // root/index.damaged-<time> and rebuilt from the blob files; its refs are
@@ -147,11 +152,13 @@ func Open(cfg Config) (*Tier, error) {
 			"tempRemoved", t.recon.TempRemoved, "rowsForgotten", t.recon.RowsForgotten,
 			"orphansAdopted", t.recon.OrphansAdopted, "orphansRemoved", t.recon.OrphansRemoved)
 	}
+	t.startSession()
 	ctx, stop := context.WithCancel(context.Background())
 	t.stop = stop
-	t.wg.Add(2)
+	t.wg.Add(3)
 	go t.flusher(ctx)
 	go t.evictor(ctx)
+	go t.syncer(ctx)
 	t.maybeEvict()
 	return t, nil
 }
@@ -178,9 +185,10 @@ func (t *Tier) makeDirs() error {
 	return nil
 }
 
-// fanOut makes sure the fan-out directory of hex exists, durably. The
+// fanOut makes sure the fan-out directory of hex exists: durably, or
+// with durable false, recorded for the syncer to make durable. The
 // caller holds hex's stripe, which covers exactly that directory.
-func (t *Tier) fanOut(hex string) error {
+func (t *Tier) fanOut(hex string, durable bool) error {
 	i := stripeIndex(hex)
 	if t.fanOK[i].Load() {
 		return nil
@@ -190,7 +198,9 @@ func (t *Tier) fanOut(hex string) error {
 		return err
 	}
 	if err == nil {
-		if err := syncDir(t.blobDir); err != nil {
+		if !durable {
+			t.fanMade()
+		} else if err := syncDir(t.blobDir); err != nil {
 			return err
 		}
 	}
@@ -207,16 +217,20 @@ func (t *Tier) Root() string { return t.root }
 // Reconciled reports what Open repaired in the index and files.
 func (t *Tier) Reconciled() ReconcileStats { return t.recon }
 
-// Close flushes buffered access times, stops background work, closes the
-// index and releases the root lock. Readers already handed out keep working
-// (their files stay open) but no longer refresh access times. Calls after
-// Close fail with an error wrapping blob.ErrUnavailable.
+// Close flushes buffered access times, stops background work, makes every
+// blob durable (fsyncs what Puts left to the syncer), closes the index and
+// releases the root lock. Readers already handed out keep working (their
+// files stay open) but no longer refresh access times. Calls after Close
+// fail with an error wrapping blob.ErrUnavailable.
 func (t *Tier) Close() error {
 	if !t.closing.CompareAndSwap(false, true) {
 		return t.errClosed()
 	}
 	t.stop()
 	t.wg.Wait()
+	// What the syncer had not reached; a blob that fails to sync is
+	// dropped, row and all.
+	durable := t.syncPending(true)
 	t.evictMu.Lock() // an EvictTo called by a user finishes first
 	defer t.evictMu.Unlock()
 	if rows, refs := t.hiddenCounts(); rows+refs > 0 {
@@ -230,8 +244,17 @@ func (t *Tier) Close() error {
 	ferr := t.flush()
 	t.life.Lock()
 	t.closed = true
+	t.life.Unlock()
+	// No row can be written from here on: sync the commits of Puts that
+	// raced with Close (their rows were written before closed was set).
+	// No lock is held: a commit holding its stripe fails fast now.
+	if !t.syncPending(false) {
+		durable = false
+	}
+	t.life.Lock()
 	err := t.db.Close()
 	t.life.Unlock()
+	t.endSession(durable && err == nil)
 	if lerr := t.lock.unlock(); err == nil {
 		err = lerr
 	}
@@ -487,11 +510,14 @@ func (t *Tier) removeFileFirstLocked(hex string) (existed bool, size int64, err 
 }
 
 // Put implements blob.CAS: temp file, hash while writing (leaving holes for
-// zero blocks), fsync, verify, rename, fsync the directory, index row.
-// A blob already present is not read again. On any failure nothing is
-// visible and the temp file is gone. Errors wrap blob.ErrMismatch,
-// blob.ErrTooLarge, the context's error, or the I/O error (ENOSPC stays
-// testable with errors.Is).
+// zero blocks), verify, rename, index row. The blob is visible, all or
+// nothing, when Put returns; it is durable once the background syncer has
+// fsynced its file and directory, and at the latest when Close returns
+// (see the package doc, Guarantees). A blob already present is not read
+// again (after a machine crash, until it is verified, it is). On any
+// failure nothing is visible and the temp file is gone.
+// Errors wrap blob.ErrMismatch, blob.ErrTooLarge, the context's error, or
+// the I/O error (ENOSPC stays testable with errors.Is).
 func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) error {
 	hex, err := t.check(d)
 	if err != nil {
@@ -506,9 +532,11 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("disk %q: put %s: %w", t.cfg.Name, d, err)
 	}
+	// A blob already held is not stored again, unless a machine crash may
+	// have torn its file (see trusted).
 	if cur, found, err := t.lookup(hex); err != nil {
 		return fmt.Errorf("disk %q: put %s: %w", t.cfg.Name, d, err)
-	} else if found && cur.size == size {
+	} else if found && cur.size == size && t.trusted(hex) {
 		if fi, err := os.Lstat(t.path(hex)); err == nil && fi.Mode().IsRegular() && fi.Size() == size {
 			t.touch(hex, row{size: size, atime: t.now()})
 			return nil
@@ -527,6 +555,9 @@ func (t *Tier) Put(ctx context.Context, d blob.Digest, size int64, r io.Reader) 
 	return nil
 }
 
+// writeAndCommit writes, verifies and commits one Put. It does not fsync:
+// the commit hands the blob to the syncer (unless the session could not
+// be recorded at Open, see startSession: then it fsyncs as it commits).
 func (t *Tier) writeAndCommit(ctx context.Context, d blob.Digest, hex string, size int64, r io.Reader) (err error) {
 	f, err := os.CreateTemp(t.tmpDir, hex[:16]+"-*")
 	if err != nil {
@@ -548,19 +579,29 @@ func (t *Tier) writeAndCommit(ctx context.Context, d blob.Digest, hex string, si
 	if err := w.finish(); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return err
+	durable := !t.dur.async
+	if durable {
+		if err := fsyncFile(f, tmp); err != nil {
+			return err
+		}
 	}
 	cerr := f.Close()
 	f = nil
 	if cerr != nil {
 		return cerr
 	}
-	return t.commit(hex, tmp, size)
+	return t.commitAs(hex, tmp, size, durable)
 }
 
-// commit moves a verified temp file into place and records its row.
+// commit moves a verified, fsynced temp file into place durably (the
+// directory is fsynced) and records its row.
 func (t *Tier) commit(hex, tmp string, size int64) error {
+	return t.commitAs(hex, tmp, size, true)
+}
+
+// commitAs is commit; with durable false the file is not fsynced yet and
+// neither is the directory: the blob goes to the syncer.
+func (t *Tier) commitAs(hex, tmp string, size int64, durable bool) error {
 	mu := t.stripe(hex)
 	mu.Lock()
 	defer mu.Unlock()
@@ -575,7 +616,7 @@ func (t *Tier) commit(hex, tmp string, size int64) error {
 	}
 	final := t.path(hex)
 	hidden := t.rowHidden(hex) // deleted while the index could not be written
-	if found && !hidden && cur.size == size {
+	if found && !hidden && cur.size == size && t.trusted(hex) {
 		if fi, err := os.Lstat(final); err == nil && fi.Mode().IsRegular() && fi.Size() == size {
 			// A concurrent Put won; ours is a duplicate.
 			os.Remove(tmp)
@@ -588,15 +629,21 @@ func (t *Tier) commit(hex, tmp string, size int64) error {
 	if err := t.indexWritable(); err != nil {
 		return err
 	}
-	if err := t.fanOut(hex); err != nil {
+	if err := t.fanOut(hex, durable); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, final); err != nil {
 		return err
 	}
-	if err := syncDir(filepath.Dir(final)); err != nil {
-		return err
+	if durable {
+		if err := t.syncDirsOf(hex); err != nil {
+			return err
+		}
+	} else {
+		// Before the row: Close syncs every blob whose row it lets in.
+		t.markUnsynced(hex)
 	}
+	t.noteVerified(hex) // written by this process
 	nr := row{size: size, atime: t.now()}
 	err = t.update(func(txn *badger.Txn) error {
 		var err error
@@ -728,7 +775,12 @@ func syncDir(dir string) error {
 	if err != nil {
 		return err
 	}
-	err = f.Sync()
+	if h := fsyncHook; h != nil {
+		err = h("dir", dir)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

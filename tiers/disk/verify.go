@@ -17,19 +17,25 @@ import (
 // blob.ErrMismatch for rotten content, blob.ErrNotFound for a missing file.
 // With remove, such entries are dropped (a missing file's row is always
 // forgotten). Verify returns only errors that stopped it (ctx, index).
+// A pass that completes and leaves only good blobs ends the suspicion
+// after a machine crash (see the package doc, Guarantees).
 func (t *Tier) Verify(ctx context.Context, remove bool, fn func(info blob.Info, err error)) error {
-	return t.scanRows(ctx, func(hex string, r row) error {
+	clean := true
+	err := t.scanRows(ctx, func(hex string, r row) error {
 		d := blob.Digest("sha256:" + hex)
 		info := t.info(d, r)
 		verr := t.verifyOne(ctx, d, hex, r.size, remove)
 		if verr != nil && ctx.Err() != nil {
 			return fmt.Errorf("disk %q: verify: %w", t.cfg.Name, ctx.Err())
 		}
+		clean = clean && verifyClean(verr, remove)
 		if fn != nil {
 			fn(info, verr)
 		}
 		return nil
 	})
+	t.verifyPassDone(err, clean)
+	return err
 }
 
 func (t *Tier) verifyOne(ctx context.Context, d blob.Digest, hex string, size int64, remove bool) error {
