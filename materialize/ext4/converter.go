@@ -553,6 +553,7 @@ func (c *Converter) produce(ctx context.Context, img manifest.Image, dv derivati
 		// The ref outlived its blob, the blob was corrupt, or it is not an
 		// image this version can finish: convert again (and replace the ref).
 	case blob.IsMiss(err):
+		c.cfg.Logger.Debug("ext4: no derived image stored; converting", "image", dv.digest, "key", dv.key.String(), "store", dv.store.Name(), "err", err)
 	default:
 		return nil, fmt.Errorf("ext4: get derivation ref for %s from %s: %w", dv.digest, dv.store.Name(), err)
 	}
@@ -578,6 +579,9 @@ func (c *Converter) download(ctx context.Context, dv derivation, ref blob.Ref) (
 	}
 	if r, ok := c.linkStaged(ctx, dv, ref); ok { // no copy: the local tier's own file
 		return r, nil
+	}
+	if r, ok, err := c.downloadStaged(ctx, dv, ref); err != nil || ok {
+		return r, err
 	}
 	rc, _, err := dv.store.Open(ctx, ref.Digest)
 	if err != nil {

@@ -64,8 +64,12 @@
 // evict its name of the blob while a handout keeps the file (its usage
 // drops at once, the disk space when the handout goes too). Images grown
 // by Options, and a WorkDir on another file system than the tier, get a
-// copy of their own. Without a Stager the image is built in WorkDir/tmp,
-// stored through the Store (a copy) and then handed out.
+// copy of their own. A download is written once too: the Store reads the
+// blob from its shared tier through to its verified end, writing it back
+// into the Stager as it streams, and the image handed out is a link of
+// that file (made read-only by the tier). Without a Stager the image is
+// built (or downloaded) in WorkDir/tmp, stored through the Store (a copy)
+// and then handed out.
 //
 // # Limits
 //

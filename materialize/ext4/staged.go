@@ -283,6 +283,32 @@ func growKeeps(f *os.File, size int64, spec growSpec) (bool, error) {
 	return err == nil, err
 }
 
+// downloadStaged reads the derived blob ref names through dv's store to
+// its verified end, discarding the bytes: the store (a tiers.Stack) writes
+// it back into its local tier, the Stager, as it streams, and its end
+// comes only after that write-back committed. The image is then the
+// Stager's file, handed out by linkStaged: one full write of it, where a
+// copy into WorkDir next to the write-back made two. ok is false when the
+// Stager did not take the blob (too large for it, say, or a store that
+// writes nothing back); the caller copies it then.
+func (c *Converter) downloadStaged(ctx context.Context, dv derivation, ref blob.Ref) (r *Result, ok bool, err error) {
+	if c.cfg.Stager == nil || dv.store == blob.Tier(c.cfg.Stager) {
+		return nil, false, nil
+	}
+	rc, _, err := dv.store.Open(ctx, ref.Digest)
+	if err != nil {
+		return nil, false, fmt.Errorf("ext4: open derived image %s from %s: %w", ref.Digest, dv.store.Name(), err)
+	}
+	v := blob.NewVerifier(rc, ref.Digest, ref.Size, nil)
+	_, err = io.CopyBuffer(io.Discard, withCtx(ctx, v), make([]byte, 1<<20))
+	rc.Close()
+	if err != nil {
+		return nil, false, fmt.Errorf("ext4: download derived image %s from %s: %w", ref.Digest, dv.store.Name(), err)
+	}
+	r, ok = c.linkStaged(ctx, dv, ref)
+	return r, ok, nil
+}
+
 // linkStaged hands out the derived blob ref names as a hard link of the
 // Stager's own file, without copying it: when the Stager holds it as a
 // read-only (0400) file, dv's options leave its bytes as they are, and it

@@ -596,3 +596,52 @@ func TestRottenTierFileIsNotLinked(t *testing.T) {
 	}
 	e2fsck(t, r2.Path)
 }
+
+// TestDerivedImageDownloadWrittenOnce: an executor whose local tiers are
+// empty downloads the derived image another one stored in the shared tier,
+// and writes it once: the stack's write-back into the disk tier is the
+// image (the handout is a read-only link of that file), not a second copy
+// in WorkDir next to it.
+func TestDerivedImageDownloadWrittenOnce(t *testing.T) {
+	dir := accountedDir(t)
+	img, _, _ := genImage(t, dir, 8, []genSpec{{files: 300, bytes: 48 << 20}})
+	shared := memory.New(memory.Config{Name: "shared", Budget: 1 << 30, MaxBlob: 512 << 20})
+	ctx := context.Background()
+	a := newStagedHost(t, filepath.Join(dir, "a"), shared, true)
+	if _, err := a.conv.Materialize(ctx, img, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.conv.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	b := newStagedHost(t, filepath.Join(dir, "b"), shared, true)
+	before := writeBytes()
+	r, err := b.conv.Materialize(ctx, img, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	written := writeBytes() - before
+	if st := b.conv.Stats(); !r.FromCache || st.Downloads != 1 || st.Conversions != 0 {
+		t.Fatalf("from cache %v, stats %+v: want one download", r.FromCache, st)
+	}
+	data := allocatedBytes(t, r.Path)
+	t.Logf("downloaded image: %d MiB allocated; written: %d MiB (%.2f full writes)", data>>20, written>>20, float64(written)/float64(data))
+	if limit := data + data/8 + 4<<20; written > limit {
+		t.Errorf("the download wrote %d bytes for an image of %d allocated bytes: more than one full write plus metadata (limit %d)", written, data, limit)
+	}
+	bi, err := os.Stat(b.blobPath(r.Digest))
+	if err != nil {
+		t.Fatalf("the disk tier does not hold the downloaded image: %v", err)
+	}
+	fi, err := os.Stat(r.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(fi, bi) || fi.Mode().Perm() != 0o400 {
+		t.Errorf("handout mode %v, same file as the tier's blob: %v; want a read-only link", fi.Mode().Perm(), os.SameFile(fi, bi))
+	}
+	if got := hashPath(t, r.Path); got != r.Digest {
+		t.Fatalf("the handout hashes to %s, want %s", got, r.Digest)
+	}
+}

@@ -199,7 +199,9 @@ func (t *Tier) DiscardStaged(f *os.File) error {
 // After a machine crash with the tier open (see the package doc,
 // Guarantees) the tier hashes the file before it first hands it out, and
 // drops an entry whose file was torn. It may still have rotted on disk
-// since: the caller must hash it before handing it out. It counts as an
+// since: the caller must hash it before handing it out. A blob stored by
+// Put (mode 0600) is made read-only (0400) first, as committed staged
+// blobs are, so that a link of it is never writable. It counts as an
 // access, like Open. The caller closes the file. Errors wrap
 // blob.ErrNotFound for a blob the tier does not hold (or no longer holds
 // intact).
@@ -208,13 +210,20 @@ func (t *Tier) OpenBlobFile(ctx context.Context, d blob.Digest) (*os.File, blob.
 	if err != nil {
 		return nil, blob.Info{}, err
 	}
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() != r.size {
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() != r.size {
 		f.Close()
 		return nil, blob.Info{}, fmt.Errorf("disk %q: open %s: %w: the file does not match its index row", t.cfg.Name, d, blob.ErrNotFound)
 	}
 	if err := t.readyForHandout(ctx, d, hex, f, r.size); err != nil {
 		f.Close()
 		return nil, blob.Info{}, err
+	}
+	if fi.Mode().Perm() != 0o400 {
+		if err := f.Chmod(0o400); err != nil {
+			f.Close()
+			return nil, blob.Info{}, fmt.Errorf("disk %q: open %s: make it read-only: %w", t.cfg.Name, d, err)
+		}
 	}
 	return f, t.info(d, r), nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -275,5 +276,40 @@ func TestStageRefusals(t *testing.T) {
 	tr.DiscardStaged(f)
 	if ents := dirEntries(t, filepath.Join(root, "tmp")); len(ents) != 0 {
 		t.Fatalf("tmp holds %v", ents)
+	}
+}
+
+// TestOpenBlobFileMakesPutBlobsReadOnly: a blob stored by Put (0600) is
+// read-only (0400) once OpenBlobFile has handed it out, so a hard link of
+// it is never writable; its bytes are unchanged and reads still verify.
+func TestOpenBlobFileMakesPutBlobsReadOnly(t *testing.T) {
+	tr := openTier(t, Config{})
+	ctx := context.Background()
+	data := randomBytes(5, 300<<10)
+	d := put(t, tr, data)
+	fi, err := os.Stat(tr.path(d.Encoded()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() == 0o400 {
+		t.Fatalf("a Put blob is already 0400: the test shows nothing")
+	}
+	f, info, err := tr.OpenBlobFile(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if info.Digest != d || info.Size != int64(len(data)) {
+		t.Fatalf("info %+v", info)
+	}
+	if hi, err := f.Stat(); err != nil || hi.Mode().Perm() != 0o400 {
+		t.Fatalf("handed-out blob file %v, %v: want mode 0400", hi, err)
+	}
+	got, err := io.ReadAll(f)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("handed-out blob file: %d bytes, %v; want the blob", len(got), err)
+	}
+	if got, err := readAll(tr, d); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("Open after the handout: %d bytes, %v; want the blob", len(got), err)
 	}
 }
