@@ -1,6 +1,7 @@
 package reapitest
 
 import (
+	"bytes"
 	"context"
 	"strconv"
 	"strings"
@@ -192,25 +193,44 @@ func (c *casService) Write(stream bsgrpc.ByteStream_WriteServer) error {
 		}
 		return stream.SendAndClose(&bspb.WriteResponse{CommittedSize: committed})
 	}
-	if err := c.CAS.Write(&replayStream{ByteStream_WriteServer: stream, first: first}); err != nil {
+	rs := &replayStream{ByteStream_WriteServer: stream, first: first}
+	if r.compressed && c.s.o.StoredZstd {
+		rs.keep = new(bytes.Buffer)
+	}
+	if err := c.CAS.Write(rs); err != nil {
 		return err
 	}
 	c.found(r.d.Hash)
+	if rs.keep != nil { // the fake verified it: its zstd form as uploaded
+		c.mu.Lock()
+		c.zstd[r.d.Hash] = rs.keep.Bytes()
+		c.mu.Unlock()
+	}
 	return nil
 }
 
-// replayStream hands the fake the first request again.
+// replayStream hands the fake the first request again, and keeps the
+// data it passes on when keep is set.
 type replayStream struct {
 	bsgrpc.ByteStream_WriteServer
 	first *bspb.WriteRequest
+	keep  *bytes.Buffer
 }
 
 func (r *replayStream) Recv() (*bspb.WriteRequest, error) {
-	if f := r.first; f != nil {
+	req := r.first
+	if req != nil {
 		r.first = nil
-		return f, nil
+	} else {
+		var err error
+		if req, err = r.ByteStream_WriteServer.Recv(); err != nil {
+			return nil, err
+		}
 	}
-	return r.ByteStream_WriteServer.Recv()
+	if r.keep != nil {
+		r.keep.Write(req.GetData())
+	}
+	return req, nil
 }
 
 // FindMissingBlobs also reports lost blobs missing.

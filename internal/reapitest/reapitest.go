@@ -61,11 +61,12 @@ type Options struct {
 	// ChunkSize is the data size of one ByteStream ReadResponse; default
 	// 64 KiB.
 	ChunkSize int
-	// StoredZstd keeps the zstd form of a blob once it has been read
-	// whole as compressed-blobs, and serves later such reads from it, as
-	// servers that store blobs compressed do (bazel-remote's default
-	// storage mode) instead of compressing on every read as the SDK fake
-	// does. Reads from an offset still compress the rest.
+	// StoredZstd keeps the zstd form of a blob (as uploaded to
+	// compressed-blobs, or made at its first whole compressed read) and
+	// serves whole compressed-blobs reads from it, as servers that store
+	// blobs compressed do (bazel-remote's default storage mode) instead
+	// of compressing on every read as the SDK fake does. Reads from an
+	// offset still compress the rest.
 	StoredZstd bool
 	// Unary and Stream are extra interceptors, run after the fault
 	// injector (closer to the fake).

@@ -374,4 +374,41 @@ func TestStoredZstdServesTheSameBlob(t *testing.T) {
 	if kept != 1 {
 		t.Fatalf("%d zstd forms kept, want 1 (the whole blob's)", kept)
 	}
+
+	// A compressed upload is kept as uploaded and served as such.
+	up := bytes.Repeat([]byte("uploaded compressed, "), 50000)
+	enc, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := enc.EncodeAll(up, nil)
+	ud := digest.NewFromBlob(up)
+	ws, err := bs.Write(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := fmt.Sprintf("%s/uploads/%s/compressed-blobs/zstd/%s/%d", Instance, "9f3c8e4a-1b2d-4c5e-8f6a-7b8c9d0e1f2a", ud.Hash, ud.Size)
+	for off := 0; off < len(z); off += 64 << 10 {
+		end := min(off+64<<10, len(z))
+		req := &bspb.WriteRequest{WriteOffset: int64(off), Data: z[off:end], FinishWrite: end == len(z)}
+		if off == 0 {
+			req.ResourceName = name
+		}
+		if err := ws.Send(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ws.CloseAndRecv(); err != nil {
+		t.Fatalf("compressed upload: %v", err)
+	}
+	s.cas.mu.Lock()
+	stored := s.cas.zstd[ud.Hash]
+	s.cas.mu.Unlock()
+	if !bytes.Equal(stored, z) {
+		t.Fatalf("kept zstd form of the upload: %d bytes, want the %d uploaded", len(stored), len(z))
+	}
+	d = ud
+	if got := read(0); !bytes.Equal(got, up) {
+		t.Fatalf("read of the uploaded blob: %d bytes, not the blob", len(got))
+	}
 }

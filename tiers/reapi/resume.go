@@ -164,11 +164,32 @@ func (r *resumingReader) resume(err error) error {
 
 // switchToZstd replaces the identity stream, whose received message is
 // delivered, by a compressed-blobs/zstd stream of the rest of the blob.
+// The new stream starts at the blob's first byte and the delivered head
+// is decompressed again and dropped: a server that stores blobs
+// compressed (bazel-remote's default) serves a whole blob as stored,
+// while a read from an offset makes it compress the rest anew (the SDK
+// fake took seconds per read of a 578 MB image that way). The head is
+// one message; the verifier above still judges every delivered byte.
 func (r *resumingReader) switchToZstd() error {
 	r.toZstd = false
 	r.close()
 	r.zstd, r.ranged, r.end = true, false, r.size
-	if err := r.open(); err != nil {
+	delivered := r.off
+	r.off = 0
+	err := r.open()
+	if err == nil {
+		var n int64
+		n, err = io.CopyN(io.Discard, r.dec, delivered)
+		if err != nil {
+			r.close()
+			if err == io.EOF {
+				err = fmt.Errorf("%w: the compressed stream ended at byte %d, before the %d bytes already read", blob.ErrMismatch, n, delivered)
+				r.onCorrupt(err)
+			}
+		}
+	}
+	r.off = delivered
+	if err != nil {
 		if errors.Is(err, blob.ErrNotFound) {
 			r.t.forget(r.d)
 			return fmt.Errorf("reapi %q: read %s: %w: the blob vanished at byte %d (%v)",
