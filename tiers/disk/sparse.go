@@ -6,8 +6,6 @@ import (
 	"io"
 	"os"
 	"sync"
-
-	"golang.org/x/sys/unix"
 )
 
 // holeBlock is the granularity of hole detection: an all-zero block of this
@@ -29,26 +27,6 @@ var (
 type sparseWriter struct {
 	f   *os.File
 	off int64
-	// kicked is the offset up to which writeback has been started (see
-	// kick).
-	kicked int64
-}
-
-// writebackChunk is how much a sparseWriter writes before it asks the
-// kernel to start writing those pages back (kick).
-const writebackChunk = 8 << 20
-
-// kick starts the writeback of what was written since the last kick,
-// without waiting for it (sync_file_range SYNC_FILE_RANGE_WRITE, as
-// RocksDB's bytes_per_sync does): the syncer's fsync (or Close's) then
-// finds most of the blob on disk already, and dirty pages do not pile up
-// while a large blob streams in. It is a hint: its error is ignored (the
-// fsync reports a real one).
-func (w *sparseWriter) kick(force bool) {
-	if n := w.off - w.kicked; n >= writebackChunk || (force && n > 0) {
-		_ = unix.SyncFileRange(int(w.f.Fd()), w.kicked, n, unix.SYNC_FILE_RANGE_WRITE)
-		w.kicked = w.off
-	}
 }
 
 // Write implements io.Writer.
@@ -85,7 +63,6 @@ func (w *sparseWriter) Write(p []byte) (int, error) {
 	if err := flush(); err != nil {
 		return total - len(p), err
 	}
-	w.kick(false)
 	return total, nil
 }
 
@@ -114,7 +91,4 @@ func (w *sparseWriter) ReadFrom(r io.Reader) (int64, error) {
 }
 
 // finish gives the file its full length (a trailing hole is not written).
-func (w *sparseWriter) finish() error {
-	w.kick(true)
-	return w.f.Truncate(w.off)
-}
+func (w *sparseWriter) finish() error { return w.f.Truncate(w.off) }
