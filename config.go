@@ -27,6 +27,8 @@ import (
 const (
 	defaultMemoryBudget  = Size(256 << 20)
 	defaultMemoryMaxBlob = Size(4 << 20)
+	// maxRemoteReadStreams bounds RemoteReadStreams.
+	maxRemoteReadStreams = 64
 	defaultDiskBudget    = Size(10 << 30)
 	defaultOverlayBudget = Size(10 << 30)
 	defaultExt4Budget    = Size(10 << 30)
@@ -100,6 +102,12 @@ type Config struct {
 	// RemoteStallTimeout is how long a started remote read or write may
 	// make no progress before it fails over; 0 means the default, 5s.
 	RemoteStallTimeout Duration `json:"remote-stall-timeout,omitempty"`
+	// RemoteReadStreams is how many ranged ByteStream reads at once read
+	// one large (8 MiB or more) identity blob from the remote tier; 0 or
+	// 1: one stream per blob. More pays where one stream is bound by
+	// latency or a per-stream server limit (a distant cluster); on a
+	// datacenter link one stream is cheaper (see docs/reapi.md).
+	RemoteReadStreams int `json:"remote-read-streams,omitempty"`
 	// RemoteAnonymousShared lets anonymous callers read and write the
 	// shared tier (off: they use only the local tiers).
 	RemoteAnonymousShared bool `json:"remote-anonymous-shared,omitempty"`
@@ -441,6 +449,9 @@ func (c Config) Validate() error {
 	}
 	if c.RemoteEndpoint == "" && (c.RemoteInstance != "" || len(c.RemoteHeaders) > 0 || c.RemoteTLSCA != "" || c.RemoteTLSCert != "" || c.RemoteTLSKey != "") {
 		errs = append(errs, errors.New("remote-*: set without remote (the endpoint)"))
+	}
+	if c.RemoteReadStreams < 0 || c.RemoteReadStreams > maxRemoteReadStreams {
+		errs = append(errs, fmt.Errorf("remote-read-streams %d: want 0 to %d", c.RemoteReadStreams, maxRemoteReadStreams))
 	}
 	if c.RemoteEndpoint != "" {
 		if err := checkEndpoint(c.RemoteEndpoint); err != nil {

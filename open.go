@@ -137,6 +137,7 @@ func Open(ctx context.Context, cfg Config) (_ *Host, err error) {
 			Instance:     cfg.RemoteInstance,
 			Headers:      cfg.RemoteHeaders,
 			StallTimeout: time.Duration(cfg.RemoteStallTimeout),
+			Parallel:     remoteParallel(cfg.RemoteReadStreams),
 			TLS: reapi.TLSConfig{
 				CAFile: cfg.RemoteTLSCA, CertFile: cfg.RemoteTLSCert, KeyFile: cfg.RemoteTLSKey,
 				ServerName: cfg.RemoteTLSServerName,
@@ -407,4 +408,18 @@ func registerDiskMetrics(reg prometheus.Registerer, d *disk.Tier) error {
 		}
 	}
 	return nil
+}
+
+// remoteParallel is the remote tier's parallel-read setting for
+// Config.RemoteReadStreams: one stream per blob unless more are asked
+// for. Measured with the harness (fetch-reapi-hit, SDK fake over gRPC on
+// loopback, 2 cores, 2 x 2 alternating runs of 5): 0.94/0.70 s with one
+// stream vs 1.13/1.08 s with four parts at once; the parts' read-ahead
+// buffers cost a copy each, which only a link that bounds one stream
+// repays.
+func remoteParallel(streams int) reapi.ParallelConfig {
+	if streams <= 1 {
+		return reapi.ParallelConfig{Threshold: -1}
+	}
+	return reapi.ParallelConfig{Streams: streams}
 }

@@ -142,6 +142,7 @@ func bindConfigFlags(fs *pflag.FlagSet, c *strata.Config) {
 	fs.StringVar(&c.RemoteTLSCert, "remote-tls-cert", c.RemoteTLSCert, "PEM client certificate `FILE` (mTLS)")
 	fs.StringVar(&c.RemoteTLSKey, "remote-tls-key", c.RemoteTLSKey, "PEM client key `FILE` (mTLS)")
 	fs.StringVar(&c.RemoteTLSServerName, "remote-tls-server-name", c.RemoteTLSServerName, "server `NAME` to verify in the remote's certificate")
+	fs.IntVar(&c.RemoteReadStreams, "remote-read-streams", c.RemoteReadStreams, "ranged reads at once per large remote blob (`N`; 0 or 1: one stream; raise for a distant cluster)")
 	fs.Var(&c.RemoteStallTimeout, "remote-stall-timeout", "fail over from a remote read or write that makes no progress for `DURATION` (default 5s)")
 	fs.BoolVar(&c.RemoteAnonymousShared, "remote-anonymous-shared", c.RemoteAnonymousShared, "let anonymous pulls read and write the shared remote tier")
 	fs.BoolVar(&c.RemoteNoLeases, "remote-no-leases", c.RemoteNoLeases, "do not collapse registry pulls across executors through leases in the shared remote tier")
