@@ -9,17 +9,21 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/safego"
 	"github.com/strata-oci/strata/internal/trunc"
 )
 
@@ -162,29 +166,151 @@ func parseManifestLine(line string) (manifestEntry, error) {
 
 // hashFunc appends to dst the hex sha256 of the regular file at rel (with
 // its lstat st), or nothing when its content cannot be read (permission).
+// walkLayer calls it from several goroutines at once, for different
+// entries: it must be safe for concurrent use (no buffer or counter shared
+// without a lock or an atomic), and dst is its caller's to append to.
 type hashFunc func(dst []byte, rel string, st *syscall.Stat_t) ([]byte, error)
+
+// walkWorkers is how many goroutines compute the entries of a walkLayer
+// (0: runtime.GOMAXPROCS(0), at least 2). Tests set it.
+var walkWorkers = 0
+
+// walkWindow bounds the entries of a walkLayer in flight: listed, and not
+// yet emitted. Tests set it.
+var walkWindow = 4096
 
 // walkLayer calls emit with the path and the fields of the manifest entry
 // of every entry of dir, in walk order. fields is valid only during the
-// call.
+// call. emit is called on the calling goroutine, one entry at a time; the
+// entries' lstat, link target, sum and extended attributes are computed
+// ahead on several goroutines, so sum is called concurrently (see
+// hashFunc), and for entries after one that fails. The error returned is
+// the first in walk order (no entry after it is emitted): the walk's, one
+// from sum, from emit, or ctx's. walkLayer returns only after every call
+// to sum has returned.
 func walkLayer(ctx context.Context, dir string, sum hashFunc, emit func(path string, fields []byte) error) error {
 	dir = filepath.Clean(dir)
-	prefix := dir + string(filepath.Separator)
-	var fields []byte // reused from entry to entry
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		rel, ok := strings.CutPrefix(p, prefix)
+	workers := walkWorkers
+	if workers <= 0 {
+		workers = max(runtime.GOMAXPROCS(0), 2)
+	}
+	ring := getWalkRing()
+	defer putWalkRing(ring)
+	w := &layerWalk{
+		dir:      dir,
+		prefix:   dir + string(filepath.Separator),
+		sum:      sum,
+		slots:    *ring,
+		inflight: make(chan struct{}, len(*ring)),
+		jobs:     make(chan int, len(*ring)),
+		done:     make(chan int, len(*ring)),
+		quit:     make(chan struct{}),
+	}
+	w.stopAt.Store(math.MaxInt64)
+	var wg sync.WaitGroup
+	defer func() {
+		// Whatever ended the walk (an error, emit's panic), nothing more
+		// is listed or computed, and nothing runs once this returns.
+		w.stopAt.Store(-1)
+		close(w.quit)
+		wg.Wait()
+	}()
+	wg.Go(func() { w.list(ctx) })
+	for range workers {
+		wg.Go(func() { w.compute(ctx) })
+	}
+	return w.emit(emit)
+}
+
+// layerWalk is one walkLayer: a goroutine lists the entries (in walk
+// order, each numbered and given the slot number%len(slots)), workers
+// compute their fields into their slots, and the caller emits the slots
+// in order.
+type layerWalk struct {
+	dir, prefix string
+	sum         hashFunc
+	slots       []walkSlot
+	inflight    chan struct{} // a token per entry listed and not yet emitted
+	jobs        chan int      // entries listed, to compute
+	done        chan int      // entries ready to emit (computed, or listed with nothing to compute)
+	quit        chan struct{} // closed when the walk ends
+	stopAt      atomic.Int64  // the first entry that failed: none after it is needed
+}
+
+// walkSlot is an entry of a walk in flight.
+type walkSlot struct {
+	p, rel string // its path, and that relative to the layer directory
+	fields []byte // its manifest line's fields, once computed
+	err    error  // the error that ends the walk here
+	end    bool   // the walk ends here, without error
+	ready  bool   // in done (the emitter's own)
+}
+
+// walkRingPool holds rings of walkWindow slots, with their fields buffers.
+var walkRingPool sync.Pool
+
+func getWalkRing() *[]walkSlot {
+	r, _ := walkRingPool.Get().(*[]walkSlot)
+	if r == nil || len(*r) != walkWindow {
+		s := make([]walkSlot, walkWindow)
+		r = &s
+	}
+	return r
+}
+
+func putWalkRing(r *[]walkSlot) {
+	for i := range *r {
+		s := &(*r)[i]
+		f := s.fields
+		if cap(f) > 1024 { // a long link target's
+			f = nil
+		}
+		*s = walkSlot{fields: f[:0]}
+	}
+	walkRingPool.Put(r)
+}
+
+// errWalkStopped ends the listing of a walk that needs no more entries.
+var errWalkStopped = errors.New("walk stopped")
+
+// list numbers the entries of the layer in walk order and hands them to
+// the workers, or straight to the emitter when there is nothing to
+// compute; then the end (or the walk's error).
+func (w *layerWalk) list(ctx context.Context) {
+	defer close(w.jobs)
+	seq := 0
+	err := w.listEntries(ctx, &seq)
+	if err == errWalkStopped {
+		return
+	}
+	s, serr := w.next(seq)
+	if serr != nil {
+		return
+	}
+	s.err, s.end = err, err == nil
+	w.done <- seq
+}
+
+func (w *layerWalk) listEntries(ctx context.Context, seq *int) (err error) {
+	defer safego.Recover(&err, "overlay: walk layer")
+	return filepath.WalkDir(w.dir, func(p string, d fs.DirEntry, err error) error {
+		rel, ok := strings.CutPrefix(p, w.prefix)
 		if !ok {
 			var rerr error
-			if rel, rerr = filepath.Rel(dir, p); rerr != nil {
+			if rel, rerr = filepath.Rel(w.dir, p); rerr != nil {
 				return rerr
 			}
 		}
 		if err != nil {
 			if d != nil && d.IsDir() && errors.Is(err, fs.ErrPermission) {
 				// Entries of a directory this process may not list.
-				if err := emit(rel+"/", []byte("!")); err != nil {
+				s, err := w.next(*seq)
+				if err != nil {
 					return err
 				}
+				s.rel, s.fields = rel+"/", append(s.fields[:0], '!')
+				w.done <- *seq
+				*seq++
 				return fs.SkipDir
 			}
 			return err
@@ -192,70 +318,166 @@ func walkLayer(ctx context.Context, dir string, sum hashFunc, emit func(path str
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		var st syscall.Stat_t
-		if err := syscall.Lstat(p, &st); err != nil {
-			return &os.PathError{Op: "lstat", Path: p, Err: err}
-		}
-		typ, rdev, link := byte('?'), uint64(0), ""
-		switch st.Mode & syscall.S_IFMT {
-		case syscall.S_IFDIR:
-			typ = 'd'
-		case syscall.S_IFREG:
-			typ = 'f'
-		case syscall.S_IFLNK:
-			typ = 'l'
-			if link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		case syscall.S_IFCHR:
-			typ, rdev = 'c', uint64(st.Rdev)
-		case syscall.S_IFBLK:
-			typ, rdev = 'b', uint64(st.Rdev)
-		case syscall.S_IFIFO:
-			typ = 'p'
-		case syscall.S_IFSOCK:
-			typ = 's'
-		}
-		// "type mode uid gid size rdev sha256 xattrs" (see manifestHeader).
-		fields = append(fields[:0], typ, ' ')
-		fields = strconv.AppendUint(fields, uint64(st.Mode&0o7777), 8)
-		fields = append(fields, ' ')
-		fields = strconv.AppendUint(fields, uint64(st.Uid), 10)
-		fields = append(fields, ' ')
-		fields = strconv.AppendUint(fields, uint64(st.Gid), 10)
-		fields = append(fields, ' ')
-		if typ == 'f' {
-			fields = strconv.AppendInt(fields, st.Size, 10)
-		} else {
-			fields = append(fields, '-')
-		}
-		fields = append(fields, ' ')
-		fields = strconv.AppendUint(fields, rdev, 10)
-		fields = append(fields, ' ')
-		if typ == 'f' {
-			n := len(fields)
-			if fields, err = sum(fields, rel, &st); err != nil {
-				return err
-			}
-			if len(fields) == n {
-				fields = append(fields, '?')
-			}
-		} else {
-			fields = append(fields, '-')
-		}
-		fields = append(fields, ' ')
-		if fields, err = appendXattrDigest(fields, p); err != nil {
+		s, err := w.next(*seq)
+		if err != nil {
 			return err
 		}
-		if typ == 'l' {
-			fields = append(fields, ' ')
-			fields = strconv.AppendQuote(fields, link)
-		}
-		if rel == "" {
-			rel = "."
-		}
-		return emit(rel, fields)
+		s.p, s.rel = p, rel
+		w.jobs <- *seq
+		*seq++
+		return nil
 	})
+}
+
+// next returns the slot of entry seq, once it is free (at most
+// len(w.slots) entries are in flight, so jobs and done never block), or
+// errWalkStopped when the walk needs no more entries.
+func (w *layerWalk) next(seq int) (*walkSlot, error) {
+	select {
+	case w.inflight <- struct{}{}:
+	case <-w.quit:
+		return nil, errWalkStopped
+	}
+	if int64(seq) > w.stopAt.Load() {
+		return nil, errWalkStopped
+	}
+	s := &w.slots[seq%len(w.slots)]
+	if cap(s.fields) == 0 {
+		s.fields = make([]byte, 0, 128) // a file's line, xattrs included
+	}
+	s.err, s.end = nil, false
+	return s, nil
+}
+
+// compute computes the fields of the entries listed, until there are no
+// more; it skips those after one that failed.
+func (w *layerWalk) compute(ctx context.Context) {
+	for i := range w.jobs {
+		if int64(i) > w.stopAt.Load() {
+			continue
+		}
+		s := &w.slots[i%len(w.slots)]
+		if err := w.computeSlot(ctx, s); err != nil {
+			s.err = err
+			for {
+				at := w.stopAt.Load()
+				if int64(i) >= at || w.stopAt.CompareAndSwap(at, int64(i)) {
+					break
+				}
+			}
+		}
+		w.done <- i
+	}
+}
+
+func (w *layerWalk) computeSlot(ctx context.Context, s *walkSlot) error {
+	err := w.computeFields(ctx, s)
+	if errors.Is(err, safego.ErrPanic) {
+		err = fmt.Errorf("%s: %w", trunc.String(s.p, 200), err)
+	}
+	return err
+}
+
+func (w *layerWalk) computeFields(ctx context.Context, s *walkSlot) (err error) {
+	defer safego.Recover(&err, "overlay: walk layer")
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.fields, err = appendEntryFields(s.fields[:0], s.p, s.rel, w.sum)
+	if s.rel == "" {
+		s.rel = "."
+	}
+	return err
+}
+
+// emit calls emit with the entries in order, as they are ready, until
+// the end or an error.
+func (w *layerWalk) emit(emit func(path string, fields []byte) error) error {
+	n := len(w.slots)
+	for c := 0; ; c++ {
+		s := &w.slots[c%n]
+		for !s.ready {
+			i := <-w.done
+			w.slots[i%n].ready = true
+		}
+		s.ready = false
+		switch {
+		case s.err != nil:
+			return s.err
+		case s.end:
+			return nil
+		}
+		if err := emit(s.rel, s.fields); err != nil {
+			return err
+		}
+		<-w.inflight
+	}
+}
+
+// appendEntryFields appends to dst the fields of the manifest entry of p
+// (rel relative to the layer directory): "type mode uid gid size rdev
+// sha256 xattrs" and, for a symlink, its target (see manifestHeader).
+func appendEntryFields(fields []byte, p, rel string, sum hashFunc) ([]byte, error) {
+	var st syscall.Stat_t
+	if err := syscall.Lstat(p, &st); err != nil {
+		return fields, &os.PathError{Op: "lstat", Path: p, Err: err}
+	}
+	var err error
+	typ, rdev, link := byte('?'), uint64(0), ""
+	switch st.Mode & syscall.S_IFMT {
+	case syscall.S_IFDIR:
+		typ = 'd'
+	case syscall.S_IFREG:
+		typ = 'f'
+	case syscall.S_IFLNK:
+		typ = 'l'
+		if link, err = os.Readlink(p); err != nil {
+			return fields, err
+		}
+	case syscall.S_IFCHR:
+		typ, rdev = 'c', uint64(st.Rdev)
+	case syscall.S_IFBLK:
+		typ, rdev = 'b', uint64(st.Rdev)
+	case syscall.S_IFIFO:
+		typ = 'p'
+	case syscall.S_IFSOCK:
+		typ = 's'
+	}
+	fields = append(fields, typ, ' ')
+	fields = strconv.AppendUint(fields, uint64(st.Mode&0o7777), 8)
+	fields = append(fields, ' ')
+	fields = strconv.AppendUint(fields, uint64(st.Uid), 10)
+	fields = append(fields, ' ')
+	fields = strconv.AppendUint(fields, uint64(st.Gid), 10)
+	fields = append(fields, ' ')
+	if typ == 'f' {
+		fields = strconv.AppendInt(fields, st.Size, 10)
+	} else {
+		fields = append(fields, '-')
+	}
+	fields = append(fields, ' ')
+	fields = strconv.AppendUint(fields, rdev, 10)
+	fields = append(fields, ' ')
+	if typ == 'f' {
+		n := len(fields)
+		if fields, err = sum(fields, rel, &st); err != nil {
+			return fields, err
+		}
+		if len(fields) == n {
+			fields = append(fields, '?')
+		}
+	} else {
+		fields = append(fields, '-')
+	}
+	fields = append(fields, ' ')
+	if fields, err = appendXattrDigest(fields, p); err != nil {
+		return fields, err
+	}
+	if typ == 'l' {
+		fields = append(fields, ' ')
+		fields = strconv.AppendQuote(fields, link)
+	}
+	return fields, nil
 }
 
 // appendXattrDigest appends xattrDigest(p) to dst.
@@ -529,11 +751,13 @@ func compareManifest(ctx context.Context, dir, path string) (diffs []string, unr
 		return nil, 0, &os.PathError{Op: "open", Path: dir, Err: err}
 	}
 	defer unix.Close(root)
-	buf := make([]byte, 256<<10)
+	var unreadableN atomic.Int64 // sum runs on walkLayer's workers
 	sum := func(dst []byte, rel string, st *syscall.Stat_t) ([]byte, error) {
-		s, err := hashBeneath(root, rel, st, buf)
+		buf := verifyBufPool.Get().(*[]byte)
+		s, err := hashBeneath(root, rel, st, *buf)
+		verifyBufPool.Put(buf)
 		if errors.Is(err, unix.EACCES) {
-			unreadable++
+			unreadableN.Add(1)
 			return dst, nil
 		}
 		return append(dst, s...), err
@@ -568,8 +792,15 @@ func compareManifest(ctx context.Context, dir, path string) (diffs []string, unr
 	if total > len(diffs) {
 		diffs = append(diffs, fmt.Sprintf("and %d more", total-len(diffs)))
 	}
-	return diffs, unreadable, nil
+	return diffs, int(unreadableN.Load()), nil
 }
+
+// verifyBufPool holds the buffers compareManifest reads file content
+// into, one per file being hashed.
+var verifyBufPool = sync.Pool{New: func() any {
+	b := make([]byte, 256<<10)
+	return &b
+}}
 
 // manifestFields names the fields after the path, in order.
 var manifestFields = []string{"type", "mode", "owner", "group", "size", "device", "content", "xattrs", "link target"}
@@ -646,7 +877,9 @@ func hashBeneath(root int, rel string, st *syscall.Stat_t, buf []byte) (string, 
 		return "changed-while-verified", nil
 	}
 	h := sha256.New()
-	if _, err := io.CopyBuffer(h, f, buf); err != nil {
+	// Read into buf: *os.File's WriteTo would copy through a 32 KiB
+	// buffer of its own, allocated per file.
+	if _, err := io.CopyBuffer(h, struct{ io.Reader }{f}, buf); err != nil {
 		return "", &os.PathError{Op: "read", Path: rel, Err: err}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
