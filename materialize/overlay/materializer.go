@@ -760,13 +760,18 @@ func (m *Materializer) extract(ctx context.Context, l manifest.Layer, origin str
 		return "", 0, fmt.Errorf("layer %s: %w", l.Digest(), err)
 	}
 	var stats applyStats
+	var took, manifestTook time.Duration
 	for attempt := 0; ; attempt++ {
 		err = safego.Call("overlay: extract layer "+string(l.Digest()), func() (err error) {
 			sums := fileSums{}
+			start := time.Now()
 			if stats, err = m.extractInto(ctx, l, origin, tmp, budget, sums); err != nil {
 				return err
 			}
-			return writeManifest(ctx, tmp, sums, tmp+manifestSuffix)
+			took = time.Since(start)
+			err = writeManifest(ctx, tmp, sums, tmp+manifestSuffix)
+			manifestTook = time.Since(start) - took
+			return err
 		})
 		if attempt > 0 || !errors.Is(err, blob.ErrMismatch) || ctx.Err() != nil {
 			break
@@ -788,6 +793,7 @@ func (m *Materializer) extract(ctx context.Context, l manifest.Layer, origin str
 		os.Remove(tmp + manifestSuffix)
 		return "", 0, fmt.Errorf("layer %s: %w", l.Digest(), err)
 	}
+	m.cfg.Logger.Debug("overlay: extracted a layer", "layer", l.Digest(), "files", stats.Files, "bytes", stats.Bytes, "extract", took, "manifest", manifestTook)
 	return tmp, stats.Bytes, nil
 }
 
