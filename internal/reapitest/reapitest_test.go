@@ -331,34 +331,15 @@ func TestStoredZstdServesTheSameBlob(t *testing.T) {
 	s := NewServer(t, Options{Zstd: true, StoredZstd: true})
 	data := bytes.Repeat([]byte("stored zstd form of a blob, "), 40000)
 	d := s.CAS.Put(data)
-	bs := dial(t, s).bs
+	c := dial(t, s)
+	bs := c.bs
 	read := func(off int64) []byte {
 		t.Helper()
-		stream, err := bs.Read(context.Background(), &bspb.ReadRequest{ResourceName: fmt.Sprintf("%s/compressed-blobs/zstd/%s/%d", Instance, d.Hash, d.Size), ReadOffset: off})
+		z, err := readAll(context.Background(), c, resourceOf(d, true), off)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var z []byte
-		for {
-			resp, err := stream.Recv()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			z = append(z, resp.GetData()...)
-		}
-		dec, err := zstd.NewReader(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer dec.Close()
-		out, err := dec.DecodeAll(z, nil)
-		if err != nil {
-			t.Fatalf("decode: %v", err)
-		}
-		return out
+		return unzstd(t, z)
 	}
 	for i := 0; i < 3; i++ {
 		if got := read(0); !bytes.Equal(got, data) {
