@@ -5,7 +5,7 @@
 // run, interleaved. See docs/benchmarks.md.
 //
 //	go run ./benchmarks/harness -size smoke              # CI-sized, well under 2 minutes
-//	go run ./benchmarks/harness -size full -out bench-out # about 12 minutes on 2 cores
+//	go run ./benchmarks/harness -size full -out bench-out # about 7 minutes on 2 cores
 //	go run ./benchmarks/harness -size full -compare bench-out/results.json -update-doc
 //
 // It writes results.json, results.md and SVG charts into -out and prints
@@ -247,7 +247,7 @@ func makePlan(size string, seed uint64) (plan, error) {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("harness", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	size := fs.String("size", "smoke", "smoke (CI, well under 2 minutes) or full (about 12 minutes on 2 cores)")
+	size := fs.String("size", "smoke", "smoke (CI, well under 2 minutes) or full (about 7 minutes on 2 cores)")
 	out := fs.String("out", "bench-out", "directory for results.json, results.md and the SVG charts")
 	seed := fs.Uint64("seed", 1, "seed of the synthetic images")
 	reps := fs.Int("reps", 0, "repetitions of each pipeline scenario (default: 1 for smoke, 5 for full)")
