@@ -153,7 +153,7 @@ func (t *Tier) CommitStaged(ctx context.Context, f *os.File) (blob.Info, error) 
 	t.stageMu.Lock()
 	st.committed = true // from here on, never removed by DiscardStaged
 	t.stageMu.Unlock()
-	if err := t.commit(hex, st.path, size); err != nil {
+	if err := t.commit(hex, st.path, size, true); err != nil {
 		// commit failed before or at the rename: the file is still at
 		// st.path, or was renamed into place without a row (invisible,
 		// adopted or overwritten later): either way not the caller's to

@@ -590,18 +590,13 @@ func (t *Tier) writeAndCommit(ctx context.Context, d blob.Digest, hex string, si
 	if cerr != nil {
 		return cerr
 	}
-	return t.commitAs(hex, tmp, size, durable)
+	return t.commit(hex, tmp, size, durable)
 }
 
-// commit moves a verified, fsynced temp file into place durably (the
-// directory is fsynced) and records its row.
-func (t *Tier) commit(hex, tmp string, size int64) error {
-	return t.commitAs(hex, tmp, size, true)
-}
-
-// commitAs is commit; with durable false the file is not fsynced yet and
-// neither is the directory: the blob goes to the syncer.
-func (t *Tier) commitAs(hex, tmp string, size int64, durable bool) error {
+// commit moves a verified temp file into place and records its row. With
+// durable the file is fsynced already and the directory is fsynced here;
+// without, neither is yet: the blob goes to the syncer.
+func (t *Tier) commit(hex, tmp string, size int64, durable bool) error {
 	mu := t.stripe(hex)
 	mu.Lock()
 	defer mu.Unlock()
