@@ -357,7 +357,7 @@ func (w *layerWalk) compute(ctx context.Context) {
 			continue
 		}
 		s := &w.slots[i%len(w.slots)]
-		if err := w.computeSlot(ctx, s); err != nil {
+		if err := w.computeFields(ctx, s); err != nil {
 			s.err = err
 			for {
 				at := w.stopAt.Load()
@@ -370,15 +370,14 @@ func (w *layerWalk) compute(ctx context.Context) {
 	}
 }
 
-func (w *layerWalk) computeSlot(ctx context.Context, s *walkSlot) error {
-	err := w.computeFields(ctx, s)
-	if errors.Is(err, safego.ErrPanic) {
-		err = fmt.Errorf("%s: %w", trunc.String(s.p, 200), err)
-	}
-	return err
-}
-
+// computeFields computes the fields of s; a panic becomes an error that
+// names the entry.
 func (w *layerWalk) computeFields(ctx context.Context, s *walkSlot) (err error) {
+	defer func() { // runs after Recover has turned a panic into err
+		if errors.Is(err, safego.ErrPanic) {
+			err = fmt.Errorf("%s: %w", trunc.String(s.p, 200), err)
+		}
+	}()
 	defer safego.Recover(&err, "overlay: walk layer")
 	if err := ctx.Err(); err != nil {
 		return err
