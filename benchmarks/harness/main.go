@@ -702,7 +702,7 @@ func runChild(ctx context.Context, exe string, spec childSpec, res *childResult)
 	cmd := exec.CommandContext(ctx, exe, childArg, string(b))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if os.Getenv("STRATA_HARNESS_LOG") != "" { // the children log (see pipeline.env.open): pass it on
+	if os.Getenv(pipeline.LogEnv) != "" { // the children log: pass it on
 		cmd.Stderr = io.MultiWriter(&stderr, os.Stderr)
 	}
 	if err := cmd.Run(); err != nil {

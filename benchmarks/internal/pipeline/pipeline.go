@@ -237,6 +237,11 @@ func (e *env) add(name string, d time.Duration) {
 	e.out.Samples[name] = append(e.out.Samples[name], float64(d.Nanoseconds()))
 }
 
+// LogEnv names the environment variable that, when set, gives every
+// job's executor a debug logger on its stderr (which the harness passes
+// on).
+const LogEnv = "STRATA_HARNESS_LOG"
+
 // options of one executor's host beyond those every job shares.
 type options struct {
 	// noMemory turns the memory tier off (Prime fills the disk tier
@@ -266,7 +271,7 @@ func (e *env) open(ctx context.Context, dir string, o options) (*strata.Host, er
 	cfg.TagTTL, cfg.ProofTTL = strata.Duration(time.Hour), strata.Duration(time.Hour)
 	cfg.NoAdmin = true
 	cfg.OverlayRoot, cfg.Ext4Dir = o.overlayRoot, o.ext4Dir
-	if os.Getenv("STRATA_HARNESS_LOG") != "" {
+	if os.Getenv(LogEnv) != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	if e.job.MemoryBudget != nil {
