@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/bootid"
 	"github.com/strata-oci/strata/internal/ctxio"
 )
 
@@ -32,13 +33,7 @@ const (
 
 // bootID returns the kernel's boot id, or "" when it cannot be read (then
 // every unclean shutdown is taken for a machine crash). Tests replace it.
-var bootID = func() string {
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(b))
-}
+var bootID = bootid.Read
 
 // fsyncHook, when not nil, is called before every fsync the tier makes
 // for durability, with op "file" (a blob file, SESSION, SUSPECT), "dir"
