@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/bootid"
 	"github.com/strata-oci/strata/internal/flight"
 	"github.com/strata-oci/strata/internal/privdir"
 	"github.com/strata-oci/strata/internal/safego"
@@ -197,10 +198,12 @@ type Converter struct {
 	// Flights run on contexts of their own (a caller giving up does not
 	// stop work others wait for); base ends them all on Close, running
 	// counts them.
-	base    context.Context
-	stop    context.CancelFunc
-	mu      sync.Mutex
-	closed  bool
+	base   context.Context
+	stop   context.CancelFunc
+	mu     sync.Mutex
+	closed bool
+	// metaMu orders publishing local images with markSynced.
+	metaMu  sync.Mutex
 	running sync.WaitGroup
 	work    workState // WorkDir's lock, work in flight (see RemoveStale)
 	// storing holds the background stores running (see storeLater), by
@@ -374,7 +377,21 @@ type localMeta struct {
 	Digest blob.Digest `json:"digest"`
 	Size   int64       `json:"size"`
 	Key    string      `json:"key"`
+	// Unsynced is the boot id of the machine that published the image
+	// before it was on disk (a conversion hands out its image while the
+	// fsync runs in the background); cleared once it is. A local image
+	// is not hashed when it is reused, so one published unsynced is
+	// reused only on the boot that wrote it: after a machine crash it may
+	// be torn, and the image is taken from the Store (hashed) again.
+	Unsynced string `json:"unsynced,omitempty"`
 }
+
+// bootID returns the kernel's boot id ("" when unreadable: an unsynced
+// image is then never reused). Tests replace it.
+var bootID = bootid.Read
+
+// syncImage makes f durable. Tests replace it.
+var syncImage = (*os.File).Sync
 
 func (c *Converter) imagePath(dv derivation) string { return filepath.Join(c.imgDir, dv.id+".ext4") }
 func (c *Converter) metaPath(dv derivation) string  { return filepath.Join(c.imgDir, dv.id+".json") }
@@ -388,6 +405,9 @@ func (c *Converter) local(dv derivation) (*Result, bool) {
 	var m localMeta
 	if json.Unmarshal(b, &m) != nil || m.Key != dv.key.String() || blob.ValidateDigest(m.Digest) != nil {
 		return nil, false
+	}
+	if m.Unsynced != "" && m.Unsynced != bootID() {
+		return nil, false // written before a machine crash, maybe torn
 	}
 	p := c.imagePath(dv)
 	fi, err := os.Stat(p)
@@ -849,13 +869,36 @@ func (c *Converter) publish(dv derivation, tmp *os.File, r *Result) error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("ext4: %w", err)
 	}
-	return c.publishPath(dv, tmp.Name(), r)
+	return c.publishPath(dv, tmp.Name(), r, true)
 }
 
 // publishPath makes the read-only file at path, in WorkDir/tmp, the local
-// image of dv: sidecar first, then the image by rename.
-func (c *Converter) publishPath(dv derivation, path string, r *Result) error {
-	meta, _ := json.Marshal(localMeta{Digest: r.Digest, Size: r.Size, Key: dv.key.String()})
+// image of dv: sidecar first, then the image by rename. synced says the
+// file is on disk already; if not, the sidecar records this boot (see
+// localMeta.Unsynced) until markSynced.
+func (c *Converter) publishPath(dv derivation, path string, r *Result, synced bool) error {
+	m := localMeta{Digest: r.Digest, Size: r.Size, Key: dv.key.String()}
+	if !synced {
+		if m.Unsynced = bootID(); m.Unsynced == "" {
+			m.Unsynced = "unknown" // never matches: not reused after a restart
+		}
+	}
+	c.metaMu.Lock()
+	defer c.metaMu.Unlock()
+	if err := c.writeMeta(dv, m); err != nil {
+		return err
+	}
+	r.Path = c.imagePath(dv)
+	if err := os.Rename(path, r.Path); err != nil {
+		os.Remove(c.metaPath(dv))
+		return fmt.Errorf("ext4: %w", err)
+	}
+	return nil
+}
+
+// writeMeta replaces dv's sidecar with m (by rename).
+func (c *Converter) writeMeta(dv derivation, m localMeta) error {
+	meta, _ := json.Marshal(m)
 	mt, err := os.CreateTemp(c.tmpDir, "meta-*.json")
 	if err != nil {
 		return fmt.Errorf("ext4: %w", err)
@@ -872,12 +915,36 @@ func (c *Converter) publishPath(dv derivation, path string, r *Result) error {
 		os.Remove(mt.Name())
 		return fmt.Errorf("ext4: %w", werr)
 	}
-	r.Path = c.imagePath(dv)
-	if err := os.Rename(path, r.Path); err != nil {
-		os.Remove(c.metaPath(dv))
+	return nil
+}
+
+// markSynced fsyncs f, the file of dv's local image published unsynced,
+// and then clears the sidecar's Unsynced if the local image is still that
+// file. A failure leaves the sidecar as it is: the image is not reused
+// after a machine crash.
+func (c *Converter) markSynced(dv derivation, f *os.File) error {
+	if err := syncImage(f); err != nil {
+		return fmt.Errorf("ext4: sync image: %w", err)
+	}
+	c.metaMu.Lock()
+	defer c.metaMu.Unlock()
+	b, err := os.ReadFile(c.metaPath(dv))
+	if err != nil {
+		return nil // removed meanwhile
+	}
+	var m localMeta
+	if json.Unmarshal(b, &m) != nil || m.Unsynced == "" {
+		return nil
+	}
+	fi, err := f.Stat()
+	if err != nil {
 		return fmt.Errorf("ext4: %w", err)
 	}
-	return nil
+	if li, err := os.Stat(c.imagePath(dv)); err != nil || !os.SameFile(fi, li) {
+		return nil // replaced or removed meanwhile: not the file synced
+	}
+	m.Unsynced = ""
+	return c.writeMeta(dv, m)
 }
 
 // IsMaterialized reports whether Materialize(ctx, img, opts) would run no

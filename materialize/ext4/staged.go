@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/internal/safego"
@@ -28,9 +29,10 @@ type Stager interface {
 	// visible (the tier removes leftovers).
 	Stage(ctx context.Context) (*os.File, error)
 	// CommitStaged makes the staging file's content the blob of its digest
-	// (hashed, flushed, made read-only and renamed into place, all or
-	// nothing) and returns its Info. The committed file is never written
-	// again. It fails wrapping blob.ErrTooLarge for a blob the tier
+	// (hashed, made read-only and renamed into place, all or nothing) and
+	// returns its Info. The committed file is never written again. It may
+	// return before the file is on disk (the converter fsyncs its handout
+	// itself, see localMeta.Unsynced). It fails wrapping blob.ErrTooLarge for a blob the tier
 	// declines, leaving the file staged and readable.
 	CommitStaged(ctx context.Context, f *os.File) (blob.Info, error)
 	// DiscardStaged closes the staging file and removes it unless it was
@@ -120,7 +122,7 @@ func (c *Converter) convertStaged(ctx context.Context, img manifest.Image, dv de
 
 	r := &Result{Size: size, Digest: d}
 	if handout != "" {
-		if err := c.publishPath(dv, handout, r); err != nil {
+		if err := c.publishPath(dv, handout, r, false); err != nil {
 			return nil, err
 		}
 		published = true
@@ -151,7 +153,7 @@ func (c *Converter) convertStaged(ctx context.Context, img manifest.Image, dv de
 		ok = true
 	}
 	background = true
-	c.storeLater(dv, f, d, size)
+	c.storeLater(dv, f, d, size, handout != "")
 	return r, nil
 }
 
@@ -165,33 +167,60 @@ func (c *Converter) convertStaged(ctx context.Context, img manifest.Image, dv de
 // file since it was committed. (No internal/flight call: nobody waits for
 // a store's outcome, a second store of one derivation is dropped rather
 // than joined, and Flush waits for every store running, which a
-// flight.Group does not list.)
-func (c *Converter) storeLater(dv derivation, f *os.File, d blob.Digest, size int64) {
+// flight.Group does not list.) With syncLocal, f is also the local image,
+// published before it was on disk: it is fsynced meanwhile and then
+// marked so (see markSynced), even when the store itself is dropped.
+func (c *Converter) storeLater(dv derivation, f *os.File, d blob.Digest, size int64, syncLocal bool) {
 	discard := func() { c.cfg.Stager.DiscardStaged(f) }
 	id := dv.key.String()
 	c.mu.Lock()
-	if _, busy := c.storing[id]; busy || c.closed {
+	if c.closed {
 		c.mu.Unlock()
 		discard()
 		return
 	}
-	if c.storing == nil {
-		c.storing = make(map[string]chan struct{})
+	_, busy := c.storing[id] // a store of this derivation runs: not twice
+	if busy && !syncLocal {
+		c.mu.Unlock()
+		discard()
+		return
 	}
-	done := make(chan struct{})
-	c.storing[id] = done
+	var done chan struct{}
+	if !busy {
+		if c.storing == nil {
+			c.storing = make(map[string]chan struct{})
+		}
+		done = make(chan struct{})
+		c.storing[id] = done
+	}
 	c.running.Add(1)
 	c.mu.Unlock()
 	go func() {
-		var err error
 		defer func() {
 			discard()
-			c.mu.Lock()
-			delete(c.storing, id)
-			c.mu.Unlock()
-			close(done)
+			if done != nil {
+				c.mu.Lock()
+				delete(c.storing, id)
+				c.mu.Unlock()
+				close(done)
+			}
 			c.running.Done()
 		}()
+		var synced sync.WaitGroup
+		defer synced.Wait() // f stays open until markSynced is done with it
+		if syncLocal {
+			synced.Go(func() {
+				var err error
+				defer safego.Recover(&err, "ext4: sync "+string(d))
+				if err = c.markSynced(dv, f); err != nil {
+					c.cfg.Logger.Warn("ext4: the local image is not on disk; it is taken from the store again after a machine crash", "image", dv.digest, "derived", d, "err", err)
+				}
+			})
+		}
+		if done == nil {
+			return
+		}
+		var err error
 		defer func() {
 			c.stores.Add(1)
 			if err != nil {
@@ -340,7 +369,7 @@ func (c *Converter) linkStaged(ctx context.Context, dv derivation, ref blob.Ref)
 		return nil, false
 	}
 	r = &Result{Digest: ref.Digest, Size: ref.Size, FromCache: true}
-	if err := c.publishPath(dv, p, r); err != nil {
+	if err := c.publishPath(dv, p, r, true); err != nil { // OpenBlobFile fsynced it
 		os.Remove(p)
 		return nil, false
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -644,4 +645,106 @@ func TestDerivedImageDownloadWrittenOnce(t *testing.T) {
 	if got := hashPath(t, r.Path); got != r.Digest {
 		t.Fatalf("the handout hashes to %s, want %s", got, r.Digest)
 	}
+}
+
+// TestUnsyncedImageReusedOnlyOnItsBoot: a conversion hands out its image
+// before the image is on disk (the fsync runs in the background), and a
+// local image is reused without hashing. So until the fsync is done the
+// sidecar names the boot, and after a machine crash (another boot id) the
+// image, perhaps torn, is not reused: it is taken from the store, hashed.
+// Once synced it is reused on any boot.
+func TestUnsyncedImageReusedOnlyOnItsBoot(t *testing.T) {
+	ctx := context.Background()
+	boot := "boot-a"
+	oldBoot, oldSync := bootID, syncImage
+	bootID = func() string { return boot }
+	syncFails := true
+	syncImage = func(f *os.File) error {
+		if syncFails {
+			return errors.New("held by the test")
+		}
+		return f.Sync()
+	}
+	t.Cleanup(func() { bootID, syncImage = oldBoot, oldSync })
+
+	h := newStagedHost(t, t.TempDir(), nil, true)
+	img := sampleImage()
+	r, err := h.conv.Materialize(ctx, img, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.conv.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dv, err := h.conv.derive(img, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sidecar := func() localMeta {
+		t.Helper()
+		b, err := os.ReadFile(h.conv.metaPath(dv))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m localMeta
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	if m := sidecar(); m.Unsynced != "boot-a" {
+		t.Fatalf("sidecar of an image not yet on disk: unsynced %q, want boot-a", m.Unsynced)
+	}
+	if r2, err := h.conv.Materialize(ctx, img, nil); err != nil || !r2.FromCache || h.conv.Stats().LocalHits != 1 {
+		t.Fatalf("same boot: %+v, %v, stats %+v; want a local hit", r2, err, h.conv.Stats())
+	}
+
+	// The machine went down before the fsync: the file is torn.
+	boot = "boot-b"
+	p := h.blobPath(r.Digest)
+	if pi, err := os.Stat(p); err != nil || !sameFile(t, pi, r.Path) {
+		t.Fatalf("the local image is not the tier's file (%v)", err)
+	}
+	os.Chmod(p, 0o600)
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img0, _ := os.ReadFile(p)
+	at := bytes.Index(img0, tartest.Content("b", 300_000)[:4096])
+	if at < 0 {
+		t.Fatal("etc/c's content not found in the image")
+	}
+	f.WriteAt(make([]byte, 4096), int64(at))
+	f.Close()
+	os.Chmod(p, 0o400)
+
+	syncFails = false
+	r3, err := h.conv.Materialize(ctx, img, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := h.conv.Stats(); st.LocalHits != 1 {
+		t.Fatalf("after a machine crash the unsynced local image was reused: stats %+v", st)
+	}
+	if got := hashPath(t, r3.Path); got != r.Digest || r3.Digest != r.Digest {
+		t.Fatalf("image after the crash hashes to %s (Result %s), want %s", got, r3.Digest, r.Digest)
+	}
+	if err := h.conv.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if m := sidecar(); m.Unsynced != "" {
+		t.Fatalf("sidecar still unsynced (%q) after the background fsync", m.Unsynced)
+	}
+	boot = "boot-c"
+	if r4, err := h.conv.Materialize(ctx, img, nil); err != nil || !r4.FromCache || h.conv.Stats().LocalHits != 2 {
+		t.Fatalf("synced image on a later boot: %+v, %v, stats %+v; want a local hit", r4, err, h.conv.Stats())
+	}
+	e2fsck(t, r3.Path)
+}
+
+func sameFile(t *testing.T, fi os.FileInfo, path string) bool {
+	t.Helper()
+	pi, err := os.Stat(path)
+	return err == nil && os.SameFile(fi, pi)
 }

@@ -26,10 +26,10 @@
 // *blob.MismatchError if a file rotted, after which the entry is dropped,
 // so the caller can treat the error as a miss and refetch.
 //
-// Put does not fsync: a background syncer fsyncs each committed file and
-// then its directory, and Close returns only once every blob is durable.
-// (The fsyncs were a fifth of a cold image fetch, and every read hashes the
-// blob anyway.) A blob the syncer cannot make durable is logged and dropped.
+// Put and CommitStaged do not fsync: a background syncer fsyncs each
+// committed file and then its directory, and Close returns only once every
+// blob is durable. (The fsyncs were a fifth of a cold image fetch, and
+// every read hashes the blob anyway.) A blob the syncer cannot make durable is logged and dropped.
 // So a power loss or kernel crash may leave an index row whose file is torn.
 // To know, Open writes root/SESSION with the boot id and a clean Close
 // removes it. An Open that finds it from another boot marks the tier
@@ -42,8 +42,8 @@
 // SESSION from this boot (only the process died) flushes the filesystem
 // once (syncfs), so the next clean Close can vouch for those files too.
 // OpenBlobFile fsyncs the file it returns, so a hard link of it is durable.
-// If SESSION cannot be written, Puts fsync before they return, as staged
-// blobs always do (see CommitStaged).
+// If SESSION cannot be written, Puts and CommitStaged fsync before they
+// return.
 //
 // Only one Tier may hold a root at a time, in this process or any other:
 // a second Open fails with an error wrapping ErrLocked. Tools that must work

@@ -73,11 +73,14 @@ func (t *Tier) stagingOf(f *os.File) (*staging, error) {
 
 // CommitStaged makes the content of the staging file f (from offset 0 to
 // its size; holes read as zeros and stay holes) the blob of its digest:
-// it hashes the file while flushing it to disk, makes it read-only (0400)
-// and renames it into the blob tree (directory fsync, index row), so the
-// blob appears all or nothing. The digest is the content's own, so there
-// is nothing to mismatch; the caller must not write to f once it calls
-// CommitStaged. It returns the blob's Info.
+// it hashes the file, makes it read-only (0400) and renames it into the
+// blob tree (index row), so the blob appears all or nothing. The digest
+// is the content's own, so there is nothing to mismatch; the caller must
+// not write to f once it calls CommitStaged. It returns the blob's Info.
+// Like a Put's, the file is flushed to disk by the background syncer, not
+// on the commit's path (see the package doc, Guarantees): OpenBlobFile and
+// Close wait for it, and a caller that hands out a link of f itself
+// fsyncs f first if the link must survive a power loss.
 //
 // Once committed, the file is never written again: the tier replaces a
 // blob only by renaming another file over its name and removes it only by
@@ -119,10 +122,17 @@ func (t *Tier) CommitStaged(ctx context.Context, f *os.File) (blob.Info, error) 
 	if t.cfg.MaxBlob > 0 && size > t.cfg.MaxBlob {
 		return fail(fmt.Errorf("%w: %d bytes exceeds %d", blob.ErrTooLarge, size, t.cfg.MaxBlob))
 	}
-	// Flush to disk while hashing from the page cache: once committed the
-	// file is trusted without hashing again after a crash.
+	// Hashed from the page cache. The file reaches the disk as a Put's
+	// does: the background syncer fsyncs it after the commit (OpenBlobFile
+	// and Close wait for that, see durable). A tier that cannot defer
+	// fsyncs it here, while hashing.
+	durable := !t.dur.async
 	synced := make(chan error, 1)
-	go func() { synced <- f.Sync() }()
+	if durable {
+		go func() { synced <- fsyncFile(f, st.path) }()
+	} else {
+		synced <- nil
+	}
 	h := sha256.New()
 	bp := bufPool.Get().(*[]byte)
 	_, herr := io.CopyBuffer(h, ctxio.NewReader[blob.Digest](ctx, io.NewSectionReader(f, 0, size)), *bp)
@@ -153,7 +163,7 @@ func (t *Tier) CommitStaged(ctx context.Context, f *os.File) (blob.Info, error) 
 	t.stageMu.Lock()
 	st.committed = true // from here on, never removed by DiscardStaged
 	t.stageMu.Unlock()
-	if err := t.commit(hex, st.path, size, true); err != nil {
+	if err := t.commit(hex, st.path, size, durable); err != nil {
 		// commit failed before or at the rename: the file is still at
 		// st.path, or was renamed into place without a row (invisible,
 		// adopted or overwritten later): either way not the caller's to
