@@ -33,7 +33,8 @@ func TestConformanceStack(t *testing.T) {
 				t.Cleanup(func() { s.Close() })
 				return s
 			},
-			MaxBlob: memory.DefaultMaxBlob,
+			MaxBlob:          memory.DefaultMaxBlob,
+			DeleteRacesReads: true, // a fill may write back a blob deleted meanwhile
 		}},
 		{"small memory over memory, instrumented", tiertest.Config{
 			// The top declines blobs over 64 KiB, so fills and Puts take
@@ -46,7 +47,8 @@ func TestConformanceStack(t *testing.T) {
 				t.Cleanup(func() { s.Close() })
 				return s
 			},
-			MaxBlob: memory.DefaultMaxBlob,
+			MaxBlob:          memory.DefaultMaxBlob,
+			DeleteRacesReads: true, // a fill may write back a blob deleted meanwhile
 		}},
 		{"local view of memory over a shared memory", tiertest.Config{
 			New: func(t *testing.T) blob.Tier {
@@ -58,7 +60,8 @@ func TestConformanceStack(t *testing.T) {
 				t.Cleanup(func() { s.Close() })
 				return &closer{Stack: s.Local(), root: s}
 			},
-			MaxBlob: memory.DefaultMaxBlob,
+			MaxBlob:          memory.DefaultMaxBlob,
+			DeleteRacesReads: true, // a fill may write back a blob deleted meanwhile
 		}},
 	}
 	for _, tt := range tests {

@@ -57,6 +57,14 @@ type Config struct {
 	// tombstoned). CannotDelete implies it.
 	CannotDeleteBlobs bool
 
+	// DeleteRacesReads: a read of a blob under way when the blob is
+	// deleted may bring it back afterwards (a tiers.Stack's fill writes
+	// the blob it found below into the tiers above, verified, after the
+	// Delete returned). The concurrent subtest then accepts a deleted
+	// blob that is back with exactly its content, and checks that a
+	// Delete with no read under way leaves a miss.
+	DeleteRacesReads bool
+
 	// MaxBlob, when > 0, is the largest blob the tier accepts: Put of a
 	// bigger one must return blob.ErrTooLarge, store nothing and not read the
 	// whole stream. Cases that need a bigger blob (the 64 MiB one) are
