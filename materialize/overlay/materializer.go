@@ -16,7 +16,9 @@
 //	meta/<hex>     "<id> <bytes>" for the cache index
 //	meta/<hex>.files  the layer's manifest: every entry's type, mode,
 //	               owner, size and link target, every file's sha256 (see
-//	               Verify); missing for layers extracted before it existed
+//	               Verify), written just after the layer is committed (see
+//	               writeManifestLater); missing for layers extracted before
+//	               it existed or by a process killed before it was written
 //	mounts/<id>.json  mount leases: layers held for a mount that outlives
 //	               the process which made it (see RecordMount)
 //	tmp/           extractions in progress (temp dir, then rename)
@@ -186,6 +188,11 @@ type layerEntry struct {
 	// leased was moved out of service (see Verify): removed when the last
 	// lease goes.
 	quarantine string
+	// manifestDone, when not nil, is closed once the layer's manifest,
+	// written in the background after the layer is committed at time
+	// committed (see writeManifestLater), is in place or has failed.
+	manifestDone chan struct{}
+	committed    time.Time
 }
 
 // unleaseLocked drops one lease of e; the last lease of a quarantined
@@ -715,7 +722,7 @@ func (m *Materializer) run(ctx context.Context, k flightKey, f *flight, l manife
 	defer f.cancel()
 	d := k.digest
 	start := time.Now()
-	tmp, size, err := m.extract(ctx, l, k.origin, f.budget)
+	tmp, size, sums, err := m.extract(ctx, l, k.origin, f.budget)
 	m.met.extractSeconds.Observe(time.Since(start).Seconds())
 
 	m.mu.Lock()
@@ -727,7 +734,14 @@ func (m *Materializer) run(ctx context.Context, k flightKey, f *flight, l manife
 		// The flight's own read of the blob (from its origin, verified)
 		// authorized its callers: an entry another origin committed
 		// meanwhile is theirs too.
-		e, err = m.commitLocked(d, tmp, size)
+		var fresh bool
+		if e, fresh, err = m.commitLocked(d, tmp, size); err == nil && fresh {
+			// Every change the extraction made is before this (ctime).
+			e.committed = time.Now()
+			e.manifestDone = make(chan struct{})
+			m.running.Add(1)
+			go m.writeManifestLater(e, sums)
+		}
 	}
 	if err == nil {
 		e.leases += f.waiters
@@ -742,35 +756,97 @@ func (m *Materializer) run(ctx context.Context, k flightKey, f *flight, l manife
 	m.mu.Unlock()
 	if tmp != "" && err != nil {
 		removeAll(tmp)
-		os.Remove(tmp + manifestSuffix)
 	}
 }
+
+// writeManifestLater writes the manifest of e, just committed, from a walk
+// of its directory and the file digests its extraction recorded (sums),
+// off the path of the Materialize calls waiting for it: they have the
+// layer meanwhile, and Verify waits for it (e.manifestDone). The content
+// digests are those of the bytes written, and an entry changed after the
+// commit (its ctime is later) takes the layer out of service as Verify
+// takes a modified one, so the manifest is the layer as extracted. A layer
+// evicted meanwhile gets none; a failure is logged and leaves the layer
+// unverifiable, as does a crash before the manifest is in place.
+func (m *Materializer) writeManifestLater(e *layerEntry, sums fileSums) {
+	defer m.running.Done()
+	defer close(e.manifestDone)
+	if manifestHook != nil {
+		manifestHook(e.digest)
+	}
+	start := time.Now()
+	err := safego.Call("overlay: manifest of layer "+string(e.digest), func() error {
+		// Beside the manifests (Open removes such leftovers there), not
+		// in tmp/, which Cleanup empties.
+		mf, err := os.CreateTemp(m.path("meta"), e.hex+manifestSuffix+".*")
+		if err != nil {
+			return err
+		}
+		tmp := mf.Name()
+		mf.Close()
+		os.Remove(tmp) // writeManifest creates it afresh (O_EXCL)
+		if err := writeManifest(context.Background(), m.path("layers", e.hex), sums, tmp, e.committed); err != nil {
+			return err
+		}
+		m.mu.Lock()
+		if m.layers[e.digest] == e {
+			err = os.Rename(tmp, m.manifestPath(e.hex))
+		}
+		m.mu.Unlock()
+		os.Remove(tmp) // left only when evicted meanwhile, or the rename failed
+		return err
+	})
+	if err == nil {
+		m.cfg.Logger.Debug("overlay: wrote a layer's manifest", "layer", e.digest, "took", time.Since(start))
+		return
+	}
+	m.mu.Lock()
+	gone := m.layers[e.digest] != e
+	var trash string
+	var leased bool
+	var terr error
+	if !gone && errors.Is(err, errChangedAfterExtraction) {
+		trash, leased, terr = m.takeOutLocked(e)
+	}
+	m.mu.Unlock()
+	switch {
+	case gone:
+	case errors.Is(err, errChangedAfterExtraction):
+		m.met.extractions.WithLabelValues("changed").Inc()
+		m.cfg.Logger.Warn("overlay: an extracted layer changed before its manifest was written; taken out of service", "layer", e.digest, "leased", leased, "err", err, "drop_err", terr)
+		if trash != "" {
+			removeAll(trash)
+		}
+	default:
+		m.cfg.Logger.Warn("overlay: cannot write the manifest of an extracted layer; it is unverifiable", "layer", e.digest, "err", err)
+	}
+}
+
+// manifestHook, when not nil, is called at the start of every
+// writeManifestLater. Tests only.
+var manifestHook func(blob.Digest)
 
 // readahead overlaps producing a layer's tar stream with applying it (off
 // only in benchmarks that measure what it brings).
 var readahead = true
 
-// extract writes layer l into a new temp dir, and its manifest next to it
-// (the dir's name plus manifestSuffix), and returns the dir with the bytes
-// of file content written, charged to budget. On error neither is left.
-func (m *Materializer) extract(ctx context.Context, l manifest.Layer, origin string, budget *imageBudget) (string, int64, error) {
+// extract writes layer l into a new temp dir and returns the dir with the
+// bytes of file content written, charged to budget, and the digests of the
+// files written (for its manifest, see writeManifestLater). On error no
+// dir is left.
+func (m *Materializer) extract(ctx context.Context, l manifest.Layer, origin string, budget *imageBudget) (string, int64, fileSums, error) {
 	h := l.Digest().Encoded()
 	tmp, err := os.MkdirTemp(m.path("tmp"), h[:16]+"-")
 	if err != nil {
-		return "", 0, fmt.Errorf("layer %s: %w", l.Digest(), err)
+		return "", 0, nil, fmt.Errorf("layer %s: %w", l.Digest(), err)
 	}
 	var stats applyStats
-	var took, manifestTook time.Duration
+	var sums fileSums
+	start := time.Now()
 	for attempt := 0; ; attempt++ {
 		err = safego.Call("overlay: extract layer "+string(l.Digest()), func() (err error) {
-			sums := fileSums{}
-			start := time.Now()
-			if stats, err = m.extractInto(ctx, l, origin, tmp, budget, sums); err != nil {
-				return err
-			}
-			took = time.Since(start)
-			err = writeManifest(ctx, tmp, sums, tmp+manifestSuffix)
-			manifestTook = time.Since(start) - took
+			sums = fileSums{}
+			stats, err = m.extractInto(ctx, l, origin, tmp, budget, sums)
 			return err
 		})
 		if attempt > 0 || !errors.Is(err, blob.ErrMismatch) || ctx.Err() != nil {
@@ -781,20 +857,18 @@ func (m *Materializer) extract(ctx context.Context, l manifest.Layer, origin str
 		// repairs that copy, so read the layer once more.
 		m.met.extractions.WithLabelValues("corrupt").Inc()
 		removeAll(tmp)
-		os.Remove(tmp + manifestSuffix)
 		if err := os.Mkdir(tmp, 0o700); err != nil {
-			return "", 0, fmt.Errorf("layer %s: %w", l.Digest(), err)
+			return "", 0, nil, fmt.Errorf("layer %s: %w", l.Digest(), err)
 		}
 	}
 	m.met.extractBytes.Add(float64(stats.Bytes))
 	m.met.extractFiles.Add(float64(stats.Files))
 	if err != nil {
 		removeAll(tmp)
-		os.Remove(tmp + manifestSuffix)
-		return "", 0, fmt.Errorf("layer %s: %w", l.Digest(), err)
+		return "", 0, nil, fmt.Errorf("layer %s: %w", l.Digest(), err)
 	}
-	m.cfg.Logger.Debug("overlay: extracted a layer", "layer", l.Digest(), "files", stats.Files, "bytes", stats.Bytes, "extract", took, "manifest", manifestTook)
-	return tmp, stats.Bytes, nil
+	m.cfg.Logger.Debug("overlay: extracted a layer", "layer", l.Digest(), "files", stats.Files, "bytes", stats.Bytes, "took", time.Since(start))
+	return tmp, stats.Bytes, sums, nil
 }
 
 // extractInto writes layer l, read from origin, into the empty directory
@@ -913,26 +987,20 @@ func (m *Materializer) extractLayer(ctx context.Context, l manifest.Layer, dir s
 	return stats, nil
 }
 
-// commitLocked moves an extracted temp dir into place and indexes it. If
-// the layer is already indexed (a flight that was abandoned and restarted),
-// the temp dir is discarded and the existing entry returned.
-func (m *Materializer) commitLocked(d blob.Digest, tmp string, size int64) (*layerEntry, error) {
+// commitLocked moves an extracted temp dir into place and indexes it
+// (fresh). If the layer is already indexed (a flight that was abandoned
+// and restarted), the temp dir is discarded and the existing entry
+// returned.
+func (m *Materializer) commitLocked(d blob.Digest, tmp string, size int64) (_ *layerEntry, fresh bool, _ error) {
 	if e := m.layers[d]; e != nil {
 		removeAll(tmp)
-		os.Remove(tmp + manifestSuffix)
-		return e, nil
+		return e, false, nil
 	}
 	h := d.Encoded()
 	dst := m.path("layers", h)
+	os.Remove(m.manifestPath(h)) // one left by a layer of this digest evicted before its manifest was in place
 	if err := os.Rename(tmp, dst); err != nil {
-		return nil, fmt.Errorf("layer %s: commit: %w", d, err)
-	}
-	// The manifest before the index: a layer indexed without it would be
-	// reported unverifiable. (A crash between the two renames leaves a
-	// manifest of the layer now in place.)
-	if err := os.Rename(tmp+manifestSuffix, m.manifestPath(h)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		removeAll(dst)
-		return nil, fmt.Errorf("layer %s: commit manifest: %w", d, err)
+		return nil, false, fmt.Errorf("layer %s: commit: %w", d, err)
 	}
 	e := &layerEntry{digest: d, hex: h, size: size}
 	id, err := m.allocID(h)
@@ -942,7 +1010,7 @@ func (m *Materializer) commitLocked(d blob.Digest, tmp string, size int64) (*lay
 	}
 	if err != nil {
 		removeAll(dst)
-		return nil, fmt.Errorf("layer %s: commit: %w", d, err)
+		return nil, false, fmt.Errorf("layer %s: commit: %w", d, err)
 	}
 	m.ids[id] = d
 	e.elem = m.lru.PushFront(e)
@@ -950,7 +1018,7 @@ func (m *Materializer) commitLocked(d blob.Digest, tmp string, size int64) (*lay
 	m.total += size
 	m.met.cachedBytes.Set(float64(m.total))
 	m.met.cachedLayers.Set(float64(len(m.layers)))
-	return e, nil
+	return e, true, nil
 }
 
 // evict removes unleased layers (a mount lease is a lease), least recently

@@ -8,7 +8,7 @@ type metrics struct {
 	extractBytes   prometheus.Counter
 	extractFiles   prometheus.Counter
 	extractSeconds prometheus.Histogram
-	extractions    *prometheus.CounterVec // result: ok, error
+	extractions    *prometheus.CounterVec // result: ok, error, corrupt, changed
 	layerHits      prometheus.Counter
 	collapsed      prometheus.Counter
 	refused        prometheus.Counter
@@ -34,7 +34,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		extractions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "strata", Subsystem: "overlay", Name: "layer_extractions_total",
-			Help: "Layer extractions, by result (ok, error).",
+			Help: "Layer extractions, by result (ok; error; corrupt: the bytes read were wrong, read again; changed: the layer changed before its manifest was written and was taken out of service).",
 		}, []string{"result"}),
 		layerHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "strata", Subsystem: "overlay", Name: "layer_cache_hits_total",

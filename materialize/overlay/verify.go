@@ -19,6 +19,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -179,8 +180,14 @@ var walkWorkers = 0
 // yet emitted. Tests set it.
 var walkWindow = 4096
 
+// entryCheck, when not nil, is called with every entry's lstat before its
+// fields are computed (concurrently, like hashFunc); an error it returns
+// is that entry's.
+type entryCheck func(rel string, st *syscall.Stat_t) error
+
 // walkLayer calls emit with the path and the fields of the manifest entry
-// of every entry of dir, in walk order. fields is valid only during the
+// of every entry of dir, in walk order (check, when not nil, sees each
+// entry's lstat first). fields is valid only during the
 // call. emit is called on the calling goroutine, one entry at a time; the
 // entries' lstat, link target, sum and extended attributes are computed
 // ahead on several goroutines, so sum is called concurrently (see
@@ -188,7 +195,7 @@ var walkWindow = 4096
 // the first in walk order (no entry after it is emitted): the walk's, one
 // from sum, from emit, or ctx's. walkLayer returns only after every call
 // to sum has returned.
-func walkLayer(ctx context.Context, dir string, sum hashFunc, emit func(path string, fields []byte) error) error {
+func walkLayer(ctx context.Context, dir string, sum hashFunc, check entryCheck, emit func(path string, fields []byte) error) error {
 	dir = filepath.Clean(dir)
 	workers := walkWorkers
 	if workers <= 0 {
@@ -200,6 +207,7 @@ func walkLayer(ctx context.Context, dir string, sum hashFunc, emit func(path str
 		dir:      dir,
 		prefix:   dir + string(filepath.Separator),
 		sum:      sum,
+		check:    check,
 		slots:    *ring,
 		inflight: make(chan struct{}, len(*ring)),
 		jobs:     make(chan int, len(*ring)),
@@ -229,6 +237,7 @@ func walkLayer(ctx context.Context, dir string, sum hashFunc, emit func(path str
 type layerWalk struct {
 	dir, prefix string
 	sum         hashFunc
+	check       entryCheck
 	slots       []walkSlot
 	inflight    chan struct{} // a token per entry listed and not yet emitted
 	jobs        chan int      // entries listed, to compute
@@ -382,7 +391,7 @@ func (w *layerWalk) computeFields(ctx context.Context, s *walkSlot) (err error) 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s.fields, err = appendEntryFields(s.fields[:0], s.p, s.rel, w.sum)
+	s.fields, err = appendEntryFields(s.fields[:0], s.p, s.rel, w.sum, w.check)
 	if s.rel == "" {
 		s.rel = "."
 	}
@@ -416,10 +425,15 @@ func (w *layerWalk) emit(emit func(path string, fields []byte) error) error {
 // appendEntryFields appends to dst the fields of the manifest entry of p
 // (rel relative to the layer directory): "type mode uid gid size rdev
 // sha256 xattrs" and, for a symlink, its target (see manifestHeader).
-func appendEntryFields(fields []byte, p, rel string, sum hashFunc) ([]byte, error) {
+func appendEntryFields(fields []byte, p, rel string, sum hashFunc, check entryCheck) ([]byte, error) {
 	var st syscall.Stat_t
 	if err := syscall.Lstat(p, &st); err != nil {
 		return fields, &os.PathError{Op: "lstat", Path: p, Err: err}
+	}
+	if check != nil {
+		if err := check(rel, &st); err != nil {
+			return fields, err
+		}
 	}
 	var err error
 	typ, rdev, link := byte('?'), uint64(0), ""
@@ -533,9 +547,16 @@ func xattrDigest(p string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)[:16]), nil
 }
 
+// errChangedAfterExtraction: an entry of a layer changed after the layer
+// was extracted, before its manifest was written.
+var errChangedAfterExtraction = errors.New("changed after the layer was extracted")
+
 // writeManifest writes the manifest of the extracted layer dir to path,
-// with the file digests the applier recorded in sums.
-func writeManifest(ctx context.Context, dir string, sums fileSums, path string) (err error) {
+// with the file digests the applier recorded in sums. With extracted not
+// zero (the time the layer's extraction and commit ended), an entry whose
+// inode changed after it (ctime) fails the walk with an error wrapping
+// errChangedAfterExtraction: the manifest would record the change.
+func writeManifest(ctx context.Context, dir string, sums fileSums, path string, extracted time.Time) (err error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("manifest: %w", err)
@@ -557,8 +578,18 @@ func writeManifest(ctx context.Context, dir string, sums fileSums, path string) 
 		}
 		return hex.AppendEncode(dst, s[:]), nil
 	}
+	var check entryCheck
+	if !extracted.IsZero() {
+		notAfter := extracted.UnixNano()
+		check = func(rel string, st *syscall.Stat_t) error {
+			if st.Ctim.Nano() > notAfter {
+				return fmt.Errorf("%q: %w (ctime %s)", rel, errChangedAfterExtraction, time.Unix(0, st.Ctim.Nano()).UTC().Format(time.RFC3339Nano))
+			}
+			return nil
+		}
+	}
 	var line []byte // reused from entry to entry
-	err = walkLayer(ctx, dir, sum, func(path string, fields []byte) error {
+	err = walkLayer(ctx, dir, sum, check, func(path string, fields []byte) error {
 		line = strconv.AppendQuote(line[:0], path)
 		line = append(line, ' ')
 		line = append(line, fields...)
@@ -626,7 +657,8 @@ func (m *Materializer) Layers() []blob.Digest {
 }
 
 // Verify re-checks the extracted layer d against the manifest written when
-// it was extracted: it walks the layer directory, hashes every regular
+// it was extracted (waiting for it if the layer was extracted just now): it
+// walks the layer directory, hashes every regular
 // file, and compares every entry's type, mode, owner, size, content,
 // device number, extended attributes and link target, and the set of
 // paths. A modified layer is dropped, so the next Materialize extracts it
@@ -639,9 +671,20 @@ func (m *Materializer) Layers() []blob.Digest {
 func (m *Materializer) Verify(ctx context.Context, d blob.Digest, removeUnverifiable bool) (LayerCheck, error) {
 	m.mu.Lock()
 	e := m.layers[d]
+	var manifestDone chan struct{}
+	if e != nil {
+		manifestDone = e.manifestDone
+	}
 	m.mu.Unlock()
 	if e == nil {
 		return LayerCheck{}, fmt.Errorf("overlay: verify layer %s: %w: not extracted", d, blob.ErrNotFound)
+	}
+	if manifestDone != nil {
+		select {
+		case <-manifestDone: // written just after extraction (see writeManifestLater)
+		case <-ctx.Done():
+			return LayerCheck{}, fmt.Errorf("overlay: verify layer %s: waiting for its manifest: %w", d, ctx.Err())
+		}
 	}
 	res := LayerCheck{Digest: d, Bytes: e.size, Status: LayerOK}
 	dir := m.path("layers", e.hex)
@@ -671,16 +714,9 @@ func (m *Materializer) Verify(ctx context.Context, d blob.Digest, removeUnverifi
 	switch {
 	case m.layers[d] != e:
 		// Evicted or replaced meanwhile: nothing of what was checked stays.
-	case e.leases > 0 && res.Status == LayerModified:
-		// Out of service at once, so no new caller gets it (the next
-		// Materialize extracts it again); its directory stays where the
-		// leases' mounts see it until the last lease goes.
-		var q string
-		if q, err = m.unindexLocked(e); err == nil {
-			e.quarantine = q
-			res.Removed = true
-		}
-		res.Leased = true
+	case res.Status == LayerModified:
+		trash, res.Leased, err = m.takeOutLocked(e)
+		res.Removed = err == nil
 	case e.leases > 0:
 		res.Leased = true
 	default:
@@ -697,6 +733,23 @@ func (m *Materializer) Verify(ctx context.Context, d blob.Digest, removeUnverifi
 		}
 	}
 	return res, nil
+}
+
+// takeOutLocked takes the modified layer e out of service at once, so that
+// no new caller gets it (the next Materialize extracts it again). Its
+// directory is returned for removal (trash) or, while leases hold it
+// (leased), stays where their mounts see it until the last lease goes.
+func (m *Materializer) takeOutLocked(e *layerEntry) (trash string, leased bool, err error) {
+	leased = e.leases > 0
+	p, err := m.unindexLocked(e)
+	switch {
+	case err != nil:
+		return "", leased, err
+	case leased:
+		e.quarantine = p
+		return "", true, nil
+	}
+	return p, false, nil
 }
 
 // errNoManifest: the layer has no manifest to compare with.
@@ -761,7 +814,7 @@ func compareManifest(ctx context.Context, dir, path string) (diffs []string, unr
 		}
 		return append(dst, s...), err
 	}
-	err = walkLayer(ctx, dir, sum, func(path string, fields []byte) error {
+	err = walkLayer(ctx, dir, sum, nil, func(path string, fields []byte) error {
 		for next != nil && walkBefore(next.path, path) {
 			note("removed %s", next.path)
 			advance()

@@ -28,16 +28,16 @@ func verifyLayer() []byte {
 		Gzip()
 }
 
-// TestVerifyDetectsTampering: each kind of change to an extracted layer is
-// reported, the layer is dropped, and the next Materialize extracts it
-// again, identical.
-func TestVerifyDetectsTampering(t *testing.T) {
-	ctx := context.Background()
-	tests := []struct {
-		desc   string
-		tamper func(t *testing.T, dir string)
-		want   string // in the differences
-	}{
+// tamperCase is a change made to an extracted layer behind the
+// materializer's back, and what Verify reports for it.
+type tamperCase struct {
+	desc   string
+	tamper func(t *testing.T, dir string)
+	want   string // in the differences
+}
+
+func tampers() []tamperCase {
+	return []tamperCase{
 		{"a file's content modified", func(t *testing.T, dir string) {
 			writeFile(t, filepath.Join(dir, "etc/passwd"), "root::0:0::/root:/bin/sh\n")
 		}, "modified etc/passwd: size, content"},
@@ -79,7 +79,14 @@ func TestVerifyDetectsTampering(t *testing.T) {
 			}
 		}, "removed empty"},
 	}
-	for _, tt := range tests {
+}
+
+// TestVerifyDetectsTampering: each kind of change to an extracted layer is
+// reported, the layer is dropped, and the next Materialize extracts it
+// again, identical.
+func TestVerifyDetectsTampering(t *testing.T) {
+	ctx := context.Background()
+	for _, tt := range tampers() {
 		t.Run(tt.desc, func(t *testing.T) {
 			m := newMaterializer(t, Config{})
 			img := tartest.FromV1(t, tartest.Image(t, verifyLayer()))

@@ -107,7 +107,7 @@ func setWalk(t *testing.T, workers, window int) {
 // walkLines returns the manifest lines walkLayer emits for dir.
 func walkLines(ctx context.Context, dir string, sum hashFunc, emit func(line string) error) ([]string, error) {
 	var out []string
-	err := walkLayer(ctx, dir, sum, func(path string, fields []byte) error {
+	err := walkLayer(ctx, dir, sum, nil, func(path string, fields []byte) error {
 		line := strconv.Quote(path) + " " + string(fields)
 		out = append(out, line)
 		if emit != nil {

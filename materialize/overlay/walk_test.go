@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -135,7 +136,7 @@ func TestManifestFormatUnchanged(t *testing.T) {
 		return err
 	}))
 	path := filepath.Join(dir, "m"+manifestSuffix)
-	mk(writeManifest(context.Background(), layer, sums, path))
+	mk(writeManifest(context.Background(), layer, sums, path, time.Time{}))
 	b, err := os.ReadFile(path)
 	mk(err)
 	got := string(b)
@@ -211,7 +212,7 @@ func TestApplierRecordsFileSums(t *testing.T) {
 		t.Fatalf("checked %d files, want 306", n)
 	}
 	path := dir + manifestSuffix
-	if err := writeManifest(ctx, dir, sums, path); err != nil {
+	if err := writeManifest(ctx, dir, sums, path, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	if diffs, _, err := compareManifest(ctx, dir, path); err != nil || len(diffs) != 0 {
@@ -254,7 +255,7 @@ func TestWriteManifestAllocations(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "m")
 	allocs := testing.AllocsPerRun(3, func() {
 		os.Remove(out)
-		if err := writeManifest(context.Background(), dir, sums, out); err != nil {
+		if err := writeManifest(context.Background(), dir, sums, out, time.Time{}); err != nil {
 			t.Fatal(err)
 		}
 	})
