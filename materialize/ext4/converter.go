@@ -597,10 +597,9 @@ func (c *Converter) download(ctx context.Context, dv derivation, ref blob.Ref) (
 	if err := ref.Validate(); err != nil {
 		return nil, fmt.Errorf("ext4: derivation ref for %s: %w", dv.digest, err)
 	}
-	if r, ok := c.linkStaged(ctx, dv, ref); ok { // no copy: the local tier's own file
+	if r, ok, absent := c.linkStaged(ctx, dv, ref, time.Time{}); ok { // no copy: the local tier's own file
 		return r, nil
-	}
-	if r, ok, err := c.downloadStaged(ctx, dv, ref); err != nil || ok {
+	} else if r, ok, err := c.downloadStaged(ctx, dv, ref, absent); err != nil || ok {
 		return r, err
 	}
 	rc, _, err := dv.store.Open(ctx, ref.Digest)

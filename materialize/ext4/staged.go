@@ -10,6 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/strata-oci/strata/blob"
 	"github.com/strata-oci/strata/internal/safego"
@@ -320,10 +323,13 @@ func growKeeps(f *os.File, size int64, spec growSpec) (bool, error) {
 // copy into WorkDir next to the write-back made two. ok is false when the
 // Stager did not take the blob (too large for it, say, or a store that
 // writes nothing back); the caller copies it then.
-func (c *Converter) downloadStaged(ctx context.Context, dv derivation, ref blob.Ref) (r *Result, ok bool, err error) {
+func (c *Converter) downloadStaged(ctx context.Context, dv derivation, ref blob.Ref, absent bool) (r *Result, ok bool, err error) {
 	if c.cfg.Stager == nil || dv.store == blob.Tier(c.cfg.Stager) {
 		return nil, false, nil
 	}
+	// File timestamps come from the kernel's coarse clock, up to a tick
+	// behind time.Now: a file created from here on may look born earlier.
+	start := time.Now().Add(-bornSlack)
 	rc, _, err := dv.store.Open(ctx, ref.Digest)
 	if err != nil {
 		return nil, false, fmt.Errorf("ext4: open derived image %s from %s: %w", ref.Digest, dv.store.Name(), err)
@@ -334,7 +340,15 @@ func (c *Converter) downloadStaged(ctx context.Context, dv derivation, ref blob.
 	if err != nil {
 		return nil, false, fmt.Errorf("ext4: download derived image %s from %s: %w", ref.Digest, dv.store.Name(), err)
 	}
-	r, ok = c.linkStaged(ctx, dv, ref)
+	// The Stager did not hold the blob before (absent): a file of it born
+	// since start is the write-back of the stream just verified, committed
+	// by the tier only once that stream verified, so it is not hashed a
+	// second time (578 MB: 0.36 s here).
+	var bornAfter time.Time
+	if absent {
+		bornAfter = start
+	}
+	r, ok, _ = c.linkStaged(ctx, dv, ref, bornAfter)
 	return r, ok, nil
 }
 
@@ -343,35 +357,56 @@ func (c *Converter) downloadStaged(ctx context.Context, dv derivation, ref blob.
 // read-only (0400) file, dv's options leave its bytes as they are, and it
 // hashes to ref's digest now. ok is false otherwise; the caller downloads
 // it then (a copy, verified again, and a rotten file is dropped by the
-// tier on that read).
-func (c *Converter) linkStaged(ctx context.Context, dv derivation, ref blob.Ref) (r *Result, ok bool) {
+// tier on that read). absent reports that the Stager does not hold the
+// blob. With bornAfter not zero, a file created after it (statx birth
+// time) is not hashed: the caller verified the stream the Stager wrote it
+// from since then.
+func (c *Converter) linkStaged(ctx context.Context, dv derivation, ref blob.Ref, bornAfter time.Time) (r *Result, ok, absent bool) {
 	st := c.cfg.Stager
 	if st == nil {
-		return nil, false
+		return nil, false, false
 	}
 	f, _, err := st.OpenBlobFile(ctx, ref.Digest)
 	if err != nil {
-		return nil, false
+		return nil, false, errors.Is(err, blob.ErrNotFound)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil || fi.Mode().Perm() != 0o400 || fi.Size() != ref.Size {
-		return nil, false
+		return nil, false, false
 	}
 	if same, err := growKeeps(f, ref.Size, dv.free); err != nil || !same {
-		return nil, false
+		return nil, false, false
 	}
-	if d, err := hashFile(ctx, f, ref.Size); err != nil || d != ref.Digest {
-		return nil, false
+	if bornAfter.IsZero() || !bornSince(f, bornAfter) {
+		if d, err := hashFile(ctx, f, ref.Size); err != nil || d != ref.Digest {
+			return nil, false, false
+		}
 	}
 	p := filepath.Join(c.tmpDir, "download-"+randomName()+".ext4")
 	if err := linkFile(f, p); err != nil {
-		return nil, false
+		return nil, false, false
 	}
 	r = &Result{Digest: ref.Digest, Size: ref.Size, FromCache: true}
 	if err := c.publishPath(dv, p, r, true); err != nil { // OpenBlobFile fsynced it
 		os.Remove(p)
-		return nil, false
+		return nil, false, false
 	}
-	return r, true
+	return r, true, false
+}
+
+// bornSlack is how far before a download's start a file of the blob may
+// look born and still count as written by it (see downloadStaged): more
+// than a kernel tick (4 ms at HZ=250, 10 ms at HZ=100). It is safe because
+// the Stager did not hold the blob when the download began.
+const bornSlack = 50 * time.Millisecond
+
+// bornSince reports whether f's inode was created after t (its birth time,
+// where the file system records one; false where it does not).
+func bornSince(f *os.File, t time.Time) bool {
+	var stx unix.Statx_t
+	if err := unix.Statx(int(f.Fd()), "", unix.AT_EMPTY_PATH, unix.STATX_BTIME, &stx); err != nil || stx.Mask&unix.STATX_BTIME == 0 {
+		return false
+	}
+	return time.Unix(stx.Btime.Sec, int64(stx.Btime.Nsec)).After(t)
 }

@@ -70,7 +70,14 @@ func (h *stagedHost) blobPath(d blob.Digest) string {
 // writeBytes returns the bytes this process caused to be written to
 // storage (/proc/self/io write_bytes: pages it dirtied, in-kernel copies
 // included, reflinks not), or -1 where the kernel does not say.
-func writeBytes() int64 {
+func writeBytes() int64 { return procIO("write_bytes") }
+
+// readChars returns the bytes this process read with read(2) and its
+// kind (/proc/self/io rchar: from the page cache or not), or -1.
+func readChars() int64 { return procIO("rchar") }
+
+// procIO returns the field of /proc/self/io, or -1.
+func procIO(field string) int64 {
 	f, err := os.Open("/proc/self/io")
 	if err != nil {
 		return -1
@@ -78,7 +85,7 @@ func writeBytes() int64 {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "write_bytes: "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), field+": "); ok {
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil {
 				return -1
@@ -617,12 +624,12 @@ func TestDerivedImageDownloadWrittenOnce(t *testing.T) {
 	}
 
 	b := newStagedHost(t, filepath.Join(dir, "b"), shared, true)
-	before := writeBytes()
+	before, readBefore := writeBytes(), readChars()
 	r, err := b.conv.Materialize(ctx, img, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	written := writeBytes() - before
+	written, read := writeBytes()-before, readChars()-readBefore
 	if st := b.conv.Stats(); !r.FromCache || st.Downloads != 1 || st.Conversions != 0 {
 		t.Fatalf("from cache %v, stats %+v: want one download", r.FromCache, st)
 	}
@@ -630,6 +637,12 @@ func TestDerivedImageDownloadWrittenOnce(t *testing.T) {
 	t.Logf("downloaded image: %d MiB allocated; written: %d MiB (%.2f full writes)", data>>20, written>>20, float64(written)/float64(data))
 	if limit := data + data/8 + 4<<20; written > limit {
 		t.Errorf("the download wrote %d bytes for an image of %d allocated bytes: more than one full write plus metadata (limit %d)", written, data, limit)
+	}
+	// The tier's file was written from the stream just verified: it is
+	// not read back to be hashed again before it is linked.
+	t.Logf("read back: %d MiB", read>>20)
+	if read > data/4 {
+		t.Errorf("the download read %d bytes back for an image of %d allocated bytes: hashed again after the verified stream", read, data)
 	}
 	bi, err := os.Stat(b.blobPath(r.Digest))
 	if err != nil {
