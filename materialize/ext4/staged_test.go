@@ -559,6 +559,31 @@ func TestCopyFile(t *testing.T) {
 	}
 }
 
+// damageContent writes b at off into the content of sampleImage's etc/c
+// (which finishFS never reads) in the read-only image file p, behind the
+// tier's back.
+func damageContent(t *testing.T, p string, off int64, b []byte) {
+	t.Helper()
+	img, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := bytes.Index(img, tartest.Content("b", 300_000)[:4096])
+	if at < 0 {
+		t.Fatal("etc/c's content not found in the image")
+	}
+	os.Chmod(p, 0o600)
+	defer os.Chmod(p, 0o400)
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, int64(at)+off); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestRottenTierFileIsNotLinked: a tier file that no longer hashes to its
 // digest is not handed out by link: the image comes back right (the rotten
 // copy dropped, the image converted again).
@@ -574,20 +599,7 @@ func TestRottenTierFileIsNotLinked(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := h.blobPath(r.Digest)
-	os.Chmod(p, 0o600)
-	f, err := os.OpenFile(p, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Rot in the content of etc/c, which finishFS never reads.
-	img0, _ := os.ReadFile(p)
-	at := bytes.Index(img0, tartest.Content("b", 300_000)[:4096])
-	if at < 0 {
-		t.Fatal("etc/c's content not found in the image")
-	}
-	f.WriteAt([]byte("rot"), int64(at)+100)
-	f.Close()
-	os.Chmod(p, 0o400)
+	damageContent(t, p, 100, []byte("rot"))
 
 	r2, err := h.conv.Materialize(ctx, img, nil)
 	if err != nil {
@@ -718,19 +730,7 @@ func TestUnsyncedImageReusedOnlyOnItsBoot(t *testing.T) {
 	if pi, err := os.Stat(p); err != nil || !sameFile(t, pi, r.Path) {
 		t.Fatalf("the local image is not the tier's file (%v)", err)
 	}
-	os.Chmod(p, 0o600)
-	f, err := os.OpenFile(p, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img0, _ := os.ReadFile(p)
-	at := bytes.Index(img0, tartest.Content("b", 300_000)[:4096])
-	if at < 0 {
-		t.Fatal("etc/c's content not found in the image")
-	}
-	f.WriteAt(make([]byte, 4096), int64(at))
-	f.Close()
-	os.Chmod(p, 0o400)
+	damageContent(t, p, 0, make([]byte, 4096)) // a torn page
 
 	syncFails = false
 	r3, err := h.conv.Materialize(ctx, img, nil)

@@ -111,25 +111,35 @@ func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
 	}
 }
 
-// TestPutReturnsBeforeFsync holds every fsync of a blob or temp file and
-// shows that Put still returns, its blob readable, and that the fsync
-// then happens off Put's path, exactly once, before its directory's.
-func TestPutReturnsBeforeFsync(t *testing.T) {
+// openHoldingFsyncs opens a tier in a new root whose fsyncs of blob and
+// temp files (not SESSION) wait until unblock is called (also at
+// cleanup, before the tier's Close); entered is closed when the first one
+// starts waiting.
+func openHoldingFsyncs(t *testing.T) (tr *Tier, log *fsyncLog, entered <-chan struct{}, unblock func()) {
+	t.Helper()
 	root := t.TempDir()
-	entered := make(chan struct{})
+	in := make(chan struct{})
 	release := make(chan struct{})
 	var once sync.Once
-	log := hookFsyncs(t, root, func(op, path string) error {
+	log = hookFsyncs(t, root, func(op, path string) error {
 		if op == "file" && !strings.HasSuffix(path, sessionFile) {
-			once.Do(func() { close(entered) })
+			once.Do(func() { close(in) })
 			<-release
 		}
 		return nil
 	})
-	tr := openTier(t, Config{Root: root})
+	tr = openTier(t, Config{Root: root})
 	var releaseOnce sync.Once
-	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	unblock = func() { releaseOnce.Do(func() { close(release) }) }
 	t.Cleanup(unblock) // before the Close openTier registered
+	return tr, log, in, unblock
+}
+
+// TestPutReturnsBeforeFsync holds every fsync of a blob or temp file and
+// shows that Put still returns, its blob readable, and that the fsync
+// then happens off Put's path, exactly once, before its directory's.
+func TestPutReturnsBeforeFsync(t *testing.T) {
+	tr, log, entered, unblock := openHoldingFsyncs(t)
 
 	data := randomBytes(1, 300_000)
 	d := blob.FromBytes(data)
@@ -580,21 +590,7 @@ func TestCloseSyncsPutsThatRaceIt(t *testing.T) {
 // then its directory. (A 578 MB derived image waited up to half a second
 // for its fsync at commit.)
 func TestCommitStagedReturnsBeforeFsync(t *testing.T) {
-	root := t.TempDir()
-	entered := make(chan struct{})
-	release := make(chan struct{})
-	var once sync.Once
-	log := hookFsyncs(t, root, func(op, path string) error {
-		if op == "file" && !strings.HasSuffix(path, sessionFile) {
-			once.Do(func() { close(entered) })
-			<-release
-		}
-		return nil
-	})
-	tr := openTier(t, Config{Root: root})
-	var releaseOnce sync.Once
-	unblock := func() { releaseOnce.Do(func() { close(release) }) }
-	t.Cleanup(unblock) // before the Close openTier registered
+	tr, log, entered, unblock := openHoldingFsyncs(t)
 
 	f, want := stageContent(t, tr, randomBytes(3, 300<<10), 4<<20)
 	stagedPath := f.Name()
