@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/strata-oci/strata"
 	"github.com/strata-oci/strata/registry/credential"
 )
 
@@ -49,11 +50,32 @@ func (e *env) primeRemote(ctx context.Context) error {
 		return err
 	}
 	err = waitCached(ctx, y.Fetcher(), e.ref)
+	if err == nil {
+		err = sharedDerived(ctx, y, e.ref)
+	}
 	if cerr := y.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return fmt.Errorf("an executor with empty local tiers over the shared tier: %w", err)
+	}
+	return nil
+}
+
+// sharedDerived checks that x, whose local tiers hold no derived image,
+// finds the image's derivation ref and derived blob (in the shared tier):
+// a Put the disk tier took succeeds though the shared tier failed it.
+func sharedDerived(ctx context.Context, x *strata.Host, ref string) error {
+	img, err := x.Fetcher().FetchImage(ctx, ref, credential.Anonymous)
+	if err != nil {
+		return err
+	}
+	ok, err := x.Ext4().IsMaterialized(ctx, img, nil)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errors.New("the shared tier does not hold the derived ext4 image (its ref or its blob)")
 	}
 	return nil
 }
