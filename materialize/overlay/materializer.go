@@ -736,7 +736,9 @@ func (m *Materializer) run(ctx context.Context, k flightKey, f *flight, l manife
 		// meanwhile is theirs too.
 		var fresh bool
 		if e, fresh, err = m.commitLocked(d, tmp, size); err == nil && fresh {
-			// Every change the extraction made is before this (ctime).
+			// Every change the extraction made is before this (ctime),
+			// unless the wall clock stepped back meanwhile: then the layer
+			// is taken out and extracted again (see writeManifestLater).
 			e.committed = time.Now()
 			e.manifestDone = make(chan struct{})
 			m.running.Add(1)
