@@ -35,8 +35,8 @@ type Stager interface {
 	// (hashed, made read-only and renamed into place, all or nothing) and
 	// returns its Info. The committed file is never written again. It may
 	// return before the file is on disk (the converter fsyncs its handout
-	// itself, see localMeta.Unsynced). It fails wrapping blob.ErrTooLarge for a blob the tier
-	// declines, leaving the file staged and readable.
+	// itself, see localMeta.Unsynced). It fails wrapping blob.ErrTooLarge
+	// for a blob the tier declines, leaving the file staged and readable.
 	CommitStaged(ctx context.Context, f *os.File) (blob.Info, error)
 	// DiscardStaged closes the staging file and removes it unless it was
 	// committed; it is called once for every file Stage returned.
