@@ -66,12 +66,13 @@ func (r *resumingReader) open() error {
 	return nil
 }
 
-// head returns the data of the message received and not yet delivered.
+// head returns a copy of the data of the message received and not yet
+// delivered.
 func (r *resumingReader) head() []byte {
 	if r.dec != nil || r.sr == nil {
 		return nil
 	}
-	return r.sr.buf
+	return r.sr.chunk.peek()
 }
 
 func (r *resumingReader) Read(p []byte) (int, error) {
@@ -87,7 +88,7 @@ func (r *resumingReader) Read(p []byte) (int, error) {
 				p = p[:rem]
 			}
 		}
-		if r.toZstd && len(r.sr.buf) == 0 {
+		if r.toZstd && r.sr.chunk.n == 0 {
 			if err := r.switchToZstd(); err != nil {
 				r.err = err
 				return 0, err

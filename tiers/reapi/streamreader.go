@@ -11,7 +11,7 @@ import (
 )
 
 // streamReader is the raw byte stream of one ByteStream Read. It holds at
-// most one received message. Errors are converted (blob.ErrUnavailable for a
+// most one received message, in gRPC's receive buffers (see readChunk). Errors are converted (blob.ErrUnavailable for a
 // broken or stalled stream) and sticky; cause keeps the unconverted error
 // so a resumingReader can judge it. Not safe for concurrent Reads.
 type streamReader struct {
@@ -23,7 +23,7 @@ type streamReader struct {
 	wd      *watchdog
 	subject string
 
-	buf       []byte
+	chunk     readChunk // of the last message received
 	err       error
 	cause     error // err before conversion (nil, io.EOF or the RPC error)
 	closed    bool
@@ -57,12 +57,12 @@ func (t *Tier) openRead(ctx context.Context, resource, subject string, offset, l
 func (r *streamReader) start(req *bspb.ReadRequest, opts []grpc.CallOption) error {
 	r.wd.arm(r.t.cfg.CallTimeout) // the server may fetch or compress the blob first
 	defer r.wd.disarm()
-	stream, err := r.t.bs.Read(r.sctx, req, opts...)
+	stream, err := r.t.bs.Read(r.sctx, req, append(opts[:len(opts):len(opts)], grpc.ForceCodecV2(chunkCodec{}))...)
 	if err != nil {
 		return r.wd.check(err)
 	}
 	r.stream = stream
-	msg, err := stream.Recv()
+	err = stream.RecvMsg(&r.chunk)
 	if err == io.EOF {
 		r.err, r.cause = io.EOF, io.EOF // an empty stream; the verifier judges it
 		return nil
@@ -70,7 +70,6 @@ func (r *streamReader) start(req *bspb.ReadRequest, opts []grpc.CallOption) erro
 	if err != nil {
 		return r.wd.check(err)
 	}
-	r.buf = msg.GetData()
 	return nil
 }
 
@@ -84,16 +83,16 @@ func (r *streamReader) Read(p []byte) (int, error) {
 			// gets no more of them.
 			r.cause = err
 			r.err = r.t.convert(r.ctx, "read", r.subject, err)
-			r.buf = nil
+			r.chunk.release()
 			return 0, r.err
 		}
 	}
-	for len(r.buf) == 0 {
+	for r.chunk.n == 0 {
 		if r.err != nil {
 			return 0, r.err
 		}
 		r.wd.arm(r.t.cfg.StallTimeout)
-		msg, err := r.stream.Recv()
+		err := r.stream.RecvMsg(&r.chunk)
 		r.wd.disarm()
 		if err == io.EOF {
 			r.err, r.cause = io.EOF, io.EOF
@@ -106,17 +105,15 @@ func (r *streamReader) Read(p []byte) (int, error) {
 			r.err = r.t.convert(r.ctx, "read", r.subject, err)
 			return 0, r.err
 		}
-		r.buf = msg.GetData()
 	}
-	n := copy(p, r.buf)
-	r.buf = r.buf[n:]
-	return n, nil
+	return r.chunk.read(p), nil
 }
 
 // Close cancels the stream. It is safe to call more than once.
 func (r *streamReader) Close() error {
 	r.closed = true
 	r.release()
+	r.chunk.release()
 	return nil
 }
 
