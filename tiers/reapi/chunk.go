@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 
 	"google.golang.org/grpc/encoding"
@@ -42,10 +41,8 @@ func (chunkCodec) Unmarshal(data mem.BufferSlice, v any) error {
 // message's receive buffers (a reference held until the data is read or
 // release is called).
 type readChunk struct {
-	r    *mem.Reader     // at the data's next byte; nil when none is left
-	n    int             // data bytes left
-	msg  mem.BufferSlice // the message, for peek (a reference of its own)
-	next int             // the offset in msg of r's next byte
+	r *mem.Reader // at the data's next byte; nil when none is left
+	n int         // data bytes left
 }
 
 // dataField is the number of ReadResponse's data field (10).
@@ -111,8 +108,7 @@ func (c *readChunk) parse(data mem.BufferSlice) error {
 		r.Close()
 		return fmt.Errorf("%w: %v", errMalformedResponse, err)
 	}
-	data.Ref()
-	c.r, c.n, c.msg, c.next = r, n, data, start
+	c.r, c.n = r, n
 	return nil
 }
 
@@ -121,11 +117,11 @@ func (c *readChunk) peek() []byte {
 	if c.n == 0 {
 		return nil
 	}
-	b := make([]byte, c.n)
-	r := c.msg.Reader()
-	defer r.Close()
-	r.Discard(c.next)
-	io.ReadFull(r, b)
+	views, _ := c.r.Peek(c.n, nil) // n bytes are there: parse checked
+	b := make([]byte, 0, c.n)
+	for _, v := range views {
+		b = append(b, v...)
+	}
 	return b
 }
 
@@ -136,7 +132,6 @@ func (c *readChunk) read(p []byte) int {
 	}
 	k, _ := c.r.Read(p)
 	c.n -= k
-	c.next += k
 	if c.n == 0 {
 		c.release()
 	}
@@ -147,8 +142,7 @@ func (c *readChunk) read(p []byte) int {
 func (c *readChunk) release() {
 	if c.r != nil {
 		c.r.Close()
-		c.msg.Free()
-		c.r, c.msg = nil, nil
+		c.r = nil
 	}
-	c.n, c.next = 0, 0
+	c.n = 0
 }

@@ -11,9 +11,10 @@ import (
 )
 
 // streamReader is the raw byte stream of one ByteStream Read. It holds at
-// most one received message, in gRPC's receive buffers (see readChunk). Errors are converted (blob.ErrUnavailable for a
-// broken or stalled stream) and sticky; cause keeps the unconverted error
-// so a resumingReader can judge it. Not safe for concurrent Reads.
+// most one received message, in gRPC's receive buffers (see readChunk).
+// Errors are converted (blob.ErrUnavailable for a broken or stalled
+// stream) and sticky; cause keeps the unconverted error so a
+// resumingReader can judge it. Not safe for concurrent Reads.
 type streamReader struct {
 	t       *Tier
 	ctx     context.Context // the caller's: tells a cancelled caller from a failed server
