@@ -1000,7 +1000,6 @@ func (m *Materializer) commitLocked(d blob.Digest, tmp string, size int64) (_ *l
 	}
 	h := d.Encoded()
 	dst := m.path("layers", h)
-	os.Remove(m.manifestPath(h)) // one left by a layer of this digest evicted before its manifest was in place
 	if err := os.Rename(tmp, dst); err != nil {
 		return nil, false, fmt.Errorf("layer %s: commit: %w", d, err)
 	}
