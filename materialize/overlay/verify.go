@@ -77,14 +77,19 @@ type hashChunk struct {
 // being filled, and those queued or being hashed.
 const hashBuffers = 4
 
-// hashBufPool holds the buffers of fileHashers that stopped.
-var hashBufPool sync.Pool
+// contentBufPool holds buffers that file content is read or hashed
+// through, 256 KiB unless a fileHasher of another size put them: those of
+// fileHashers that stopped, and compareManifest's.
+var contentBufPool = sync.Pool{New: func() any {
+	b := make([]byte, 256<<10)
+	return &b
+}}
 
 func newFileHasher(sums fileSums, size int) *fileHasher {
 	h := &fileHasher{sums: sums, work: make(chan hashChunk, hashBuffers), free: make(chan []byte, hashBuffers), done: make(chan struct{})}
 	for range hashBuffers {
-		b, _ := hashBufPool.Get().(*[]byte)
-		if b == nil || len(*b) != size {
+		b := contentBufPool.Get().(*[]byte)
+		if len(*b) != size {
 			nb := make([]byte, size)
 			b = &nb
 		}
@@ -136,7 +141,7 @@ func (h *fileHasher) stop() {
 	for {
 		select {
 		case b := <-h.free:
-			hashBufPool.Put(&b)
+			contentBufPool.Put(&b)
 		default:
 			return // all given back (or one held by a Read that panicked)
 		}
@@ -805,9 +810,9 @@ func compareManifest(ctx context.Context, dir, path string) (diffs []string, unr
 	defer unix.Close(root)
 	var unreadableN atomic.Int64 // sum runs on walkLayer's workers
 	sum := func(dst []byte, rel string, st *syscall.Stat_t) ([]byte, error) {
-		buf := verifyBufPool.Get().(*[]byte)
+		buf := contentBufPool.Get().(*[]byte)
 		s, err := hashBeneath(root, rel, st, *buf)
-		verifyBufPool.Put(buf)
+		contentBufPool.Put(buf)
 		if errors.Is(err, unix.EACCES) {
 			unreadableN.Add(1)
 			return dst, nil
@@ -846,13 +851,6 @@ func compareManifest(ctx context.Context, dir, path string) (diffs []string, unr
 	}
 	return diffs, int(unreadableN.Load()), nil
 }
-
-// verifyBufPool holds the buffers compareManifest reads file content
-// into, one per file being hashed.
-var verifyBufPool = sync.Pool{New: func() any {
-	b := make([]byte, 256<<10)
-	return &b
-}}
 
 // manifestFields names the fields after the path, in order.
 var manifestFields = []string{"type", "mode", "owner", "group", "size", "device", "content", "xattrs", "link target"}
