@@ -204,7 +204,11 @@ it is not the requested --platform, materialize warns on stderr.`,
 			if err != nil {
 				return err
 			}
-			r := ext4Result{Reference: img.Reference.String(), Digest: img.Digest().String(), Platform: imagePlatform(img), Ext4: res.Digest.String(), Out: out, Size: size, FromCache: res.FromCache, Placed: placed}
+			// A conversion hands its image out before hashing it; the
+			// hash has ended with the Flush above. Its failure, which
+			// leaves the digest empty, is the converter's to log.
+			derived, _ := res.Hashed(ctx)
+			r := ext4Result{Reference: img.Reference.String(), Digest: img.Digest().String(), Platform: imagePlatform(img), Ext4: derived.String(), Out: out, Size: size, FromCache: res.FromCache, Placed: placed}
 			if a.json {
 				return a.printJSON(r)
 			}

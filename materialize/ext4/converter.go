@@ -163,10 +163,35 @@ type Result struct {
 	// Digest names the stored image, under which the Store holds it: the
 	// filesystem without the requested free space. The file at Path is that
 	// image grown in place by Options (identical bytes when both are zero).
+	// It is empty while the image is being hashed: with Config.Stager a
+	// conversion hands its image out first and hashes it in the background
+	// (see Hashed).
 	Digest blob.Digest
 	// FromCache is true when no conversion ran for this call: the image
 	// was already on local disk or was downloaded from the Store.
 	FromCache bool
+
+	pending *pendingImage // the background hash Digest waits for, if empty
+}
+
+// Hashed returns the digest of the stored image: Digest, or, when Digest
+// is empty (the image was handed out before it was hashed), the digest
+// once the background hash has ended, or ctx. It fails if that hash
+// failed: the image at Path is still usable, but it is not stored, and
+// the next Materialize converts it again.
+func (r *Result) Hashed(ctx context.Context) (blob.Digest, error) {
+	if r.Digest != "" {
+		return r.Digest, nil
+	}
+	if r.pending == nil {
+		return "", errors.New("ext4: result without a digest")
+	}
+	select {
+	case <-r.pending.done:
+		return r.pending.digest, r.pending.err
+	case <-ctx.Done():
+		return "", fmt.Errorf("ext4: wait for the image's hash: %w", ctx.Err())
+	}
 }
 
 // Stats counts the converter's work since New.
@@ -209,6 +234,9 @@ type Converter struct {
 	// storing holds the background stores running (see storeLater), by
 	// derivation key; each channel is closed when its store ends.
 	storing map[string]chan struct{}
+	// pending holds the local images handed out before they were hashed
+	// (see convertStaged), by derivation id.
+	pending map[string]*pendingImage
 
 	conversions, failures, downloads, localHits, collapsed atomic.Int64
 	stores, storeFailures                                  atomic.Int64
@@ -374,6 +402,8 @@ func gdtBlocks(max int64) uint32 {
 
 // localMeta is the sidecar written next to a local image.
 type localMeta struct {
+	// Digest is empty while the image is hashed in the background (see
+	// convertStaged): only the process hashing it reuses it meanwhile.
 	Digest blob.Digest `json:"digest"`
 	Size   int64       `json:"size"`
 	Key    string      `json:"key"`
@@ -398,13 +428,29 @@ func (c *Converter) metaPath(dv derivation) string  { return filepath.Join(c.img
 
 // local returns the image already in WorkDir, if any.
 func (c *Converter) local(dv derivation) (*Result, bool) {
+	// Before the sidecar: finishPending writes the digest into the sidecar
+	// before it forgets the image.
+	c.mu.Lock()
+	pending := c.pending[dv.id]
+	c.mu.Unlock()
 	b, err := os.ReadFile(c.metaPath(dv))
 	if err != nil {
 		return nil, false
 	}
 	var m localMeta
-	if json.Unmarshal(b, &m) != nil || m.Key != dv.key.String() || blob.ValidateDigest(m.Digest) != nil {
+	if json.Unmarshal(b, &m) != nil || m.Key != dv.key.String() {
 		return nil, false
+	}
+	switch {
+	case m.Digest == "" && pending == nil:
+		// Handed out before it was hashed, and the hash failed, or the
+		// process that converted it ended first: not stored, not reused.
+		return nil, false
+	case m.Digest == "":
+	case blob.ValidateDigest(m.Digest) != nil:
+		return nil, false
+	default:
+		pending = nil
 	}
 	if m.Unsynced != "" && m.Unsynced != bootID() {
 		return nil, false // written before a machine crash, maybe torn
@@ -414,7 +460,7 @@ func (c *Converter) local(dv derivation) (*Result, bool) {
 	if err != nil || fi.Size() != m.Size || !fi.Mode().IsRegular() {
 		return nil, false
 	}
-	return &Result{Path: p, Size: m.Size, Digest: m.Digest, FromCache: true}, true
+	return &Result{Path: p, Size: m.Size, Digest: m.Digest, FromCache: true, pending: pending}, true
 }
 
 // Materialize returns the ext4 image of img with opts (nil: the Config's
@@ -437,8 +483,10 @@ func (c *Converter) local(dv derivation) (*Result, bool) {
 // interrupted conversion leaves no image, no blob and no ref behind
 // (temporary files are removed; a crash leaves only files under
 // WorkDir/tmp, and the Stager's staging file, which the Stager removes).
-// With Config.Stager a conversion stores the image and its ref in the
-// Stager before it returns, and in the Store in the background.
+// With Config.Stager a conversion hands its image out as soon as it is
+// built, with Result.Digest empty (see Result.Hashed), and then, in the
+// background, hashes it, commits it and its ref in the Stager, and stores
+// both in the Store.
 //
 // If the store declines the image as too large (blob.ErrTooLarge), the
 // image is still returned from WorkDir but not shared.
@@ -925,6 +973,19 @@ func (c *Converter) markSynced(dv derivation, f *os.File) error {
 	if err := syncImage(f); err != nil {
 		return fmt.Errorf("ext4: sync image: %w", err)
 	}
+	return c.editMeta(dv, f, func(m *localMeta) bool {
+		if m.Unsynced == "" {
+			return false
+		}
+		m.Unsynced = ""
+		return true
+	})
+}
+
+// editMeta applies edit to the sidecar of dv's local image, if that image
+// is still the file f (not replaced or removed meanwhile), and writes it
+// back when edit reports a change.
+func (c *Converter) editMeta(dv derivation, f *os.File, edit func(*localMeta) bool) error {
 	c.metaMu.Lock()
 	defer c.metaMu.Unlock()
 	b, err := os.ReadFile(c.metaPath(dv))
@@ -932,7 +993,7 @@ func (c *Converter) markSynced(dv derivation, f *os.File) error {
 		return nil // removed meanwhile
 	}
 	var m localMeta
-	if json.Unmarshal(b, &m) != nil || m.Unsynced == "" {
+	if json.Unmarshal(b, &m) != nil || m.Key != dv.key.String() || !edit(&m) {
 		return nil
 	}
 	fi, err := f.Stat()
@@ -940,9 +1001,8 @@ func (c *Converter) markSynced(dv derivation, f *os.File) error {
 		return fmt.Errorf("ext4: %w", err)
 	}
 	if li, err := os.Stat(c.imagePath(dv)); err != nil || !os.SameFile(fi, li) {
-		return nil // replaced or removed meanwhile: not the file synced
+		return nil
 	}
-	m.Unsynced = ""
 	return c.writeMeta(dv, m)
 }
 
@@ -1060,7 +1120,10 @@ func (c *Converter) Prune(ctx context.Context) (removed int, freed int64, err er
 		if err := ctx.Err(); err != nil {
 			return removed, freed, fmt.Errorf("ext4: prune: %w", err)
 		}
-		if c.referenced(ctx, filepath.Join(c.imgDir, e.Name())) {
+		c.mu.Lock()
+		_, hashing := c.pending[id] // referenced once hashed and stored
+		c.mu.Unlock()
+		if hashing || c.referenced(ctx, filepath.Join(c.imgDir, e.Name())) {
 			continue
 		}
 		freed += c.removeImage(id)

@@ -67,6 +67,17 @@ func (h *stagedHost) blobPath(d blob.Digest) string {
 	return filepath.Join(h.root, "blobs", "sha256", hex[:2], hex)
 }
 
+// waitHashed fills in r.Digest of an image handed out before it was
+// hashed (see Result.Hashed).
+func waitHashed(t testing.TB, r *Result) {
+	t.Helper()
+	d, err := r.Hashed(context.Background())
+	if err != nil {
+		t.Fatalf("the image's background hash: %v", err)
+	}
+	r.Digest = d
+}
+
 // writeBytes returns the bytes this process caused to be written to
 // storage (/proc/self/io write_bytes: pages it dirtied, in-kernel copies
 // included, reflinks not), or -1 where the kernel does not say.
@@ -158,6 +169,7 @@ func TestDerivedImageWrittenOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitHashed(t, r)
 	how, err := CopyOut(r.Path, out, 0o400)
 	if err != nil {
 		t.Fatal(err)
@@ -247,8 +259,8 @@ func (h *heldTier) Put(ctx context.Context, d blob.Digest, size int64, r io.Read
 }
 
 // TestSharedStoreRunsAfterMaterialize: Materialize returns while the
-// shared tier's upload is held, with the image and its ref already in the
-// local disk tier; once released the upload completes (blob, then ref),
+// shared tier's upload is held; the image and its ref reach the local disk
+// tier before the upload starts; once released the upload completes (blob, then ref),
 // and another executor downloads the image from the shared tier.
 func TestSharedStoreRunsAfterMaterialize(t *testing.T) {
 	shared := newHeldTier()
@@ -271,6 +283,7 @@ func TestSharedStoreRunsAfterMaterialize(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("Materialize waits for the shared tier's upload")
 	}
+	waitHashed(t, r)
 	<-shared.started
 	if _, err := shared.Stat(ctx, r.Digest); !errors.Is(err, blob.ErrNotFound) {
 		t.Fatalf("shared tier holds the image while its upload is held: %v", err)
@@ -312,6 +325,7 @@ func TestSharedStoreRunsAfterMaterialize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitHashed(t, r2)
 	if !r2.FromCache || r2.Digest != r.Digest || other.Stats().Conversions != 0 {
 		t.Fatalf("other executor: %+v, %+v", r2, other.Stats())
 	}
@@ -328,6 +342,7 @@ func TestCloseCancelsSharedStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitHashed(t, r)
 	<-shared.started
 	closed := make(chan struct{})
 	go func() { h.conv.Close(); close(closed) }()
@@ -361,10 +376,12 @@ func TestStagedHandouts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitHashed(t, plain)
 	grown, err := h.conv.Materialize(ctx, img, &Options{FreeBytes: 16 << 20, FreeInodes: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitHashed(t, grown)
 	if st := h.conv.Stats(); st.Conversions != 1 || st.Downloads != 1 {
 		t.Fatalf("stats %+v: want the second image from the tier", st)
 	}
@@ -401,6 +418,7 @@ func TestStagedHandouts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitHashed(t, relinked)
 	if ri, _ := os.Stat(relinked.Path); !relinked.FromCache || !os.SameFile(ri, bi) || h.conv.Stats().Downloads != 2 {
 		t.Fatalf("after Cleanup: %+v, stats %+v: want the tier's file linked again", relinked, h.conv.Stats())
 	}
@@ -595,6 +613,7 @@ func TestRottenTierFileIsNotLinked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitHashed(t, r)
 	if err := h.conv.Cleanup(ctx, img, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -605,6 +624,7 @@ func TestRottenTierFileIsNotLinked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitHashed(t, r2)
 	if got := hashPath(t, r2.Path); got != r.Digest || r2.Digest != r.Digest {
 		t.Fatalf("image after rot hashes to %s (Result %s), want %s", got, r2.Digest, r.Digest)
 	}
@@ -641,6 +661,7 @@ func TestDerivedImageDownloadWrittenOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitHashed(t, r)
 	written, read := writeBytes()-before, readChars()-readBefore
 	if st := b.conv.Stats(); !r.FromCache || st.Downloads != 1 || st.Conversions != 0 {
 		t.Fatalf("from cache %v, stats %+v: want one download", r.FromCache, st)
@@ -698,6 +719,7 @@ func TestUnsyncedImageReusedOnlyOnItsBoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitHashed(t, r)
 	if err := h.conv.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -737,6 +759,7 @@ func TestUnsyncedImageReusedOnlyOnItsBoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitHashed(t, r3)
 	if st := h.conv.Stats(); st.LocalHits != 1 {
 		t.Fatalf("after a machine crash the unsynced local image was reused: stats %+v", st)
 	}

@@ -514,7 +514,11 @@ func (e *env) ext4(ctx context.Context) error {
 	if n := e.px.Requests(); n != 0 {
 		return fmt.Errorf("conversion from cached blobs made %d registry requests", n)
 	}
-	if _, err := x.Admin().Evict(ctx, admin.EvictRequest{Digest: res.Digest.String()}); err != nil {
+	derived, err := res.Hashed(ctx) // handed out before it was hashed
+	if err != nil {
+		return err
+	}
+	if _, err := x.Admin().Evict(ctx, admin.EvictRequest{Digest: derived.String()}); err != nil {
 		return fmt.Errorf("evict the derived image for the next repetition: %w", err)
 	}
 	return nil
