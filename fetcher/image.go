@@ -35,7 +35,10 @@ type Image struct {
 	layers    []manifest.Layer
 }
 
-var _ manifest.Image = (*Image)(nil)
+var (
+	_ manifest.Image      = (*Image)(nil)
+	_ manifest.Prefetcher = (*Layer)(nil)
+)
 
 // Digest is the digest of the platform manifest.
 func (img *Image) Digest() blob.Digest { return img.digest }
@@ -109,6 +112,40 @@ func (l *Layer) Authorize(ctx context.Context) error {
 	defer rc.Close()
 	if _, err := io.Copy(io.Discard, rc); err != nil {
 		return fmt.Errorf("authorize layer %s: %w", l.desc.Digest, err)
+	}
+	return nil
+}
+
+// Prefetch implements manifest.Prefetcher: it downloads the layer into
+// the local tiers unless they hold it already, with the caller's access
+// as Open has it (an unproven repository reads its own registry, proving
+// its membership; a download of the blob under way for the repository is
+// waited for, not repeated).
+func (l *Layer) Prefetch(ctx context.Context) error {
+	d := l.desc.Digest
+	local := func() bool {
+		_, err := l.access.st.Local().Stat(ctx, d)
+		return err == nil
+	}
+	if !l.access.member(ctx, d) {
+		if err := l.Authorize(ctx); err != nil {
+			return err
+		}
+	} else if !local() {
+		// A shared tier's copy, or the registry's, written back into the
+		// local tiers as it is read.
+		rc, err := l.Open(ctx)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("prefetch layer %s: %w", d, err)
+		}
+	}
+	if !local() {
+		return fmt.Errorf("prefetch layer %s: no local tier kept it", d)
 	}
 	return nil
 }

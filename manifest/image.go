@@ -56,3 +56,16 @@ type Layer interface {
 	// that stopped the proof, and the work must not be handed out.
 	Authorize(ctx context.Context) error
 }
+
+// Prefetcher is a Layer that can be made local ahead of the read that
+// needs it (fetcher.Layer is one): a materializer that reads an image's
+// layers one after another starts the later layers' downloads early.
+type Prefetcher interface {
+	// Prefetch makes the layer blob local for its caller: once it returns
+	// nil, a local tier holds the blob and Open serves it from there. It
+	// returns at once when that is already so, waits for a download of the
+	// blob under way, and otherwise downloads it into the tiers, as Open
+	// would. It fails when that download fails or no local tier kept the
+	// blob; a later Open is not affected (it reads the blob on its own).
+	Prefetch(ctx context.Context) error
+}

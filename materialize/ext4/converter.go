@@ -844,6 +844,8 @@ func (c *Converter) build(ctx context.Context, img manifest.Image, f *os.File, f
 			})
 		}
 	}
+	stopPrefetch := prefetch(ctx, layers)
+	defer stopPrefetch()
 	openers := make([]TarOpener, len(layers))
 	for i := range layers {
 		openers[i] = func(ctx context.Context) (io.ReadCloser, error) {
@@ -892,6 +894,50 @@ func (c *Converter) build(ctx context.Context, img manifest.Image, f *os.File, f
 		return err
 	}
 	return nil
+}
+
+// prefetchLanes is how many layers a conversion downloads at once ahead
+// of the flattener.
+const prefetchLanes = 2
+
+// prefetch makes the layers of a conversion local in the background
+// (manifest.Prefetcher), in the order Flatten reads them (top first),
+// except the top two, which build reads ahead itself: a cold image's later
+// layers download while the earlier ones are converted, instead of each
+// in its turn. It stops at the first failure (the layers left are read
+// when Flatten gets to them). The returned func stops it and waits.
+func prefetch(ctx context.Context, layers []manifest.Layer) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var next atomic.Int64 // the next layer to prefetch, counting down
+	next.Store(int64(len(layers)) - 3)
+	var failed atomic.Bool
+	for range prefetchLanes {
+		wg.Go(func() {
+			for !failed.Load() && ctx.Err() == nil {
+				i := next.Add(-1) + 1
+				if i < 0 {
+					return
+				}
+				p, ok := layers[i].(manifest.Prefetcher)
+				if !ok {
+					continue
+				}
+				var err error
+				func() {
+					defer safego.Recover(&err, "ext4: prefetch layer "+string(layers[i].Digest()))
+					err = p.Prefetch(ctx)
+				}()
+				if err != nil {
+					failed.Store(true)
+				}
+			}
+		})
+	}
+	return func() {
+		cancel()
+		wg.Wait()
+	}
 }
 
 // grow adds dv's free space to the stored image in f and returns the new

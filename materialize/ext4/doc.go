@@ -11,7 +11,10 @@
 // feeds hcsshim's tar2ext4 writer (github.com/Microsoft/hcsshim
 // ext4/tar2ext4, v0.15.0) through a pipe, and the writer's output goes to a
 // sparse file: all-zero blocks are skipped, so they become holes. While one
-// layer is written the next one down is already being decompressed.
+// layer is written the next one down is already being decompressed, and
+// the layers below those two download into the local tiers in the
+// background (manifest.Prefetcher, two at a time), so that a cold image's
+// layers do not each wait for their turn to start downloading.
 //
 // tar2ext4 writes a compact, read-only-flagged filesystem with no free
 // space, and leaves the padding bits at the end of each group's inode
