@@ -193,6 +193,12 @@ type layerEntry struct {
 	// committed (see writeManifestLater), is in place or has failed.
 	manifestDone chan struct{}
 	committed    time.Time
+	// changed, set before manifestDone is closed, is why the manifest
+	// writer found the layer changed since its commit and took it out of
+	// service (changedLeased: a lease held it then): Verify, which waited
+	// for the manifest, reports it modified.
+	changed       error
+	changedLeased bool
 }
 
 // unleaseLocked drops one lease of e; the last lease of a quarantined
@@ -809,6 +815,9 @@ func (m *Materializer) writeManifestLater(e *layerEntry, sums fileSums) {
 	var terr error
 	if !gone && errors.Is(err, errChangedAfterExtraction) {
 		trash, leased, terr = m.takeOutLocked(e)
+		if terr == nil {
+			e.changed, e.changedLeased = err, leased
+		}
 	}
 	m.mu.Unlock()
 	switch {
@@ -825,8 +834,12 @@ func (m *Materializer) writeManifestLater(e *layerEntry, sums fileSums) {
 }
 
 // manifestHook, when not nil, is called at the start of every
-// writeManifestLater. Tests only.
-var manifestHook func(blob.Digest)
+// writeManifestLater; verifyWaitHook when Verify is about to wait for a
+// layer's manifest. Tests only.
+var (
+	manifestHook   func(blob.Digest)
+	verifyWaitHook func(blob.Digest)
+)
 
 // readahead overlaps producing a layer's tar stream with applying it (off
 // only in benchmarks that measure what it brings).

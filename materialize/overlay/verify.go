@@ -685,6 +685,9 @@ func (m *Materializer) Verify(ctx context.Context, d blob.Digest, removeUnverifi
 		return LayerCheck{}, fmt.Errorf("overlay: verify layer %s: %w: not extracted", d, blob.ErrNotFound)
 	}
 	if manifestDone != nil {
+		if verifyWaitHook != nil {
+			verifyWaitHook(d)
+		}
 		select {
 		case <-manifestDone: // written just after extraction (see writeManifestLater)
 		case <-ctx.Done():
@@ -692,6 +695,16 @@ func (m *Materializer) Verify(ctx context.Context, d blob.Digest, removeUnverifi
 		}
 	}
 	res := LayerCheck{Digest: d, Bytes: e.size, Status: LayerOK}
+	m.mu.Lock()
+	changed, leased := e.changed, e.changedLeased
+	m.mu.Unlock()
+	if changed != nil {
+		// The manifest's walk found the layer changed after its extraction
+		// and has taken it out of service already.
+		res.Status, res.Differences = LayerModified, []string{changed.Error()}
+		res.Leased, res.Removed = leased, true
+		return res, nil
+	}
 	dir := m.path("layers", e.hex)
 	diffs, unreadable, err := compareManifest(ctx, dir, m.manifestPath(e.hex))
 	switch {

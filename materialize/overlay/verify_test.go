@@ -158,10 +158,20 @@ func writeFile(t *testing.T, p, s string) {
 
 // TestVerifyLeasedAndUnverifiable: a modified layer held by a lease is
 // reported and kept; a layer without a manifest is unverifiable, kept
-// unless asked to remove it; manifests survive a reopen.
+// unless asked to remove it; manifests survive a reopen. The layer is
+// tampered with after its manifest is written (Verify finds the change) or
+// before (the manifest's walk finds it): Verify reports the same.
 func TestVerifyLeasedAndUnverifiable(t *testing.T) {
+	for _, beforeManifest := range []bool{false, true} {
+		name := map[bool]string{false: "tampered after the manifest", true: "tampered before the manifest"}[beforeManifest]
+		t.Run(name, func(t *testing.T) { testVerifyLeasedAndUnverifiable(t, beforeManifest) })
+	}
+}
+
+func testVerifyLeasedAndUnverifiable(t *testing.T, beforeManifest bool) {
 	ctx := context.Background()
 	root := t.TempDir()
+	release := holdManifests(t)
 	m := newMaterializer(t, Config{Root: root})
 	img := tartest.FromV1(t, tartest.Image(t, verifyLayer()))
 	d := img.Layers()[0].Digest()
@@ -169,8 +179,37 @@ func TestVerifyLeasedAndUnverifiable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e, done := entryOf(m, d)
+	if e == nil || done == nil {
+		t.Fatal("no entry with a pending manifest after Materialize")
+	}
+	if beforeManifest {
+		waitClockPast(t, e.committed)
+	} else {
+		release()
+		<-done
+	}
 	writeFile(t, filepath.Join(res.LowerDirs[0], "etc/passwd"), "changed")
-	chk, err := m.Verify(ctx, d, false)
+	var chk LayerCheck
+	if beforeManifest {
+		// Verify takes the layer while its manifest is pending, then the
+		// walk finds the change.
+		waiting := make(chan struct{})
+		verifyWaitHook = func(blob.Digest) { close(waiting) }
+		t.Cleanup(func() { verifyWaitHook = nil })
+		verified := make(chan error, 1)
+		go func() {
+			var err error
+			chk, err = m.Verify(ctx, d, false)
+			verified <- err
+		}()
+		<-waiting
+		verifyWaitHook = nil
+		release()
+		err = <-verified
+	} else {
+		chk, err = m.Verify(ctx, d, false)
+	}
 	if err != nil || chk.Status != LayerModified || !chk.Removed || !chk.Leased {
 		t.Fatalf("Verify of a leased tampered layer = %+v, %v; want modified, leased, out of service", chk, err)
 	}
