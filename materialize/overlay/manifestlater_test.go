@@ -27,7 +27,15 @@ func holdManifests(t *testing.T) (release func()) {
 			close(ch)
 		}
 	}
-	manifestHook = func(blob.Digest) { <-ch }
+	// The test's end lets them go too, before its cleanups (which close
+	// the materializer, waiting for them) run.
+	ended := t.Context().Done()
+	manifestHook = func(blob.Digest) {
+		select {
+		case <-ch:
+		case <-ended:
+		}
+	}
 	t.Cleanup(func() {
 		release()
 		manifestHook = nil

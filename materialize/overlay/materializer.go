@@ -1099,8 +1099,9 @@ func (m *Materializer) IsMaterialized(ctx context.Context, img manifest.Image) b
 // Cleanup removes layer directories no lease holds: those of imgs, or,
 // with no images, every unleased one. Layers shared with a leased image
 // stay, and so do those of a mount lease (see RecordMount; DropStaleMounts
-// first to let go of mounts that are gone). It returns the first removal
-// error.
+// first to let go of mounts that are gone). It returns once nothing of
+// the dropped layers is left (a manifest being written for one included),
+// with the first removal error.
 func (m *Materializer) Cleanup(ctx context.Context, imgs ...manifest.Image) error {
 	m.mu.Lock()
 	var victims []*layerEntry
@@ -1118,6 +1119,7 @@ func (m *Materializer) Cleanup(ctx context.Context, imgs ...manifest.Image) erro
 		}
 	}
 	var trash []string
+	var pending []chan struct{}
 	var firstErr error
 	for _, e := range victims {
 		if e.leases > 0 || m.layers[e.digest] != e {
@@ -1131,6 +1133,9 @@ func (m *Materializer) Cleanup(ctx context.Context, imgs ...manifest.Image) erro
 			continue
 		}
 		trash = append(trash, p)
+		if e.manifestDone != nil {
+			pending = append(pending, e.manifestDone)
+		}
 	}
 	m.mu.Unlock()
 	for _, p := range trash {
@@ -1139,6 +1144,16 @@ func (m *Materializer) Cleanup(ctx context.Context, imgs ...manifest.Image) erro
 		}
 		if err := removeAll(p); err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("overlay: cleanup: %w", err)
+		}
+	}
+	// A manifest still being written for a dropped layer has its temporary
+	// file in meta/: the walk ends soon (its directory is gone) and takes
+	// the file with it.
+	for _, done := range pending {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 	return firstErr

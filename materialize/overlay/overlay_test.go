@@ -40,6 +40,8 @@ func newMaterializer(t testing.TB, cfg Config) *Materializer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Before the root goes: the background manifest writers end.
+	t.Cleanup(func() { m.Close() })
 	return m
 }
 
