@@ -183,3 +183,98 @@ func waitClockPast(t *testing.T, at time.Time) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestManifestWaitsForExtractions: a layer's manifest walk does not run
+// while another extraction is in flight (it would take the CPU and disk
+// that extraction's callers wait for): it waits until none is, then
+// writes the manifest; it waits manifestYield at most; and a layer
+// dropped meanwhile ends the wait (Cleanup, which waits for the manifests
+// of the layers it drops, does not wait for the other extraction).
+func TestManifestWaitsForExtractions(t *testing.T) {
+	for _, mode := range []string{"until-quiet", "bounded", "dropped"} {
+		bounded := mode == "bounded"
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			waiting := make(chan struct{}, 8)
+			awaitHook = func() { waiting <- struct{}{} }
+			old := manifestYield
+			manifestYield = time.Hour
+			if bounded {
+				manifestYield = time.Millisecond
+			}
+			t.Cleanup(func() { awaitHook, manifestYield = nil, old })
+			m := newMaterializer(t, Config{})
+
+			gate := make(chan struct{})
+			var once bool
+			open := func() {
+				if !once {
+					once = true
+					close(gate)
+				}
+			}
+			t.Cleanup(open)
+			slow := gatedImageOf(tartest.FromV1(t, tartest.Image(t, tartest.New().File("slow", []byte("s")).Gzip())), gate)
+			slowDone := make(chan error, 1)
+			go func() {
+				res, err := m.Materialize(ctx, slow)
+				if err == nil {
+					res.Lease.Release()
+				}
+				slowDone <- err
+			}()
+			waitFor(t, func() bool { m.mu.Lock(); defer m.mu.Unlock(); return len(m.flights) == 1 })
+
+			img := tartest.FromV1(t, tartest.Image(t, verifyLayer()))
+			d := img.Layers()[0].Digest()
+			res, err := m.Materialize(ctx, img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-waiting // the walk found an extraction in flight
+			_, done := entryOf(m, d)
+			if mode == "dropped" {
+				res.Lease.Release()
+				cctx, cancel := context.WithTimeout(ctx, time.Minute) // a hang fails, not a speed
+				defer cancel()
+				if err := m.Cleanup(cctx, img); err != nil {
+					t.Fatalf("Cleanup of the layer whose manifest waits: %v", err)
+				}
+				select {
+				case <-done:
+				default:
+					t.Fatal("Cleanup returned before the dropped layer's manifest writer ended")
+				}
+				if es, _ := os.ReadDir(m.path("meta")); len(es) != 0 {
+					t.Fatalf("meta/ holds %d entries after the layer was dropped", len(es))
+				}
+				open()
+				if err := <-slowDone; err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			defer res.Lease.Release()
+			if !bounded {
+				select {
+				case <-done:
+					t.Fatal("the manifest was written while another extraction was in flight")
+				default:
+				}
+				if _, err := os.Lstat(m.manifestPath(d.Encoded())); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("manifest in place while another extraction is in flight: %v", err)
+				}
+				open()
+			}
+			<-done // bounded: written although the other extraction still runs
+			chk, err := m.Verify(ctx, d, false)
+			if err != nil || chk.Status != LayerOK {
+				t.Fatalf("Verify = %+v, %v; want ok", chk, err)
+			}
+			open()
+			if err := <-slowDone; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -161,8 +161,12 @@ type Materializer struct {
 	lru     *list.List // of *layerEntry, most recently used first
 	total   int64
 	flights map[flightKey]*flight
-	ids     map[string]blob.Digest // short id -> digest
-	mounts  map[string]*mountRec   // mount leases by id
+	// quiet is closed while no extraction is in flight (flights is
+	// empty); a new one is made when the first starts. Manifest walks
+	// wait for it (see writeManifestLater).
+	quiet  chan struct{}
+	ids    map[string]blob.Digest // short id -> digest
+	mounts map[string]*mountRec   // mount leases by id
 	// staleAtOpen are the mount leases New dropped, until DropStaleMounts
 	// reports them.
 	staleAtOpen []MountLease
@@ -199,6 +203,9 @@ type layerEntry struct {
 	// for the manifest, reports it modified.
 	changed       error
 	changedLeased bool
+	// dropped, when not nil, is closed when the entry is unindexed: a
+	// manifest walk waiting to start gives up (see awaitQuiet).
+	dropped chan struct{}
 }
 
 // unleaseLocked drops one lease of e; the last lease of a quarantined
@@ -670,6 +677,9 @@ func (m *Materializer) ensureOnce(ctx context.Context, l manifest.Layer, origin 
 		}
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		f = &flight{done: make(chan struct{}), cancel: cancel, budget: budget}
+		if len(m.flights) == 0 {
+			m.quiet = make(chan struct{})
+		}
 		m.flights[k] = f
 		m.running.Add(1)
 		go m.run(fctx, k, f, l)
@@ -698,9 +708,7 @@ func (m *Materializer) ensureOnce(ctx context.Context, l manifest.Layer, origin 
 			f.waiters--
 			if f.waiters == 0 {
 				f.cancel()
-				if m.flights[k] == f {
-					delete(m.flights, k)
-				}
+				m.dropFlightLocked(k, f)
 			}
 		}
 		return nil, joined, false, ctx.Err()
@@ -732,9 +740,7 @@ func (m *Materializer) run(ctx context.Context, k flightKey, f *flight, l manife
 	m.met.extractSeconds.Observe(time.Since(start).Seconds())
 
 	m.mu.Lock()
-	if m.flights[k] == f {
-		delete(m.flights, k)
-	}
+	m.dropFlightLocked(k, f)
 	var e *layerEntry
 	if err == nil {
 		// The flight's own read of the blob (from its origin, verified)
@@ -747,6 +753,7 @@ func (m *Materializer) run(ctx context.Context, k flightKey, f *flight, l manife
 			// is taken out and extracted again (see writeManifestLater).
 			e.committed = time.Now()
 			e.manifestDone = make(chan struct{})
+			e.dropped = make(chan struct{})
 			m.running.Add(1)
 			go m.writeManifestLater(e, sums)
 		}
@@ -767,6 +774,44 @@ func (m *Materializer) run(ctx context.Context, k flightKey, f *flight, l manife
 	}
 }
 
+// dropFlightLocked forgets f, the flight of k, if it is still the one
+// recorded, and closes m.quiet when no flight is left.
+func (m *Materializer) dropFlightLocked(k flightKey, f *flight) {
+	if m.flights[k] != f {
+		return
+	}
+	delete(m.flights, k)
+	if len(m.flights) == 0 {
+		close(m.quiet)
+	}
+}
+
+// manifestYield is how long a manifest walk waits for the extractions in
+// flight to end before it walks anyway (see writeManifestLater).
+var manifestYield = 2 * time.Second
+
+// awaitQuiet returns once no extraction is in flight, e is dropped, or
+// manifestYield has passed.
+func (m *Materializer) awaitQuiet(e *layerEntry) {
+	m.mu.Lock()
+	q := m.quiet
+	busy := len(m.flights) > 0
+	m.mu.Unlock()
+	if !busy {
+		return
+	}
+	if awaitHook != nil {
+		awaitHook()
+	}
+	t := time.NewTimer(manifestYield)
+	defer t.Stop()
+	select {
+	case <-q:
+	case <-e.dropped:
+	case <-t.C:
+	}
+}
+
 // writeManifestLater writes the manifest of e, just committed, from a walk
 // of its directory and the file digests its extraction recorded (sums),
 // off the path of the Materialize calls waiting for it: they have the
@@ -775,12 +820,24 @@ func (m *Materializer) run(ctx context.Context, k flightKey, f *flight, l manife
 // commit (its ctime is later) takes the layer out of service as Verify
 // takes a modified one, so the manifest is the layer as extracted. A layer
 // evicted meanwhile gets none; a failure is logged and leaves the layer
-// unverifiable, as does a crash before the manifest is in place.
+// unverifiable, as does a crash before the manifest is in place. The walk
+// waits until no extraction is in flight (manifestYield at most), so that
+// it does not slow down the layers callers still wait for.
 func (m *Materializer) writeManifestLater(e *layerEntry, sums fileSums) {
 	defer m.running.Done()
 	defer close(e.manifestDone)
 	if manifestHook != nil {
 		manifestHook(e.digest)
+	}
+	// The walk takes the CPU and disk that the extractions in flight,
+	// which callers wait for, would use: it waits for them to end (a
+	// caller's other layers, typically), or a while at most.
+	m.awaitQuiet(e)
+	m.mu.Lock()
+	dropped := m.layers[e.digest] != e
+	m.mu.Unlock()
+	if dropped {
+		return // no manifest to write
 	}
 	start := time.Now()
 	err := safego.Call("overlay: manifest of layer "+string(e.digest), func() error {
@@ -834,10 +891,12 @@ func (m *Materializer) writeManifestLater(e *layerEntry, sums fileSums) {
 }
 
 // manifestHook, when not nil, is called at the start of every
-// writeManifestLater; verifyWaitHook when Verify is about to wait for a
-// layer's manifest. Tests only.
+// writeManifestLater; awaitHook when awaitQuiet is about to wait;
+// verifyWaitHook when Verify is about to wait for a layer's manifest.
+// Tests only.
 var (
 	manifestHook   func(blob.Digest)
+	awaitHook      func()
 	verifyWaitHook func(blob.Digest)
 )
 
@@ -1075,6 +1134,9 @@ func (m *Materializer) unindexLocked(e *layerEntry) (string, error) {
 	os.Remove(m.manifestPath(e.hex))
 	delete(m.ids, e.id)
 	delete(m.layers, e.digest)
+	if e.dropped != nil {
+		close(e.dropped)
+	}
 	m.lru.Remove(e.elem)
 	m.total -= e.size
 	m.met.evictions.Inc()
