@@ -660,12 +660,7 @@ func (c *Converter) download(ctx context.Context, dv derivation, ref blob.Ref) (
 		return nil, fmt.Errorf("ext4: %w", err)
 	}
 	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
+	defer discardUnless(&ok, tmp)
 	sf := newSparseFile(tmp)
 	buf := make([]byte, 1<<20)
 	v := blob.NewVerifier(rc, ref.Digest, ref.Size, nil)
@@ -732,12 +727,7 @@ func (c *Converter) convertCopy(ctx context.Context, img manifest.Image, dv deri
 		return nil, fmt.Errorf("ext4: %w", err)
 	}
 	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
+	defer discardUnless(&ok, tmp)
 
 	if err := c.buildRetry(ctx, img, tmp, dv); err != nil {
 		return nil, err
@@ -951,6 +941,15 @@ func (c *Converter) grow(f *os.File, dv derivation) (int64, error) {
 		return 0, fmt.Errorf("ext4: %w", err)
 	}
 	return fi.Size(), nil
+}
+
+// discardUnless closes and removes tmp, an image file not published,
+// unless *ok.
+func discardUnless(ok *bool, tmp *os.File) {
+	if !*ok {
+		tmp.Close()
+		os.Remove(tmp.Name())
+	}
 }
 
 // publish makes tmp the local image of dv: read-only and this user's only

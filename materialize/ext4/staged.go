@@ -148,12 +148,7 @@ func (c *Converter) convertStaged(ctx context.Context, img manifest.Image, dv de
 		return nil, fmt.Errorf("ext4: %w", err)
 	}
 	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
+	defer discardUnless(&ok, tmp)
 	if _, err := copyInto(tmp, f, size); err != nil {
 		return nil, fmt.Errorf("ext4: copy image: %w", err)
 	}

@@ -61,6 +61,19 @@ func newHeldHost(t *testing.T, root string, fail error) (*stagedHost, *heldCommi
 	return &stagedHost{root: root, disk: dt, store: st, conv: c}, held
 }
 
+// convertHeld converts sampleImage on a newHeldHost in a fresh root: the
+// image is handed out, its commit held (or failing with fail) until
+// held.release is closed.
+func convertHeld(t *testing.T, fail error) (*stagedHost, *heldCommit, *Result) {
+	t.Helper()
+	h, held := newHeldHost(t, t.TempDir(), fail)
+	r, err := h.conv.Materialize(context.Background(), sampleImage(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, held, r
+}
+
 // deniedLayer is a layer whose caller has not proved access to it.
 type deniedLayer struct{ manifest.Layer }
 
@@ -76,15 +89,8 @@ func (deniedLayer) Authorize(context.Context) error { return errDenied }
 // file's digest, the tier holds blob and ref, the sidecar the digest, and
 // a converter opened after Close reuses the image with its digest.
 func TestConversionHandsOutBeforeHash(t *testing.T) {
-	root := t.TempDir()
-	h, held := newHeldHost(t, root, nil)
-	ctx := context.Background()
-	img := sampleImage()
-
-	r, err := h.conv.Materialize(ctx, img, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, held, r := convertHeld(t, nil)
+	root, ctx, img := h.root, context.Background(), sampleImage()
 	<-held.started
 	if r.Digest != "" || r.FromCache {
 		t.Fatalf("conversion returned %+v; want Digest empty (its hash is held), not from cache", r)
@@ -165,16 +171,9 @@ func TestConversionHandsOutBeforeHash(t *testing.T) {
 // stored, and the next call converts again rather than reuse an image
 // nobody hashed.
 func TestFailedHashNotReused(t *testing.T) {
-	root := t.TempDir()
 	errCommit := errors.New("injected commit failure")
-	h, held := newHeldHost(t, root, errCommit)
-	ctx := context.Background()
-	img := sampleImage()
-
-	r, err := h.conv.Materialize(ctx, img, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, held, r := convertHeld(t, errCommit)
+	ctx, img := context.Background(), sampleImage()
 	close(held.release)
 	if d, err := r.Hashed(ctx); !errors.Is(err, errCommit) {
 		t.Fatalf("Hashed = %s, %v; want the commit's failure", d, err)
@@ -208,14 +207,8 @@ func TestFailedHashNotReused(t *testing.T) {
 // TestCloseWaitsForHash: Close lets a held background hash finish rather
 // than cancel it, so the image is committed and reused after a restart.
 func TestCloseWaitsForHash(t *testing.T) {
-	root := t.TempDir()
-	h, held := newHeldHost(t, root, nil)
-	ctx := context.Background()
-	img := sampleImage()
-	r, err := h.conv.Materialize(ctx, img, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, held, r := convertHeld(t, nil)
+	root, ctx, img := h.root, context.Background(), sampleImage()
 	<-held.started
 	closed := make(chan struct{})
 	go func() {
