@@ -16,7 +16,7 @@ const module = "github.com/strata-oci/strata"
 // leaves are the packages of internal/ that any layer may use (they import
 // nothing of the project but other leaves); a rule that allows nothing
 // allows them neither.
-var leaves = []string{"internal/safego", "internal/sparse", "internal/privdir", "internal/refsig", "internal/testenv", "internal/flight", "internal/units", "internal/trunc", "internal/ctxio", "internal/lru", "internal/bootid"}
+var leaves = []string{"internal/safego", "internal/sparse", "internal/privdir", "internal/refsig", "internal/testenv", "internal/flight", "internal/units", "internal/trunc", "internal/ctxio", "internal/lru", "internal/bootid", "internal/readahead"}
 
 // testHelpers are fakes and builders for tests: no production package may
 // import them (benchmarks may).
@@ -36,7 +36,7 @@ var rules = []rule{
 	{"blob", []string{}},
 	{"internal/safego", nil}, {"internal/sparse", nil}, {"internal/privdir", nil},
 	{"internal/refsig", nil}, {"internal/testenv", nil}, {"internal/units", nil},
-	{"internal/trunc", nil}, {"internal/ctxio", nil}, {"internal/lru", nil}, {"internal/bootid", nil},
+	{"internal/trunc", nil}, {"internal/ctxio", nil}, {"internal/lru", nil}, {"internal/bootid", nil}, {"internal/readahead", nil},
 	{"internal/flight", []string{"internal/safego"}},
 	// Fill leases know a store and a signature, nothing of images.
 	{"internal/lease", []string{"blob", "internal/refsig"}},

@@ -184,7 +184,7 @@ func (t *Tier) Open(ctx context.Context, d blob.Digest) (io.ReadCloser, blob.Inf
 	closeSrc := rr.close
 	if parallel {
 		pr := t.newParallelReader(ctx, d, size, rr, markCorrupt)
-		src, closeSrc = pr, pr.close
+		src, closeSrc = pr, func() { pr.Close() }
 	}
 	v := blob.NewVerifier(src, d, size, markCorrupt)
 	return &blobReader{v: v, close: closeSrc, onVerified: func() { t.markPresent(d) }}, t.info(d, size), nil

@@ -257,7 +257,7 @@ func TestParallelRead(t *testing.T) {
 			if reads := sortReqs(l.of(d.Encoded(), false)); !slices.Equal(reads, want) {
 				t.Errorf("Reads served %v, want %v", reads, want)
 			}
-			if n := tier.readAhead.inUse(); n != 0 {
+			if n := tier.readAhead.InUse(); n != 0 {
 				t.Errorf("%d bytes of read-ahead budget still held after Close", n)
 			}
 		})
@@ -291,7 +291,7 @@ func TestParallelReadAhead(t *testing.T) {
 			t.Fatalf("part at %d was not read ahead (reads %v)", off, l.of(da.Encoded(), false))
 		}
 	}
-	if n := tier.readAhead.inUse(); n != 3*testPart {
+	if n := tier.readAhead.InUse(); n != 3*testPart {
 		t.Errorf("budget in use after one Open = %d, want %d", n, 3*testPart)
 	}
 	// The second read finds room for one part only.
@@ -299,7 +299,7 @@ func TestParallelReadAhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := tier.readAhead.inUse(); n != 4*testPart {
+	if n := tier.readAhead.InUse(); n != 4*testPart {
 		t.Errorf("budget in use after two Opens = %d, want %d (the whole budget)", n, 4*testPart)
 	}
 	if reads := l.of(da.Encoded(), false); len(reads) > 4 {
@@ -315,7 +315,7 @@ func TestParallelReadAhead(t *testing.T) {
 		t.Fatalf("first read = %d bytes, %v", len(gotA), err)
 	}
 	ra.Close()
-	if n := tier.readAhead.inUse(); n != 0 {
+	if n := tier.readAhead.InUse(); n != 0 {
 		t.Errorf("budget in use after both reads = %d, want 0", n)
 	}
 	for _, tc := range []struct {
@@ -336,7 +336,7 @@ func TestParallelReadAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc.Close()
-	if n := tier.readAhead.inUse(); n != 0 {
+	if n := tier.readAhead.InUse(); n != 0 {
 		t.Errorf("budget in use after Close mid-read = %d, want 0", n)
 	}
 	if _, err := rc.Read(make([]byte, 10)); err == nil || err == io.EOF {
@@ -480,7 +480,7 @@ func TestParallelReadFaults(t *testing.T) {
 				if s := tier.Stats(); !tt.anyResumes && tt.wantResumes != (s.Resumes > 0) {
 					t.Errorf("Stats.Resumes = %d, want resumes %v (Reads %v)", s.Resumes, tt.wantResumes, reads)
 				}
-				if n := tier.readAhead.inUse(); n != 0 {
+				if n := tier.readAhead.InUse(); n != 0 {
 					t.Errorf("%d bytes of read-ahead budget held after Close", n)
 				}
 			})

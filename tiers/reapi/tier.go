@@ -25,6 +25,7 @@ import (
 	bspb "google.golang.org/genproto/googleapis/bytestream"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/readahead"
 )
 
 // Batch request sizing.
@@ -75,10 +76,9 @@ type Tier struct {
 	// learnt from its first bytes on Put or on a read; see compressible.
 	kinds *cache[string, bool]
 
-	// readAhead bounds the read-ahead buffers of parallel reads; parts
-	// recycles them.
-	readAhead *budget
-	parts     sync.Pool
+	// readAhead bounds (and recycles) the read-ahead buffers of parallel
+	// reads.
+	readAhead *readahead.Budget
 }
 
 // sizeInfo is what the tier knows of a blob's size.
@@ -153,7 +153,7 @@ func New(ctx context.Context, cfg Config) (*Tier, error) {
 		corrupt: newCache[string, struct{}](cfg.CacheEntries),
 		kinds:   newCache[string, bool](cfg.CacheEntries),
 
-		readAhead: &budget{max: cfg.Parallel.Memory},
+		readAhead: readahead.NewBudget(cfg.Parallel.Memory, cfg.Parallel.PartSize),
 	}
 	// Learn the capabilities now if the server is there. A server that
 	// refuses the instance or the credentials, or cannot serve sha256, is
