@@ -27,7 +27,7 @@ import (
 const (
 	defaultMemoryBudget  = Size(256 << 20)
 	defaultMemoryMaxBlob = Size(4 << 20)
-	// maxRemoteReadStreams bounds RemoteReadStreams.
+	// maxRemoteReadStreams bounds RemoteReadStreams and RegistryReadStreams.
 	maxRemoteReadStreams = 64
 	defaultDiskBudget    = Size(10 << 30)
 	defaultOverlayBudget = Size(10 << 30)
@@ -136,6 +136,13 @@ type Config struct {
 	// past it is cut off, with an error wrapping registry.ErrTooLarge. 0
 	// means the default, 64 GiB; there is no "unlimited".
 	RegistryMaxBlob Size `json:"max-blob-size,omitempty"`
+	// RegistryReadStreams is how many Range requests at once read one
+	// large (more than 8 MiB) blob from a registry; 0 or 1: one GET per
+	// blob. More pays where one connection is bound by latency or a
+	// per-connection limit (a distant registry, storage behind a CDN); on
+	// loopback or a datacenter link one stream is as fast or faster (see
+	// registry.ParallelConfig and docs/benchmarks.md).
+	RegistryReadStreams int `json:"registry-read-streams,omitempty"`
 	// IdentityKey keys credential identities (access proofs) and the
 	// signatures of the refs the host writes. Empty: a random key
 	// generated once and kept in Root/identity.key. Hosts that share a
@@ -449,6 +456,9 @@ func (c Config) Validate() error {
 	}
 	if c.RemoteEndpoint == "" && (c.RemoteInstance != "" || len(c.RemoteHeaders) > 0 || c.RemoteTLSCA != "" || c.RemoteTLSCert != "" || c.RemoteTLSKey != "") {
 		errs = append(errs, errors.New("remote-*: set without remote (the endpoint)"))
+	}
+	if c.RegistryReadStreams < 0 || c.RegistryReadStreams > maxRemoteReadStreams {
+		errs = append(errs, fmt.Errorf("registry-read-streams %d: want 0 to %d", c.RegistryReadStreams, maxRemoteReadStreams))
 	}
 	if c.RemoteReadStreams < 0 || c.RemoteReadStreams > maxRemoteReadStreams {
 		errs = append(errs, fmt.Errorf("remote-read-streams %d: want 0 to %d", c.RemoteReadStreams, maxRemoteReadStreams))

@@ -191,7 +191,7 @@ func Open(ctx context.Context, cfg Config) (_ *Host, err error) {
 			metricHosts = append(metricHosts, n)
 		}
 	}
-	client, err := registry.New(registry.Config{Mirrors: mirrors, AllowCIDRs: cfg.AllowCIDRs, MaxBlob: cfg.registryMaxBlob(), Metrics: reg, MetricHosts: metricHosts, UserAgent: "strata", Logger: log})
+	client, err := registry.New(registry.Config{Mirrors: mirrors, AllowCIDRs: cfg.AllowCIDRs, MaxBlob: cfg.registryMaxBlob(), Parallel: registry.ParallelConfig{Streams: cfg.RegistryReadStreams}, Metrics: reg, MetricHosts: metricHosts, UserAgent: "strata", Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("strata: registry: %w", err)
 	}

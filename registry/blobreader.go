@@ -31,7 +31,12 @@ type blobReader struct {
 	next   []endpoint // where to resume if ep is a mirror that cannot
 	repo   Repository
 	d      blob.Digest
-	total  int64 // expected length, -1 if unknown
+	total  int64 // where the stream ends: the blob's length (-1 if unknown), or a part's end
+	size   int64 // the blob's length, -1 if unknown
+	// ranged: the stream is the part [off, total) of the blob (a parallel
+	// read): it ends at total (io.EOF) whatever the server sends beyond.
+	// Otherwise bytes beyond total reach the verifier, which rejects them.
+	ranged bool
 	limit  int64 // Config.MaxBlob, 0 = none
 
 	body    io.ReadCloser
@@ -40,6 +45,14 @@ type blobReader struct {
 }
 
 func (b *blobReader) Read(p []byte) (int, error) {
+	if b.ranged {
+		if b.off >= b.total {
+			return 0, io.EOF
+		}
+		if rest := b.total - b.off; int64(len(p)) > rest {
+			p = p[:rest]
+		}
+	}
 	for {
 		n, err := b.body.Read(p)
 		b.off += int64(n)
@@ -94,6 +107,18 @@ func (b *blobReader) resume() error {
 	b.body.Close()
 	b.body = http.NoBody
 	b.resumes++
+	if err := b.request(); err != nil {
+		return err
+	}
+	b.c.m.resumes.WithLabelValues(b.c.m.host(b.ep.host())).Inc()
+	return nil
+}
+
+// request asks b.ep for the blob from b.off to where the stream ends and
+// makes the answer b.body. A 206 must cover exactly that; a 200 (a
+// registry that ignores Range) is accepted by discarding the first b.off
+// bytes.
+func (b *blobReader) request() error {
 	host, rname := b.ep.host(), b.repo.Name()
 	rng := "bytes=" + strconv.FormatInt(b.off, 10) + "-"
 	if b.total >= 0 {
@@ -107,7 +132,7 @@ func (b *blobReader) resume() error {
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
 		start, end, size, err := parseContentRange(resp.Header.Get("Content-Range"))
-		if err != nil || start != b.off || (b.total >= 0 && (end != b.total-1 || (size >= 0 && size != b.total))) {
+		if err != nil || start != b.off || (b.total >= 0 && end != b.total-1) || (b.size >= 0 && size >= 0 && size != b.size) {
 			resp.Body.Close()
 			return fmt.Errorf("GET blob %s %s/%s: %w: asked for %s, got Content-Range %q", b.d, host, rname, ErrProtocol, rng, clip(resp.Header.Get("Content-Range")))
 		}
@@ -118,9 +143,8 @@ func (b *blobReader) resume() error {
 		}
 	default:
 		resp.Body.Close()
-		return blobStatusError("GET blob "+string(b.d)+" (resume)", host, rname, resp)
+		return blobStatusError("GET blob "+string(b.d)+" (range "+rng+")", host, rname, resp)
 	}
-	b.c.m.resumes.WithLabelValues(b.c.m.host(host)).Inc()
 	b.body = resp.Body
 	return nil
 }

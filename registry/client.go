@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/strata-oci/strata/blob"
+	"github.com/strata-oci/strata/internal/readahead"
 	"github.com/strata-oci/strata/manifest"
 )
 
@@ -81,6 +83,9 @@ type Client struct {
 
 	badMu sync.Mutex
 	bad   map[string]struct{}
+
+	// readAhead bounds the read-ahead buffers of parallel blob reads.
+	readAhead *readahead.Budget
 }
 
 // New returns a Client for cfg. It fails on an invalid configuration (a bad
@@ -106,7 +111,8 @@ func New(cfg Config) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{cfg: cfg, log: log, policy: policy, m: m, rts: map[string]http.RoundTripper{}, bad: map[string]struct{}{}, mirrors: map[string][]endpoint{}}
+	c := &Client{cfg: cfg, log: log, policy: policy, m: m, rts: map[string]http.RoundTripper{}, bad: map[string]struct{}{}, mirrors: map[string][]endpoint{},
+		readAhead: readahead.NewBudget(cfg.Parallel.Memory, cfg.Parallel.PartSize)}
 	for host, ms := range cfg.Mirrors {
 		if host == "docker.io" {
 			host = name.DefaultRegistry
@@ -520,7 +526,14 @@ func (c *Client) openBlob(ctx context.Context, ep endpoint, next []endpoint, rep
 	if ep.timeout > 0 {
 		timer = time.AfterFunc(ep.timeout, cancel)
 	}
-	resp, err := c.send(actx, ep, repo, http.MethodGet, "blobs", string(d), nil)
+	// A blob of more than one part is asked for by its first part: a 206
+	// starts a parallel read, a 200 (Range ignored) is read as one stream.
+	pc := c.cfg.Parallel
+	var hdr http.Header
+	if pc.enabled() && size > pc.PartSize && (c.cfg.MaxBlob <= 0 || size <= c.cfg.MaxBlob) {
+		hdr = http.Header{"Range": {"bytes=0-" + strconv.FormatInt(pc.PartSize-1, 10)}}
+	}
+	resp, err := c.send(actx, ep, repo, http.MethodGet, "blobs", string(d), hdr)
 	inTime := timer == nil || timer.Stop()
 	if err != nil {
 		cancel()
@@ -537,6 +550,13 @@ func (c *Client) openBlob(ctx context.Context, ep endpoint, next []endpoint, rep
 		cancel()
 		return nil, false, err
 	}
+	if hdr != nil && resp.StatusCode == http.StatusPartialContent {
+		start, end, total, err := parseContentRange(resp.Header.Get("Content-Range"))
+		if err != nil || start != 0 || end != pc.PartSize-1 || total != size {
+			return fail(fmt.Errorf("GET blob %s %s/%s: %w: asked for %s, got Content-Range %q", d, host, rname, ErrProtocol, hdr.Get("Range"), clip(resp.Header.Get("Content-Range"))))
+		}
+		return c.parallelBlob(actx, cancel, ep, next, repo, d, size, resp.Body), false, nil
+	}
 	if resp.StatusCode != http.StatusOK {
 		return fail(blobStatusError("GET blob "+string(d), host, rname, resp))
 	}
@@ -550,13 +570,66 @@ func (c *Client) openBlob(ctx context.Context, ep endpoint, next []endpoint, rep
 	if c.cfg.MaxBlob > 0 && total > c.cfg.MaxBlob {
 		return fail(fmt.Errorf("GET blob %s %s/%s: %w: %d bytes (cap %d)", d, host, rname, ErrTooLarge, total, c.cfg.MaxBlob))
 	}
-	br := &blobReader{c: c, ctx: actx, cancel: cancel, ep: ep, next: next, repo: repo, d: d, total: total, limit: c.cfg.MaxBlob, body: resp.Body}
+	br := &blobReader{c: c, ctx: actx, cancel: cancel, ep: ep, next: next, repo: repo, d: d, total: total, size: total, limit: c.cfg.MaxBlob, body: resp.Body}
 	var onMismatch func(error)
 	if ep.mirror {
 		onMismatch = func(error) { c.markBad(ep, d) }
 	}
 	return &blobStream{v: blob.NewVerifier(br, d, total, onMismatch), host: host, repo: rname}, false, nil
 }
+
+// parallelBlob is the verified stream of d (size bytes) read in parts
+// (see ParallelConfig) from ep, whose first part is the body of the 206
+// just received. Every part resumes on its own (within MaxResumes), at ep
+// and then the endpoints after it as a whole-blob read does.
+func (c *Client) parallelBlob(ctx context.Context, cancel context.CancelFunc, ep endpoint, next []endpoint, repo Repository, d blob.Digest, size int64, first io.ReadCloser) io.ReadCloser {
+	host := ep.host()
+	parts := c.m.parts.WithLabelValues(c.m.host(host))
+	parts.Inc()
+	part := func(ctx context.Context, off, end int64, body io.ReadCloser) *blobReader {
+		pctx, pcancel := context.WithCancel(ctx)
+		return &blobReader{c: c, ctx: pctx, cancel: pcancel, ep: ep, next: next, repo: repo, d: d,
+			total: end, size: size, ranged: true, off: off, body: body}
+	}
+	open := func(ctx context.Context, off, end int64) (io.ReadCloser, error) {
+		parts.Inc()
+		b := part(ctx, off, end, http.NoBody)
+		err := b.request()
+		for err != nil && b.ep.mirror && len(b.next) > 0 && ctx.Err() == nil {
+			c.fallback(repo, b.ep, err, false)
+			b.ep, b.next = b.next[0], b.next[1:]
+			err = b.request()
+		}
+		if err != nil {
+			b.cancel()
+			return nil, err
+		}
+		return b, nil
+	}
+	r := readahead.New(ctx, readahead.Config{
+		Size:     size,
+		PartSize: c.cfg.Parallel.PartSize,
+		Streams:  c.cfg.Parallel.Streams,
+		Budget:   c.readAhead,
+		Open:     open,
+		Closed:   errors.New("registry: read after Close"),
+	}, part(ctx, 0, c.cfg.Parallel.PartSize, first))
+	var onMismatch func(error)
+	if ep.mirror {
+		onMismatch = func(error) { c.markBad(ep, d) }
+	}
+	closer := &closeFunc{r: r, close: func() error { err := r.Close(); cancel(); return err }}
+	return &blobStream{v: blob.NewVerifier(closer, d, size, onMismatch), host: host, repo: repo.Name()}
+}
+
+// closeFunc is a reader with a Close of its own.
+type closeFunc struct {
+	r     io.Reader
+	close func() error
+}
+
+func (c *closeFunc) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *closeFunc) Close() error               { return c.close() }
 
 // blobStream adds the endpoint to the verifier's errors.
 type blobStream struct {

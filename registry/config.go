@@ -54,6 +54,10 @@ type Config struct {
 	// DNS answer that changes in between is only caught by the proxy.
 	Proxy func(*http.Request) (*url.URL, error)
 
+	// Parallel reads large blobs over several Range requests at once;
+	// off unless Streams is above 1 (see ParallelConfig).
+	Parallel ParallelConfig
+
 	// MaxManifestSize caps manifests and indexes (default 10 MiB).
 	MaxManifestSize int64
 	// MaxBlob caps blobs; 0 means no cap.
@@ -194,6 +198,9 @@ func (c *Config) withDefaults() (Config, error) {
 	if out.MaxResumes == 0 {
 		out.MaxResumes = DefaultMaxResumes
 	}
+	if err := out.Parallel.withDefaults(); err != nil {
+		return out, err
+	}
 	if out.DialTimeout == 0 {
 		out.DialTimeout = DefaultDialTimeout
 	}
@@ -233,4 +240,56 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// ParallelConfig is how a large blob of known size is read over several
+// HTTP Range requests at once: in parts of PartSize bytes, the one being
+// delivered streamed to the caller, the next Streams-1 read ahead into
+// buffers that Memory bounds for the whole client (a part that finds no
+// room is read when the caller reaches it). The bytes are delivered in
+// order and verified as one stream, as a single GET is. It pays where one
+// connection is bound by latency or a per-connection limit (a distant
+// registry, storage behind a CDN); on loopback or a datacenter link one
+// stream is cheaper (docs/benchmarks.md). A registry that ignores Range
+// (200 to the first part's request) is read as one stream.
+type ParallelConfig struct {
+	// Streams is the requests in flight per blob; 0 or 1 disables
+	// parallel reads.
+	Streams int
+	// PartSize is the bytes of one part (default 8 MiB, at least
+	// MinPartSize); blobs of more than one part are read in parts.
+	PartSize int64
+	// Memory bounds the read-ahead buffers of the whole client (default
+	// 64 MiB; at least one part).
+	Memory int64
+}
+
+// Parallel read defaults and bounds.
+const (
+	DefaultPartSize       = 8 << 20
+	DefaultParallelMemory = 64 << 20
+	MinPartSize           = 64 << 10
+	maxParallelStreams    = 64
+)
+
+// enabled reports whether large blobs are read in parts.
+func (c ParallelConfig) enabled() bool { return c.Streams > 1 }
+
+func (c *ParallelConfig) withDefaults() error {
+	if c.Streams < 0 || c.Streams > maxParallelStreams {
+		return fmt.Errorf("registry: Config.Parallel.Streams %d: want 0 to %d", c.Streams, maxParallelStreams)
+	}
+	if c.PartSize == 0 {
+		c.PartSize = DefaultPartSize
+	}
+	if c.PartSize < MinPartSize {
+		return fmt.Errorf("registry: Config.Parallel.PartSize %d < %d", c.PartSize, MinPartSize)
+	}
+	if c.Memory == 0 {
+		c.Memory = DefaultParallelMemory
+	}
+	if c.Memory < c.PartSize {
+		return fmt.Errorf("registry: Config.Parallel.Memory %d < PartSize %d", c.Memory, c.PartSize)
+	}
+	return nil
 }

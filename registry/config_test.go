@@ -69,11 +69,16 @@ func BenchmarkBlob(b *testing.B) {
 		b.Fatal(err)
 	}
 	repo, _ := registry.ParseRepository(host + "/bench/blob")
-	buf := make([]byte, 256<<10)
 	b.ReportAllocs()
+	benchBlob(b, c, repo, dg, size)
+}
+
+// benchBlob reads blob dg (size bytes) of repo b.N times, timed.
+func benchBlob(b *testing.B, c *registry.Client, repo registry.Repository, dg blob.Digest, size int64) {
+	buf := make([]byte, 256<<10)
 	b.SetBytes(size)
 	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
+	for range b.N {
 		rc, err := c.Blob(context.Background(), repo, dg, size, nil)
 		if err != nil {
 			b.Fatal(err)

@@ -70,6 +70,21 @@
 // else "bytes=N-"); a 206 must start at N, a 200 is accepted by skipping N
 // bytes. A mirror that cannot resume hands over to the next endpoint.
 //
+// # Parallel reads
+//
+// With Config.Parallel.Streams above 1, a blob of known size larger than
+// one part (8 MiB) is read in parts, each with its own Range request: the
+// first request asks for the first part (a 206 must name exactly it and
+// the blob's size; a 200 means the registry ignores Range, and the blob is
+// read from that response as one stream), the part being delivered streams
+// to the caller and the next Streams-1 are read ahead into buffers bounded
+// by Config.Parallel.Memory for the whole client (package
+// internal/readahead). Every part resumes on its own as above, a part read
+// ahead that fails is read again from where it stopped when the caller
+// reaches it, and the blob is verified as one stream, in order. It pays
+// where one connection is bound by latency or a per-connection limit; on
+// loopback one stream is as fast (BenchmarkParallelBlob).
+//
 // # Progress
 //
 // Every response body (ping, token, manifest, blob, error) must keep

@@ -23,6 +23,7 @@ type metrics struct {
 	retries   *prometheus.CounterVec // host, reason
 	fallbacks *prometheus.CounterVec // registry, mirror, reason
 	resumes   *prometheus.CounterVec // host
+	parts     *prometheus.CounterVec // host
 	stalls    *prometheus.CounterVec // host, reason
 }
 
@@ -97,13 +98,17 @@ func newMetrics(reg prometheus.Registerer, hosts map[string]bool) (*metrics, err
 			Namespace: "strata", Subsystem: "registry", Name: "blob_resumes_total",
 			Help: "Interrupted blob downloads resumed with a new request, by host.",
 		}, []string{"host"}),
+		parts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "strata", Subsystem: "registry", Name: "blob_parts_total",
+			Help: "Parts of blobs requested with a Range request of their own by parallel reads (see ParallelConfig), by host.",
+		}, []string{"host"}),
 		stalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "strata", Subsystem: "registry", Name: "stalled_responses_total",
 			Help: "Response bodies abandoned because the server sent nothing for the idle timeout (reason \"idle\") or sent below the minimum rate (\"slow\"), by host.",
 		}, []string{"host", "reason"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.bytes, m.retries, m.fallbacks, m.resumes, m.stalls} {
+		for _, c := range []prometheus.Collector{m.requests, m.bytes, m.retries, m.fallbacks, m.resumes, m.parts, m.stalls} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

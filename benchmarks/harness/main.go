@@ -169,6 +169,8 @@ type plan struct {
 	// memoryBudget, when set, replaces every executor's memory tier budget
 	// (see pipeline.Job.MemoryBudget).
 	memoryBudget *int64
+	// registryReadStreams is every executor's RegistryReadStreams.
+	registryReadStreams int
 }
 
 // needsRemote reports whether a scenario of p needs the shared REAPI tier.
@@ -261,6 +263,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	only := fs.String("only", "", "comma-separated pipeline scenarios to run (default: all); tier measurements are skipped when set")
 	regBin := fs.String("registry-binary", regserver.DistributionBinary, "distribution registry binary (in-process registry when absent)")
 	memBudget := fs.Int64("memory-budget", -1, "memory tier budget in bytes of every executor (0: no memory tier; -1: strata.Default's)")
+	regStreams := fs.Int("registry-read-streams", 0, "Range requests at once per large registry blob of every executor (strata.Config.RegistryReadStreams; 0: one GET)")
 	remoteZstd := fs.Bool("remote-zstd", true, "the shared REAPI tier advertises zstd compressed-blobs (as production servers do)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -287,6 +290,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *memBudget >= 0 {
 		p.memoryBudget = memBudget
 	}
+	p.registryReadStreams = *regStreams
 	if *only != "" {
 		if err := p.restrict(strings.Split(*only, ",")); err != nil {
 			fmt.Fprintln(stderr, "harness:", err)
@@ -503,6 +507,7 @@ func bench(ctx context.Context, p plan, size string, seed uint64, workParent, sc
 					job = remoteJob(job)
 				}
 				job.MemoryBudget = p.memoryBudget
+				job.RegistryReadStreams = p.registryReadStreams
 				settle()
 				var res childResult
 				rss, cpu, err := runChild(ctx, exe, childSpec{Kind: "pipeline", Job: job}, &res)

@@ -150,6 +150,7 @@ func bindConfigFlags(fs *pflag.FlagSet, c *strata.Config) {
 	fs.StringArrayVar(&c.AllowCIDRs, "allow-cidr", c.AllowCIDRs, "open the network policy to `CIDR` (repeatable; e.g. 127.0.0.0/8 for a local registry)")
 	fs.BoolVar(&c.Keychain, "keychain", c.Keychain, "use the Docker/Podman keychain (~/.docker/config.json, credential helpers)")
 	fs.Var(&c.RegistryMaxBlob, "max-blob-size", "largest blob `SIZE` read from a registry (default 64GiB)")
+	fs.IntVar(&c.RegistryReadStreams, "registry-read-streams", c.RegistryReadStreams, "Range requests at once per large registry blob (`N`; 0 or 1: one GET; raise for a distant registry)")
 	fs.Var(&c.TagTTL, "tag-ttl", "how long a resolved tag is trusted without asking the registry")
 	fs.Var(&c.ProofTTL, "proof-ttl", "how long an access proof admits a caller without asking the registry")
 	fs.StringVar(&c.Platform, "platform", c.Platform, "`os/arch[/variant]` to select from multi-platform images (default: this machine; fetch also takes all)")

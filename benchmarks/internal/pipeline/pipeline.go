@@ -161,6 +161,9 @@ type Job struct {
 	// MemoryBudget, when not nil, replaces the default memory tier budget
 	// of every executor (0 turns the memory tier off).
 	MemoryBudget *int64 `json:"memory_budget,omitempty"`
+	// RegistryReadStreams is every executor's strata.Config of that name
+	// (0: the default, one GET per blob).
+	RegistryReadStreams int `json:"registry_read_streams,omitempty"`
 }
 
 // Outcome is what a job measured.
@@ -280,6 +283,7 @@ func (e *env) open(ctx context.Context, dir string, o options) (*strata.Host, er
 	if o.noMemory {
 		cfg.MemoryBudget = 0
 	}
+	cfg.RegistryReadStreams = e.job.RegistryReadStreams
 	if o.remote {
 		if e.job.Remote == "" {
 			return nil, errors.New("no shared REAPI tier (Job.Remote)")
