@@ -316,3 +316,52 @@ func BenchmarkParallelBlob(b *testing.B) {
 		}
 	}
 }
+
+// TestParallelBlobAuthAndRedirect: every part of a parallel read carries
+// the caller's credentials (distribution with token auth: a private blob
+// read in parts with them, refused without them), and parts a registry
+// redirects to its storage keep their Range.
+func TestParallelBlobAuthAndRedirect(t *testing.T) {
+	const size = 6 * testPart
+	t.Run("token auth", func(t *testing.T) {
+		ts := registrytest.NewTokenServer(t, registrytest.TokenOptions{Users: map[string]string{"bob": secret}})
+		d := registrytest.StartDistribution(t, registrytest.DistributionOptions{Token: ts})
+		good := basicAuth("bob", secret)
+		p := pushAuthed(t, d.Host, "team/private:v1", size, good)
+		px := registrytest.NewProxy(t, d.Host)
+		r := parallelClient(t, 4, 8*testPart)
+		repo := mustRef(t, px.Host()+"/team/private:v1").Repo()
+		rc, err := r.c.Blob(context.Background(), repo, p.layerD, size, good)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, p.layer) {
+			t.Fatalf("read with credentials: %v", err)
+		}
+		if rg := px.Ranged(); !sameSet(rg, wantRanges(size)) {
+			t.Fatalf("ranged requests %q, want one per part", rg)
+		}
+		if _, err := r.c.Blob(context.Background(), repo, p.layerD, size, nil); !errors.Is(err, registry.ErrDenied) {
+			t.Fatalf("anonymous parallel read: err = %v, want ErrDenied", err)
+		}
+	})
+	t.Run("redirected parts", func(t *testing.T) {
+		host := registrytest.InProcess(t)
+		p := pushImage(t, host, "app/par:v1", size)
+		px := registrytest.NewProxy(t, host)
+		px.Inject(registrytest.Fault{Method: "GET", Kind: "blob", RedirectTo: "http://" + host + "/v2/app/par/blobs/" + string(p.layerD)})
+		r := parallelClient(t, 4, 8*testPart)
+		got, err := readBlob(t, r.c, mustRef(t, px.Host()+"/app/par:v1"), p.layerD, size)
+		if err != nil || !bytes.Equal(got, p.layer) {
+			t.Fatalf("read: %v", err)
+		}
+		if rg := px.Ranged(); !sameSet(rg, wantRanges(size)) {
+			t.Fatalf("ranged requests %q, want one per part", rg)
+		}
+		if n := r.metric(t, "strata_registry_blob_parts_total", nil); n != size/testPart {
+			t.Fatalf("parts metric %v, want %d (each redirected part answered 206)", n, size/testPart)
+		}
+	})
+}
