@@ -92,13 +92,19 @@ func (b *blobReader) Read(p []byte) (int, error) {
 }
 
 // resumeAny resumes at the current endpoint and, when that is a mirror
-// that fails, at the following endpoints in turn.
+// that fails, at the following endpoints in turn (within MaxResumes).
 func (b *blobReader) resumeAny() error {
-	err := b.resume()
-	for err != nil && b.ep.mirror && len(b.next) > 0 && b.ctx.Err() == nil && b.resumes < b.c.cfg.MaxResumes {
+	return b.atEndpoints(b.resume, func() bool { return b.resumes < b.c.cfg.MaxResumes })
+}
+
+// atEndpoints calls try at the current endpoint and, while it fails at a
+// mirror and again allows, at the following endpoints in turn.
+func (b *blobReader) atEndpoints(try func() error, again func() bool) error {
+	err := try()
+	for err != nil && b.ep.mirror && len(b.next) > 0 && b.ctx.Err() == nil && again() {
 		b.c.fallback(b.repo, b.ep, err, false)
 		b.ep, b.next = b.next[0], b.next[1:]
-		err = b.resume()
+		err = try()
 	}
 	return err
 }

@@ -571,11 +571,18 @@ func (c *Client) openBlob(ctx context.Context, ep endpoint, next []endpoint, rep
 		return fail(fmt.Errorf("GET blob %s %s/%s: %w: %d bytes (cap %d)", d, host, rname, ErrTooLarge, total, c.cfg.MaxBlob))
 	}
 	br := &blobReader{c: c, ctx: actx, cancel: cancel, ep: ep, next: next, repo: repo, d: d, total: total, size: total, limit: c.cfg.MaxBlob, body: resp.Body}
+	return c.verified(br, ep, repo, d, total), false, nil
+}
+
+// verified is src, the download of d (size bytes, -1 if unknown) from ep,
+// verified as one stream; a mirror whose bytes do not match is remembered
+// as bad for d.
+func (c *Client) verified(src io.ReadCloser, ep endpoint, repo Repository, d blob.Digest, size int64) io.ReadCloser {
 	var onMismatch func(error)
 	if ep.mirror {
 		onMismatch = func(error) { c.markBad(ep, d) }
 	}
-	return &blobStream{v: blob.NewVerifier(br, d, total, onMismatch), host: host, repo: rname}, false, nil
+	return &blobStream{v: blob.NewVerifier(src, d, size, onMismatch), host: ep.host(), repo: repo.Name()}
 }
 
 // parallelBlob is the verified stream of d (size bytes) read in parts
@@ -583,8 +590,7 @@ func (c *Client) openBlob(ctx context.Context, ep endpoint, next []endpoint, rep
 // just received. Every part resumes on its own (within MaxResumes), at ep
 // and then the endpoints after it as a whole-blob read does.
 func (c *Client) parallelBlob(ctx context.Context, cancel context.CancelFunc, ep endpoint, next []endpoint, repo Repository, d blob.Digest, size int64, first io.ReadCloser) io.ReadCloser {
-	host := ep.host()
-	parts := c.m.parts.WithLabelValues(c.m.host(host))
+	parts := c.m.parts.WithLabelValues(c.m.host(ep.host()))
 	parts.Inc()
 	part := func(ctx context.Context, off, end int64, body io.ReadCloser) *blobReader {
 		pctx, pcancel := context.WithCancel(ctx)
@@ -594,13 +600,7 @@ func (c *Client) parallelBlob(ctx context.Context, cancel context.CancelFunc, ep
 	open := func(ctx context.Context, off, end int64) (io.ReadCloser, error) {
 		parts.Inc()
 		b := part(ctx, off, end, http.NoBody)
-		err := b.request()
-		for err != nil && b.ep.mirror && len(b.next) > 0 && ctx.Err() == nil {
-			c.fallback(repo, b.ep, err, false)
-			b.ep, b.next = b.next[0], b.next[1:]
-			err = b.request()
-		}
-		if err != nil {
+		if err := b.atEndpoints(b.request, func() bool { return true }); err != nil {
 			b.cancel()
 			return nil, err
 		}
@@ -614,12 +614,7 @@ func (c *Client) parallelBlob(ctx context.Context, cancel context.CancelFunc, ep
 		Open:     open,
 		Closed:   errors.New("registry: read after Close"),
 	}, part(ctx, 0, c.cfg.Parallel.PartSize, first))
-	var onMismatch func(error)
-	if ep.mirror {
-		onMismatch = func(error) { c.markBad(ep, d) }
-	}
-	closer := &closeFunc{r: r, close: func() error { err := r.Close(); cancel(); return err }}
-	return &blobStream{v: blob.NewVerifier(closer, d, size, onMismatch), host: host, repo: repo.Name()}
+	return c.verified(&closeFunc{r: r, close: func() error { err := r.Close(); cancel(); return err }}, ep, repo, d, size)
 }
 
 // closeFunc is a reader with a Close of its own.
