@@ -121,23 +121,9 @@ func (c *Converter) convertStaged(ctx context.Context, img manifest.Image, dv de
 		return r, nil
 	}
 
-	var d blob.Digest
-	info, err := st.CommitStaged(ctx, f)
-	switch {
-	case err == nil:
-		d = info.Digest
-		// The ref for this host now; the shared tiers get blob and ref
-		// in the background, blob first.
-		if err := st.PutRef(ctx, dv.key, c.signedRef(dv.key, d, size)); err != nil {
-			return nil, fmt.Errorf("ext4: put derivation ref for %s to %s: %w", dv.digest, st.Name(), err)
-		}
-	case errors.Is(err, blob.ErrTooLarge):
-		// Usable here; the Store's other tiers may still take it.
-		if d, err = hashFile(ctx, f, size); err != nil {
-			return nil, fmt.Errorf("ext4: hash image: %w", err)
-		}
-	default:
-		return nil, fmt.Errorf("ext4: put derived image of %s to %s: %w", dv.digest, st.Name(), err)
+	d, err := c.commitStaged(ctx, dv, f, size)
+	if err != nil {
+		return nil, err
 	}
 
 	// The local image is a copy of its own (free space added, or no link
@@ -165,6 +151,30 @@ func (c *Converter) convertStaged(ctx context.Context, img manifest.Image, dv de
 	background = true
 	c.storeLater(dv, f, d, size, false, nil)
 	return r, nil
+}
+
+// commitStaged hashes and commits f, dv's image staged in the Stager,
+// and puts its derivation ref there (the Store gets blob and ref later,
+// blob first). A Stager that declines the image as too large leaves it
+// usable here: it is hashed, for the Store's other tiers.
+func (c *Converter) commitStaged(ctx context.Context, dv derivation, f *os.File, size int64) (blob.Digest, error) {
+	st := c.cfg.Stager
+	info, err := st.CommitStaged(ctx, f)
+	switch {
+	case err == nil:
+		if err := st.PutRef(ctx, dv.key, c.signedRef(dv.key, info.Digest, size)); err != nil {
+			return "", fmt.Errorf("ext4: put derivation ref for %s to %s: %w", dv.digest, st.Name(), err)
+		}
+		return info.Digest, nil
+	case errors.Is(err, blob.ErrTooLarge):
+		d, err := hashFile(ctx, f, size)
+		if err != nil {
+			return "", fmt.Errorf("ext4: hash image: %w", err)
+		}
+		return d, nil
+	default:
+		return "", fmt.Errorf("ext4: put derived image of %s to %s: %w", dv.digest, st.Name(), err)
+	}
 }
 
 // pendingImage is a local image handed out before it was hashed (see
@@ -209,22 +219,8 @@ func (c *Converter) endPending(dv derivation, p *pendingImage, d blob.Digest, er
 func (c *Converter) finishPending(dv derivation, f *os.File, size int64, p *pendingImage) (d blob.Digest, err error) {
 	defer func() { c.endPending(dv, p, d, err) }()
 	defer safego.Recover(&err, "ext4: hash "+string(dv.digest))
-	ctx := context.Background()
-	st := c.cfg.Stager
-	info, err := st.CommitStaged(ctx, f)
-	switch {
-	case err == nil:
-		d = info.Digest
-		if err := st.PutRef(ctx, dv.key, c.signedRef(dv.key, d, size)); err != nil {
-			return "", fmt.Errorf("ext4: put derivation ref for %s to %s: %w", dv.digest, st.Name(), err)
-		}
-	case errors.Is(err, blob.ErrTooLarge):
-		// Usable here; the Store's other tiers may still take it.
-		if d, err = hashFile(ctx, f, size); err != nil {
-			return "", fmt.Errorf("ext4: hash image: %w", err)
-		}
-	default:
-		return "", fmt.Errorf("ext4: put derived image of %s to %s: %w", dv.digest, st.Name(), err)
+	if d, err = c.commitStaged(context.Background(), dv, f, size); err != nil {
+		return "", err
 	}
 	err = c.editMeta(dv, f, func(m *localMeta) bool {
 		if m.Digest != "" {
