@@ -833,11 +833,10 @@ func (m *Materializer) writeManifestLater(e *layerEntry, sums fileSums) {
 	// which callers wait for, would use: it waits for them to end (a
 	// caller's other layers, typically), or a while at most.
 	m.awaitQuiet(e)
-	m.mu.Lock()
-	dropped := m.layers[e.digest] != e
-	m.mu.Unlock()
-	if dropped {
+	select {
+	case <-e.dropped:
 		return // no manifest to write
+	default:
 	}
 	start := time.Now()
 	err := safego.Call("overlay: manifest of layer "+string(e.digest), func() error {
