@@ -156,15 +156,6 @@ func TestParallelBlobFaults(t *testing.T) {
 			t.Fatalf("read: %v (equal %v)", err, bytes.Equal(got, p.layer))
 		}
 	})
-	t.Run("a corrupt part fails verification", func(t *testing.T) {
-		px := registrytest.NewProxy(t, host)
-		px.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Ranged: true, Times: 1, Corrupt: true})
-		r := parallelClient(t, 4, 8*testPart)
-		_, err := readBlob(t, r.c, ref(px), p.layerD, size)
-		if !errors.Is(err, blob.ErrMismatch) {
-			t.Fatalf("err = %v, want ErrMismatch", err)
-		}
-	})
 	t.Run("a registry ignoring Range is read as one stream", func(t *testing.T) {
 		px := registrytest.NewProxy(t, host)
 		px.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Times: 1, StripRange: true})
@@ -180,38 +171,40 @@ func TestParallelBlobFaults(t *testing.T) {
 			t.Fatalf("parts metric %v, want 0", n)
 		}
 	})
-	t.Run("a first part with the wrong Content-Range is refused", func(t *testing.T) {
-		px := registrytest.NewProxy(t, host)
-		px.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Times: 1, SetHeaders: map[string]string{"Content-Range": fmt.Sprintf("bytes 0-%d/%d", testPart-1, size+1)}})
-		r := parallelClient(t, 4, 8*testPart)
-		_, err := readBlob(t, r.c, ref(px), p.layerD, size)
-		if !errors.Is(err, registry.ErrProtocol) {
-			t.Fatalf("err = %v, want ErrProtocol", err)
-		}
-	})
-	// passFirst lets the first part's request through the faults
+	// firstPart lets the first part's request through the faults
 	// injected after it.
-	passFirst := func(px *registrytest.Proxy) {
-		px.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Ranged: true, Times: 1, SetHeaders: map[string]string{"X-Test": "first part"}})
+	firstPart := registrytest.Fault{Method: "GET", Kind: "blob", Ranged: true, Times: 1, SetHeaders: map[string]string{"X-Test": "first part"}}
+	badRange := func(contentRange string, times int) registrytest.Fault {
+		return registrytest.Fault{Method: "GET", Kind: "blob", Ranged: true, Times: times, SetHeaders: map[string]string{"Content-Range": contentRange}}
 	}
-	for _, tc := range []struct{ desc, contentRange string }{
-		{"a later part naming other bytes fails the read", fmt.Sprintf("bytes 0-%d/%d", testPart-1, size)},
-		{"a later part of another blob size fails the read", fmt.Sprintf("bytes %d-%d/%d", testPart, 2*testPart-1, size+1)},
+	for _, tc := range []struct {
+		desc   string
+		faults []registrytest.Fault
+		want   error
+	}{
+		{"a corrupt part fails verification",
+			[]registrytest.Fault{{Method: "GET", Kind: "blob", Ranged: true, Times: 1, Corrupt: true}}, blob.ErrMismatch},
+		{"a first part with the wrong Content-Range is refused",
+			[]registrytest.Fault{badRange(fmt.Sprintf("bytes 0-%d/%d", testPart-1, size+1), 1)}, registry.ErrProtocol},
+		{"a later part naming other bytes fails the read",
+			[]registrytest.Fault{firstPart, badRange(fmt.Sprintf("bytes 0-%d/%d", testPart-1, size), 0)}, registry.ErrProtocol},
+		{"a later part of another blob size fails the read",
+			[]registrytest.Fault{firstPart, badRange(fmt.Sprintf("bytes %d-%d/%d", testPart, 2*testPart-1, size+1), 0)}, registry.ErrProtocol},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			px := registrytest.NewProxy(t, host)
-			passFirst(px)
-			px.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Ranged: true, SetHeaders: map[string]string{"Content-Range": tc.contentRange}})
-			r := parallelClient(t, 2, 8*testPart)
-			_, err := readBlob(t, r.c, ref(px), p.layerD, size)
-			if !errors.Is(err, registry.ErrProtocol) {
-				t.Fatalf("err = %v, want ErrProtocol", err)
+			for _, f := range tc.faults {
+				px.Inject(f)
+			}
+			r := parallelClient(t, 4, 8*testPart)
+			if _, err := readBlob(t, r.c, ref(px), p.layerD, size); !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
 		})
 	}
 	t.Run("Close stops the read-ahead", func(t *testing.T) {
 		px := registrytest.NewProxy(t, host)
-		passFirst(px)
+		px.Inject(firstPart)
 		px.Inject(registrytest.Fault{Method: "GET", Kind: "blob", Ranged: true, Delay: time.Hour})
 		r := parallelClient(t, 4, 8*testPart)
 		rc, err := r.c.Blob(context.Background(), ref(px).Repo(), p.layerD, size, nil)
