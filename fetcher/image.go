@@ -127,11 +127,14 @@ func (l *Layer) Prefetch(ctx context.Context) error {
 		_, err := l.access.st.Local().Stat(ctx, d)
 		return err == nil
 	}
-	if !l.access.member(ctx, d) {
+	switch {
+	case !l.access.member(ctx, d):
 		if err := l.Authorize(ctx); err != nil {
 			return err
 		}
-	} else if !local() {
+	case local():
+		return nil
+	default:
 		// A shared tier's copy, or the registry's, written back into the
 		// local tiers as it is read.
 		rc, err := l.Open(ctx)
